@@ -1,0 +1,94 @@
+"""A node's view of the desired state: the only input of ``flows/``.
+
+Built by the agent (``sdn_egress.view``) from the cluster state, the
+controller's allocation and the node's OVSDB facts (port numbers, MACs).
+Everything here is immutable and already resolved: no lookups, no I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import netaddr
+
+# The host stack reaches br-int through egw0 via this link-local next hop; the
+# agent installs a permanent neighbour entry for it with GW_MAC, and replies
+# handed back to the host carry GW_MAC as their source.
+GW_NEXTHOP_V4 = netaddr.IPAddress("169.254.0.1")
+GW_MAC = "0a:58:a9:fe:00:01"
+
+# Tunnel key 0 marks replies travelling from a gateway back to a pod's node;
+# every EIP has a key in 1..2**24-1 (Geneve VNI).
+REPLY_TUNNEL_KEY = 0
+
+
+@dataclass(frozen=True)
+class Ports:
+    """OpenFlow port numbers, read from OVSDB by the agent."""
+
+    egw: int  # br-int: the egw0 internal port (host stack <-> OVS)
+    tun_flow: int  # br-int: the flow-based Geneve port (remote_ip=flow, key=flow)
+    tunnels: tuple[tuple[str, int], ...] = ()  # br-int: peer node name -> its Geneve port
+    int_patch: int = 0  # br-int side of the patch to br-ex (0: none)
+    uplink: int = 0  # br-ex: the uplink NIC (0: no br-ex)
+    ex_patch: int = 0  # br-ex side of the patch to br-int
+
+    def tunnel(self, peer: str) -> int | None:
+        return dict(self.tunnels).get(peer)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One selected local pod x one destination CIDR, steered to one EIP.
+
+    The view builder guarantees that, per pod, the ``dest`` CIDRs of all its
+    Steers are disjoint (policy priority, excludes and cluster CIDRs already
+    subtracted)."""
+
+    pod: str  # namespace/name
+    pod_ip: netaddr.IPAddress
+    dest: netaddr.IPNetwork
+    policy: str  # namespace/name of the policy that won
+    eip: netaddr.IPAddress
+
+
+@dataclass(frozen=True)
+class EipRoute:
+    """How this node reaches the gateways of one EIP its pods use."""
+
+    eip: netaddr.IPAddress
+    tunnel_key: int
+    gateways: tuple[str, ...]  # ordered: active first, then standbys; empty: none alive (drop)
+    local: bool = False  # this node is the active gateway (no tunnel)
+
+
+@dataclass(frozen=True)
+class HeldEip:
+    """An EIP this node SNATs for and answers ARP for (this node is active)."""
+
+    eip: netaddr.IPAddress
+    tunnel_key: int
+    next_hop_mac: str | None  # the uplink next hop's resolved MAC; None: not resolved yet (drop)
+    policies: tuple[str, ...] = ()  # namespace/name, for cookies and dumps
+
+
+@dataclass(frozen=True)
+class ReturnRoute:
+    """Where replies for pods of one pod CIDR go: a node, by tunnel or locally."""
+
+    node: str
+    node_ip: netaddr.IPAddress
+    pod_cidr: netaddr.IPNetwork
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node: str
+    node_ip: netaddr.IPAddress
+    ports: Ports
+    egw_mac: str  # egw0's MAC (the host side of the steering link)
+    brex_mac: str  # br-ex's MAC: source of SNATed frames and of EIP ARP replies
+    steers: tuple[Steer, ...] = ()
+    eip_routes: tuple[EipRoute, ...] = ()
+    held: tuple[HeldEip, ...] = ()
+    return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)

@@ -1,0 +1,1 @@
+"""OVSDB provisioning of the sdn-egress bridges through ovsdbapp."""

@@ -1,0 +1,50 @@
+"""The ``sdn-egress`` command.
+
+Each sub-command lives in its own module, which provides ``add_arguments(parser)``
+and ``run(args) -> int``; this file only wires them up, importing a module only
+when its command runs (so ``sdn-egress lab`` never imports os-ken).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    # name: (module, help)
+    "ovs": ("ovs_setup.cli", "deploy, inspect or remove a node's OVS bridges"),
+    "lab": ("sdn_egress.lab.cli", "a multi-node cluster in network namespaces"),
+    "agent": ("sdn_egress.agent.main", "run the per-node agent (os-ken)"),
+    "controller": ("sdn_egress.controller", "run the controller (allocation, gateway election)"),
+    "demo": ("sdn_egress.demo", "lab up, apply the example policy, show what the external host saw"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdn-egress", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        # Argument definitions are cheap to import; the heavy work is in run().
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The typed, immutable model of the cluster state sdn-egress acts on.
+
+Every state source (a manifest directory, the Kubernetes API) produces a
+:class:`ClusterState`; nothing downstream (allocation, election, the per-node
+view, ``flows/``) knows which source it came from.  Objects are frozen once
+built; invalid input never becomes a model object but an :class:`ObjectError`
+naming the object and the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import netaddr
+
+API_GROUP = "sdn-egress.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Names one object: ``kind`` plus ``namespace/name`` (namespace empty for
+    cluster-scoped kinds)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class ObjectError:
+    """Why one object was refused: the object, the field path, the reason."""
+
+    ref: ObjectRef
+    field: str
+    message: str
+    source: str = ""  # a file path or an API URL, where known
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        return f"{self.ref}: {self.field}: {self.message}{where}"
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.ref.kind,
+            "namespace": self.ref.namespace,
+            "name": self.ref.name,
+            "field": self.field,
+            "message": self.message,
+            "source": self.source,
+        }
+
+
+class InvalidObject(ValueError):
+    """Raised by parsers; carries the :class:`ObjectError`."""
+
+    def __init__(self, error: ObjectError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def frozen_labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((labels or {}).items()))
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``matchExpressions`` entry of a label selector."""
+
+    key: str
+    operator: str  # In, NotIn, Exists, DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        raise ValueError(f"unknown operator {self.operator!r}")
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector.  The empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str] | tuple) -> bool:
+        labels = dict(labels)
+        if any(labels.get(k) != v for k, v in self.match_labels):
+            return False
+        return all(r.matches(labels) for r in self.match_expressions)
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        for r in self.match_expressions:
+            if r.operator in ("In", "NotIn"):
+                parts.append(f"{r.key} {r.operator.lower()} ({','.join(r.values)})")
+            elif r.operator == "Exists":
+                parts.append(r.key)
+            else:
+                parts.append(f"!{r.key}")
+        return ",".join(parts) or "<all>"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    addresses: tuple[netaddr.IPAddress, ...]  # InternalIP first
+    pod_cidrs: tuple[netaddr.IPNetwork, ...]
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Node", "", self.name)
+
+    def address(self, version: int = 4) -> netaddr.IPAddress | None:
+        for a in self.addresses:
+            if a.version == version:
+                return a
+        return None
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Namespace", "", self.name)
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    node: str
+    labels: tuple[tuple[str, str], ...]
+    ips: tuple[netaddr.IPAddress, ...]
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Pod", self.namespace, self.name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EgressGateway:
+    name: str
+    node_selector: LabelSelector
+    pool_v4: tuple[netaddr.IPRange, ...] = ()
+    pool_v6: tuple[netaddr.IPRange, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("EgressGateway", "", self.name)
+
+    def pool(self, version: int) -> tuple[netaddr.IPRange, ...]:
+        return self.pool_v4 if version == 4 else self.pool_v6
+
+    def in_pool(self, ip: netaddr.IPAddress) -> bool:
+        return any(ip in r for r in self.pool(ip.version))
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    namespace: str
+    name: str
+    gateway: str
+    pod_selector: LabelSelector
+    eip_v4: netaddr.IPAddress | None = None
+    eip_v6: netaddr.IPAddress | None = None
+    dest_subnets: tuple[netaddr.IPNetwork, ...] = ()  # empty: everything outside the cluster
+    exclude_subnets: tuple[netaddr.IPNetwork, ...] = ()
+    priority: int = 0
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("EgressPolicy", self.namespace, self.name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One consistent snapshot of everything a source knows."""
+
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    namespaces: Mapping[str, Namespace] = field(default_factory=dict)
+    pods: Mapping[str, Pod] = field(default_factory=dict)  # key ns/name
+    gateways: Mapping[str, EgressGateway] = field(default_factory=dict)
+    policies: Mapping[str, EgressPolicy] = field(default_factory=dict)  # key ns/name
+    errors: tuple[ObjectError, ...] = ()
+    extra_cluster_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # service CIDR and configured extras
+
+    def cluster_cidrs(self, version: int = 4) -> tuple[netaddr.IPNetwork, ...]:
+        """Destinations that are never steered: pod CIDRs, node IPs, extras."""
+        nets: list[netaddr.IPNetwork] = []
+        for node in self.nodes.values():
+            nets.extend(c for c in node.pod_cidrs if c.version == version)
+            nets.extend(netaddr.IPNetwork(a) for a in node.addresses if a.version == version)
+        nets.extend(c for c in self.extra_cluster_cidrs if c.version == version)
+        return tuple(netaddr.cidr_merge(nets))
