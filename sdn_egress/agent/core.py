@@ -1,0 +1,313 @@
+"""The agent's reconcile loop, independent of os-ken's event plumbing.
+
+One pass: snapshot the state source and the allocation -> make sure the tunnel
+ports exist -> read port numbers and MACs from OVSDB -> build the node view ->
+``flows.build`` -> diff against what each connected bridge holds -> one atomic
+bundle per bridge -> policy-routing rules.  A pass that fails changes nothing
+it did not finish and is retried; the switch keeps the last good flows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import flows
+from flows.records import Flow
+from flows.tables import table_names
+from flows.view import NodeView, Ports
+from sdn_egress.agent.routing import HostRouting, resolve_next_hop_mac
+from sdn_egress.agent.switch import Switch, SwitchError
+from sdn_egress.allocation import Allocation, AllocationStore
+from sdn_egress.model import ClusterState
+from sdn_egress.source import StateSource
+from sdn_egress.view import NodeFacts, build_view, tunnel_peers
+
+LOG = logging.getLogger(__name__)
+
+BRIDGES = ("br-int", "br-ex")
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    ovs_db: str
+    status_dir: str | None = None
+    egw: str = "egw0"
+    resync_interval: float = 10.0  # full dump-and-diff, repairs drift
+    poll_interval: float = 0.2
+    bfd: dict | None = None
+
+
+def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]:
+    """(adds, deletes) turning ``actual`` into ``desired``.  A flow whose
+    identity (table, priority, match) is kept but whose actions or cookie
+    changed is re-added (an add replaces in place, no gap); identities that
+    are no longer desired are deleted."""
+    want = {f.key: f for f in desired}
+    have = {f.key: f for f in actual}
+    adds = [f for k, f in want.items() if have.get(k) != f]
+    deletes = [f for k, f in have.items() if k not in want]
+    return sorted(adds, key=_order), sorted(deletes, key=_order)
+
+
+def _order(f: Flow):
+    return (f.bridge, f.table, -f.priority, str(f.match))
+
+
+@dataclass
+class _BridgeState:
+    switch: Switch
+    installed: set[Flow] | None = None  # None: unknown, dump before diffing
+    last_dump: float = 0.0
+
+
+@dataclass
+class PassResult:
+    view: NodeView | None = None
+    changes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class AgentCore:
+    def __init__(self, config: AgentConfig, source: StateSource, store: AllocationStore,
+                 routing: HostRouting | None = None):
+        self.config = config
+        self.source = source
+        self.store = store
+        self.routing = routing or HostRouting(config.egw)
+        self._bridges: dict[str, _BridgeState] = {}
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._ovs = None
+        self._dpids: dict[int, str] = {}
+        self._peers: dict[str, str] | None = None
+        self._next_hops: dict[str, str] = {}
+        self._alloc_mtime = None
+        self.last_good: tuple[ClusterState, Allocation] | None = None
+        self.last_result = PassResult()
+        self.passes = 0
+
+    # -- OVSDB -------------------------------------------------------------------
+    @property
+    def ovs(self):
+        if self._ovs is None:
+            from ovs_setup import ovsdb
+            self._ovs = ovsdb.connect(self.config.ovs_db)
+        return self._ovs
+
+    def bridge_of(self, dpid: int) -> str | None:
+        if dpid not in self._dpids:
+            from ovs_setup import ovsdb
+            for br in BRIDGES:
+                try:
+                    self._dpids[ovsdb.bridge_dpid(self.ovs, br)] = br
+                except Exception:  # noqa: BLE001 - bridge absent on this node
+                    continue
+        return self._dpids.get(dpid)
+
+    # -- switch connections (called from os-ken's thread) --------------------
+    def switch_up(self, switch: Switch) -> None:
+        with self._lock:
+            self._bridges[switch.bridge] = _BridgeState(switch)
+        LOG.info("switch %s (dpid %016x) connected", switch.bridge, switch.dpid)
+        self._wake.set()
+
+    def switch_down(self, bridge: str) -> None:
+        with self._lock:
+            self._bridges.pop(bridge, None)
+        LOG.warning("switch %s disconnected; its flows stay as they are (fail_mode=secure)", bridge)
+
+    def switch(self, bridge: str) -> Switch | None:
+        with self._lock:
+            st = self._bridges.get(bridge)
+            return st.switch if st else None
+
+    # -- the loop ------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        next_full = 0.0
+        backoff = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            full = now >= next_full
+            try:
+                self.reconcile(full=full)
+                backoff = 0.0
+            except Exception as exc:  # noqa: BLE001 - the loop must live
+                LOG.exception("reconcile failed: %s", exc)
+                self.last_result = PassResult(error=str(exc))
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+                self._write_status()
+            if full:
+                next_full = now + self.config.resync_interval
+            # Wait for a change of the source, of the allocation, or a switch event.
+            deadline = time.monotonic() + max(backoff, self.config.poll_interval)
+            while not self._stop.is_set():
+                if self._wake.is_set():
+                    self._wake.clear()
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if not backoff and (self.source.wait_for_change(0) or self._alloc_changed()):
+                        break
+                    if time.monotonic() >= next_full or backoff:
+                        break
+                    deadline = time.monotonic() + self.config.poll_interval
+                    continue
+                self._wake.wait(min(remaining, self.config.poll_interval))
+
+    def _alloc_changed(self) -> bool:
+        path = getattr(self.store, "path", None)
+        if path is None:
+            return False
+        try:
+            st = os.stat(os.path.join(path, "allocation.json"))
+            mtime = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self._alloc_mtime:
+            self._alloc_mtime = mtime
+            return True
+        return False
+
+    def snapshot(self) -> tuple[ClusterState, Allocation]:
+        state = self.source.snapshot()
+        self._alloc_changed()
+        alloc = self.store.load() or Allocation()
+        for err in state.errors:
+            LOG.warning("invalid object ignored: %s", err)
+        if self.config.node not in state.nodes:
+            raise RuntimeError(f"Node {self.config.node} is not in the cluster state "
+                               "(missing or invalid Node object); keeping the last good state")
+        self.last_good = (state, alloc)
+        return state, alloc
+
+    def reconcile(self, full: bool = False) -> PassResult:
+        with self._lock:
+            bridges = dict(self._bridges)
+        state, alloc = self.snapshot()
+        self._sync_tunnels(state, alloc)
+        facts = self._facts(state, alloc, refresh=full)
+        view = build_view(self.config.node, state, alloc, facts)
+        desired = flows.build(view)
+        result = PassResult(view=view)
+        for bridge, st in bridges.items():
+            result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
+        self.routing.sync(view.steers)
+        self.passes += 1
+        self.last_result = result
+        self._write_status()
+        return result
+
+    def _sync_bridge(self, st: _BridgeState, desired: frozenset[Flow], full: bool) -> tuple[int, int]:
+        names = table_names(st.switch.bridge)
+        if st.installed is None or full:
+            st.installed = st.switch.dump_flows(names)
+            st.last_dump = time.monotonic()
+        adds, deletes = diff(set(desired), st.installed)
+        if adds or deletes:
+            try:
+                st.switch.apply(adds, deletes)
+            except SwitchError:
+                st.installed = None  # unknown now: dump again next pass
+                raise
+            LOG.info("%s: %d flows added or replaced, %d removed (%d in all)",
+                     st.switch.bridge, len(adds), len(deletes), len(desired))
+        st.installed = set(desired)
+        return len(adds), len(deletes)
+
+    def _sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
+        peers = tunnel_peers(self.config.node, state, alloc)
+        if peers == self._peers:
+            return
+        from ovs_setup import ovsdb
+        ovsdb.sync_tunnels(self.ovs, "br-int", peers, bfd=self.config.bfd)
+        LOG.info("tunnels: Geneve ports to %s", ", ".join(f"{n} ({ip})" for n, ip in sorted(peers.items()))
+                 or "no gateway peers")
+        self._peers = peers
+
+    def _facts(self, state: ClusterState, alloc: Allocation, refresh: bool) -> NodeFacts:
+        from ovs_setup import ovsdb
+        ports_int = ovsdb.ofports(self.ovs, "br-int")
+        try:
+            ports_ex = ovsdb.ofports(self.ovs, "br-ex")
+        except Exception:  # noqa: BLE001 - br-ex only where there is an uplink
+            ports_ex = {}
+        tunnels = tuple(sorted((name[len("gnv-"):], port) for name, port in ports_int.items()
+                               if name.startswith("gnv-") and name != "gnv-flow"))
+        tunnels = tuple((self._peer_of_port(name), port) for name, port in tunnels)
+        uplink = next((p for n, p in ports_ex.items() if n not in ("br-ex", "patch-ex-int")), 0)
+        ports = Ports(egw=ports_int[self.config.egw], tun_flow=ports_int["gnv-flow"],
+                      tunnels=tunnels, int_patch=ports_int.get("patch-int-ex", 0),
+                      uplink=uplink, ex_patch=ports_ex.get("patch-ex-int", 0))
+        egw_mac = ovsdb.iface_mac(self.ovs, self.config.egw)
+        brex_mac = ovsdb.iface_mac(self.ovs, "br-ex") if ports_ex else egw_mac
+        held = [a for a in alloc.eips if a.nodes and a.nodes[0] == self.config.node]
+        hops = {}
+        for a in held:
+            key = str(a.ip)
+            mac = None if refresh else self._next_hops.get(key)
+            if mac is None:
+                mac = resolve_next_hop_mac(self._probe_destination(state, a))
+                if mac is None:
+                    LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
+            if mac:
+                hops[key] = mac
+        self._next_hops = hops
+        return NodeFacts(ports=ports, egw_mac=egw_mac, brex_mac=brex_mac,
+                         next_hop_macs=tuple(sorted(hops.items())))
+
+    def _peer_of_port(self, suffix: str) -> str:
+        # sync_tunnels names ports gnv-<peer> (shortened when too long); map back.
+        for peer in self._peers or {}:
+            from ovs_setup import ovsdb
+            if ovsdb.tunnel_port_name(peer) == f"gnv-{suffix}":
+                return peer
+        return suffix
+
+    @staticmethod
+    def _probe_destination(state: ClusterState, assignment) -> str | None:
+        """An address the EIP's traffic goes to, to find its next hop: the
+        first policy destination; None (the default route) when the policies
+        steer everything outside the cluster."""
+        for key in assignment.policies:
+            policy = state.policies.get(key)
+            if policy is not None and policy.dest_subnets:
+                net = policy.dest_subnets[0]
+                return str(net[1] if net.size > 2 else net[0])
+        return None
+
+    # -- status for operators --------------------------------------------------------
+    def status(self) -> dict:
+        with self._lock:
+            connected = sorted(self._bridges)
+            counts = {b: len(st.installed) for b, st in self._bridges.items() if st.installed is not None}
+        view = self.last_result.view
+        return {
+            "node": self.config.node,
+            "time": time.time(),
+            "switches": {b: {"connected": b in connected, "flows": counts.get(b)} for b in BRIDGES},
+            "passes": self.passes,
+            "error": self.last_result.error,
+            "steers": len(view.steers) if view else 0,
+            "held_eips": [str(h.eip) for h in view.held] if view else [],
+            "tunnels": dict(sorted((self._peers or {}).items())),
+        }
+
+    def _write_status(self) -> None:
+        if not self.config.status_dir:
+            return
+        path = os.path.join(self.config.status_dir, "nodes")
+        os.makedirs(path, exist_ok=True)
+        tmp = os.path.join(path, f".{self.config.node}.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.status(), f, indent=1)
+        os.replace(tmp, os.path.join(path, f"{self.config.node}.json"))

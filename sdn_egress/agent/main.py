@@ -1,0 +1,68 @@
+"""``sdn-egress agent``: run the per-node agent."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+LOG = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", required=True, help="this node's name (as in its Node object)")
+    parser.add_argument("--manifests", metavar="DIR",
+                        help="standalone mode: read cluster state from this manifest directory")
+    parser.add_argument("--status", metavar="DIR",
+                        help="standalone mode: the controller's status directory (allocation.json)")
+    parser.add_argument("--ovs-db", default="unix:/var/run/openvswitch/db.sock",
+                        help="OVSDB target of this node's Open vSwitch")
+    parser.add_argument("--ovs-rundir", help="OVS run directory (for logs and traces only)")
+    parser.add_argument("--listen", default="127.0.0.1:6653",
+                        help="OpenFlow listen address the bridges' controller target points at")
+    parser.add_argument("--resync-interval", type=float, default=10.0,
+                        help="seconds between full flow dumps that repair drift")
+    parser.add_argument("--cluster-cidr", action="append", default=[],
+                        help="extra CIDR never steered (service CIDR and the like); repeatable")
+
+
+def run(args: argparse.Namespace) -> int:
+    import netaddr
+
+    from os_ken import cfg
+    from os_ken.base.app_manager import AppManager
+    from os_ken.lib import hub
+
+    from sdn_egress.agent.core import AgentConfig, AgentCore
+    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.source import ManifestDirSource
+
+    if not (args.manifests and args.status):
+        LOG.error("agent: --manifests and --status are required (standalone mode)")
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    cfg.CONF(args=["--ofp-listen-host", host, "--ofp-tcp-listen-port", port], project="os_ken")
+    extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
+    core = AgentCore(
+        AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
+                    resync_interval=args.resync_interval),
+        ManifestDirSource(args.manifests, extra_cluster_cidrs=extra),
+        AllocationStore(args.status),
+    )
+    manager = AppManager.get_instance()
+    manager.load_apps(["sdn_egress.agent.app"])
+    contexts = manager.create_contexts()
+    services = manager.instantiate_apps(agent_core=core, **contexts)
+
+    def stop(signum, frame):
+        LOG.info("agent %s: signal %d, stopping (flows stay on the switch)", args.node, signum)
+        core.stop()
+        manager.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    LOG.info("agent %s: listening for OpenFlow on %s", args.node, args.listen)
+    try:
+        hub.joinall(services)
+    finally:
+        core.stop()
+    return 0

@@ -1,0 +1,189 @@
+"""The host side of steering: policy-routing rules that send selected pods'
+packets into ``egw0`` (pyroute2), and the NAT bypass that keeps the primary
+CNI's masquerade off them (iptables).
+
+Only what a :class:`flows.view.Steer` asks for is installed; everything else in
+our table and at our rule priority is removed, so a deleted policy leaves no
+rule behind.  Cluster traffic never matches a rule: the view builder has already
+taken pod, node and service CIDRs out of every destination.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import netaddr
+
+from flows.view import GW_MAC, GW_NEXTHOP_V4, Steer
+
+LOG = logging.getLogger(__name__)
+
+STEER_TABLE = 7100  # routing table holding the route into egw0
+STEER_PRIORITY = 7100  # rule priority: before main (32766), after local (0)
+NAT_CHAIN = "SDN-EGRESS-POSTROUTING"
+RTNH_F_ONLINK = 4
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    src: netaddr.IPNetwork
+    dst: netaddr.IPNetwork
+
+    def __str__(self) -> str:
+        return f"from {self.src} to {self.dst} lookup {STEER_TABLE}"
+
+
+def desired_rules(steers: tuple[Steer, ...]) -> set[Rule]:
+    return {Rule(netaddr.IPNetwork(f"{s.pod_ip}/32"), s.dest)
+            for s in steers if s.pod_ip.version == 4}
+
+
+def current_rules(ipr) -> set[Rule]:
+    rules = set()
+    for msg in ipr.get_rules(family=socket.AF_INET):
+        if msg.get_attr("FRA_TABLE") != STEER_TABLE or msg.get_attr("FRA_PRIORITY") != STEER_PRIORITY:
+            continue
+        src = msg.get_attr("FRA_SRC") or "0.0.0.0"
+        dst = msg.get_attr("FRA_DST") or "0.0.0.0"
+        rules.add(Rule(netaddr.IPNetwork(f"{src}/{msg['src_len']}"),
+                       netaddr.IPNetwork(f"{dst}/{msg['dst_len']}")))
+    return rules
+
+
+def _rule(ipr, cmd: str, rule: Rule) -> None:
+    ipr.rule(cmd, family=socket.AF_INET, table=STEER_TABLE, priority=STEER_PRIORITY,
+             src=str(rule.src.ip), src_len=rule.src.prefixlen,
+             dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
+
+
+class HostRouting:
+    """Keeps the node's kernel steering in line with the view."""
+
+    def __init__(self, egw: str = "egw0"):
+        self.egw = egw
+
+    def sync(self, steers: tuple[Steer, ...]) -> tuple[int, int]:
+        """Make the rules exactly those the steers ask for; returns (added, removed)."""
+        from pyroute2 import IPRoute
+
+        want = desired_rules(steers)
+        with IPRoute() as ipr:
+            self._ensure_link(ipr)
+            have = current_rules(ipr)
+            for rule in sorted(have - want):
+                _rule(ipr, "del", rule)
+                LOG.info("routing: removed rule %s", rule)
+            for rule in sorted(want - have):
+                _rule(ipr, "add", rule)
+                LOG.info("routing: added rule %s", rule)
+        self._ensure_nat_bypass()
+        return len(want - have), len(have - want)
+
+    def _ensure_link(self, ipr) -> None:
+        idx = ipr.link_lookup(ifname=self.egw)
+        if not idx:
+            raise RuntimeError(f"interface {self.egw} does not exist (is br-int set up?)")
+        idx = idx[0]
+        ipr.link("set", index=idx, state="up")
+        ipr.neigh("replace", dst=str(GW_NEXTHOP_V4), lladdr=GW_MAC, ifindex=idx,
+                  state=0x80)  # NUD_PERMANENT
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(GW_NEXTHOP_V4), oif=idx,
+                  table=STEER_TABLE, flags=RTNH_F_ONLINK)
+        # Replies come back in on egw0 from addresses routed via the uplink:
+        # strict reverse-path filtering would drop them.
+        for name in (self.egw, "all"):
+            path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+            with open(path) as f:
+                current = f.read().strip()
+            if name == self.egw or current == "1":
+                with open(path, "w") as f:
+                    f.write("2")
+
+    def _ensure_nat_bypass(self) -> None:
+        """Packets leaving through egw0 must keep the pod's source address: the
+        gateway SNATs them to the EIP.  A RETURN at the top of nat POSTROUTING
+        stops the CNI's masquerade rules for them (as kube-proxy-style chains
+        would)."""
+        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+            return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True,
+                                  text=True, check=check)
+
+        if ipt("-nL", NAT_CHAIN, check=False).returncode != 0:
+            ipt("-N", NAT_CHAIN)
+        if ipt("-C", NAT_CHAIN, "-o", self.egw, "-j", "RETURN", check=False).returncode != 0:
+            ipt("-A", NAT_CHAIN, "-o", self.egw, "-j", "RETURN")
+        jump = ["POSTROUTING", "-m", "comment", "--comment", "sdn-egress: keep pod source for egw0",
+                "-j", NAT_CHAIN]
+        if ipt("-C", *jump, check=False).returncode != 0:
+            ipt("-I", *jump)
+
+    def remove_all(self) -> None:
+        """Remove every rule, route and NAT bypass the agent made (teardown)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            for rule in current_rules(ipr):
+                _rule(ipr, "del", rule)
+            try:
+                ipr.route("del", dst="0.0.0.0/0", table=STEER_TABLE)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        subprocess.run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-m", "comment",
+                        "--comment", "sdn-egress: keep pod source for egw0", "-j", NAT_CHAIN],
+                       capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-F", NAT_CHAIN], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-X", NAT_CHAIN], capture_output=True)
+
+
+def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
+    """The MAC of the next hop the node's routing uses towards ``dest`` (None:
+    the default route): the route's gateway, or ``dest`` itself when on-link.
+    Triggers ARP resolution when the neighbour is not known yet."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        if dest is None:
+            routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                      if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")]
+        else:
+            routes = ipr.route("get", dst=dest)
+        if not routes:
+            return None
+        route = routes[0]
+        hop = route.get_attr("RTA_GATEWAY") or dest
+        if hop is None:
+            return None
+        oif = route.get_attr("RTA_OIF")
+        mac = _neigh_mac(ipr, hop, oif)
+        if mac:
+            return mac
+    # Kick ARP: a datagram to the discard port makes the kernel resolve the hop.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"", (hop, 9))
+        except OSError:
+            pass
+    import time
+    deadline = time.monotonic() + timeout
+    with IPRoute() as ipr:
+        while time.monotonic() < deadline:
+            mac = _neigh_mac(ipr, hop, oif)
+            if mac:
+                return mac
+            time.sleep(0.05)
+    return None
+
+
+def _neigh_mac(ipr, ip: str, oif: int | None) -> str | None:
+    for n in ipr.get_neighbours(family=socket.AF_INET, dst=ip):
+        if oif is not None and n["ifindex"] != oif:
+            continue
+        # NUD_INCOMPLETE (1) and NUD_FAILED (0x20) carry no usable address.
+        if n["state"] & (0x01 | 0x20):
+            continue
+        mac = n.get_attr("NDA_LLADDR")
+        if mac:
+            return mac
+    return None

@@ -1,0 +1,128 @@
+"""From the cluster state and the controller's allocation to one node's view.
+
+This is where policy semantics meet a node: which local pods a policy selects,
+which destinations it steers once priorities, excludes and cluster CIDRs are
+taken out, which EIPs this node must SNAT for.  The result
+(:class:`flows.view.NodeView`) is everything ``flows/`` and the routing code
+need; both are pure functions of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import netaddr
+
+from flows.view import EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
+from sdn_egress.allocation import Allocation
+from sdn_egress.model import ClusterState, EgressPolicy, Pod
+
+# Destinations no policy ever steers, whatever it says: they are not "outside
+# the cluster" in any sense a gateway could serve.
+NEVER_STEERED = {
+    4: netaddr.IPSet(["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                      "255.255.255.255/32"]),
+    6: netaddr.IPSet(["::/128", "::1/128", "fe80::/10", "ff00::/8"]),
+}
+EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the agent reads from its own node (OVSDB, kernel)."""
+
+    ports: Ports
+    egw_mac: str
+    brex_mac: str
+    next_hop_macs: tuple[tuple[str, str], ...] = ()  # EIP (str) -> next hop MAC
+
+    def next_hop_mac(self, eip: netaddr.IPAddress) -> str | None:
+        return dict(self.next_hop_macs).get(str(eip))
+
+
+def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[EgressPolicy]:
+    """The policies that select ``pod`` and have an EIP, best first (priority,
+    then namespace/name)."""
+    found = []
+    for policy in state.policies.values():
+        if policy.namespace != pod.namespace:
+            continue
+        if not policy.pod_selector.matches(pod.labels):
+            continue
+        status = alloc.policies.get(policy.key)
+        if status is None or status.eip_v4 is None:
+            continue
+        found.append(policy)
+    found.sort(key=lambda p: (-p.priority, p.key))
+    return found
+
+
+def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4) -> list[Steer]:
+    """Disjoint (destination CIDR -> policy) pieces for one pod."""
+    ips = [ip for ip in pod.ips if ip.version == version]
+    if not ips:
+        return []
+    claimed = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    steers = []
+    for policy in selected_policies(state, alloc, pod):
+        eip = alloc.policies[policy.key].eip_v4 if version == 4 else alloc.policies[policy.key].eip_v6
+        if eip is None:
+            continue
+        wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
+                               or [EVERYTHING[version]])
+        region = wanted - netaddr.IPSet(
+            [x for x in policy.exclude_subnets if x.version == version]) - claimed
+        claimed |= region
+        for cidr in region.iter_cidrs():
+            for ip in ips:
+                steers.append(Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=policy.key,
+                                    eip=netaddr.IPAddress(eip)))
+    return steers
+
+
+def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts) -> NodeView:
+    node = state.nodes[node_name]
+    node_ip = node.address(4)
+    steers: list[Steer] = []
+    for pod in sorted(state.pods.values(), key=lambda p: p.key):
+        if pod.node == node_name:
+            steers.extend(pod_steers(state, alloc, pod))
+
+    by_ip = {str(a.ip): a for a in alloc.eips}
+    eip_routes = []
+    for eip in sorted({str(s.eip) for s in steers}):
+        a = by_ip[eip]
+        eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
+                                   gateways=tuple(a.nodes),
+                                   local=bool(a.nodes) and a.nodes[0] == node_name))
+
+    held = tuple(
+        HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
+                next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)))
+        for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
+        if a.nodes and a.nodes[0] == node_name)
+
+    return_routes = ()
+    if held:
+        return_routes = tuple(
+            ReturnRoute(node=n.name, node_ip=n.address(4), pod_cidr=cidr, local=n.name == node_name)
+            for n in sorted(state.nodes.values(), key=lambda n: n.name)
+            if n.address(4) is not None
+            for cidr in n.pod_cidrs if cidr.version == 4)
+
+    return NodeView(
+        node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
+        brex_mac=facts.brex_mac, steers=tuple(steers), eip_routes=tuple(eip_routes), held=held,
+        return_routes=return_routes,
+        pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4),
+    )
+
+
+def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict[str, str]:
+    """Gateway nodes this node needs a Geneve port to: every node of every EIP
+    (active and standbys, so failover never waits for a port), but itself."""
+    peers = {}
+    for a in alloc.eips:
+        for n in a.nodes:
+            if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None:
+                peers[n] = str(state.nodes[n].address(4))
+    return peers

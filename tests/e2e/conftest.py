@@ -1,0 +1,151 @@
+"""The lab every end-to-end test stands on: three nodes (alpha is the gateway),
+pods selected and unselected, two external hosts.  One lab per test module
+(lab up costs seconds); each test applies its own policies and removes them."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+
+import pytest
+import yaml
+
+from sdn_egress.lab import Lab
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES = os.path.join(REPO, "k8s", "examples")
+
+TOPOLOGY = {
+    "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo"}, {"name": "charlie"}],
+    "pods": [
+        {"name": "cart-0", "namespace": "shop", "node": "bravo", "labels": {"app": "cart"}},
+        {"name": "cart-1", "namespace": "shop", "node": "alpha", "labels": {"app": "cart"}},
+        {"name": "web-0", "namespace": "shop", "node": "charlie", "labels": {"app": "web"}},
+        {"name": "cart-0", "namespace": "other", "node": "charlie", "labels": {"app": "cart"}},
+    ],
+    "externals": [{"name": "ext-1"}, {"name": "ext-2"}],
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, OVS)")
+    state = tempfile.mkdtemp(prefix="sdn-egress-e2e-")
+    topo = os.path.join(state, "topology.yaml")
+    with open(topo, "w") as f:
+        yaml.safe_dump(TOPOLOGY, f)
+    the_lab = Lab(state_dir=os.path.join(state, "lab"), prefix="se2e" + uuid.uuid4().hex[:3])
+    try:
+        the_lab.up(topo)
+        yield the_lab
+    finally:
+        try:
+            the_lab.down()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+class Policies:
+    """Applies manifests for one test and deletes them afterwards, waiting until
+    the controller has allocated and every agent has finished a pass."""
+
+    def __init__(self, lab: Lab, tmp_path):
+        self.lab = lab
+        self.tmp = tmp_path
+        self.files: list[str] = []
+
+    def apply(self, *docs: dict | str) -> list[str]:
+        paths = []
+        for doc in docs:
+            if isinstance(doc, str):
+                path = os.path.join(EXAMPLES, doc)
+            else:
+                path = str(self.tmp / f"obj-{len(self.files)}.yaml")
+                with open(path, "w") as f:
+                    yaml.safe_dump(doc, f)
+            self.lab.apply(path)
+            self.files.append(path)
+            paths.append(path)
+        return paths
+
+    def delete(self, path: str) -> None:
+        self.lab.delete(path)
+        self.files.remove(path)
+
+    def eip(self, key: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            pol = (self.lab.status().get("allocation") or {}).get("policies", {}).get(key) or {}
+            eip = pol.get("eip_v4")
+            if eip and pol.get("node"):
+                return eip
+            if time.monotonic() > deadline:
+                raise AssertionError(f"policy {key} got no EIP: {pol}")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for path in reversed(self.files):
+            self.lab.delete(path)
+        self.files.clear()
+
+
+@pytest.fixture
+def policies(lab, tmp_path):
+    p = Policies(lab, tmp_path)
+    try:
+        yield p
+    finally:
+        p.cleanup()
+        wait_for(lambda: not lab_rules(lab), "steering rules removed after the test")
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.1):
+    """Poll until ``predicate()`` is truthy; the assertion is on the outcome,
+    the timeout only bounds how long a broken system is waited for."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last result: {last!r}")
+
+
+def lab_rules(lab) -> dict[str, list[str]]:
+    """Steering rules (table 7100) per node that still exist."""
+    out = {}
+    for node in ("alpha", "bravo", "charlie"):
+        rules = [l for l in lab.exec(node, ["ip", "rule"]).stdout.splitlines() if "7100" in l]
+        if rules:
+            out[node] = rules
+    return out
+
+
+def policy_doc(name: str, namespace: str, *, eip: str | None = None, selector: dict | None = None,
+               dest: list[str] | None = None, exclude: list[str] | None = None, priority: int | None = None,
+               gateway: str = "edge") -> dict:
+    spec: dict = {"egressGatewayName": gateway,
+                  "appliedTo": {"podSelector": {"matchLabels": selector or {"app": "cart"}}}}
+    if eip:
+        spec["egressIP"] = {"ipv4": eip}
+    if dest is not None:
+        spec["destSubnet"] = dest
+    if exclude is not None:
+        spec["excludeSubnet"] = exclude
+    if priority is not None:
+        spec["priority"] = priority
+    return {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}

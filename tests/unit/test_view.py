@@ -1,0 +1,118 @@
+"""Policy semantics at a node: which pods, which destinations, which EIPs."""
+from __future__ import annotations
+
+import netaddr
+import pytest
+
+from flows.view import Ports
+from sdn_egress.allocation import allocate
+from sdn_egress.model import (ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node, Pod,
+                              frozen_labels)
+from sdn_egress.view import NodeFacts, build_view, tunnel_peers
+
+IP = netaddr.IPAddress
+NET = netaddr.IPNetwork
+FACTS = NodeFacts(ports=Ports(egw=1, tun_flow=2, tunnels=(("alpha", 5),), int_patch=3, uplink=1, ex_patch=2),
+                  egw_mac="02:00:00:00:00:01", brex_mac="02:00:00:00:00:02",
+                  next_hop_macs=(("192.0.2.200", "02:00:00:00:00:fe"),))
+
+
+def node(name, i, **labels):
+    return Node(name=name, labels=frozen_labels(labels), addresses=(IP(f"192.0.2.{11 + i}"),),
+                pod_cidrs=(NET(f"203.0.113.{32 * i}/27"),))
+
+
+def pod(ns, name, node_name, ip, **labels):
+    return Pod(namespace=ns, name=name, node=node_name, labels=frozen_labels(labels), ips=(IP(ip),))
+
+
+def policy(ns, name, *, dest=(), exclude=(), priority=0, eip=None, **sel):
+    return EgressPolicy(namespace=ns, name=name, gateway="edge",
+                        pod_selector=LabelSelector(match_labels=frozen_labels(sel)),
+                        eip_v4=IP(eip) if eip else None,
+                        dest_subnets=tuple(NET(d) for d in dest),
+                        exclude_subnets=tuple(NET(x) for x in exclude), priority=priority)
+
+
+def state(*policies, pods=None):
+    nodes = {n.name: n for n in (node("alpha", 0, egress="true"), node("bravo", 1))}
+    pods = pods or [pod("shop", "cart-0", "bravo", "203.0.113.34", app="cart"),
+                    pod("shop", "web-0", "bravo", "203.0.113.35", app="web"),
+                    pod("other", "cart-0", "bravo", "203.0.113.36", app="cart"),
+                    pod("shop", "cart-1", "alpha", "203.0.113.2", app="cart")]
+    gw = EgressGateway(name="edge", node_selector=LabelSelector(match_labels=(("egress", "true"),)),
+                       pool_v4=(netaddr.IPRange("192.0.2.200", "192.0.2.210"),))
+    return ClusterState(nodes=nodes, pods={p.key: p for p in pods}, gateways={"edge": gw},
+                        policies={p.key: p for p in policies})
+
+
+def view(st, node_name="bravo"):
+    return build_view(node_name, st, allocate(st), FACTS)
+
+
+def test_selected_pod_is_steered_to_the_policy_destination_only():
+    st = state(policy("shop", "cart", dest=["198.51.100.0/24"], app="cart"))
+    v = view(st)
+    assert [(s.pod, str(s.dest), s.policy) for s in v.steers] == [("shop/cart-0", "198.51.100.0/24", "shop/cart")]
+    assert [str(r.eip) for r in v.eip_routes] == ["192.0.2.200"]
+    assert v.eip_routes[0].gateways == ("alpha",) and not v.eip_routes[0].local
+    assert v.held == ()  # bravo is no gateway
+
+
+def test_namespaced_policy_never_selects_another_namespace():
+    v = view(state(policy("shop", "cart", app="cart")))
+    assert {s.pod for s in v.steers} == {"shop/cart-0"}
+
+
+def test_empty_destination_means_everything_outside_the_cluster():
+    v = view(state(policy("shop", "cart", app="cart")))
+    steered = netaddr.IPSet(s.dest for s in v.steers)
+    assert IP("198.51.100.10") in steered and IP("8.8.8.8") in steered
+    for inside in ("203.0.113.2", "203.0.113.40", "192.0.2.11", "192.0.2.12", "127.0.0.1", "169.254.0.1",
+                   "224.0.0.5"):
+        assert IP(inside) not in steered, inside
+    # Only node IPs are cluster addresses on the underlay: an EIP neighbour is not.
+    assert IP("192.0.2.1") in steered
+
+
+def test_excluded_subnets_are_not_steered():
+    v = view(state(policy("shop", "cart", dest=["198.51.100.0/24"], exclude=["198.51.100.128/25"], app="cart")))
+    assert [str(s.dest) for s in v.steers] == ["198.51.100.0/25"]
+
+
+def test_higher_priority_policy_wins_the_overlap():
+    st = state(policy("shop", "wide", dest=["198.51.100.0/24"], app="cart"),
+               policy("shop", "narrow", dest=["198.51.100.10/32"], priority=10, app="cart"))
+    v = view(st)
+    owners = {str(s.dest): s.policy for s in v.steers}
+    assert owners["198.51.100.10/32"] == "shop/narrow"
+    assert all(p == "shop/wide" for d, p in owners.items() if d != "198.51.100.10/32")
+    wide = netaddr.IPSet(NET(d) for d, p in owners.items() if p == "shop/wide")
+    assert wide == netaddr.IPSet(["198.51.100.0/24"]) - netaddr.IPSet(["198.51.100.10/32"])
+    assert len({str(s.eip) for s in v.steers}) == 2
+
+
+def test_ties_are_broken_by_namespace_and_name():
+    st = state(policy("shop", "b", dest=["198.51.100.0/24"], app="cart"),
+               policy("shop", "a", dest=["198.51.100.0/24"], app="cart"))
+    assert {s.policy for s in view(st).steers} == {"shop/a"}
+
+
+def test_gateway_node_holds_its_eip_and_routes_replies_to_every_pod_cidr():
+    st = state(policy("shop", "cart", dest=["198.51.100.0/24"], app="cart"))
+    v = view(st, "alpha")
+    assert [(str(h.eip), h.next_hop_mac) for h in v.held] == [("192.0.2.200", "02:00:00:00:00:fe")]
+    assert {(r.node, str(r.pod_cidr), r.local) for r in v.return_routes} == {
+        ("alpha", "203.0.113.0/27", True), ("bravo", "203.0.113.32/27", False)}
+    # The gateway's own selected pod goes to the local SNAT, no tunnel.
+    assert v.eip_routes[0].local
+    assert tunnel_peers("alpha", st, allocate(st)) == {}
+    assert tunnel_peers("bravo", st, allocate(st)) == {"alpha": "192.0.2.11"}
+
+
+@pytest.mark.parametrize("labels", [{"app": "web"}, {}])
+def test_unselected_pod_gets_nothing(labels):
+    st = state(policy("shop", "cart", app="cart"),
+               pods=[pod("shop", "x", "bravo", "203.0.113.34", **labels)])
+    v = view(st)
+    assert v.steers == () and v.eip_routes == ()
