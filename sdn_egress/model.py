@@ -124,6 +124,7 @@ class Node:
     labels: tuple[tuple[str, str], ...]
     addresses: tuple[netaddr.IPAddress, ...]  # InternalIP first
     pod_cidrs: tuple[netaddr.IPNetwork, ...]
+    ready: bool = True  # the Ready condition; nodes that are not ready never hold an EIP
 
     @property
     def ref(self) -> ObjectRef:
@@ -180,6 +181,11 @@ class EgressGateway:
 
     def in_pool(self, ip: netaddr.IPAddress) -> bool:
         return any(ip in r for r in self.pool(ip.version))
+
+    def pool_text(self, version: int) -> str:
+        """The pool as messages show it: ``192.0.2.200-192.0.2.210, 192.0.2.250``."""
+        parts = [str(r[0]) if r.size == 1 else f"{r[0]}-{r[-1]}" for r in self.pool(version)]
+        return ", ".join(parts) or f"no IPv{version} addresses"
 
 
 @dataclass(frozen=True)

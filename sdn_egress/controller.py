@@ -1,0 +1,187 @@
+"""``sdn-egress controller``: snapshot -> allocate -> write status, whenever the state changes.
+
+Standalone mode reads a manifest directory and writes ``allocation.json`` and
+``errors.json`` into a status directory, which the agents read.  The
+:class:`Controller` class holds the loop's body, so tests drive it without
+processes: ``Controller(source, store).reconcile()``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+
+from sdn_egress.allocation import Allocation, AllocationStore, PolicyStatus, allocate
+from sdn_egress.source import StateSource
+
+LOG = logging.getLogger(__name__)
+
+RESYNC_INTERVAL = 30.0
+LOCK_FILE = ".controller.lock"
+
+
+def _eips(s: PolicyStatus) -> str:
+    return ", ".join(str(ip) for ip in (s.eip_v4, s.eip_v6) if ip is not None)
+
+
+def describe_policy(key: str, s: PolicyStatus) -> tuple[int, str]:
+    """(log level, line) for one policy's status."""
+    eips = _eips(s)
+    failing = next((c for c in s.conditions if c.status != "True"), None)
+    why = f" ({failing.reason}: {failing.message})" if failing else ""
+    if not eips:
+        return logging.WARNING, f"policy {key}: no EIP{why}"
+    line = f"policy {key}: EIP {eips}"
+    if s.node:
+        line += f" on node {s.node}"
+    if not s.ready:
+        where = "" if s.node else " no gateway node;"
+        return logging.WARNING, f"{line},{where} not ready{why}"
+    return logging.INFO, line
+
+
+def describe_changes(before: Allocation | None, after: Allocation) -> list[tuple[int, str]]:
+    """What changed from ``before`` to ``after``, as (log level, line) pairs."""
+    before = before or Allocation()
+    lines: list[tuple[int, str]] = []
+    for key, s in sorted(after.policies.items()):
+        if before.policies.get(key) != s:
+            lines.append(describe_policy(key, s))
+    for key, s in sorted(before.policies.items()):
+        if key not in after.policies:
+            released = _eips(s)
+            lines.append((logging.INFO, f"policy {key}: removed"
+                          + (f", EIP {released} released" if released else "")))
+    old_nodes = {a.ip: a.nodes for a in before.eips}
+    for a in after.eips:
+        if a.ip in old_nodes and old_nodes[a.ip] != a.nodes:
+            lines.append((logging.INFO, f"EIP {a.ip}: gateway nodes {', '.join(a.nodes) or 'none'}"
+                          f" (were {', '.join(old_nodes[a.ip]) or 'none'})"))
+    old_errors, new_errors = set(before.errors), set(after.errors)
+    lines.extend((logging.WARNING, f"invalid: {e}") for e in after.errors if e not in old_errors)
+    lines.extend((logging.INFO, f"resolved: {e}") for e in before.errors if e not in new_errors)
+    return lines
+
+
+class Controller:
+    def __init__(self, source: StateSource, store: AllocationStore):
+        self.source = source
+        self.store = store
+        self.current: Allocation | None = None  # the last allocation saved
+        self._loaded = False
+        self.passes = 0
+
+    def previous(self) -> Allocation | None:
+        """What the last pass saved; at start, what the store holds (a file
+        that cannot be read is moved aside: allocation starts afresh)."""
+        if not self._loaded:
+            self._loaded = True
+            try:
+                self.current = self.store.load()
+            except ValueError as exc:
+                bad = self.store.allocation_file + ".bad"
+                os.replace(self.store.allocation_file, bad)
+                LOG.error("%s; allocating afresh (the unreadable file is kept as %s)", exc, bad)
+                self.current = None
+        return self.current
+
+    def reconcile(self) -> Allocation:
+        """One pass; returns the allocation it saved."""
+        previous = self.previous()
+        state = self.source.snapshot()
+        alloc = allocate(state, previous)
+        changed = self.store.save(alloc)
+        self.current = alloc
+        for level, line in describe_changes(previous, alloc):
+            LOG.log(level, "%s", line)
+        if changed or self.passes == 0:
+            ready = sum(s.ready for s in alloc.policies.values())
+            LOG.info("allocation: %d policies (%d ready), %d EIPs, %d errors -> %s",
+                     len(alloc.policies), ready, len(alloc.eips), len(alloc.errors), self.store.path)
+        self.passes += 1
+        return alloc
+
+    def run(self, stop: threading.Event, resync_interval: float = RESYNC_INTERVAL) -> None:
+        """Reconcile at start, on every change of the source and every
+        ``resync_interval`` seconds, until ``stop`` is set.  A failing pass is
+        logged and retried with backoff; nothing stops the loop but ``stop``."""
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                self.reconcile()
+                backoff = 0.0
+            except Exception:  # noqa: BLE001 - the loop must live
+                backoff = min(max(backoff * 2, 0.5), 10.0)
+                LOG.exception("reconcile failed; retrying in %.1f s", backoff)
+            deadline = time.monotonic() + (backoff or resync_interval)
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if backoff:
+                    stop.wait(min(remaining, 0.5))
+                elif self.source.wait_for_change(min(remaining, 0.5)):
+                    break
+
+
+def _cidr(value: str):
+    import ipaddress
+
+    import netaddr
+
+    try:
+        return netaddr.IPNetwork(str(ipaddress.ip_network(value, strict=False)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a CIDR") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifests", metavar="DIR", required=True,
+                        help="read the cluster state from the manifests in this directory")
+    parser.add_argument("--status", metavar="DIR", required=True,
+                        help="write allocation.json and errors.json into this directory")
+    parser.add_argument("--cluster-cidr", metavar="CIDR", action="append", default=[], type=_cidr,
+                        help="extra CIDR never steered (service CIDR and the like); repeatable")
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--resync-interval", type=float, default=RESYNC_INTERVAL, metavar="SECONDS",
+                        help="reconcile at least this often even without changes")
+
+
+def run(args: argparse.Namespace) -> int:
+    import fcntl
+
+    from sdn_egress.source import ManifestDirSource
+
+    if not os.path.isdir(args.manifests):
+        LOG.error("controller: --manifests %s is not a directory", args.manifests)
+        return 2
+    os.makedirs(args.status, exist_ok=True)
+    lock = open(os.path.join(args.status, LOCK_FILE), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        LOG.error("controller: another controller is writing to %s", args.status)
+        lock.close()
+        return 1
+    try:
+        controller = Controller(ManifestDirSource(args.manifests, extra_cluster_cidrs=args.cluster_cidr),
+                                AllocationStore(args.status))
+        if args.once:
+            controller.reconcile()
+            return 0
+        stop = threading.Event()
+
+        def on_signal(signum, frame):
+            LOG.info("controller: signal %d, stopping", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        LOG.info("controller: watching %s, writing status to %s", args.manifests, args.status)
+        controller.run(stop, resync_interval=args.resync_interval)
+        return 0
+    finally:
+        lock.close()

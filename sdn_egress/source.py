@@ -1,0 +1,432 @@
+"""Where the cluster state comes from.
+
+A :class:`StateSource` hands out consistent :class:`~sdn_egress.model.ClusterState`
+snapshots and says when a new one is worth taking.  :class:`ManifestDirSource`
+reads a directory of manifests (standalone use: the lab, the demo, tests); a
+Kubernetes API source implements the same protocol.  Cross-object checks that
+every source needs live in :func:`check_policies`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Protocol
+
+import netaddr
+import yaml
+
+from sdn_egress.manifests import (
+    WHOLE_DOCUMENT,
+    Object,
+    UNNAMED,
+    expand_lists,
+    is_relevant,
+    parse_object,
+    quote,
+)
+from sdn_egress.model import (
+    ClusterState,
+    EgressGateway,
+    EgressPolicy,
+    InvalidObject,
+    Namespace,
+    Node,
+    ObjectError,
+    ObjectRef,
+    Pod,
+)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+POLL_INTERVAL = 0.2
+# A file whose mtime is this close to the moment it was read may change again
+# without its mtime moving (timestamps are coarse): compare its content too.
+RACY_WINDOW_NS = 2_000_000_000
+KEPT_NOTE = "; its last valid version stays in force"
+FILE_KEPT_NOTE = "; the last valid objects it held stay in force"
+
+
+class StateSource(Protocol):
+    def snapshot(self) -> ClusterState:
+        """The current state, consistent in itself."""
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True as soon as something changed
+        since the last :meth:`snapshot` (or no snapshot was taken yet)."""
+
+
+# -- cross-object checks ----------------------------------------------------------------------------
+
+def check_policies(
+    gateways: Mapping[str, EgressGateway],
+    policies: Iterable[tuple[EgressPolicy, str]],
+    incumbents: Mapping[str, EgressPolicy] | None = None,
+    fallbacks: Mapping[str, tuple[EgressPolicy, str]] | None = None,
+) -> tuple[dict[str, EgressPolicy], list[ObjectError]]:
+    """Checks that span objects; a policy that fails one is dropped alone.
+
+    ``policies`` are (policy, source) pairs.  A policy must name an existing
+    gateway, and its explicit EIPs must lie in that gateway's pool and be
+    claimed by no other policy.  When two policies claim one EIP, the one that
+    already held the claim in ``incumbents`` (the last accepted versions) keeps
+    it; otherwise the first by namespace/name.  ``fallbacks`` are last valid
+    versions to keep, in place of a refused new version, when they still pass.
+    Returns the accepted policies by key and the errors.
+    """
+    incumbents = incumbents or {}
+    fallbacks = fallbacks or {}
+
+    def held_claim(p: EgressPolicy) -> bool:
+        old = incumbents.get(p.key)
+        return old is not None and any(
+            ip is not None and ip == old_ip
+            for ip, old_ip in ((p.eip_v4, old.eip_v4), (p.eip_v6, old.eip_v6)))
+
+    ordered = sorted(policies, key=lambda ps: (not held_claim(ps[0]), ps[0].key))
+    accepted: dict[str, EgressPolicy] = {}
+    claims: dict[netaddr.IPAddress, str] = {}
+    errors: list[ObjectError] = []
+
+    def problem(p: EgressPolicy, source: str) -> ObjectError | None:
+        gw = gateways.get(p.gateway)
+        if gw is None:
+            return ObjectError(p.ref, "spec.egressGatewayName",
+                               f"no EgressGateway named {quote(p.gateway)}", source)
+        for version, ip in ((4, p.eip_v4), (6, p.eip_v6)):
+            if ip is None:
+                continue
+            path = f"spec.egressIP.ipv{version}"
+            if not gw.in_pool(ip):
+                return ObjectError(p.ref, path, f"{quote(str(ip))} is not in the pool of EgressGateway "
+                                                f"{gw.name} ({gw.pool_text(version)})", source)
+            holder = claims.get(ip)
+            if holder is not None and holder != p.key:
+                return ObjectError(p.ref, path, f"{quote(str(ip))} is already the egress IP of "
+                                                f"EgressPolicy {holder}", source)
+        return None
+
+    for policy, source in ordered:
+        err = problem(policy, source)
+        chosen = policy if err is None else None
+        if err is not None:
+            old = fallbacks.get(policy.key)
+            if old is not None and old[0] != policy and problem(*old) is None:
+                chosen = old[0]
+                err = replace(err, message=err.message + KEPT_NOTE)
+            errors.append(err)
+        if chosen is not None:
+            accepted[chosen.key] = chosen
+            for ip in (chosen.eip_v4, chosen.eip_v6):
+                if ip is not None:
+                    claims[ip] = chosen.key
+    return accepted, errors
+
+
+# -- reading files ------------------------------------------------------------------------------------
+
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """Safe YAML, but a key given twice in one mapping is an error, not a
+    silent overwrite."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {quote(key)}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _mapping_without_duplicates)
+
+
+class FileError(Exception):
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where = where
+        self.message = message
+
+
+def _json_pairs(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"found duplicate key {quote(k)}")
+        out[k] = v
+    return out
+
+
+def load_documents(data: bytes, name: str) -> list[Any]:
+    """Every document of a YAML (multi-document) or JSON file; raises
+    :class:`FileError` naming the line when the file is not valid."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FileError(WHOLE_DOCUMENT, f"not UTF-8 text (byte {exc.start})") from None
+    if name.lower().endswith(".json"):
+        try:
+            return [json.loads(text, object_pairs_hook=_json_pairs)] if text.strip() else []
+        except json.JSONDecodeError as exc:
+            raise FileError(f"line {exc.lineno}, column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+        except ValueError as exc:
+            raise FileError(WHOLE_DOCUMENT, f"not valid JSON: {exc}") from None
+    try:
+        return list(yaml.load_all(text, Loader=_StrictLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else WHOLE_DOCUMENT
+        raise FileError(where, f"not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise FileError(WHOLE_DOCUMENT, f"not valid YAML: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    mtime_ns: int
+    size: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "_Stamp":
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass
+class _Seen:
+    """What a snapshot read of one file."""
+
+    stamp: _Stamp
+    digest: str
+    racy: bool  # modified too close to the read to trust the stamp alone
+
+
+@dataclass(frozen=True)
+class _Kept:
+    obj: Object
+    source: str  # file, document
+    file: str
+
+
+_KINDS = (
+    (Node, "nodes"),
+    (Namespace, "namespaces"),
+    (Pod, "pods"),
+    (EgressGateway, "gateways"),
+    (EgressPolicy, "policies"),
+)
+
+
+class ManifestDirSource:
+    """Every ``*.yaml``, ``*.yml`` and ``*.json`` file under a directory,
+    recursively (hidden files and directories skipped), multi-document YAML
+    and ``kind: List`` included.
+
+    Bad input never removes or changes a valid object: a duplicate is refused
+    in the later file (sorted path order); an object whose new version is
+    refused keeps its last valid version (while this source lives), and so do
+    the objects of a file that no longer parses.  Changes are found by polling
+    (mtime, size, inode; content for files modified moments before they were
+    read).
+    """
+
+    def __init__(self, path: str, extra_cluster_cidrs: Iterable[str | netaddr.IPNetwork] = (),
+                 poll_interval: float = POLL_INTERVAL):
+        self.path = str(path)
+        self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
+        self.poll_interval = poll_interval
+        self._seen: dict[str, _Seen] | None = None  # None: no snapshot yet
+        self._kept: dict[ObjectRef, _Kept] = {}
+
+    # -- change detection ---------------------------------------------------------------------------
+    def _files(self) -> dict[str, _Stamp]:
+        """Relative path -> stamp of every manifest file, now."""
+        found: dict[str, _Stamp] = {}
+        visited: set[tuple[int, int]] = set()
+        for root, dirs, files in os.walk(self.path, followlinks=True):
+            try:
+                st = os.stat(root)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in visited:  # a symlink loop
+                dirs[:] = []
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in files:
+                if name.startswith(".") or not name.lower().endswith(SUFFIXES):
+                    continue
+                full = os.path.join(root, name)
+                try:
+                    fst = os.stat(full)
+                except OSError:
+                    continue  # vanished, or a dangling link
+                if not os.path.isfile(full):
+                    continue
+                found[os.path.relpath(full, self.path)] = _Stamp.of(fst)
+        return found
+
+    def changed(self) -> bool:
+        """One poll: has anything changed since the last snapshot?"""
+        if self._seen is None:
+            return True
+        now = self._files()
+        if now.keys() != self._seen.keys():
+            return True
+        for rel, stamp in now.items():
+            seen = self._seen[rel]
+            if stamp != seen.stamp:
+                return True
+            if seen.racy:
+                try:
+                    digest = _digest(self._read(rel))
+                except OSError:
+                    return True
+                if digest != seen.digest:
+                    return True
+                if time.time_ns() > stamp.mtime_ns + RACY_WINDOW_NS:
+                    seen.racy = False
+        return False
+
+    def wait_for_change(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self.changed():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(self.poll_interval, remaining))
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _read(self, rel: str) -> bytes:
+        with open(os.path.join(self.path, rel), "rb") as f:
+            return f.read()
+
+    def _display(self, rel: str) -> str:
+        return os.path.join(self.path, rel)
+
+    def snapshot(self) -> ClusterState:
+        run = _Pass()
+        if not os.path.isdir(self.path):
+            run.errors.append(ObjectError(ObjectRef("Directory", "", self.path), WHOLE_DOCUMENT,
+                                          "does not exist or is not a directory"))
+        for rel, stamp in sorted(self._files().items()):
+            self._load_file(run, rel, stamp)
+        self._keep_last_valid(run)
+        by_kind = self._check(run)
+        self._kept = run.chosen
+        self._seen = run.seen
+        return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=self.extra_cluster_cidrs,
+                            **by_kind)
+
+    def _load_file(self, run: "_Pass", rel: str, stamp: _Stamp) -> None:
+        shown = self._display(rel)
+        try:
+            data = self._read(rel)
+        except FileNotFoundError:
+            return  # deleted since the scan: as if never seen
+        except OSError as exc:
+            run.seen[rel] = _Seen(stamp, "", racy=False)  # look again once it changes
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), WHOLE_DOCUMENT,
+                                          f"cannot be read: {exc.strerror or exc}"))
+            return
+        read_at = time.time_ns()
+        run.seen[rel] = _Seen(stamp, _digest(data), racy=read_at <= stamp.mtime_ns + RACY_WINDOW_NS)
+        try:
+            docs = load_documents(data, rel)
+        except FileError as exc:
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
+            return
+        for n, doc in enumerate(docs, 1):
+            if doc is None:
+                continue
+            where = f"{shown}, document {n}" if len(docs) > 1 else shown
+            items = list(expand_lists(doc))
+            for m, item in enumerate(items, 1):
+                source = where if items == [doc] else f"{where}, item {m}"
+                if is_relevant(item):
+                    run.add(item, source, shown)
+
+    def _keep_last_valid(self, run: "_Pass") -> None:
+        """A refused new version, or a file that no longer parses, keeps the
+        last valid objects."""
+        for ref, i in run.refused.items():
+            if ref not in run.chosen and ref in self._kept:
+                run.chosen[ref] = self._kept[ref]
+                run.errors[i] = replace(run.errors[i], message=run.errors[i].message + KEPT_NOTE)
+        for shown, i in run.failed_files.items():
+            kept = [ref for ref, k in self._kept.items() if k.file == shown and ref not in run.chosen]
+            for ref in kept:
+                run.chosen[ref] = self._kept[ref]
+            if kept:
+                run.errors[i] = replace(run.errors[i], message=run.errors[i].message + FILE_KEPT_NOTE)
+
+    def _check(self, run: "_Pass") -> dict[str, dict[str, Any]]:
+        """Sort the objects by kind and run the cross-object checks."""
+        by_kind: dict[str, dict[str, Any]] = {attr: {} for _, attr in _KINDS}
+        for ref, kept in sorted(run.chosen.items(), key=lambda rk: rk[0]):
+            for cls, attr in _KINDS:
+                if isinstance(kept.obj, cls):
+                    by_kind[attr][ref.key] = kept.obj
+        candidates = by_kind["policies"]
+        fallbacks = {ref.key: (k.obj, k.source) for ref, k in self._kept.items()
+                     if isinstance(k.obj, EgressPolicy)}
+        policies, errors = check_policies(
+            by_kind["gateways"], [(p, run.chosen[p.ref].source) for p in candidates.values()],
+            incumbents={key: pair[0] for key, pair in fallbacks.items()}, fallbacks=fallbacks)
+        run.errors.extend(errors)
+        for key, policy in policies.items():
+            if policy is not candidates.get(key):  # a last valid version stayed
+                run.chosen[policy.ref] = self._kept[policy.ref]
+        for key in set(candidates) - set(policies):
+            run.chosen.pop(candidates[key].ref, None)
+        by_kind["policies"] = dict(sorted(policies.items()))
+        return by_kind
+
+
+@dataclass
+class _Pass:
+    """What one snapshot gathers."""
+
+    seen: dict[str, _Seen] = field(default_factory=dict)
+    errors: list[ObjectError] = field(default_factory=list)
+    chosen: dict[ObjectRef, _Kept] = field(default_factory=dict)
+    refused: dict[ObjectRef, int] = field(default_factory=dict)  # ref -> index of its error
+    failed_files: dict[str, int] = field(default_factory=dict)  # file -> index of its error
+
+    def add(self, doc: Any, source: str, file: str) -> None:
+        try:
+            obj = parse_object(doc, source)
+        except InvalidObject as exc:
+            if exc.error.ref.name != UNNAMED:
+                self.refused.setdefault(exc.error.ref, len(self.errors))
+            self.errors.append(exc.error)
+            return
+        if obj is None:
+            return
+        first = self.chosen.get(obj.ref)
+        if first is not None:
+            self.errors.append(ObjectError(obj.ref, "metadata.name",
+                                           f"duplicate: {obj.ref} is already defined in {first.source}",
+                                           source))
+            return
+        self.chosen[obj.ref] = _Kept(obj, source, file)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,238 @@
+"""EIP allocation, gateway election and the allocation store (sdn_egress.allocation)."""
+from __future__ import annotations
+
+import json
+import os
+
+import netaddr
+import pytest
+
+from sdn_egress.allocation import Allocation, AllocationStore, allocate
+from sdn_egress.model import (
+    ClusterState,
+    EgressGateway,
+    EgressPolicy,
+    LabelSelector,
+    Node,
+    ObjectError,
+    ObjectRef,
+)
+
+IP = netaddr.IPAddress
+EDGE_SELECTOR = LabelSelector(match_labels=(("egress", "true"),))
+
+
+def node(name: str, i: int, egress: bool = True, ready: bool = True) -> Node:
+    return Node(name=name, labels=(("egress", "true"),) if egress else (),
+                addresses=(IP(f"192.0.2.{11 + i}"),), pod_cidrs=(netaddr.IPNetwork(f"203.0.113.{32 * i}/27"),),
+                ready=ready)
+
+
+def gateway(name: str = "edge", v4: str = "192.0.2.200-192.0.2.210", v6: str | None = None) -> EgressGateway:
+    def ranges(text):
+        out = []
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            out.append(netaddr.IPRange(first, last or first))
+        return tuple(out)
+    return EgressGateway(name=name, node_selector=EDGE_SELECTOR, pool_v4=ranges(v4) if v4 else (),
+                         pool_v6=ranges(v6) if v6 else ())
+
+
+def policy(name: str, ns: str = "shop", gw: str = "edge", eip: str | None = None, eip6: str | None = None):
+    return EgressPolicy(namespace=ns, name=name, gateway=gw,
+                        pod_selector=LabelSelector(match_labels=(("app", name),)),
+                        eip_v4=IP(eip) if eip else None, eip_v6=IP(eip6) if eip6 else None)
+
+
+def state(policies, gateways=None, nodes=None, errors=()) -> ClusterState:
+    gateways = gateways if gateways is not None else [gateway()]
+    nodes = nodes if nodes is not None else [node("alpha", 0), node("beta", 1)]
+    return ClusterState(nodes={n.name: n for n in nodes}, gateways={g.name: g for g in gateways},
+                        policies={p.key: p for p in policies}, errors=tuple(errors))
+
+
+def eips(alloc: Allocation) -> dict[str, str | None]:
+    return {k: (str(s.eip_v4) if s.eip_v4 else None) for k, s in alloc.policies.items()}
+
+
+def keys(alloc: Allocation) -> dict[str, int]:
+    return {str(a.ip): a.tunnel_key for a in alloc.eips}
+
+
+def test_lowest_free_addresses_keys_and_balanced_actives():
+    alloc = allocate(state([policy("b"), policy("a"), policy("c")]))
+    assert eips(alloc) == {"shop/a": "192.0.2.200", "shop/b": "192.0.2.201", "shop/c": "192.0.2.202"}
+    assert keys(alloc) == {"192.0.2.200": 1, "192.0.2.201": 2, "192.0.2.202": 3}
+    assert [a.nodes for a in alloc.eips] == [("alpha", "beta"), ("beta", "alpha"), ("alpha", "beta")]
+    a = alloc.policies["shop/a"]
+    assert (a.gateway, a.node, a.ready) == ("edge", "alpha", True)
+    assert [(c.type, c.status, c.reason) for c in a.conditions] == [
+        ("IPAllocated", "True", "Allocated"), ("Ready", "True", "GatewayNodeSelected")]
+    assert alloc.eip("192.0.2.201").policies == ("shop/b",)
+    assert alloc.errors == ()
+
+
+def test_sticky_across_reordering_and_policies_coming_and_going():
+    first = allocate(state([policy("a"), policy("b"), policy("c")]))
+    # Reordered input, same previous: nothing moves.
+    again = allocate(state([policy("c"), policy("a"), policy("b")]), first)
+    assert again == first
+    # "a" goes: its EIP is freed, nobody else's moves.
+    without_a = allocate(state([policy("c"), policy("b")]), first)
+    assert eips(without_a) == {"shop/b": "192.0.2.201", "shop/c": "192.0.2.202"}
+    assert keys(without_a) == {"192.0.2.201": 2, "192.0.2.202": 3}
+    assert [a.nodes[0] for a in without_a.eips] == ["beta", "alpha"]
+    # Newcomers take the lowest free address and key; the others keep theirs,
+    # even one ("0") that sorts before all of them.
+    later = allocate(state([policy("c"), policy("b"), policy("z"), policy("0")]), without_a)
+    assert eips(later) == {"shop/0": "192.0.2.200", "shop/b": "192.0.2.201", "shop/c": "192.0.2.202",
+                           "shop/z": "192.0.2.203"}
+    assert keys(later) == {"192.0.2.200": 1, "192.0.2.201": 2, "192.0.2.202": 3, "192.0.2.203": 4}
+    # Without a previous allocation the same set would be packed by name: stickiness is real.
+    assert eips(allocate(state([policy("c"), policy("b")]))) == {"shop/b": "192.0.2.200",
+                                                                  "shop/c": "192.0.2.201"}
+
+
+def test_explicit_eip_is_honoured_and_skipped_by_the_pool():
+    alloc = allocate(state([policy("a"), policy("b", eip="192.0.2.200"), policy("c")]))
+    assert eips(alloc) == {"shop/a": "192.0.2.201", "shop/b": "192.0.2.200", "shop/c": "192.0.2.202"}
+
+
+def test_explicit_eip_never_steals_a_held_one():
+    first = allocate(state([policy("a")]))
+    assert eips(first) == {"shop/a": "192.0.2.200"}
+    alloc = allocate(state([policy("a"), policy("b", eip="192.0.2.200")]), first)
+    assert eips(alloc) == {"shop/a": "192.0.2.200", "shop/b": None}
+    b = alloc.policies["shop/b"]
+    assert (b.condition("IPAllocated").status, b.condition("IPAllocated").reason) == ("False", "EIPInUse")
+    assert [str(e) for e in alloc.errors] == [
+        'EgressPolicy shop/b: spec.egressIP.ipv4: "192.0.2.200" is already the egress IP of EgressPolicy shop/a']
+
+
+def test_explicit_eip_change_moves_the_policy():
+    first = allocate(state([policy("a")]))
+    moved = allocate(state([policy("a", eip="192.0.2.209")]), first)
+    assert eips(moved) == {"shop/a": "192.0.2.209"}
+    assert keys(moved) == {"192.0.2.209": 1}
+
+
+def test_pool_exhaustion_never_steals():
+    small = [gateway(v4="192.0.2.200-192.0.2.201")]
+    first = allocate(state([policy("b"), policy("c")], small))
+    alloc = allocate(state([policy("a"), policy("b"), policy("c")], small), first)
+    assert eips(alloc) == {"shop/a": None, "shop/b": "192.0.2.200", "shop/c": "192.0.2.201"}
+    a = alloc.policies["shop/a"]
+    assert not a.ready and a.node is None
+    assert (a.condition("IPAllocated").status, a.condition("IPAllocated").reason) == ("False", "PoolExhausted")
+    assert a.condition("Ready").reason == "IPNotAllocated"
+    assert [str(e) for e in alloc.errors] == [
+        "EgressPolicy shop/a: spec.egressGatewayName: no free IPv4 address left in the pool of EgressGateway "
+        "edge (192.0.2.200-192.0.2.201)"]
+    # When a holder goes, the waiting policy gets the freed address.
+    after = allocate(state([policy("a"), policy("c")], small), alloc)
+    assert eips(after) == {"shop/a": "192.0.2.200", "shop/c": "192.0.2.201"}
+    assert after.errors == ()
+
+
+def test_no_gateway_node_keeps_the_eip_without_nodes():
+    nodes = [node("alpha", 0, egress=False), node("beta", 1, ready=False)]
+    alloc = allocate(state([policy("a")], nodes=nodes))
+    assert eips(alloc) == {"shop/a": "192.0.2.200"}
+    assert alloc.eips[0].nodes == ()
+    a = alloc.policies["shop/a"]
+    assert (a.ready, a.node) == (False, None)
+    assert a.condition("IPAllocated").status == "True"
+    ready = a.condition("Ready")
+    assert (ready.status, ready.reason) == ("False", "NoGatewayNode")
+    assert ready.message == "no ready node matches the nodeSelector of EgressGateway edge (egress=true)"
+
+
+def test_active_stays_then_fails_over_to_the_first_standby():
+    three = [node("alpha", 0), node("beta", 1), node("gamma", 2)]
+    first = allocate(state([policy("a"), policy("b")], nodes=three))
+    # Actives balanced; the idle node is everyone's first standby.
+    assert [a.nodes for a in first.eips] == [("alpha", "gamma", "beta"), ("beta", "gamma", "alpha")]
+    # A new node joins: nobody moves to it, it stands by last.
+    four = three + [node("delta", 3)]
+    joined = allocate(state([policy("a"), policy("b")], nodes=four), first)
+    assert [a.nodes for a in joined.eips] == [("alpha", "gamma", "beta", "delta"),
+                                              ("beta", "gamma", "alpha", "delta")]
+    # alpha fails: its EIP goes to its first standby (where the data plane already sent it).
+    down = [node("alpha", 0, ready=False)] + four[1:]
+    failed = allocate(state([policy("a"), policy("b")], nodes=down), joined)
+    assert [a.nodes for a in failed.eips] == [("gamma", "beta", "delta"), ("beta", "gamma", "delta")]
+    assert failed.policies["shop/a"].node == "gamma"
+    # alpha comes back as a standby; the actives stay.
+    back = allocate(state([policy("a"), policy("b")], nodes=four), failed)
+    assert [a.nodes for a in back.eips] == [("gamma", "beta", "delta", "alpha"),
+                                            ("beta", "gamma", "delta", "alpha")]
+
+
+def test_gateway_change_and_pool_shrink_reallocate():
+    gws = [gateway(), gateway("west", v4="192.0.2.220-192.0.2.229")]
+    first = allocate(state([policy("a"), policy("b")], gws))
+    moved = allocate(state([policy("a", gw="west"), policy("b")], gws), first)
+    assert eips(moved) == {"shop/a": "192.0.2.220", "shop/b": "192.0.2.201"}
+    assert moved.eip("192.0.2.220").gateway == "west"
+    shrunk = [gateway(v4="192.0.2.205-192.0.2.210"), gws[1]]
+    after = allocate(state([policy("a", gw="west"), policy("b")], shrunk), moved)
+    assert eips(after) == {"shop/a": "192.0.2.220", "shop/b": "192.0.2.205"}
+
+
+def test_dual_stack_and_unknown_gateway():
+    gws = [gateway(v6="2001:db8::100-2001:db8::1ff")]
+    alloc = allocate(state([policy("a"), policy("b", gw="nowhere")], gws))
+    a = alloc.policies["shop/a"]
+    assert (str(a.eip_v4), str(a.eip_v6)) == ("192.0.2.200", "2001:db8::100")
+    assert keys(alloc) == {"192.0.2.200": 1, "2001:db8::100": 2}
+    b = alloc.policies["shop/b"]
+    assert b.condition("IPAllocated").reason == "GatewayNotFound" and b.eip_v4 is None
+
+
+def test_deterministic():
+    st = state([policy(n) for n in "dcba"], nodes=[node("beta", 1), node("alpha", 0)])
+    st2 = state([policy(n) for n in "abcd"], nodes=[node("alpha", 0), node("beta", 1)])
+    assert allocate(st).to_json() == allocate(st2).to_json()
+    prev = allocate(st)
+    assert allocate(st, prev).to_json() == allocate(st2, prev).to_json()
+
+
+def test_state_errors_come_first_in_the_allocation():
+    err = ObjectError(ObjectRef("EgressPolicy", "shop", "bad"), "spec.priority", "must be an integer", "f.yaml")
+    alloc = allocate(state([policy("a", eip="192.0.2.99")], errors=[err]))
+    assert alloc.errors[0] == err
+    assert str(alloc.errors[1]) == ('EgressPolicy shop/a: spec.egressIP.ipv4: "192.0.2.99" is not in the pool '
+                                    "of EgressGateway edge (192.0.2.200-192.0.2.210)")
+
+
+def test_store_round_trip(tmp_path):
+    err = ObjectError(ObjectRef("EgressPolicy", "shop", "bad"), "spec.priority", "must be an integer", "f.yaml")
+    alloc = allocate(state([policy("a"), policy("b", eip6="2001:db8::5")],
+                           [gateway(v6="2001:db8::-2001:db8::ff")], errors=[err]))
+    store = AllocationStore(str(tmp_path / "status"))
+    assert store.load() is None
+    assert store.save(alloc)
+    assert store.load() == alloc
+    assert Allocation.from_json(alloc.to_json()) == alloc
+    with open(tmp_path / "status" / "errors.json") as f:
+        assert json.load(f) == [err.to_dict()]
+    assert sorted(os.listdir(tmp_path / "status")) == ["allocation.json", "errors.json"]
+    mtime = os.stat(store.allocation_file).st_mtime_ns
+    assert not store.save(alloc)  # unchanged: not rewritten
+    assert os.stat(store.allocation_file).st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not valid JSON"),
+    ('{"eips": [{"ip": "192.0.2.1", "gateway": "edge", "policies": [], "tunnel_key": 0, "nodes": []}]}',
+     "eips[0].tunnel_key: must be an integer in 1..16777215"),
+    ('{"policies": {"shop/a": {"eip_v4": "2001:db8::1"}}}',
+     "policies[shop/a].eip_v4: '2001:db8::1' is not an IPv4 address"),
+    ('{"eipz": []}', "top level: unknown key 'eipz'"),
+])
+def test_store_refuses_a_damaged_file(tmp_path, text, message):
+    (tmp_path / "allocation.json").write_text(text)
+    with pytest.raises(ValueError) as info:
+        AllocationStore(str(tmp_path)).load()
+    assert str(info.value).startswith(f"{tmp_path / 'allocation.json'}: {message}")

@@ -1,0 +1,372 @@
+"""Manifest parsing (sdn_egress.manifests) and the manifest directory source (sdn_egress.source)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import netaddr
+import pytest
+import yaml
+
+from sdn_egress.manifests import parse_object
+from sdn_egress.model import InvalidObject, ObjectRef
+from sdn_egress.source import ManifestDirSource
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "examples")
+
+GATEWAY = {
+    "apiVersion": "sdn-egress.io/v1alpha1",
+    "kind": "EgressGateway",
+    "metadata": {"name": "edge"},
+    "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+             "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"], "ipv6": []}},
+}
+POLICY = {
+    "apiVersion": "sdn-egress.io/v1alpha1",
+    "kind": "EgressPolicy",
+    "metadata": {"name": "cart", "namespace": "shop"},
+    "spec": {"egressGatewayName": "edge",
+             "appliedTo": {"podSelector": {"matchLabels": {"app": "cart"}}},
+             "destSubnet": ["198.51.100.0/24"]},
+}
+NODE = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {"name": "alpha", "labels": {"egress": "true"}},
+    "spec": {"podCIDR": "203.0.113.0/27", "podCIDRs": ["203.0.113.0/27", "2001:db8:1::/64"]},
+    "status": {"addresses": [{"type": "Hostname", "address": "alpha"},
+                             {"type": "ExternalIP", "address": "198.51.100.77"},
+                             {"type": "InternalIP", "address": "192.0.2.11"}]},
+}
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "cart-1", "namespace": "shop", "labels": {"app": "cart"},
+                 "annotations": {"example.com/owner": "team-a"}},
+    "spec": {"nodeName": "alpha", "containers": [{"name": "c", "image": "x"}]},
+    "status": {"phase": "Running", "podIP": "203.0.113.2", "podIPs": [{"ip": "203.0.113.2"}]},
+}
+
+
+def edited(doc: dict, path: str, value) -> dict:
+    """A deep copy of ``doc`` with the dotted ``path`` set (or removed when value is ...)."""
+    doc = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    target = doc
+    for p in parents:
+        target = target.setdefault(p, {})
+    if value is ...:
+        target.pop(last, None)
+    else:
+        target[last] = value
+    return doc
+
+
+def refusal(doc: dict) -> str:
+    with pytest.raises(InvalidObject) as info:
+        parse_object(doc, "f.yaml")
+    return str(info.value.error)
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+
+def test_examples_parse_to_the_documented_objects():
+    with open(os.path.join(EXAMPLES, "egressgateway.yaml")) as f:
+        gw = parse_object(yaml.safe_load(f))
+    with open(os.path.join(EXAMPLES, "egresspolicy.yaml")) as f:
+        policy = parse_object(yaml.safe_load(f))
+    assert gw.name == "edge"
+    assert gw.pool_v4 == (netaddr.IPRange("192.0.2.200", "192.0.2.210"),)
+    assert gw.node_selector.matches({"egress": "true"}) and not gw.node_selector.matches({"egress": "false"})
+    assert (policy.namespace, policy.name, policy.gateway) == ("shop", "cart", "edge")
+    assert policy.pod_selector.matches({"app": "cart"}) and not policy.pod_selector.matches({"app": "web"})
+    assert policy.dest_subnets == (netaddr.IPNetwork("198.51.100.0/24"),)
+    assert policy.eip_v4 is None and policy.priority == 0
+
+
+def test_node_addresses_internal_first_cidrs_and_readiness():
+    node = parse_object(NODE)
+    assert node.addresses == (netaddr.IPAddress("192.0.2.11"), netaddr.IPAddress("198.51.100.77"))
+    assert node.pod_cidrs == (netaddr.IPNetwork("203.0.113.0/27"), netaddr.IPNetwork("2001:db8:1::/64"))
+    assert node.ready and node.labels == (("egress", "true"),)
+    down = edited(NODE, "status.conditions", [{"type": "Ready", "status": "Unknown"}])
+    assert parse_object(down).ready is False
+
+
+def test_pod_fields_and_pods_without_a_part_in_egress_are_skipped():
+    pod = parse_object(POD)
+    assert (pod.key, pod.node, pod.ips) == ("shop/cart-1", "alpha", (netaddr.IPAddress("203.0.113.2"),))
+    assert dict(pod.annotations) == {"example.com/owner": "team-a"}
+    assert parse_object(edited(POD, "spec.nodeName", ...)) is None
+    no_ip = edited(edited(POD, "status.podIP", ...), "status.podIPs", ...)
+    assert parse_object(no_ip) is None
+    assert parse_object(edited(POD, "status.phase", "Succeeded")) is None
+    assert parse_object(edited(POD, "spec.hostNetwork", True)) is None
+
+
+def test_pool_entries_single_range_and_cidr():
+    gw = parse_object(edited(GATEWAY, "spec.ippools",
+                             {"ipv4": ["192.0.2.250", "192.0.2.200-192.0.2.210", "192.0.2.240/30"],
+                              "ipv6": ["2001:db8::10-2001:db8::1f"]}))
+    assert gw.pool_v4 == (netaddr.IPRange("192.0.2.200", "192.0.2.210"),
+                          netaddr.IPRange("192.0.2.240", "192.0.2.243"),
+                          netaddr.IPRange("192.0.2.250", "192.0.2.250"))
+    assert gw.pool_v6 == (netaddr.IPRange("2001:db8::10", "2001:db8::1f"),)
+
+
+def test_selector_expressions():
+    sel = {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                {"key": "legacy", "operator": "DoesNotExist"}]}
+    policy = parse_object(edited(POLICY, "spec.appliedTo.podSelector", sel))
+    assert policy.pod_selector.matches({"tier": "b"})
+    assert not policy.pod_selector.matches({"tier": "c"})
+    assert not policy.pod_selector.matches({"tier": "a", "legacy": "yes"})
+
+
+@pytest.mark.parametrize("doc, expected", [
+    (edited(POLICY, "spec.destSubnet", ["198.51.100.0/24", "10.0.0.0/33"]),
+     'EgressPolicy shop/cart: spec.destSubnet[1]: "10.0.0.0/33" is not a CIDR (f.yaml)'),
+    (edited(POLICY, "spec.excludeSubnet", ["198.51.100.7/24"]),
+     'EgressPolicy shop/cart: spec.excludeSubnet[0]: "198.51.100.7/24" is not a CIDR: host bits are set '
+     '(the network is 198.51.100.0/24) (f.yaml)'),
+    (edited(POLICY, "spec.destSubnets", ["198.51.100.0/24"]),
+     'EgressPolicy shop/cart: spec.destSubnets: unknown key "destSubnets"; allowed: appliedTo, destSubnet, '
+     'egressGatewayName, egressIP, excludeSubnet, priority (f.yaml)'),
+    (edited(POLICY, "spec.priority", "high"),
+     "EgressPolicy shop/cart: spec.priority: must be an integer, not a string (f.yaml)"),
+    (edited(POLICY, "spec.destSubnet", "198.51.100.0/24"),
+     "EgressPolicy shop/cart: spec.destSubnet: must be a list of CIDR strings, not a string (f.yaml)"),
+    (edited(POLICY, "spec.appliedTo.podSelector",
+            {"matchExpressions": [{"key": "app", "operator": "Matches", "values": ["cart"]}]}),
+     'EgressPolicy shop/cart: spec.appliedTo.podSelector.matchExpressions[0].operator: "Matches" is not an '
+     "operator; allowed: In, NotIn, Exists, DoesNotExist (f.yaml)"),
+    (edited(POLICY, "spec.appliedTo.podSelector", {"matchLabels": {"app cart": "x"}}),
+     'EgressPolicy shop/cart: spec.appliedTo.podSelector.matchLabels: "app cart" is not a valid label key: '
+     'an optional DNS subdomain prefix and "/", then a name of at most 63 letters, digits, "-", "_" or ".", '
+     "starting and ending with a letter or digit (f.yaml)"),
+    (edited(POLICY, "spec.appliedTo.podSelector", {"matchExpressions": [{"key": "app", "operator": "In"}]}),
+     "EgressPolicy shop/cart: spec.appliedTo.podSelector.matchExpressions[0].values: must list at least one "
+     "value for operator In (f.yaml)"),
+    (edited(POLICY, "spec.appliedTo.podSelector", "app=cart"),
+     "EgressPolicy shop/cart: spec.appliedTo.podSelector: must be a label selector (a mapping with "
+     "matchLabels and/or matchExpressions), not a string (f.yaml)"),
+    (edited(POLICY, "spec.egressIP", {"ipv4": "2001:db8::1"}),
+     'EgressPolicy shop/cart: spec.egressIP.ipv4: "2001:db8::1" is not an IPv4 address (f.yaml)'),
+    (edited(POLICY, "spec.egressGatewayName", ...),
+     "EgressPolicy shop/cart: spec.egressGatewayName: is required: the name of an EgressGateway (f.yaml)"),
+    (edited(POLICY, "spec.priority", 5000),
+     "EgressPolicy shop/cart: spec.priority: 5000 is out of range 0..1000 (f.yaml)"),
+    (edited(POLICY, "apiVersion", "sdn-egress.io/v1"),
+     'EgressPolicy shop/cart: apiVersion: "sdn-egress.io/v1" is not served for EgressPolicy; use '
+     "sdn-egress.io/v1alpha1 (f.yaml)"),
+    (edited(POLICY, "kind", "EgressPolcy"),
+     'EgressPolcy cart: kind: "EgressPolcy" is not a kind of sdn-egress.io; known kinds: EgressGateway, '
+     "EgressPolicy (f.yaml)"),
+    (edited(POLICY, "metadata.name", ...),
+     "EgressPolicy shop/(unnamed): metadata.name: is required (f.yaml)"),
+    (edited(POLICY, "metadata.name", "Cart"),
+     'EgressPolicy shop/Cart: metadata.name: "Cart" is not a valid name: lowercase letters, digits, "-" and '
+     '".", starting and ending with a letter or digit, at most 253 characters (f.yaml)'),
+    (edited(GATEWAY, "spec.nodeSelector.matchLabels.egress", True),
+     'EgressGateway edge: spec.nodeSelector.matchLabels.egress: must be a string, not a boolean '
+     '(quote it: "true") (f.yaml)'),
+    (edited(GATEWAY, "spec.ippools.ipv4", ["192.0.2.210-192.0.2.200"]),
+     'EgressGateway edge: spec.ippools.ipv4[0]: "192.0.2.210-192.0.2.200" is not a range: 192.0.2.200 '
+     "comes before 192.0.2.210 (f.yaml)"),
+    (edited(GATEWAY, "spec.ippools.ipv4", ["192.0.2.200-192.0.2.210", "192.0.2.208/29"]),
+     'EgressGateway edge: spec.ippools.ipv4[1]: "192.0.2.208/29" overlaps "192.0.2.200-192.0.2.210" '
+     "(spec.ippools.ipv4[0]) (f.yaml)"),
+    (edited(GATEWAY, "spec.ippools.ipv4", ["2001:db8::1"]),
+     'EgressGateway edge: spec.ippools.ipv4[0]: "2001:db8::1" is not an IPv4 address, range (first-last) '
+     "or CIDR (f.yaml)"),
+    (edited(GATEWAY, "spec.ippools", {"ipv4": [], "ipv6": []}),
+     "EgressGateway edge: spec.ippools: must hold at least one address in ipv4 or ipv6 (f.yaml)"),
+    (edited(GATEWAY, "metadata.namespace", "shop"),
+     "EgressGateway edge: metadata.namespace: EgressGateway is cluster-scoped: remove the namespace (f.yaml)"),
+    (edited(GATEWAY, "spec.ippool", {}),
+     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: ippools, nodeSelector (f.yaml)'),
+    (edited(NODE, "spec.podCIDR", "203.0.113.0/99"),
+     'Node alpha: spec.podCIDR: "203.0.113.0/99" is not a CIDR (f.yaml)'),
+    (edited(NODE, "status.addresses", [{"type": "InternalIP", "address": "192.0.2.300"}]),
+     'Node alpha: status.addresses[0].address: "192.0.2.300" is not an IP address (f.yaml)'),
+    (edited(POD, "status.podIP", "203.0.113"),
+     'Pod shop/cart-1: status.podIP: "203.0.113" is not an IP address (f.yaml)'),
+])
+def test_refusals_name_object_field_and_what_is_allowed(doc, expected):
+    assert refusal(doc) == expected
+
+
+def test_other_kinds_are_not_ours():
+    assert parse_object({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}) is None
+
+
+# -- the manifest directory ---------------------------------------------------------------------------
+
+NODES_YAML = """\
+apiVersion: v1
+kind: Node
+metadata: {name: alpha, labels: {egress: "true"}}
+spec: {podCIDR: 203.0.113.0/27}
+status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: beta}
+spec: {podCIDR: 203.0.113.32/27}
+status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
+"""
+
+
+def write(path, name: str, docs) -> str:
+    full = os.path.join(path, name)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        if isinstance(docs, str):
+            f.write(docs)
+        else:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+    return full
+
+
+@pytest.fixture
+def mdir(tmp_path):
+    write(tmp_path, "nodes.yaml", NODES_YAML)
+    write(tmp_path, "egress/gateway.yaml", [GATEWAY])
+    write(tmp_path, "egress/policy.yaml", [POLICY])
+    return tmp_path
+
+
+def messages(state) -> list[str]:
+    return [str(e) for e in state.errors]
+
+
+def test_directory_snapshot(mdir):
+    write(mdir, "pods.json", json.dumps({"kind": "List", "apiVersion": "v1", "items": [POD]}))
+    write(mdir, ".hidden.yaml", "not: [valid")
+    write(mdir, "README.txt", "not a manifest")
+    state = ManifestDirSource(str(mdir), extra_cluster_cidrs=["10.96.0.0/12"]).snapshot()
+    assert state.errors == ()
+    assert sorted(state.nodes) == ["alpha", "beta"]
+    assert list(state.gateways) == ["edge"] and list(state.policies) == ["shop/cart"]
+    assert list(state.pods) == ["shop/cart-1"]
+    assert netaddr.IPNetwork("10.96.0.0/12") in state.cluster_cidrs(4)
+
+
+def test_bad_objects_beside_good_ones_leave_them_intact(mdir):
+    bad_cidr = edited(edited(POLICY, "metadata.name", "web"), "spec.destSubnet", ["10.0.0.0/33"])
+    far_eip = edited(edited(POLICY, "metadata.name", "far"), "spec.egressIP", {"ipv4": "192.0.2.50"})
+    lost = edited(edited(POLICY, "metadata.name", "lost"), "spec.egressGatewayName", "nowhere")
+    write(mdir, "more.yaml", [bad_cidr, far_eip, lost, {"kind": "EgressPolicy"}])
+    write(mdir, "zz-broken.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: [gamma\n")
+    state = ManifestDirSource(str(mdir)).snapshot()
+    more = os.path.join(str(mdir), "more.yaml")
+    found = messages(state)
+    # The YAML parser's own wording (libyaml or pure Python) follows the position.
+    assert found[2].startswith(f"File {os.path.join(str(mdir), 'zz-broken.yaml')}: line 4, column 1: "
+                               "not valid YAML: ")
+    assert found[:2] + found[3:] == [
+        f'EgressPolicy shop/web: spec.destSubnet[0]: "10.0.0.0/33" is not a CIDR ({more}, document 1)',
+        f"EgressPolicy default/(unnamed): apiVersion: is required ({more}, document 4)",
+        f'EgressPolicy shop/far: spec.egressIP.ipv4: "192.0.2.50" is not in the pool of EgressGateway edge '
+        f"(192.0.2.200-192.0.2.210) ({more}, document 2)",
+        f'EgressPolicy shop/lost: spec.egressGatewayName: no EgressGateway named "nowhere" ({more}, document 3)',
+    ]
+    assert list(state.policies) == ["shop/cart"]
+    assert state.policies["shop/cart"].dest_subnets == (netaddr.IPNetwork("198.51.100.0/24"),)
+    assert sorted(state.nodes) == ["alpha", "beta"] and list(state.gateways) == ["edge"]
+
+
+def test_duplicate_is_refused_in_the_later_file(mdir):
+    write(mdir, "zz-copy.yaml", [edited(POLICY, "spec.destSubnet", ["203.0.113.0/24"])])
+    state = ManifestDirSource(str(mdir)).snapshot()
+    first = os.path.join(str(mdir), "egress", "policy.yaml")
+    assert messages(state) == [
+        f"EgressPolicy shop/cart: metadata.name: duplicate: EgressPolicy shop/cart is already defined in "
+        f"{first} ({os.path.join(str(mdir), 'zz-copy.yaml')})"]
+    assert state.policies["shop/cart"].dest_subnets == (netaddr.IPNetwork("198.51.100.0/24"),)
+
+
+def test_explicit_eip_claimed_twice_goes_to_the_first_and_stays_with_its_holder(mdir):
+    write(mdir, "egress/policy.yaml", [edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.205"})])
+    src = ManifestDirSource(str(mdir))
+    assert src.snapshot().policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+    # A newcomer that sorts first asks for the same EIP: the holder keeps it.
+    newcomer = edited(edited(POLICY, "metadata.name", "aaa"), "spec.egressIP", {"ipv4": "192.0.2.205"})
+    write(mdir, "aaa.yaml", [newcomer])
+    state = src.snapshot()
+    assert list(state.policies) == ["shop/cart"]
+    assert messages(state) == [
+        'EgressPolicy shop/aaa: spec.egressIP.ipv4: "192.0.2.205" is already the egress IP of EgressPolicy '
+        f"shop/cart ({os.path.join(str(mdir), 'aaa.yaml')})"]
+    # A fresh source has no history: the first by namespace/name wins.
+    assert list(ManifestDirSource(str(mdir)).snapshot().policies) == ["shop/aaa"]
+
+
+def test_an_invalid_edit_keeps_the_last_valid_version(mdir):
+    src = ManifestDirSource(str(mdir))
+    src.snapshot()
+    path = write(mdir, "egress/policy.yaml", [edited(POLICY, "spec.destSubnet", ["198.51.100.0/33"])])
+    state = src.snapshot()
+    assert state.policies["shop/cart"].dest_subnets == (netaddr.IPNetwork("198.51.100.0/24"),)
+    assert messages(state) == [
+        f'EgressPolicy shop/cart: spec.destSubnet[0]: "198.51.100.0/33" is not a CIDR; its last valid '
+        f"version stays in force ({path})"]
+    write(mdir, "egress/policy.yaml", "kind: EgressPolicy\nspec: [unclosed\n")
+    state = src.snapshot()
+    assert list(state.policies) == ["shop/cart"]
+    assert messages(state)[0].endswith("; the last valid objects it held stay in force")
+    os.unlink(path)
+    assert src.snapshot().policies == {}
+
+
+def test_change_detection_on_add_modify_delete(mdir):
+    src = ManifestDirSource(str(mdir))
+    assert src.wait_for_change(0)  # nothing read yet
+    src.snapshot()
+    assert not src.wait_for_change(0)
+    assert not src.wait_for_change(0.3)
+
+    write(mdir, "egress/second.yaml", [edited(POLICY, "metadata.name", "second")])
+    assert src.wait_for_change(5)
+    assert sorted(src.snapshot().policies) == ["shop/cart", "shop/second"]
+    assert not src.wait_for_change(0)
+
+    # Same size, rewritten at once: the mtime may not move; the content does.
+    write(mdir, "egress/second.yaml", [edited(POLICY, "metadata.name", "secxnd")])
+    assert src.wait_for_change(5)
+    assert sorted(src.snapshot().policies) == ["shop/cart", "shop/secxnd"]
+
+    os.unlink(os.path.join(mdir, "egress", "second.yaml"))
+    assert src.wait_for_change(5)
+    assert sorted(src.snapshot().policies) == ["shop/cart"]
+    assert not src.wait_for_change(0)
+
+
+def test_missing_directory_is_an_error_not_a_crash(tmp_path):
+    state = ManifestDirSource(str(tmp_path / "absent")).snapshot()
+    assert state.policies == {}
+    assert [e.ref for e in state.errors] == [ObjectRef("Directory", "", str(tmp_path / "absent"))]
+
+
+def test_rewrite_that_keeps_size_and_mtime_is_still_seen(mdir):
+    path = os.path.join(mdir, "egress", "policy.yaml")
+    src = ManifestDirSource(str(mdir))
+    src.snapshot()
+    st = os.stat(path)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("name: cart", "name: cbrt"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as if within one timestamp tick
+    assert os.stat(path).st_size == st.st_size
+    assert src.wait_for_change(0)
+    assert list(src.snapshot().policies) == ["shop/cbrt"]
+
+
+def test_a_key_given_twice_is_an_error_not_an_overwrite(mdir):
+    path = write(mdir, "egress/policy.yaml", yaml.safe_dump(POLICY) + "kind: EgressGateway\n")
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert state.policies == {}
+    assert [str(e) for e in state.errors][0].startswith(f"File {path}: line ")
+    assert 'found duplicate key "kind"' in str(state.errors[0])
