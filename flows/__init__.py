@@ -1,1 +1,39 @@
-"""The OpenFlow pipeline of sdn-egress as pure code (no I/O, no os-ken connection)."""
+"""The OpenFlow pipeline of sdn-egress as pure code (no I/O, no os-ken connection).
+
+``build(view)`` is the whole desired state of one node's switches: the same
+view always gives the same flows, whatever order its entries come in.
+"""
+from __future__ import annotations
+
+from flows import arp, base, gateway, uplink, worker
+from flows.check import ViewError, check
+from flows.cookie import legend
+from flows.records import Flow
+from flows.render import describe
+from flows.tables import PIPELINE
+from flows.view import NodeView
+
+__all__ = ["build", "ViewError"]
+
+
+def build(view: NodeView) -> dict[str, frozenset[Flow]]:
+    """Every flow ``view``'s node must hold, by bridge name ("br-int", "br-ex").
+
+    br-ex always holds its NORMAL miss flow, so a bridge that exists without
+    an uplink still switches the node's own traffic; everything else needs the
+    ports it uses."""
+    check(view)
+    flows = (base.flows() + worker.flows(view) + gateway.flows(view) + uplink.flows(view)
+             + arp.flows(view))
+    by_key: dict[tuple, Flow] = {}
+    for f in flows:
+        other = by_key.setdefault(f.key, f)
+        if other != f:
+            names = legend(view)
+            raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
+                            f"{f.priority} with different actions: {describe(other, names)} "
+                            f"| {describe(f, names)}")
+    out: dict[str, set[Flow]] = {b: set() for b in PIPELINE}
+    for f in by_key.values():
+        out[f.bridge].add(f)
+    return {b: frozenset(fs) for b, fs in out.items()}

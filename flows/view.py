@@ -92,3 +92,4 @@ class NodeView:
     eip_routes: tuple[EipRoute, ...] = ()
     held: tuple[HeldEip, ...] = ()
     return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)
+    pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs (replies to the host)

@@ -1,0 +1,116 @@
+"""Refuse a node view that cannot be turned into a correct flow set.
+
+States the data plane handles by dropping (no live gateway, next hop MAC not
+resolved, tunnel port not created yet) are not errors; a view that
+contradicts itself or carries malformed values is, and the message names the
+object and the field.
+"""
+from __future__ import annotations
+
+import netaddr
+
+from flows import fields as F
+from flows.view import EipRoute, NodeView, Steer
+
+
+class ViewError(ValueError):
+    """The node view is malformed; the message names object and field."""
+
+
+def _mac(obj: str, name: str, value) -> None:
+    try:
+        netaddr.EUI(value)
+    except (netaddr.AddrFormatError, TypeError, ValueError):
+        raise ViewError(f"{obj}: {name}: {value!r} is not a MAC address") from None
+
+
+def _port(obj: str, name: str, value, required: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 0xFFFFFF00:
+        raise ViewError(f"{obj}: {name}: {value!r} is not an OpenFlow port number")
+    if required and value == 0:
+        raise ViewError(f"{obj}: {name}: missing (0)")
+
+
+def _key(obj: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not F.EIP_KEY_MIN <= value <= F.EIP_KEY_MAX:
+        raise ViewError(f"{obj}: tunnel_key: {value!r} outside {F.EIP_KEY_MIN}..{F.EIP_KEY_MAX}")
+
+
+def _ip(obj: str, name: str, value, cls) -> None:
+    if not isinstance(value, cls):
+        raise ViewError(f"{obj}: {name}: {value!r} is not a netaddr.{cls.__name__}")
+
+
+def steer_name(s: Steer) -> str:
+    return f"Steer {s.pod} -> {s.dest} (policy {s.policy})"
+
+
+def check(view: NodeView) -> None:
+    node = f"NodeView {view.node}"
+    p = view.ports
+    _port(node, "ports.egw", p.egw, True)
+    _port(node, "ports.tun_flow", p.tun_flow, True)
+    for name in ("int_patch", "uplink", "ex_patch"):
+        _port(node, f"ports.{name}", getattr(p, name), False)
+    for peer, port in p.tunnels:
+        _port(node, f"ports.tunnels[{peer}]", port, True)
+    _mac(node, "egw_mac", view.egw_mac)
+    _mac(node, "brex_mac", view.brex_mac)
+    for c in view.pod_cidrs:
+        _ip(node, "pod_cidrs", c, netaddr.IPNetwork)
+
+    keys: dict[str, int] = {}  # EIP -> tunnel key, across routes and held
+    owners: dict[int, str] = {}
+
+    def claim(obj: str, eip, key: int) -> None:
+        _key(obj, key)
+        if keys.setdefault(str(eip), key) != key:
+            raise ViewError(f"{obj}: tunnel_key: {key}, but EIP {eip} has key {keys[str(eip)]} elsewhere")
+        if owners.setdefault(key, str(eip)) != str(eip):
+            raise ViewError(f"{obj}: tunnel_key: {key} is already the key of EIP {owners[key]}")
+
+    routes: dict[str, EipRoute] = {}
+    for r in view.eip_routes:
+        obj = f"EipRoute {r.eip}"
+        _ip(obj, "eip", r.eip, netaddr.IPAddress)
+        if str(r.eip) in routes:
+            raise ViewError(f"{obj}: eip: listed twice")
+        routes[str(r.eip)] = r
+        claim(obj, r.eip, r.tunnel_key)
+        first = r.gateways[0] if r.gateways else None
+        if r.local != (first == view.node):
+            raise ViewError(f"{obj}: local: {r.local}, but the active gateway is {first!r} "
+                            f"and this node is {view.node!r}")
+
+    held: set[str] = set()
+    for h in view.held:
+        obj = f"HeldEip {h.eip}"
+        _ip(obj, "eip", h.eip, netaddr.IPAddress)
+        if str(h.eip) in held:
+            raise ViewError(f"{obj}: eip: listed twice")
+        held.add(str(h.eip))
+        claim(obj, h.eip, h.tunnel_key)
+        if h.next_hop_mac is not None:
+            _mac(obj, "next_hop_mac", h.next_hop_mac)
+
+    for s in view.steers:
+        obj = steer_name(s)
+        _ip(obj, "pod_ip", s.pod_ip, netaddr.IPAddress)
+        _ip(obj, "dest", s.dest, netaddr.IPNetwork)
+        _ip(obj, "eip", s.eip, netaddr.IPAddress)
+        if not s.pod_ip.version == s.dest.version == s.eip.version:
+            raise ViewError(f"{obj}: pod_ip {s.pod_ip}, dest {s.dest} and eip {s.eip} "
+                            "are not all of one IP family")
+        if str(s.eip) not in routes:
+            raise ViewError(f"{obj}: eip: {s.eip} has no EipRoute in the view")
+
+    for rr in view.return_routes:
+        obj = f"ReturnRoute {rr.node} {rr.pod_cidr}"
+        _ip(obj, "pod_cidr", rr.pod_cidr, netaddr.IPNetwork)
+        _ip(obj, "node_ip", rr.node_ip, netaddr.IPAddress)
+        if rr.local != (rr.node == view.node):
+            raise ViewError(f"{obj}: local: {rr.local}, but this node is {view.node!r}")
+
+
+def route_by_eip(view: NodeView) -> dict[str, EipRoute]:
+    return {str(r.eip): r for r in view.eip_routes}

@@ -1,0 +1,107 @@
+"""br-int on a gateway node: SNAT an EIP's traffic and return the replies.
+
+classify (tunnel, tun_id = EIP key) -> snat -> ct(commit, SNAT zone,
+nat(src=EIP)) -> snat_out -> next hop MACs -> patch to br-ex.
+classify (patch from br-ex) -> from_uplink -> ct(SNAT zone, nat) ->
+reply_route -> by pod CIDR: tunnel to the pod's node (tun_id = REPLY) or
+to_host.  A packet to an EIP that is not a reply never passes reply_route.
+"""
+from __future__ import annotations
+
+from flows import cookie as C
+from flows import family
+from flows import fields as F
+from flows.records import CT, Drop, Flow, Goto, Load, Nat, Output, SetField
+from flows.tables import flow
+from flows.view import NodeView
+from flows.worker import tunnel_ports
+
+BR = "br-int"
+
+PRIO_TUNNEL = 100
+PRIO_EIP = 100
+PRIO_UPLINK = 100
+PRIO_RETURN = 100  # + the pod CIDR's prefix length
+
+# Reply states let back towards a pod: packets of connections our SNAT
+# committed (+est) and ICMP errors about them (+rel).  +new (an outside host
+# opening a connection to an EIP) has no flow: it meets the table miss.
+REPLY_STATES = (F.ct_state(F.CT_TRK, F.CT_EST), F.ct_state(F.CT_TRK, F.CT_REL))
+
+
+def _eip_cookie(feature: C.Feature, eip) -> int:
+    return C.encode(feature, C.object_id(C.eip_key(eip)))
+
+
+def tunnel_in(view: NodeView) -> list[Flow]:
+    """An EIP's traffic arriving from workers: its key selects the EIP."""
+    return [flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": h.tunnel_key},
+                 (Load(F.REG_EIP.field, h.tunnel_key), Goto("snat")),
+                 _eip_cookie(C.Feature.EIP_IN, h.eip))
+            for h in view.held for _, port in tunnel_ports(view.ports)]
+
+
+def snat(view: NodeView) -> list[Flow]:
+    out = []
+    for h in view.held:
+        fam = family.of(h.eip)
+        out.append(flow(
+            BR, "snat", PRIO_EIP, {F.REG_EIP.field: h.tunnel_key, "eth_type": fam.eth_type},
+            (CT(commit=True, zone=F.CT_ZONE_SNAT, table="snat_out", nat=Nat("src", str(h.eip)),
+                actions=(SetField(F.CT_MARK_EIP, h.tunnel_key),)),),
+            _eip_cookie(C.Feature.SNAT, h.eip)))
+    return out
+
+
+def snat_out(view: NodeView) -> list[Flow]:
+    out = []
+    for h in view.held:
+        fam = family.of(h.eip)
+        if h.next_hop_mac is None or not view.ports.int_patch:
+            actions = (Drop(),)  # nowhere to send it yet: drop, never leak
+        else:
+            actions = (SetField("eth_src", view.brex_mac), SetField("eth_dst", h.next_hop_mac),
+                       Output(view.ports.int_patch))
+        out.append(flow(BR, "snat_out", PRIO_EIP,
+                        {F.REG_EIP.field: h.tunnel_key, "eth_type": fam.eth_type}, actions,
+                        _eip_cookie(C.Feature.SNAT, h.eip)))
+    return out
+
+
+def from_uplink(view: NodeView) -> list[Flow]:
+    if not view.ports.int_patch:
+        return []
+    out = []
+    for fam in sorted({family.of(h.eip) for h in view.held}, key=lambda f: f.version):
+        out.append(flow(BR, "classify", PRIO_UPLINK,
+                        {"in_port": view.ports.int_patch, "eth_type": fam.eth_type},
+                        (Goto("from_uplink"),), C.encode(C.Feature.DENAT)))
+    for h in view.held:
+        fam = family.of(h.eip)
+        out.append(flow(BR, "from_uplink", PRIO_EIP, {"eth_type": fam.eth_type, fam.dst: h.eip},
+                        (CT(zone=F.CT_ZONE_SNAT, table="reply_route", nat=Nat()),),
+                        _eip_cookie(C.Feature.DENAT, h.eip)))
+    return out
+
+
+def reply_route(view: NodeView) -> list[Flow]:
+    if not view.held:
+        return []
+    out = []
+    for rr in view.return_routes:
+        fam = family.of(rr.pod_cidr)
+        if rr.local:
+            actions = (Goto("to_host"),)
+        else:
+            actions = (SetField("tunnel_id", F.TUNNEL_KEY_REPLY),
+                       SetField(family.of(rr.node_ip).tun_dst, rr.node_ip),
+                       Output(view.ports.tun_flow))
+        for state in REPLY_STATES:
+            out.append(flow(BR, "reply_route", PRIO_RETURN + rr.pod_cidr.prefixlen,
+                            {"ct_state": state, "eth_type": fam.eth_type, fam.dst: rr.pod_cidr},
+                            actions, C.encode(C.Feature.RETURN, C.object_id(C.node_key(rr.node)))))
+    return out
+
+
+def flows(view: NodeView) -> list[Flow]:
+    return tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + reply_route(view)

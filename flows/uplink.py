@@ -1,0 +1,33 @@
+"""br-ex: EIP traffic from the uplink goes to br-int, SNATed frames from
+br-int go to the uplink; the node's own traffic (and the Geneve underlay)
+is left to NORMAL, the table's miss."""
+from __future__ import annotations
+
+from flows import cookie as C
+from flows import family
+from flows.records import Drop, Output
+from flows.tables import flow
+from flows.view import NodeView
+
+BR = "br-ex"
+PRIO_EIP = 100
+PRIO_PATCH = 100
+
+
+def flows(view: NodeView):
+    p = view.ports
+    if not p.uplink:
+        return []
+    out = []
+    if p.ex_patch:
+        out.append(flow(BR, "classify", PRIO_PATCH, {"in_port": p.ex_patch}, (Output(p.uplink),),
+                        C.encode(C.Feature.UPLINK)))
+    for h in view.held:
+        fam = family.of(h.eip)
+        # Without the patch the EIP's traffic must not fall to NORMAL (the host
+        # would route it): drop it.
+        actions = (Output(p.ex_patch),) if p.ex_patch and p.int_patch else (Drop(),)
+        out.append(flow(BR, "classify", PRIO_EIP,
+                        {"in_port": p.uplink, "eth_type": fam.eth_type, fam.dst: h.eip}, actions,
+                        C.encode(C.Feature.UPLINK, C.object_id(C.eip_key(h.eip)))))
+    return out

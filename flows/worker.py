@@ -1,0 +1,105 @@
+"""br-int on every node: steer selected pods' traffic to its EIP's gateway,
+and hand replies for this node's pods back to the host.
+
+classify (from egw0) -> eip_out -> Geneve to the active gateway (tun_id = the
+EIP's key), or snat when this node is the gateway, or drop when no gateway is
+alive.  classify (tunnel, tun_id = REPLY) -> to_host -> egw0.
+"""
+from __future__ import annotations
+
+from flows import cookie as C
+from flows import family
+from flows import fields as F
+from flows.check import route_by_eip
+from flows.records import Drop, Flow, Goto, Load, Output, SetField
+from flows.tables import flow
+from flows.view import GW_MAC, EipRoute, NodeView, Ports
+
+BR = "br-int"
+
+PRIO_STEER = 1000  # + the destination's prefix length: the longest prefix wins
+PRIO_TUNNEL = 100
+PRIO_UNSTEERED = 10
+PRIO_EIP = 100
+PRIO_TO_HOST = 100
+
+
+def tunnel_ports(ports: Ports) -> list[tuple[str, int]]:
+    """(peer, port) of every Geneve port, the flow-based one as peer "flow":
+    a packet from a peer arrives on that peer's port when there is one, else
+    on gnv-flow."""
+    seen, out = set(), []
+    for peer, port in sorted(ports.tunnels) + [("flow", ports.tun_flow)]:
+        if port not in seen:
+            seen.add(port)
+            out.append((peer, port))
+    return out
+
+
+def steers(view: NodeView) -> list[Flow]:
+    keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
+    out = []
+    for s in view.steers:
+        fam = family.of(s.pod_ip)
+        out.append(flow(
+            BR, "classify", PRIO_STEER + s.dest.prefixlen,
+            {"in_port": view.ports.egw, "eth_type": fam.eth_type, fam.src: s.pod_ip,
+             fam.dst: s.dest},
+            (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")),
+            C.encode(C.Feature.STEER, C.steer_object(s.policy, s.pod))))
+    # Whatever the host sends into egw0 that no steer claims dies here: never
+    # let a selected pod's packet out with the wrong source.
+    out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
+                    C.encode(C.Feature.UNSTEERED)))
+    return out
+
+
+def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
+    """The actions that carry an EIP's traffic to its gateway; None when
+    there is no way there.  Only ``gateways[0]`` is used today; standbys
+    (``gateways[1:]``) become further buckets here (a fast-failover group or
+    ``bundle(active_backup)`` on the tunnels' BFD liveness) without changing
+    any caller."""
+    if route.local:
+        return (Goto("snat"),)
+    if not route.gateways:
+        return None
+    port = ports.tunnel(route.gateways[0])
+    if port is None:
+        return None
+    return (SetField("tunnel_id", route.tunnel_key), Output(port))
+
+
+def eip_out(view: NodeView) -> list[Flow]:
+    out = []
+    for r in view.eip_routes:
+        obj = C.object_id(C.eip_key(r.eip))
+        actions = to_gateways(r, view.ports)
+        feature = C.Feature.EIP_OUT
+        if actions is None:
+            actions, feature = (Drop(),), C.Feature.NO_GATEWAY
+        out.append(flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions,
+                        C.encode(feature, obj)))
+    return out
+
+
+def replies_in(view: NodeView) -> list[Flow]:
+    """Replies tunnelled back by a gateway (tun_id = REPLY) -> to_host."""
+    return [flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": F.TUNNEL_KEY_REPLY},
+                 (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
+            for peer, port in tunnel_ports(view.ports)]
+
+
+def to_host(view: NodeView) -> list[Flow]:
+    out = []
+    for cidr in view.pod_cidrs:
+        fam = family.of(cidr)
+        out.append(flow(
+            BR, "to_host", PRIO_TO_HOST + cidr.prefixlen, {"eth_type": fam.eth_type, fam.dst: cidr},
+            (SetField("eth_src", GW_MAC), SetField("eth_dst", view.egw_mac), Output(view.ports.egw)),
+            C.encode(C.Feature.TO_HOST, C.object_id(C.cidr_key(cidr)))))
+    return out
+
+
+def flows(view: NodeView) -> list[Flow]:
+    return steers(view) + eip_out(view) + replies_in(view) + to_host(view)
