@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 COMMANDS = {
     # name: (module, help)
@@ -21,7 +22,9 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``selected``) one where only that command's module
+    is imported: a command never depends on another command's imports."""
     parser = argparse.ArgumentParser(prog="sdn-egress", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -29,13 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        # Argument definitions are cheap to import; the heavy work is in run().
-        importlib.import_module(module).add_arguments(p)
+        if selected is None or selected == name:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # The ovs library imports eventlet when it is installed (os-ken depends on
+    # it) and eventlet warns on import; nothing here uses eventlet.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

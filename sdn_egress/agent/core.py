@@ -88,6 +88,7 @@ class AgentCore:
         self._peers: dict[str, str] | None = None
         self._next_hops: dict[str, str] = {}
         self._alloc_mtime = None
+        self._logged_errors: tuple = ()
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -182,8 +183,10 @@ class AgentCore:
         state = self.source.snapshot()
         self._alloc_changed()
         alloc = self.store.load() or Allocation()
-        for err in state.errors:
-            LOG.warning("invalid object ignored: %s", err)
+        if state.errors != self._logged_errors:
+            for err in set(state.errors) - set(self._logged_errors):
+                LOG.warning("invalid object ignored: %s", err)
+            self._logged_errors = state.errors
         if self.config.node not in state.nodes:
             raise RuntimeError(f"Node {self.config.node} is not in the cluster state "
                                "(missing or invalid Node object); keeping the last good state")
@@ -293,6 +296,7 @@ class AgentCore:
         view = self.last_result.view
         return {
             "node": self.config.node,
+            "pid": os.getpid(),
             "time": time.time(),
             "switches": {b: {"connected": b in connected, "flows": counts.get(b)} for b in BRIDGES},
             "passes": self.passes,

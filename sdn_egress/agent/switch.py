@@ -122,7 +122,7 @@ class Switch:
                       "bundle open")
         try:
             for mod in mods:
-                self.dp.set_xid(mod)
+                # The bundle-add message gives its xid to the message inside.
                 add = parser.OFPBundleAddMsg(self.dp, bundle_id, flags, mod, [])
                 self.dp.set_xid(add)
                 if not self.dp.send_msg(add):

@@ -1,0 +1,173 @@
+"""OVSDB provisioning as ovsdbapp commands: one transaction per logical step,
+idempotent (``may_exist``/``if_exists``), so running a step twice changes
+nothing and a retried commit is harmless."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+TUNNEL_PREFIX = "gnv-"
+FLOW_PORT = "gnv-flow"
+IFNAMSIZ = 15
+
+
+class OvsdbError(RuntimeError):
+    pass
+
+
+def connect(db_target: str, timeout: float = 10):
+    """An ovsdbapp Open_vSwitch API bound to ``db_target`` (e.g. ``unix:/run/ovs/db.sock``)."""
+    from ovsdbapp.backend.ovs_idl import connection
+    from ovsdbapp.schema.open_vswitch import impl_idl
+
+    try:
+        idl = connection.OvsdbIdl.from_server(db_target, "Open_vSwitch")
+        conn = connection.Connection(idl=idl, timeout=timeout)
+        return impl_idl.OvsdbIdl(conn)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user
+        raise OvsdbError(f"cannot reach OVSDB at {db_target}: {exc}") from exc
+
+
+def datapath_id(bridge: str) -> str:
+    """A fixed datapath-id per bridge name, so a controller tells bridges apart."""
+    return hashlib.sha256(bridge.encode()).hexdigest()[:16]
+
+
+def ensure_bridge(api, name: str, *, datapath_type: str = "netdev",
+                  controller: str | None = "tcp:127.0.0.1:6653",
+                  protocols=("OpenFlow13", "OpenFlow14"), fail_mode: str = "secure",
+                  datapath_id: str | None = None, external_ids: dict | None = None) -> None:
+    dpid = datapath_id or globals()["datapath_id"](name)
+    with api.transaction(check_error=True) as txn:
+        txn.add(api.add_br(name, may_exist=True, datapath_type=datapath_type))
+        txn.add(api.db_set("Bridge", name, ("fail_mode", fail_mode), ("protocols", list(protocols)),
+                           ("datapath_type", datapath_type),
+                           ("other_config", {"datapath-id": dpid, "disable-in-band": "true"}),
+                           ("external_ids", dict(external_ids or {}))))
+        if controller:
+            txn.add(api.set_controller(name, [controller]))
+        else:
+            txn.add(api.del_controller(name))
+
+
+def ensure_internal_port(api, bridge: str, name: str, ofport_request: int | None = None) -> None:
+    attrs = {"type": "internal"}
+    if ofport_request:
+        attrs["ofport_request"] = ofport_request
+    with api.transaction(check_error=True) as txn:
+        txn.add(api.add_port(bridge, name, may_exist=True))
+        txn.add(api.db_set("Interface", name, *attrs.items()))
+
+
+def ensure_patch(api, br_a: str, port_a: str, br_b: str, port_b: str,
+                 ofport_a: int | None = None, ofport_b: int | None = None) -> None:
+    with api.transaction(check_error=True) as txn:
+        for br, port, peer, req in ((br_a, port_a, port_b, ofport_a), (br_b, port_b, port_a, ofport_b)):
+            txn.add(api.add_port(br, port, may_exist=True))
+            attrs = [("type", "patch"), ("options", {"peer": peer})]
+            if req:
+                attrs.append(("ofport_request", req))
+            txn.add(api.db_set("Interface", port, *attrs))
+
+
+def ensure_uplink_port(api, bridge: str, nic: str, ofport_request: int | None = None) -> None:
+    with api.transaction(check_error=True) as txn:
+        txn.add(api.add_port(bridge, nic, may_exist=True))
+        if ofport_request:
+            txn.add(api.db_set("Interface", nic, ("ofport_request", ofport_request)))
+
+
+def tunnel_port_name(peer: str, prefix: str = TUNNEL_PREFIX) -> str:
+    """``gnv-<peer>``; a peer name too long for an interface name (15 bytes)
+    is shortened to a stable hash: ``gnv-`` + 8 hex digits + first letters."""
+    name = f"{prefix}{peer}"
+    if len(name) <= IFNAMSIZ:
+        return name
+    digest = hashlib.sha256(peer.encode()).hexdigest()[:6]
+    return f"{prefix}{peer[:IFNAMSIZ - len(prefix) - 7]}-{digest}"
+
+
+def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNEL_PREFIX,
+                 flow_port: str = FLOW_PORT, bfd: dict | None = None,
+                 flow_ofport_request: int | None = None) -> dict[str, str]:
+    """One Geneve port per peer (fixed ``remote_ip``, ``key=flow``), one
+    flow-based port, nothing else with ``prefix``.  Returns peer -> port name."""
+    wanted = {tunnel_port_name(peer, prefix): (peer, ip) for peer, ip in peers.items()}
+    existing = {p for p in api.list_ports(bridge).execute(check_error=True) if p.startswith(prefix)}
+    with api.transaction(check_error=True) as txn:
+        txn.add(api.add_port(bridge, flow_port, may_exist=True))
+        flow_attrs = [("type", "geneve"), ("options", {"remote_ip": "flow", "key": "flow"})]
+        if flow_ofport_request:
+            flow_attrs.append(("ofport_request", flow_ofport_request))
+        txn.add(api.db_set("Interface", flow_port, *flow_attrs))
+        for port, (peer, ip) in sorted(wanted.items()):
+            txn.add(api.add_port(bridge, port, may_exist=True))
+            attrs = [("type", "geneve"), ("options", {"remote_ip": ip, "key": "flow"}),
+                     ("external_ids", {"sdn-egress-peer": peer})]
+            if bfd:
+                attrs.append(("bfd", dict(bfd)))
+            txn.add(api.db_set("Interface", port, *attrs))
+            if not bfd:
+                txn.add(api.db_clear("Interface", port, "bfd"))
+        for port in sorted(existing - set(wanted) - {flow_port}):
+            txn.add(api.del_port(port, bridge=bridge, if_exists=True))
+    return {peer: port for port, (peer, _) in wanted.items()}
+
+
+def ofports(api, bridge: str, timeout: float = 10.0) -> dict[str, int]:
+    """Port name -> OpenFlow port number, once vswitchd has assigned them all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ports = api.list_ifaces(bridge).execute(check_error=True)
+        result, missing = {}, []
+        for name in ports:
+            ofport = api.db_get("Interface", name, "ofport").execute(check_error=True)
+            if isinstance(ofport, list):
+                ofport = ofport[0] if ofport else None
+            if ofport is None or ofport < 0:
+                missing.append(name)
+            else:
+                result[name] = ofport
+        if not missing:
+            return result
+        if time.monotonic() > deadline:
+            raise OvsdbError(f"{bridge}: ports without an OpenFlow number after {timeout:.0f}s: "
+                             f"{', '.join(missing)}")
+        time.sleep(0.05)
+
+
+def iface_mac(api, name: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        mac = api.db_get("Interface", name, "mac_in_use").execute(check_error=True)
+        if isinstance(mac, list):
+            mac = mac[0] if mac else None
+        if mac:
+            return mac
+        if time.monotonic() > deadline:
+            raise OvsdbError(f"interface {name} has no MAC after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def bridge_dpid(api, bridge: str) -> int:
+    dpid = api.db_get("Bridge", bridge, "datapath_id").execute(check_error=True)
+    if isinstance(dpid, list):
+        dpid = dpid[0] if dpid else None
+    if not dpid:
+        raise OvsdbError(f"bridge {bridge} has no datapath_id yet")
+    return int(dpid, 16)
+
+
+def bfd_status(api, bridge: str) -> dict[str, dict]:
+    out = {}
+    for name in api.list_ifaces(bridge).execute(check_error=True):
+        status = api.db_get("Interface", name, "bfd_status").execute(check_error=True)
+        if status:
+            out[name] = dict(status)
+    return out
+
+
+def teardown(api, bridges) -> None:
+    with api.transaction(check_error=True) as txn:
+        for br in bridges:
+            txn.add(api.del_br(br, if_exists=True))
