@@ -104,11 +104,8 @@ def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNE
             txn.add(api.add_port(bridge, port, may_exist=True))
             attrs = [("type", "geneve"), ("options", {"remote_ip": ip, "key": "flow"}),
                      ("external_ids", {"sdn-egress-peer": peer})]
-            if bfd:
-                attrs.append(("bfd", dict(bfd)))
+            attrs.append(("bfd", dict(bfd or {})))
             txn.add(api.db_set("Interface", port, *attrs))
-            if not bfd:
-                txn.add(api.db_clear("Interface", port, "bfd"))
         for port in sorted(existing - set(wanted) - {flow_port}):
             txn.add(api.del_port(port, bridge=bridge, if_exists=True))
     return {peer: port for port, (peer, _) in wanted.items()}

@@ -103,17 +103,17 @@ class HostRouting:
 
     def _ensure_nat_bypass(self) -> None:
         """Packets leaving through egw0 must keep the pod's source address: the
-        gateway SNATs them to the EIP.  A RETURN at the top of nat POSTROUTING
-        stops the CNI's masquerade rules for them (as kube-proxy-style chains
-        would)."""
+        gateway SNATs them to the EIP.  Our chain, jumped to first from nat
+        POSTROUTING, ACCEPTs them: that ends nat processing before the CNI's
+        masquerade rules (a RETURN would fall through to them)."""
         def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
             return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True,
                                   text=True, check=check)
 
         if ipt("-nL", NAT_CHAIN, check=False).returncode != 0:
             ipt("-N", NAT_CHAIN)
-        if ipt("-C", NAT_CHAIN, "-o", self.egw, "-j", "RETURN", check=False).returncode != 0:
-            ipt("-A", NAT_CHAIN, "-o", self.egw, "-j", "RETURN")
+        if ipt("-C", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT", check=False).returncode != 0:
+            ipt("-A", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT")
         jump = ["POSTROUTING", "-m", "comment", "--comment", "sdn-egress: keep pod source for egw0",
                 "-j", NAT_CHAIN]
         if ipt("-C", *jump, check=False).returncode != 0:

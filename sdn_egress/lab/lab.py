@@ -1,0 +1,548 @@
+"""A multi-node cluster in network namespaces on one machine.
+
+- a fabric namespace with two Linux bridges: the underlay (192.0.2.0/24) and
+  the external LAN (198.51.100.0/24);
+- a router namespace joining them (no NAT);
+- per node a namespace with its own ovsdb-server and ovs-vswitchd (userspace
+  datapath), ``br-ex`` holding the uplink and the node IP, ``br-int``, its
+  agent process, Calico-style routed pods and a CNI-style masquerade;
+- per pod a namespace; per external host a namespace running the echo service.
+
+Everything the lab makes is recorded in ``STATE/lab.json`` as it is made, so
+``down()`` removes it all, also after a crash of whatever brought it up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from ovs_setup.daemons import OvsInstance, stop_all_under
+from sdn_egress.lab import topology as topo_mod
+from sdn_egress.lab.topology import Topology
+from sdn_egress.lab.traffic import Traffic
+
+DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def nsx(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _kill(pid: int | None, timeout: float = 5.0) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Lab(Traffic):
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR, prefix: str = "se"):
+        self.state_dir = os.path.abspath(state_dir)
+        self.prefix = prefix
+        self._state: dict | None = None
+
+    # -- names -----------------------------------------------------------------------
+    def ns_fabric(self) -> str:
+        return f"{self.prefix}-fabric"
+
+    def ns_router(self) -> str:
+        return f"{self.prefix}-router"
+
+    def ns_node(self, node: str) -> str:
+        return f"{self.prefix}-n-{node}"
+
+    def ns_pod(self, index: int) -> str:
+        return f"{self.prefix}-p{index}"
+
+    def ns_external(self, index: int) -> str:
+        return f"{self.prefix}-x{index}"
+
+    @property
+    def manifests(self) -> str:
+        return os.path.join(self.state_dir, "manifests")
+
+    @property
+    def status_dir(self) -> str:
+        return os.path.join(self.state_dir, "status")
+
+    def node_dir(self, node: str) -> str:
+        return os.path.join(self.state_dir, "nodes", node)
+
+    # -- state file ------------------------------------------------------------------
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.state_dir, "lab.json")
+
+    def load(self) -> dict:
+        if self._state is None:
+            try:
+                with open(self.state_file) as f:
+                    self._state = json.load(f)
+            except FileNotFoundError:
+                raise LabError(f"no lab is up (no {self.state_file})") from None
+            self.prefix = self._state["prefix"]
+        return self._state
+
+    def _save(self) -> None:
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self._state, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_file)
+
+    def topology(self) -> Topology:
+        return topo_mod.parse(self.load()["topology"])
+
+    def is_up(self) -> bool:
+        return os.path.exists(self.state_file)
+
+    # -- up ------------------------------------------------------------------------------
+    def up(self, topology_path: str | None = None, manifests_dir: str | None = None,
+           agents: bool = True, force: bool = False) -> None:
+        topology_path = topology_path or topo_mod.default_topology_path()
+        with open(topology_path) as f:
+            raw = yaml.safe_load(f)
+        topo = topo_mod.parse(raw)  # raises TopologyError naming the field
+        if self.is_up():
+            if not force:
+                raise LabError(f"a lab is already up in {self.state_dir} (lab down first, or --force)")
+            self.down()
+        os.makedirs(self.state_dir, exist_ok=True)
+        for d in ("manifests/cluster", "manifests/user", "status", "nodes", "externals"):
+            os.makedirs(os.path.join(self.state_dir, d), exist_ok=True)
+        self._state = {"prefix": self.prefix, "topology": raw, "pids": {}, "agents": agents,
+                       "namespaces": [], "started": time.time()}
+        self._save()
+        try:
+            self._build(topo, agents)
+            if manifests_dir:
+                self.apply(manifests_dir)
+        except BaseException:
+            self.down()
+            raise
+
+    def _netns(self, name: str) -> str:
+        sh("ip", "netns", "add", name)
+        self._state["namespaces"].append(name)
+        self._save()
+        nsx(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        sh("ip", "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b)
+        for ns, name in ((ns_a, name_a), (ns_b, name_b)):
+            # The userspace datapath needs full checksums: TCP breaks after NAT otherwise.
+            nsx(ns, "ethtool", "-K", name, "tx", "off", check=False)
+            nsx(ns, "ip", "link", "set", name, "up")
+
+    def _sysctl(self, ns: str, *settings: str) -> None:
+        nsx(ns, "sysctl", "-qw", *settings)
+
+    def _build(self, topo: Topology, agents: bool) -> None:
+        fab = self._netns(self.ns_fabric())
+        for br in ("underlay", "extlan"):
+            nsx(fab, "ip", "link", "add", br, "type", "bridge")
+            nsx(fab, "ip", "link", "set", br, "up")
+
+        rtr = self._netns(self.ns_router())
+        self._veth(rtr, "u0", fab, "r-u")
+        self._veth(rtr, "x0", fab, "r-x")
+        nsx(fab, "ip", "link", "set", "r-u", "master", "underlay")
+        nsx(fab, "ip", "link", "set", "r-x", "master", "extlan")
+        nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP}/24", "dev", "u0")
+        nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP}/24", "dev", "x0")
+        self._sysctl(rtr, "net.ipv4.ip_forward=1")
+
+        for x in topo.externals:
+            ns = self._netns(self.ns_external(x.index))
+            self._veth(ns, "eth0", fab, f"x{x.index}")
+            nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
+            nsx(ns, "ip", "addr", "add", f"{x.ip}/24", "dev", "eth0")
+            nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_EXTERNAL_IP)
+            self._start_echo(x)
+
+        for node in topo.nodes:
+            self._build_node(topo, node, fab)
+        self._write_cluster_manifests(topo)
+        if agents:
+            self._start_controller()
+            for node in topo.nodes:
+                self.start_agent(node.name)
+        self._wait_for_echo(topo)
+
+    def _build_node(self, topo: Topology, node, fab: str) -> None:
+        ns = self._netns(self.ns_node(node.name))
+        self._veth(ns, "eth0", fab, f"n{node.index}")
+        nsx(fab, "ip", "link", "set", f"n{node.index}", "master", "underlay")
+        nsx(ns, "ip", "addr", "add", f"{node.ip}/24", "dev", "eth0")
+        nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_UNDERLAY_IP)
+        for other in topo.nodes:
+            if other.name != node.name:
+                nsx(ns, "ip", "route", "add", other.pod_cidr, "via", other.ip)
+        self._sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2",
+                     "net.ipv4.conf.default.rp_filter=2")
+        # The CNI's natOutgoing, Calico style: no out-interface match.
+        nsx(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", topo_mod.CLUSTER_POD_CIDR,
+            "!", "-d", topo_mod.CLUSTER_POD_CIDR, "-j", "MASQUERADE")
+        for pod in topo.pods:
+            if pod.node == node.name:
+                self._build_pod(pod, ns)
+        ovs = self.ovs(node.name)
+        ovs.start()
+        sh("ip", "netns", "exec", ns, _bin("sdn-egress"), "ovs", "--db", ovs.db_target, "setup",
+           "--uplink", "eth0")
+
+    def _build_pod(self, pod, node_ns: str) -> None:
+        ns = self._netns(self.ns_pod(pod.index))
+        host_if = f"cali{pod.index}"
+        self._veth(ns, "eth0", node_ns, host_if)
+        nsx(ns, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
+        nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1")
+        nsx(node_ns, "ip", "route", "add", f"{pod.ip}/32", "dev", host_if)
+
+    # -- processes ----------------------------------------------------------------------
+    def _spawn(self, key: str, ns: str | None, cmd: list[str], log: str) -> int:
+        full = (["ip", "netns", "exec", ns] if ns else []) + cmd
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._state["pids"][key] = proc.pid
+        self._save()
+        return proc.pid
+
+    def _start_echo(self, x) -> None:
+        d = os.path.join(self.state_dir, "externals", x.name)
+        os.makedirs(d, exist_ok=True)
+        for f in ("seen.jsonl", "ready"):
+            if os.path.exists(os.path.join(d, f)):
+                os.unlink(os.path.join(d, f))
+        open(os.path.join(d, "seen.jsonl"), "w").close()
+        self._spawn(f"echo:{x.name}", self.ns_external(x.index),
+                    [sys.executable, "-m", "sdn_egress.lab.echo", "--log", os.path.join(d, "seen.jsonl"),
+                     "--ready", os.path.join(d, "ready")], os.path.join(d, "echo.log"))
+
+    def _wait_for_echo(self, topo: Topology, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        for x in topo.externals:
+            ready = os.path.join(self.state_dir, "externals", x.name, "ready")
+            while not os.path.exists(ready):
+                if time.monotonic() > deadline:
+                    raise LabError(f"echo service on {x.name} did not start (see its echo.log)")
+                time.sleep(0.05)
+
+    def _start_controller(self) -> None:
+        self._spawn("controller", None,
+                    [_bin("sdn-egress"), "controller", "--manifests", self.manifests,
+                     "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR],
+                    os.path.join(self.state_dir, "controller.log"))
+
+    def start_agent(self, node: str) -> int:
+        ovs = self.ovs(node)
+        return self._spawn(f"agent:{node}", self.ns_node(node),
+                           [_bin("sdn-egress"), "agent", "--node", node, "--manifests", self.manifests,
+                            "--status", self.status_dir, "--ovs-db", ovs.db_target,
+                            "--ovs-rundir", ovs.rundir],
+                           os.path.join(self.node_dir(node), "agent.log"))
+
+    def stop_agent(self, node: str) -> None:
+        _kill(self.load()["pids"].get(f"agent:{node}"))
+
+    def restart_agent(self, node: str) -> int:
+        self.stop_agent(node)
+        return self.start_agent(node)
+
+    def agent_pid(self, node: str) -> int | None:
+        return self.load()["pids"].get(f"agent:{node}")
+
+    def agent_status(self, node: str) -> dict:
+        try:
+            with open(os.path.join(self.status_dir, "nodes", f"{node}.json")) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def agent_passes(self, node: str) -> int:
+        """Passes finished by the node's current agent process (0 until its first)."""
+        st = self.agent_status(node)
+        return st.get("passes", 0) if st.get("pid") == self.agent_pid(node) else 0
+
+    def agent_log(self, node: str) -> str:
+        try:
+            with open(os.path.join(self.node_dir(node), "agent.log")) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def ovs(self, node: str) -> OvsInstance:
+        return OvsInstance(os.path.join(self.node_dir(node), "ovs"), netns=self.ns_node(node))
+
+    # -- manifests -----------------------------------------------------------------------
+    def _write(self, path: str, docs: list[dict]) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+        with open(tmp, "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+        os.replace(tmp, path)
+
+    def _write_cluster_manifests(self, topo: Topology) -> None:
+        cluster = os.path.join(self.manifests, "cluster")
+        self._write(os.path.join(cluster, "nodes.yaml"), [
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
+             "spec": {"podCIDR": n.pod_cidr},
+             "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
+                        "conditions": [{"type": "Ready", "status": "True"}]}}
+            for n in topo.nodes])
+        namespaces = sorted({p.namespace for p in topo.pods})
+        self._write(os.path.join(cluster, "namespaces.yaml"), [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+        for pod in topo.pods:
+            self._write_pod(pod, pod.labels)
+
+    def _pod_file(self, pod) -> str:
+        return os.path.join(self.manifests, "cluster", "pods", f"{pod.namespace}--{pod.name}.yaml")
+
+    def _write_pod(self, pod, labels: dict) -> None:
+        self._write(self._pod_file(pod), [
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
+             "spec": {"nodeName": pod.node},
+             "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}])
+
+    def pod(self, name: str):
+        pods = self.topology().pods
+        matches = [p for p in pods if p.key == name] or [p for p in pods if p.name == name]
+        if not matches:
+            raise LabError(f"no pod {name!r} in the lab (pods: {', '.join(p.key for p in pods)})")
+        if len(matches) > 1:
+            raise LabError(f"pod name {name!r} is ambiguous: use namespace/name "
+                           f"({', '.join(p.key for p in matches)})")
+        return matches[0]
+
+    def pod_labels(self, name: str) -> dict:
+        pod = self.pod(name)
+        with open(self._pod_file(pod)) as f:
+            return yaml.safe_load(f)["metadata"].get("labels") or {}
+
+    def label(self, name: str, key: str, value: str | None) -> None:
+        """Set (or with ``value=None`` remove) one label of a pod."""
+        pod = self.pod(name)
+        labels = self.pod_labels(name)
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = value
+        self._write_pod(pod, labels)
+
+    def _yaml_files(self, path: str) -> list[str]:
+        if os.path.isdir(path):
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                           if f.endswith((".yaml", ".yml", ".json")))
+        elif os.path.exists(path):
+            files = [path]
+        else:
+            raise LabError(f"{path}: no such file or directory")
+        for f in files:
+            try:
+                with open(f) as fh:
+                    list(yaml.safe_load_all(fh))
+            except yaml.YAMLError as exc:
+                raise LabError(f"{f}: not valid YAML: {exc}") from exc
+        return files
+
+    def apply(self, path: str) -> list[str]:
+        """Copy manifests into the lab's user manifest directory (the
+        controller and agents pick them up)."""
+        self.load()
+        out = []
+        for f in self._yaml_files(path):
+            dest = os.path.join(self.manifests, "user", os.path.basename(f))
+            with open(f) as src:
+                docs = [d for d in yaml.safe_load_all(src) if d is not None]
+            self._write(dest, docs)
+            out.append(dest)
+        return out
+
+    def delete(self, path: str) -> int:
+        """Remove the objects PATH's documents name (kind, namespace, name)."""
+        self.load()
+        names = set()
+        for f in self._yaml_files(path):
+            with open(f) as src:
+                for d in yaml.safe_load_all(src):
+                    if isinstance(d, dict):
+                        names.add(_ident(d))
+        removed = 0
+        user = os.path.join(self.manifests, "user")
+        for f in sorted(os.listdir(user)):
+            if f.startswith("."):
+                continue
+            full = os.path.join(user, f)
+            with open(full) as fh:
+                try:
+                    docs = [d for d in yaml.safe_load_all(fh) if d is not None]
+                except yaml.YAMLError:
+                    continue
+            keep = [d for d in docs if not (isinstance(d, dict) and _ident(d) in names)]
+            removed += len(docs) - len(keep)
+            if not keep:
+                os.unlink(full)
+            elif len(keep) != len(docs):
+                self._write(full, keep)
+        return removed
+
+    # -- addresses and exec -------------------------------------------------------------
+    def host_ns(self, host: str) -> str:
+        topo = self.topology()
+        if host == "router":
+            return self.ns_router()
+        for n in topo.nodes:
+            if n.name == host:
+                return self.ns_node(host)
+        for x in topo.externals:
+            if x.name == host:
+                return self.ns_external(x.index)
+        return self.ns_pod(self.pod(host).index)
+
+    def address(self, host: str) -> str:
+        topo = self.topology()
+        if host == "router":
+            return topo_mod.ROUTER_UNDERLAY_IP
+        for n in topo.nodes:
+            if n.name == host:
+                return n.ip
+        for x in topo.externals:
+            if x.name == host:
+                return x.ip
+        return self.pod(host).ip
+
+    def exec(self, host: str, cmd: list[str], check: bool = True, timeout: float | None = 60,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ip", "netns", "exec", self.host_ns(host), *cmd], capture_output=True,
+                              text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise LabError(f"{host}: {' '.join(cmd)} exited {proc.returncode}: "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def popen(self, host: str, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.host_ns(host), *cmd], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def echo_seen(self, external: str) -> list[dict]:
+        path = os.path.join(self.state_dir, "externals", external, "seen.jsonl")
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.load()
+        topo = self.topology()
+        out = {
+            "state_dir": self.state_dir, "prefix": self.prefix,
+            "underlay": topo_mod.UNDERLAY, "external_lan": topo_mod.EXTERNAL_LAN,
+            "cluster_pod_cidr": topo_mod.CLUSTER_POD_CIDR, "eip_range": topo_mod.EIP_RANGE,
+            "router": {"underlay_ip": topo_mod.ROUTER_UNDERLAY_IP, "external_ip": topo_mod.ROUTER_EXTERNAL_IP,
+                       "netns": self.ns_router()},
+            "pod_cidrs": {n.name: n.pod_cidr for n in topo.nodes},
+            "nodes": [], "pods": [], "externals": [],
+            "controller": {"alive": _alive(st["pids"].get("controller"))},
+        }
+        for n in topo.nodes:
+            agent = self.agent_status(n.name)
+            out["nodes"].append({"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr, "labels": n.labels,
+                                 "netns": self.ns_node(n.name),
+                                 "agent": {"alive": _alive(st["pids"].get(f"agent:{n.name}")),
+                                           "passes": agent.get("passes", 0), "error": agent.get("error"),
+                                           "switches": agent.get("switches", {})}})
+        for p in topo.pods:
+            try:
+                labels = self.pod_labels(p.key)
+            except (OSError, LabError):
+                labels = p.labels
+            out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip, "node": p.node,
+                                "labels": labels, "netns": self.ns_pod(p.index)})
+        for x in topo.externals:
+            out["externals"].append({"name": x.name, "ip": x.ip, "netns": self.ns_external(x.index)})
+        for key, fname in (("allocation", "allocation.json"), ("errors", "errors.json")):
+            try:
+                with open(os.path.join(self.status_dir, fname)) as f:
+                    out[key] = json.load(f)
+            except (FileNotFoundError, ValueError):
+                out[key] = {} if key == "allocation" else []
+        if isinstance(out["errors"], dict):  # tolerate {"errors": [...]}
+            out["errors"] = out["errors"].get("errors", [])
+        return out
+
+    # -- down ---------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove every namespace, process and file of this lab; works after a
+        crash (state on disk) and when nothing is up."""
+        st = None
+        try:
+            st = self.load()
+        except (LabError, ValueError):
+            pass
+        if st:
+            for key, pid in st.get("pids", {}).items():
+                _kill(pid)
+        stop_all_under(self.state_dir) if os.path.isdir(self.state_dir) else None
+        names = set(st.get("namespaces", [])) if st else set()
+        listing = sh("ip", "netns", "list", check=False).stdout
+        names |= {line.split()[0] for line in listing.splitlines()
+                  if line.split() and line.split()[0].startswith(self.prefix + "-")}
+        for ns in sorted(names):
+            # Anything still running inside (a test's client, a crashed agent).
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                _kill(int(pid), timeout=2)
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._state = None
+
+
+def _ident(doc: dict) -> tuple[str, str, str]:
+    meta = doc.get("metadata") or {}
+    return (str(doc.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))

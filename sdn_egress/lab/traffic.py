@@ -1,0 +1,127 @@
+"""Clients that run inside the lab's namespaces and report what the other end
+saw: the questions every end-to-end test and the demo ask."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+TCP_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+print(s.makefile().readline().strip())
+"""
+
+UDP_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[3]))
+s.sendto((sys.argv[4] + "\n").encode(), (sys.argv[1], int(sys.argv[2])))
+print(s.recvfrom(200)[0].decode().strip())
+"""
+
+UDP_ONESHOT_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[2]))
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+data, peer = s.recvfrom(200)
+s.sendto((peer[0] + "\n").encode(), peer)
+print(peer[0], flush=True)
+"""
+
+TCP_SESSION = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+f = s.makefile("rw")
+print(f.readline().strip(), flush=True)
+while sys.stdin.readline():
+    f.write("ask\n"); f.flush()
+    print(f.readline().strip(), flush=True)
+"""
+
+
+class TcpSession:
+    """One TCP connection from a pod to an echo service, asked again and again."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.greeting = proc.stdout.readline().strip()
+        if not self.greeting:
+            raise RuntimeError(f"TCP session did not connect: {proc.stderr.read().strip()}")
+
+    def ask(self) -> str | None:
+        """The source the server sees on this same connection, or None when
+        the connection is gone."""
+        if self.proc.poll() is not None:
+            return None
+        try:
+            self.proc.stdin.write("ask\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return None
+        return self.proc.stdout.readline().strip() or None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Traffic:
+    """Mixed into Lab: needs ``exec``, ``popen``, ``address``, ``topology``,
+    ``echo_seen``."""
+
+    def tcp_source(self, pod: str, ip: str, port: int = 8080, timeout: float = 2.0) -> str | None:
+        proc = self.exec(pod, [sys.executable, "-c", TCP_CLIENT, ip, str(port), str(timeout)],
+                         check=False, timeout=timeout + 5)
+        return proc.stdout.strip() or None
+
+    def udp_source(self, pod: str, ip: str, port: int = 8080, timeout: float = 1.0,
+                   payload: str = "probe") -> str | None:
+        proc = self.exec(pod, [sys.executable, "-c", UDP_CLIENT, ip, str(port), str(timeout), payload],
+                         check=False, timeout=timeout + 5)
+        return proc.stdout.strip() or None
+
+    def icmp_source(self, pod: str, external: str, timeout: float = 2.0) -> str | None:
+        """Ping the external host with a unique payload; return the source
+        address its echo service recorded for that very request."""
+        pattern = uuid.uuid4().hex[:16]
+        self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), "-p", pattern, self.address(external)],
+                  check=False, timeout=timeout + 5)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for entry in reversed(self.echo_seen(external)):
+                if entry.get("proto") == "icmp" and pattern in entry.get("data", ""):
+                    return entry["src"]
+            time.sleep(0.05)
+        return None
+
+    def ping(self, pod: str, ip: str, timeout: float = 2.0) -> bool:
+        return self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), ip], check=False,
+                         timeout=timeout + 5).returncode == 0
+
+    def udp_source_of(self, pod: str, host: str, port: int = 9000, timeout: float = 3.0) -> str | None:
+        """Source address ``host`` (a pod, node or external) sees for a UDP
+        datagram from ``pod``, via a one-shot server started on ``host``."""
+        server = self.popen(host, [sys.executable, "-c", UDP_ONESHOT_SERVER, str(port), str(timeout)])
+        try:
+            if server.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"one-shot server on {host} did not start: {server.stderr.read()}")
+            answer = self.udp_source(pod, self.address(host), port=port, timeout=timeout)
+            return answer
+        finally:
+            if server.poll() is None:
+                server.kill()
+            server.wait()
+
+    @contextlib.contextmanager
+    def tcp_session(self, pod: str, ip: str, port: int = 8080, timeout: float = 5.0):
+        proc = self.popen(pod, [sys.executable, "-c", TCP_SESSION, ip, str(port), str(timeout)])
+        session = TcpSession(proc)
+        try:
+            yield session
+        finally:
+            session.close()
