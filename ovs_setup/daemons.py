@@ -55,6 +55,10 @@ class OvsInstance:
         return self._run("ovs-vsctl", f"--db={self.db_target}", "--timeout=10", *args)
 
     def ofctl(self, *args: str) -> str:
+        """ovs-ofctl against this instance; OpenFlow 1.4 unless ``-O`` is given
+        (the bridges speak 1.3 and 1.4, not ovs-ofctl's default 1.0)."""
+        if "-O" not in args and not any(a.startswith("--protocols") for a in args):
+            args = ("-O", "OpenFlow14", *args)
         return self._run("ovs-ofctl", *args)
 
     def appctl(self, *args: str, target: str = "ovs-vswitchd") -> str:
