@@ -33,6 +33,11 @@ def setup_node(cfg: NodeBridges, api=None) -> NodeSetup:
     """Idempotent: a second run changes nothing."""
     from pyroute2 import IPRoute
 
+    if cfg.uplink:
+        with IPRoute() as ipr:  # refuse before changing anything
+            if not ipr.link_lookup(ifname=cfg.uplink):
+                raise uplink_mod.UplinkError(
+                    f"uplink: interface {cfg.uplink} does not exist in this network namespace")
     api = api or ovsdb.connect(cfg.db_target)
     ovsdb.ensure_bridge(api, cfg.br_int, datapath_type=cfg.datapath_type, controller=cfg.controller,
                         external_ids={"sdn-egress-role": "int"})

@@ -203,7 +203,7 @@ class Lab(Traffic):
             self._start_echo(x)
 
         for node in topo.nodes:
-            self._build_node(topo, node, fab)
+            self._build_node(topo, node, fab, agents)
         self._write_cluster_manifests(topo)
         if agents:
             self._start_controller()
@@ -211,7 +211,7 @@ class Lab(Traffic):
                 self.start_agent(node.name)
         self._wait_for_echo(topo)
 
-    def _build_node(self, topo: Topology, node, fab: str) -> None:
+    def _build_node(self, topo: Topology, node, fab: str, agents: bool) -> None:
         ns = self._netns(self.ns_node(node.name))
         self._veth(ns, "eth0", fab, f"n{node.index}")
         nsx(fab, "ip", "link", "set", f"n{node.index}", "master", "underlay")
@@ -232,6 +232,10 @@ class Lab(Traffic):
         ovs.start()
         sh("ip", "netns", "exec", ns, _bin("sdn-egress"), "ovs", "--db", ovs.db_target, "setup",
            "--uplink", "eth0")
+        if not agents:
+            # No agent will program br-ex (fail_mode=secure): let it switch
+            # plainly so the node keeps its underlay connectivity.
+            ovs.ofctl("add-flow", "br-ex", "priority=0,actions=NORMAL")
 
     def _build_pod(self, pod, node_ns: str) -> None:
         ns = self._netns(self.ns_pod(pod.index))

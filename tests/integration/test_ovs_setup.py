@@ -1,0 +1,115 @@
+"""ovs_setup against a throwaway ovsdb-server + ovs-vswitchd in a namespace:
+what it creates, that twice is once, tunnels follow the peer set, and the
+uplink's address and routes move onto br-ex and back."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from ovs_setup import ovsdb
+from ovs_setup.daemons import OvsInstance
+
+pytestmark = pytest.mark.integration
+SDN_EGRESS = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+
+
+def sh(ns, *cmd, check=True):
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def node(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ns = "ovst-" + uuid.uuid4().hex[:6]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    ovs = OvsInstance(str(tmp_path / "ovs"), netns=ns)
+    try:
+        sh(ns, "ip", "link", "set", "lo", "up")
+        sh(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "wire0")
+        for dev in ("eth0", "wire0"):
+            sh(ns, "ip", "link", "set", dev, "up")
+        sh(ns, "ip", "addr", "add", "192.0.2.21/24", "dev", "eth0")
+        sh(ns, "ip", "route", "add", "default", "via", "192.0.2.1")
+        ovs.start()
+        yield ns, ovs
+    finally:
+        ovs.stop()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def cli(ns, ovs, *args, check=True):
+    return sh(ns, SDN_EGRESS, "ovs", "--db", ovs.db_target, *args, check=check)
+
+
+def test_setup_creates_the_bridges_and_is_idempotent(node):
+    ns, ovs = node
+    cli(ns, ovs, "setup", "--uplink", "eth0")
+    first = ovs.vsctl("show")
+    dump1 = ovs.vsctl("--format=json", "list", "Interface")
+    cli(ns, ovs, "setup", "--uplink", "eth0")
+    assert ovs.vsctl("show") == first
+    assert ovs.vsctl("list-br").split() == ["br-ex", "br-int"]
+    assert sorted(ovs.vsctl("list-ports", "br-int").split()) == ["egw0", "gnv-flow", "patch-int-ex"]
+    assert sorted(ovs.vsctl("list-ports", "br-ex").split()) == ["eth0", "patch-ex-int"]
+    for br in ("br-int", "br-ex"):
+        assert ovs.vsctl("get", "Bridge", br, "datapath_type").strip() == "netdev"
+        assert ovs.vsctl("get", "Bridge", br, "fail_mode").strip() == "secure"
+        assert ovs.vsctl("get-controller", br).strip() == "tcp:127.0.0.1:6653"
+    assert ovs.vsctl("get", "Interface", "gnv-flow", "options").strip() == '{key=flow, remote_ip=flow}'
+    assert ovs.vsctl("get", "Interface", "egw0", "ofport").strip() == "1"
+    # Same rows, same uuids: nothing was recreated.
+    assert json.loads(ovs.vsctl("--format=json", "list", "Interface"))["data"].__len__() == \
+        json.loads(dump1)["data"].__len__()
+    # The node address and default route moved to br-ex.
+    assert "192.0.2.21/24" in sh(ns, "ip", "-br", "addr", "show", "br-ex").stdout
+    assert "192.0.2.21" not in sh(ns, "ip", "-br", "addr", "show", "eth0").stdout
+    assert "default via 192.0.2.1 dev br-ex" in sh(ns, "ip", "route").stdout
+    shown = json.loads(cli(ns, ovs, "show", "--json").stdout)
+    assert shown["br-int"]["ports"]["gnv-flow"]["options"] == {"key": "flow", "remote_ip": "flow"}
+    assert shown["br-ex"]["controllers"] == [{"target": "tcp:127.0.0.1:6653", "connected": False}]
+
+    cli(ns, ovs, "teardown", "--uplink", "eth0")
+    assert ovs.vsctl("list-br").split() == []
+    assert "192.0.2.21/24" in sh(ns, "ip", "-br", "addr", "show", "eth0").stdout
+    assert "default via 192.0.2.1 dev eth0" in sh(ns, "ip", "route").stdout
+
+
+def test_tunnels_follow_the_peer_set(node):
+    ns, ovs = node
+    cli(ns, ovs, "setup")
+    api = ovsdb.connect(ovs.db_target)
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.11", "bravo": "192.0.2.12"},
+                       bfd={"enable": "true", "min_tx": "100", "min_rx": "100"})
+    ports = set(ovs.vsctl("list-ports", "br-int").split())
+    assert {"gnv-alpha", "gnv-bravo", "gnv-flow"} <= ports
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "options:remote_ip").strip() == '"192.0.2.11"'
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd:min_tx").strip() == '"100"'
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31"})
+    ports = set(ovs.vsctl("list-ports", "br-int").split())
+    assert "gnv-bravo" not in ports and "gnv-alpha" in ports
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "options:remote_ip").strip() == '"192.0.2.31"'
+    long = ovsdb.tunnel_port_name("a-very-long-node-name-indeed")
+    assert len(long) <= 15 and long == ovsdb.tunnel_port_name("a-very-long-node-name-indeed")
+    assert set(ovsdb.ofports(api, "br-int")) >= {"egw0", "gnv-flow", "gnv-alpha"}
+
+
+def test_a_missing_uplink_is_one_clear_error(node):
+    ns, ovs = node
+    proc = cli(ns, ovs, "setup", "--uplink", "nosuch0", check=False)
+    assert proc.returncode == 1
+    assert "uplink: interface nosuch0 does not exist" in proc.stderr
+    assert ovs.vsctl("list-br").split() == []  # refused before anything changed
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_database_is_one_clear_error(tmp_path):
+    proc = subprocess.run([SDN_EGRESS, "ovs", "--db", f"unix:{tmp_path}/nothing.sock", "show"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot reach OVSDB" in proc.stderr and "Traceback" not in proc.stderr
