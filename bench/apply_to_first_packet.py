@@ -54,6 +54,12 @@ def main() -> int:
     samples = []
     try:
         lab.up(default_topology_path())
+        # Measure the policy's way through the system, not the agents' start.
+        deadline = time.monotonic() + 30
+        while not all(lab.agent_passes(n["name"]) for n in lab.status()["nodes"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not finish their first pass")
+            time.sleep(0.1)
         lab.apply(os.path.join(ROOT, "k8s", "examples", "egressgateway.yaml"))
         policy_src = os.path.join(ROOT, "k8s", "examples", "egresspolicy.yaml")
         with open(policy_src) as f:

@@ -29,6 +29,7 @@ from sdn_egress.view import NodeFacts, build_view, tunnel_peers
 LOG = logging.getLogger(__name__)
 
 BRIDGES = ("br-int", "br-ex")
+RETRY_UNRESOLVED = 0.5  # seconds until a pass retries an unresolved next hop
 
 
 @dataclass
@@ -89,6 +90,7 @@ class AgentCore:
         self._next_hops: dict[str, str] = {}
         self._alloc_mtime = None
         self._logged_errors: tuple = ()
+        self._unresolved: list[str] = []
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -141,7 +143,9 @@ class AgentCore:
             full = now >= next_full
             try:
                 self.reconcile(full=full)
-                backoff = 0.0
+                # An unresolved next hop is retried soon, not at the next
+                # full resync: nothing else would wake the loop for it.
+                backoff = RETRY_UNRESOLVED if self._unresolved else 0.0
             except Exception as exc:  # noqa: BLE001 - the loop must live
                 LOG.exception("reconcile failed: %s", exc)
                 self.last_result = PassResult(error=str(exc))
@@ -254,7 +258,7 @@ class AgentCore:
         egw_mac = ovsdb.iface_mac(self.ovs, self.config.egw)
         brex_mac = ovsdb.iface_mac(self.ovs, "br-ex") if ports_ex else egw_mac
         held = [a for a in alloc.eips if a.nodes and a.nodes[0] == self.config.node]
-        hops = {}
+        hops, unresolved = {}, []
         for a in held:
             key = str(a.ip)
             mac = None if refresh else self._next_hops.get(key)
@@ -262,9 +266,11 @@ class AgentCore:
                 mac = resolve_next_hop_mac(self._probe_destination(state, a))
                 if mac is None:
                     LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
+                    unresolved.append(key)
             if mac:
                 hops[key] = mac
         self._next_hops = hops
+        self._unresolved = unresolved
         return NodeFacts(ports=ports, egw_mac=egw_mac, brex_mac=brex_mac,
                          next_hop_macs=tuple(sorted(hops.items())))
 
