@@ -72,7 +72,7 @@ class OvsInstance:
         return _read_pid(self.pidfile(daemon))
 
     def running(self, daemon: str = "ovs-vswitchd") -> bool:
-        return _alive(self.pid(daemon))
+        return process_alive(self.pid(daemon))
 
     def start(self, vswitchd: bool = True) -> "OvsInstance":
         os.makedirs(self.rundir, exist_ok=True)
@@ -113,7 +113,7 @@ class OvsInstance:
     def stop(self) -> None:
         """Stop both daemons (SIGTERM, then SIGKILL); fine when already gone."""
         for daemon in ("ovs-vswitchd", "ovsdb-server"):
-            _terminate(self.pid(daemon))
+            terminate(self.pid(daemon))
 
     def __enter__(self) -> "OvsInstance":
         return self.start()
@@ -128,9 +128,9 @@ def stop_all_under(path: str) -> int:
     killed = 0
     for pidfile in glob.glob(os.path.join(path, "**", "ovs*.pid"), recursive=True):
         pid = _read_pid(pidfile)
-        if _alive(pid):
+        if process_alive(pid):
             killed += 1
-        _terminate(pid)
+        terminate(pid)
     return killed
 
 
@@ -142,7 +142,8 @@ def _read_pid(path: str) -> int | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """True for a running process (a zombie counts as gone)."""
     if not pid:
         return False
     try:
@@ -152,20 +153,21 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def _terminate(pid: int | None, timeout: float = 5.0) -> None:
-    if not _alive(pid):
+def terminate(pid: int | None, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; fine when already gone."""
+    if not process_alive(pid):
         return
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if _alive(pid):
+    if process_alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while _alive(pid) and time.monotonic() < deadline + timeout:
+        while process_alive(pid) and time.monotonic() < deadline + timeout:
             time.sleep(0.02)

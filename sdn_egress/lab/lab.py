@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import yaml
 
-from ovs_setup.daemons import OvsInstance, stop_all_under
+from ovs_setup.daemons import OvsInstance, process_alive as _alive, stop_all_under, terminate as _kill
 from sdn_egress.lab import topology as topo_mod
 from sdn_egress.lab.topology import Topology
 from sdn_egress.lab.traffic import Traffic
@@ -48,33 +47,6 @@ def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.Co
 
 def nsx(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh("ip", "netns", "exec", ns, *cmd, check=check)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _kill(pid: int | None, timeout: float = 5.0) -> None:
-    if not _alive(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if _alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Lab(Traffic):

@@ -3,7 +3,6 @@ saw: the questions every end-to-end test and the demo ask."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time

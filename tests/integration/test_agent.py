@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from ovs_setup.daemons import OvsInstance
-from ovs_setup.node import NodeBridges, setup_node
 
 pytestmark = pytest.mark.integration
 
@@ -155,24 +154,6 @@ def wait_for(pred, what, timeout=20.0):
             return v
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def desired_ofctl(node) -> set[str]:
-    """What flows.build() says this node must hold, rendered like a dump."""
-    import flows
-    from flows.render import to_ofctl
-    from sdn_egress.agent.core import AgentConfig, AgentCore
-    from sdn_egress.allocation import AllocationStore
-    from sdn_egress.source import ManifestDirSource
-    core = AgentCore(AgentConfig(node=node.name, ovs_db=node.ovs.db_target),
-                     ManifestDirSource(str(node.mdir)), AllocationStore(str(node.sdir)))
-    state, alloc = core.snapshot()
-    return {to_ofctl(f) for f in flows.build(core_view(core, state, alloc))["br-int"]}
-
-
-def core_view(core, state, alloc):
-    from sdn_egress.view import build_view
-    return build_view(core.config.node, state, alloc, core._facts(state, alloc, refresh=False))
 
 
 def test_agent_installs_exactly_the_pipeline_and_keeps_it(node):
