@@ -17,7 +17,7 @@ import sys
 from os_ken.ofproto import nicira_ext
 
 from flows import fields as F
-from flows.records import (CT, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
+from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
                            SetField, Unknown)
 from flows.tables import bridge as bridge_tables
 
@@ -52,6 +52,11 @@ def _nat(parser, nat: Nat):
 def _action(ofp, parser, bridge: str, a):
     if isinstance(a, Output):
         return parser.OFPActionOutput(a.port, 0)
+    if isinstance(a, Bundle):
+        return parser.NXActionBundle(algorithm=nicira_ext.NX_BD_ALG_ACTIVE_BACKUP,
+                                     fields=nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4, basis=0,
+                                     slave_type=nicira_ext.NXM_OF_IN_PORT, n_slaves=len(a.ports),
+                                     ofs_nbits=0, dst=0, slaves=list(a.ports))
     if isinstance(a, InPort):
         return parser.OFPActionOutput(ofp.OFPP_IN_PORT, 0)
     if isinstance(a, Normal):
@@ -135,6 +140,10 @@ def _action_back(ofp, names, a):
         key = _field_name(a.key)
         if not isinstance(a.value, tuple):
             return Load(key, a.value) if F.is_register(key) else SetField(key, a.value)
+    elif cls == "NXActionBundle":
+        if (a.algorithm == nicira_ext.NX_BD_ALG_ACTIVE_BACKUP and a.basis == 0
+                and a.fields == nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4 and len(a.slaves) >= 2):
+            return Bundle(tuple(a.slaves))
     elif cls == "NXActionRegMove":
         src, dst = _field_name(a.src_field), _field_name(a.dst_field)
         if (src in F.FIELDS and dst in F.FIELDS and a.src_ofs == a.dst_ofs == 0

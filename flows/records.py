@@ -229,13 +229,28 @@ class CT:
 
 
 @dataclass(frozen=True)
+class Bundle:
+    """Output to the first *live* port of ``ports`` (``bundle(active_backup)``):
+    the switch itself moves traffic when a member's liveness (BFD on a tunnel,
+    carrier) goes, no controller in the loop; no live member: nothing is sent."""
+    ports: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "ports", tuple(self.ports))
+        if len(self.ports) < 2 or len(set(self.ports)) != len(self.ports):
+            raise ValueError(f"bundle: needs two or more distinct ports, got {self.ports!r}")
+        for p in self.ports:
+            Output(p)  # same port rules
+
+
+@dataclass(frozen=True)
 class Unknown:
     """An action read from a switch that this project does not model."""
     text: str
 
 
-Action = Union[Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Unknown]
-ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Unknown)
+Action = Union[Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, Unknown]
+ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, Unknown)
 
 
 # -- the flow ---------------------------------------------------------------------

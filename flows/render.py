@@ -6,7 +6,7 @@ import netaddr
 
 from flows import cookie as C
 from flows import fields as F
-from flows.records import (CT, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
+from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
                            SetField, Unknown)
 from flows.tables import table_id
 
@@ -63,6 +63,8 @@ def action_text(bridge: str, a, table_label=None) -> str:
     label = table_label or (lambda name: str(table_id(bridge, name)))
     if isinstance(a, Output):
         return f"output:{a.port}"
+    if isinstance(a, Bundle):
+        return f"bundle(symmetric_l4,0,active_backup,ofport,members:{','.join(map(str, a.ports))})"
     if isinstance(a, InPort):
         return "IN_PORT"
     if isinstance(a, Normal):

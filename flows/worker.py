@@ -11,7 +11,7 @@ from flows import cookie as C
 from flows import family
 from flows import fields as F
 from flows.check import route_by_eip
-from flows.records import Drop, Flow, Goto, Load, Output, SetField
+from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField
 from flows.tables import flow
 from flows.view import GW_MAC, EipRoute, NodeView, Ports
 
@@ -56,18 +56,16 @@ def steers(view: NodeView) -> list[Flow]:
 
 def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
     """The actions that carry an EIP's traffic to its gateway; None when
-    there is no way there.  Only ``gateways[0]`` is used today; standbys
-    (``gateways[1:]``) become further buckets here (a fast-failover group or
-    ``bundle(active_backup)`` on the tunnels' BFD liveness) without changing
-    any caller."""
+    there is no way there.  With standbys, ``bundle(active_backup)`` over the
+    gateways' tunnel ports in list order: the switch sends to the first one
+    whose BFD session is up, and to none while all are down (never a leak)."""
     if route.local:
         return (Goto("snat"),)
-    if not route.gateways:
+    tunnels = [p for p in (ports.tunnel(g) for g in route.gateways) if p is not None]
+    if not tunnels:
         return None
-    port = ports.tunnel(route.gateways[0])
-    if port is None:
-        return None
-    return (SetField("tunnel_id", route.tunnel_key), Output(port))
+    out = Output(tunnels[0]) if len(tunnels) == 1 else Bundle(tuple(tunnels))
+    return (SetField("tunnel_id", route.tunnel_key), out)
 
 
 def eip_out(view: NodeView) -> list[Flow]:

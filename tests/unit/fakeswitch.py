@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import netaddr
 
 from flows import fields as F
-from flows.records import (CT, Drop, Flow, Goto, InPort, Load, Move, Normal, Output, SetField,
+from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Normal, Output, SetField,
                            Unknown)
 from flows.tables import bridge as bridge_tables
 from flows.view import Ports
@@ -172,6 +172,7 @@ class FakeBridge:
         self.tables = bridge_tables(name)
         self.conntrack = conntrack or Conntrack()
         self.flows: dict[tuple, Flow] = {}
+        self.dead_ports: set[int] = set()  # ports whose liveness (BFD) is down
 
     # flow-mods
     def add(self, flow: Flow) -> None:
@@ -235,6 +236,10 @@ class FakeBridge:
             if isinstance(a, Output):
                 if a.port != pkt["in_port"]:
                     out.append(Emitted(a.port, dict(pkt)))
+            elif isinstance(a, Bundle):
+                live = [p for p in a.ports if p not in self.dead_ports]
+                if live and live[0] != pkt["in_port"]:
+                    out.append(Emitted(live[0], dict(pkt)))
             elif isinstance(a, InPort):
                 out.append(Emitted(pkt["in_port"], dict(pkt)))
             elif isinstance(a, Normal):

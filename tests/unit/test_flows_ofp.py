@@ -15,7 +15,7 @@ from os_ken.ofproto import (ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_4,
 import flows
 from flows import cookie as C
 from flows import ofp, render
-from flows.records import Flow, Goto, Move, Output, SetField, Unknown
+from flows.records import Bundle, Flow, Goto, Move, Output, SetField, Unknown
 from flows.tables import table_names
 
 VERSIONS = {
@@ -179,8 +179,9 @@ def test_to_ofctl_text(lab):
         f"table=0,priority=1024,cookie={steer.cookie:#x},ip,in_port=1,"
         "nw_dst=198.51.100.0/24,nw_src=203.0.113.34,actions=set_field:0x7->reg0,goto_table:1")
     out = next(f for f in built if f.table == "eip_out" and f.match_dict().get("reg0") == (7, None))
-    assert out.actions == (SetField("tunnel_id", lab.EIP_KEY), Output(3))
-    assert render.to_ofctl(out).endswith("reg0=0x7,actions=set_field:0x7->tun_id,output:3")
+    assert out.actions == (SetField("tunnel_id", lab.EIP_KEY), Bundle((3, 4)))
+    assert render.to_ofctl(out).endswith(
+        "reg0=0x7,actions=set_field:0x7->tun_id,bundle(symmetric_l4,0,active_backup,ofport,members:3,4)")
 
 
 def test_describe_reads_back_policy_and_pod(lab):

@@ -225,6 +225,20 @@ def test_traffic_follows_the_active_gateway(lab):
     assert fabric.send("n0", "br-ex", from_uplink(lab, "n0", gone.packet))[0].where == "NORMAL"
 
 
+def test_the_switch_fails_over_to_the_standby_when_the_active_tunnel_dies(lab, fabric):
+    """Workers list every gateway of an EIP in a bundle(active_backup): the
+    first tunnel whose BFD is up carries the traffic, with the same EIP key."""
+    worker = fabric.nodes["n1"].bridges["br-int"]
+    active, standby = lab.PORTS["n1"].tunnel("n0"), lab.PORTS["n1"].tunnel("n2")
+    out = only(worker.process(from_pod(lab, "n1", lab.POD_A)))
+    assert out.port == active
+    worker.dead_ports.add(active)  # BFD declares the active gateway down
+    out = only(worker.process(from_pod(lab, "n1", lab.POD_A)))
+    assert (out.port, out.packet["tunnel_id"]) == (standby, lab.EIP_KEY)
+    worker.dead_ports.add(standby)  # every gateway down: nothing leaves, never a leak
+    assert worker.process(from_pod(lab, "n1", lab.POD_A)) == []
+
+
 # -- br-ex ------------------------------------------------------------------------
 
 def test_arp_request_for_held_eip_is_answered(lab, fabric):
