@@ -77,10 +77,11 @@ def check(view: NodeView) -> None:
             raise ViewError(f"{obj}: eip: listed twice")
         routes[str(r.eip)] = r
         claim(obj, r.eip, r.tunnel_key)
-        first = r.gateways[0] if r.gateways else None
-        if r.local != (first == view.node):
-            raise ViewError(f"{obj}: local: {r.local}, but the active gateway is {first!r} "
-                            f"and this node is {view.node!r}")
+        # local: this node is the first *live* gateway of the list (the view
+        # builder judges liveness); it can only be so if it is in the list.
+        if r.local and view.node not in r.gateways:
+            raise ViewError(f"{obj}: local: True, but this node {view.node!r} is not among its "
+                            f"gateways {list(r.gateways)}")
 
     held: set[str] = set()
     for h in view.held:

@@ -79,7 +79,17 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
     return steers
 
 
-def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts) -> NodeView:
+def live_order(nodes: tuple[str, ...], dead: frozenset[str]) -> tuple[str, ...]:
+    """An EIP's gateway list without the nodes this node sees dead (BFD)."""
+    return tuple(n for n in nodes if n not in dead)
+
+
+def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
+               dead: frozenset[str] = frozenset()) -> NodeView:
+    """``dead``: gateway nodes this node's BFD sessions see down.  A standby
+    whose predecessors in an EIP's list are all dead holds the EIP (takes it
+    over); workers keep every gateway in their bundle, the switch skips the
+    dead ones by itself."""
     node = state.nodes[node_name]
     node_ip = node.address(4)
     steers: list[Steer] = []
@@ -91,15 +101,16 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     eip_routes = []
     for eip in sorted({str(s.eip) for s in steers}):
         a = by_ip[eip]
+        alive = live_order(a.nodes, dead)
         eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
                                    gateways=tuple(a.nodes),
-                                   local=bool(a.nodes) and a.nodes[0] == node_name))
+                                   local=bool(alive) and alive[0] == node_name))
 
     held = tuple(
         HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
                 next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)))
         for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
-        if a.nodes and a.nodes[0] == node_name)
+        if live_order(a.nodes, dead)[:1] == (node_name,))
 
     return_routes = ()
     if held:
@@ -118,11 +129,11 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict[str, str]:
-    """Gateway nodes this node needs a Geneve port to: every node of every EIP
-    (active and standbys, so failover never waits for a port), but itself."""
-    peers = {}
-    for a in alloc.eips:
-        for n in a.nodes:
-            if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None:
-                peers[n] = str(state.nodes[n].address(4))
-    return peers
+    """Nodes this node keeps a Geneve port (with BFD) to: every gateway node
+    of every EIP, active and standby, so failover never waits for a port; and
+    on a gateway node, every other node too, because a BFD session needs both
+    ends and workers judge their gateways by it."""
+    gateways = {n for a in alloc.eips for n in a.nodes}
+    wanted = set(state.nodes) if node_name in gateways else gateways
+    return {n: str(state.nodes[n].address(4)) for n in sorted(wanted)
+            if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None}

@@ -19,6 +19,7 @@ import flows
 from flows.records import Flow
 from flows.tables import table_names
 from flows.view import NodeView, Ports
+from sdn_egress.agent.liveness import Liveness
 from sdn_egress.agent.routing import HostRouting, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
 from sdn_egress.allocation import Allocation, AllocationStore
@@ -39,8 +40,9 @@ class AgentConfig:
     status_dir: str | None = None
     egw: str = "egw0"
     resync_interval: float = 10.0  # full dump-and-diff, repairs drift
-    poll_interval: float = 0.2
-    bfd: dict | None = None
+    poll_interval: float = 0.05  # how often BFD state and the sources are looked at
+    bfd: dict | None = None  # Interface.bfd of the tunnels to gateways; None: no BFD
+    bfd_grace: float = 10.0  # a peer never seen up counts as dead only after this
 
 
 def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]:
@@ -91,6 +93,9 @@ class AgentCore:
         self._alloc_mtime = None
         self._logged_errors: tuple = ()
         self._unresolved: list[str] = []
+        self.liveness = Liveness(config.bfd_grace)
+        self._dead: frozenset[str] = frozenset()
+        self._held: set[str] = set()
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -161,7 +166,8 @@ class AgentCore:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    if not backoff and (self.source.wait_for_change(0) or self._alloc_changed()):
+                    if not backoff and (self._liveness_changed() or self.source.wait_for_change(0)
+                                        or self._alloc_changed()):
                         break
                     if time.monotonic() >= next_full or backoff:
                         break
@@ -183,6 +189,20 @@ class AgentCore:
             return True
         return False
 
+    def _bfd_states(self) -> dict[str, dict]:
+        """peer -> bfd_status of its tunnel port (OVSDB, from the IDL's cache)."""
+        if not self.config.bfd or not self._peers:
+            return {}
+        from ovs_setup import ovsdb
+        status = ovsdb.bfd_status(self.ovs, "br-int")
+        return {peer: status.get(ovsdb.tunnel_port_name(peer), {}) for peer in self._peers}
+
+    def _liveness_changed(self) -> bool:
+        try:
+            return self.liveness.dead(self._bfd_states()) != self._dead
+        except Exception:  # noqa: BLE001 - judged again at the pass
+            return False
+
     def snapshot(self) -> tuple[ClusterState, Allocation]:
         state = self.source.snapshot()
         self._alloc_changed()
@@ -202,13 +222,18 @@ class AgentCore:
             bridges = dict(self._bridges)
         state, alloc = self.snapshot()
         self._sync_tunnels(state, alloc)
-        facts = self._facts(state, alloc, refresh=full)
-        view = build_view(self.config.node, state, alloc, facts)
+        dead = self.liveness.dead(self._bfd_states())
+        if dead != self._dead:
+            LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
+        self._dead = dead
+        facts = self._facts(state, alloc, refresh=full, dead=dead)
+        view = build_view(self.config.node, state, alloc, facts, dead=dead)
         desired = flows.build(view)
         result = PassResult(view=view)
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
         self.routing.sync(view.steers)
+        self._announce_new(view, bridges)
         self.passes += 1
         self.last_result = result
         self._write_status()
@@ -241,7 +266,22 @@ class AgentCore:
                  or "no gateway peers")
         self._peers = peers
 
-    def _facts(self, state: ClusterState, alloc: Allocation, refresh: bool) -> NodeFacts:
+    def _announce_new(self, view: NodeView, bridges: dict) -> None:
+        """Gratuitous ARPs for EIPs this node has just started to hold, so the
+        router and hosts on the uplink move to this node's MAC at once."""
+        held = {str(h.eip) for h in view.held}
+        new = held - self._held
+        st = bridges.get("br-ex")
+        if new and st is not None and view.ports.uplink:
+            for eip in sorted(new):
+                LOG.warning("EIP %s: now held by this node; announcing it (gratuitous ARP)", eip)
+                st.switch.announce(eip, view.brex_mac, view.ports.uplink)
+            self._held = held
+        elif not new:
+            self._held = held
+
+    def _facts(self, state: ClusterState, alloc: Allocation, refresh: bool,
+               dead: frozenset[str] = frozenset()) -> NodeFacts:
         from ovs_setup import ovsdb
         ports_int = ovsdb.ofports(self.ovs, "br-int")
         try:
@@ -257,7 +297,8 @@ class AgentCore:
                       uplink=uplink, ex_patch=ports_ex.get("patch-ex-int", 0))
         egw_mac = ovsdb.iface_mac(self.ovs, self.config.egw)
         brex_mac = ovsdb.iface_mac(self.ovs, "br-ex") if ports_ex else egw_mac
-        held = [a for a in alloc.eips if a.nodes and a.nodes[0] == self.config.node]
+        held = [a for a in alloc.eips
+                if [n for n in a.nodes if n not in dead][:1] == [self.config.node]]
         hops, unresolved = {}, []
         for a in held:
             key = str(a.ip)

@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OpenFlow listen address the bridges' controller target points at")
     parser.add_argument("--resync-interval", type=float, default=10.0,
                         help="seconds between full flow dumps that repair drift")
+    parser.add_argument("--bfd-interval", type=int, default=100, metavar="MS",
+                        help="BFD min_tx/min_rx on the tunnels to gateways (default 100 ms)")
+    parser.add_argument("--bfd-mult", type=int, default=3,
+                        help="BFD detection multiplier (default 3: down after 3 missed intervals)")
+    parser.add_argument("--no-bfd", action="store_true",
+                        help="no BFD: no data-plane failover, gateways follow the controller only")
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
 
@@ -44,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
     core = AgentCore(
         AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
-                    resync_interval=args.resync_interval),
+                    resync_interval=args.resync_interval,
+                    bfd=None if args.no_bfd else {
+                        "enable": "true", "min_tx": str(args.bfd_interval),
+                        "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
+                        "mult": str(args.bfd_mult)}),
         ManifestDirSource(args.manifests, extra_cluster_cidrs=extra),
         AllocationStore(args.status),
     )

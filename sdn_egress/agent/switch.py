@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from flows import ofp as flows_ofp
@@ -139,6 +140,31 @@ class Switch:
                 pass
             raise
 
+    def packet_out(self, data: bytes, port: int) -> None:
+        parser, ofp = self.dp.ofproto_parser, self.dp.ofproto
+        self.dp.send_msg(parser.OFPPacketOut(self.dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                             in_port=ofp.OFPP_CONTROLLER,
+                                             actions=[parser.OFPActionOutput(port, 0)], data=data))
+
+    def announce(self, ip: str, mac: str, port: int,
+                 schedule: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)) -> None:
+        """A burst of gratuitous ARPs (``ip`` is at ``mac``) out of ``port``,
+        in the background: the first at once, the rest in case one is lost."""
+        data = gratuitous_arp(ip, mac)
+
+        def burst():
+            start = time.monotonic()
+            for at in schedule:
+                delay = start + at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                try:
+                    self.packet_out(data, port)
+                except Exception:  # noqa: BLE001 - connection gone; nothing to announce on
+                    return
+
+        threading.Thread(target=burst, name=f"garp-{ip}", daemon=True).start()
+
     def delete_by_cookie(self, cookie: int, mask: int) -> None:
         parser, ofp = self.dp.ofproto_parser, self.dp.ofproto
         mod = parser.OFPFlowMod(self.dp, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL,
@@ -146,6 +172,18 @@ class Switch:
                                 out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
         self.dp.send_msg(mod)
         self.barrier()
+
+
+def gratuitous_arp(ip: str, mac: str) -> bytes:
+    """An ARP request for ``ip`` from ``ip`` at ``mac``, broadcast."""
+    from os_ken.lib.packet import arp, ethernet, ether_types, packet
+
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=ether_types.ETH_TYPE_ARP))
+    pkt.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=mac, src_ip=ip,
+                             dst_mac="00:00:00:00:00:00", dst_ip=ip))
+    pkt.serialize()
+    return bytes(pkt.data)
 
 
 def _describe_error(msg) -> str:

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ("delete", "remove the objects a YAML file or directory names")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("path")
+    for name, help_ in (("kill", "power-cut a node: its OVS daemons and agent die at once (SIGKILL)"),
+                        ("revive", "start a killed node's OVS and agent again"),
+                        ("cut", "take a node's underlay link down (processes live on)"),
+                        ("heal", "bring a cut node's underlay link back")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("node")
     p = sub.add_parser("label", help="set (KEY=VALUE) or remove (KEY-) a pod label")
     p.add_argument("pod")
     p.add_argument("label")
@@ -93,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"applied {f}")
         elif cmd == "delete":
             print(f"deleted {lab.delete(args.path)} object(s)")
+        elif cmd in ("kill", "revive", "cut", "heal"):
+            if args.node not in {n.name for n in lab.topology().nodes}:
+                raise LabError(f"{cmd}: no node named {args.node!r}")
+            getattr(lab, cmd)(args.node)
+            print(f"{cmd}: {args.node}")
         elif cmd == "label":
             if args.label.endswith("-") and "=" not in args.label:
                 lab.label(args.pod, args.label[:-1], None)

@@ -270,6 +270,31 @@ class Lab(Traffic):
         self.stop_agent(node)
         return self.start_agent(node)
 
+    # -- failures --------------------------------------------------------------------
+    def kill(self, node: str) -> None:
+        """Power cut: the node's agent, ovs-vswitchd and ovsdb-server die at
+        once (SIGKILL); its namespace, links and kernel state stay."""
+        ovs = self.ovs(node)
+        pids = [self.agent_pid(node), ovs.pid("ovs-vswitchd"), ovs.pid("ovsdb-server")]
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, 9)
+        for pid in pids:
+            _kill(pid, timeout=2)  # reaped or confirmed gone
+
+    def revive(self, node: str) -> None:
+        """Start the node's OVS again (same database: bridges and ports come
+        back; flows do not) and its agent."""
+        self.ovs(node).start()
+        self.start_agent(node)
+
+    def cut(self, node: str) -> None:
+        """Take the node's underlay link down; its processes live on."""
+        nsx(self.ns_fabric(), "ip", "link", "set", f"n{self.topology().node(node).index}", "down")
+
+    def heal(self, node: str) -> None:
+        nsx(self.ns_fabric(), "ip", "link", "set", f"n{self.topology().node(node).index}", "up")
+
     def agent_pid(self, node: str) -> int | None:
         return self.load()["pids"].get(f"agent:{node}")
 

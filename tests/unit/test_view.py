@@ -106,7 +106,7 @@ def test_gateway_node_holds_its_eip_and_routes_replies_to_every_pod_cidr():
         ("alpha", "203.0.113.0/27", True), ("bravo", "203.0.113.32/27", False)}
     # The gateway's own selected pod goes to the local SNAT, no tunnel.
     assert v.eip_routes[0].local
-    assert tunnel_peers("alpha", st, allocate(st)) == {}
+    assert tunnel_peers("alpha", st, allocate(st)) == {"bravo": "192.0.2.12"}  # BFD needs both ends
     assert tunnel_peers("bravo", st, allocate(st)) == {"alpha": "192.0.2.11"}
 
 
