@@ -255,7 +255,11 @@ class _Problem:
     message: str
 
 
-def allocate(state: ClusterState, previous: Allocation | None = None) -> Allocation:
+def allocate(state: ClusterState, previous: Allocation | None = None,
+             held: Mapping[str, str] | None = None) -> Allocation:
+    """``held``: EIP -> the node whose data plane reports holding it (agents'
+    reports); that node becomes the EIP's active gateway, so the control plane
+    records a failover the data plane already made instead of undoing it."""
     previous = previous or Allocation()
     policies = sorted(state.policies.values(), key=lambda p: p.key)
     gateways = state.gateways
@@ -324,7 +328,7 @@ def allocate(state: ClusterState, previous: Allocation | None = None) -> Allocat
 
     keys = _tunnel_keys(sorted(taken, key=lambda ip: (ip.version, ip.value)), previous)
     gateway_of = {ip: state.policies[key].gateway for ip, key in taken.items()}
-    nodes = _elect(state, gateway_of, previous)
+    nodes = _elect(state, gateway_of, previous, held)
     eips = tuple(
         EipAssignment(ip=ip, gateway=gateway_of[ip], policies=(taken[ip],), tunnel_key=keys[ip],
                       nodes=nodes[ip])
@@ -396,7 +400,8 @@ def eligible_nodes(state: ClusterState, gw: EgressGateway | None) -> list[str]:
 
 
 def _elect(state: ClusterState, gateway_of: Mapping[netaddr.IPAddress, str],
-           previous: Allocation) -> dict[netaddr.IPAddress, tuple[str, ...]]:
+           previous: Allocation, held: Mapping[str, str] | None = None
+           ) -> dict[netaddr.IPAddress, tuple[str, ...]]:
     ips = sorted(gateway_of, key=lambda ip: (ip.version, ip.value))
     eligible = {name: eligible_nodes(state, state.gateways.get(name)) for name in set(gateway_of.values())}
     before = {a.ip: a for a in previous.eips if a.ip in gateway_of and a.gateway == gateway_of[a.ip]}
@@ -407,9 +412,13 @@ def _elect(state: ClusterState, gateway_of: Mapping[netaddr.IPAddress, str],
         active[ip] = node
         load[node] += 1
 
+    for ip in ips:  # the node whose data plane holds the EIP (a standby that took over)
+        node = (held or {}).get(str(ip))
+        if node and node in eligible[gateway_of[ip]]:
+            pick(ip, node)
     for ip in ips:  # the active stays where it is
         old = before.get(ip)
-        if old and old.nodes and old.nodes[0] in eligible[gateway_of[ip]]:
+        if ip not in active and old and old.nodes and old.nodes[0] in eligible[gateway_of[ip]]:
             pick(ip, old.nodes[0])
     for ip in ips:  # else the standby the data plane has already failed over to
         old = before.get(ip)

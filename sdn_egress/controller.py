@@ -15,6 +15,7 @@ import threading
 import time
 
 from sdn_egress.allocation import Allocation, AllocationStore, PolicyStatus, allocate
+from sdn_egress.reports import AgentReports
 from sdn_egress.source import StateSource
 
 LOG = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Controller:
         self.current: Allocation | None = None  # the last allocation saved
         self._loaded = False
         self.passes = 0
+        self.reports = AgentReports(store.path)
 
     def previous(self) -> Allocation | None:
         """What the last pass saved; at start, what the store holds (a file
@@ -92,7 +94,7 @@ class Controller:
         """One pass; returns the allocation it saved."""
         previous = self.previous()
         state = self.source.snapshot()
-        alloc = allocate(state, previous)
+        alloc = allocate(state, previous, held=self.reports.held())
         changed = self.store.save(alloc)
         self.current = alloc
         for level, line in describe_changes(previous, alloc):
@@ -123,7 +125,7 @@ class Controller:
                     break
                 if backoff:
                     stop.wait(min(remaining, 0.5))
-                elif self.source.wait_for_change(min(remaining, 0.5)):
+                elif self.source.wait_for_change(min(remaining, 0.1)) or self.reports.changed():
                     break
 
 

@@ -54,6 +54,11 @@ class Lab(Traffic):
         self.state_dir = os.path.abspath(state_dir)
         self.prefix = prefix
         self._state: dict | None = None
+        if os.path.exists(self.state_file):  # a lab is up here: its prefix wins
+            try:
+                self.load()
+            except (ValueError, KeyError):
+                pass  # damaged state: down() still cleans by the given prefix
 
     # -- names -----------------------------------------------------------------------
     def ns_fabric(self) -> str:

@@ -1,0 +1,63 @@
+"""What the agents report about their data plane: each agent writes
+``STATUS/nodes/NODE.json`` after every pass (the lab's equivalent of a
+heartbeat Lease).  The controller reads which node *holds* which EIP, so an
+election follows a failover the switches already made."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+FRESH = 30.0  # seconds: an older report (a dead or stuck agent) claims nothing
+
+
+class AgentReports:
+    def __init__(self, status_dir: str, fresh: float = FRESH, clock=time.time):
+        self.dir = os.path.join(status_dir, "nodes")
+        self.fresh = fresh
+        self.clock = clock
+        self._stamp = None
+
+    def read(self) -> dict[str, dict]:
+        out = {}
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                with open(os.path.join(self.dir, name)) as f:
+                    report = json.load(f)
+            except (OSError, ValueError):
+                continue  # being replaced, or damaged: skip this round
+            if isinstance(report, dict) and isinstance(report.get("node"), str):
+                out[report["node"]] = report
+        return out
+
+    def held(self) -> dict[str, str]:
+        """EIP -> node, from fresh reports; when two nodes claim one EIP (a
+        split brain while a link is cut) the most recent report wins."""
+        now = self.clock()
+        best: dict[str, tuple[float, str]] = {}
+        for node, r in self.read().items():
+            t = r.get("time")
+            if not isinstance(t, (int, float)) or now - t > self.fresh:
+                continue
+            for eip in r.get("held_eips") or []:
+                if eip not in best or t > best[eip][0]:
+                    best[eip] = (t, node)
+        return {eip: node for eip, (_, node) in best.items()}
+
+    def changed(self) -> bool:
+        """True when a report file changed since the last call."""
+        try:
+            stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.dir)
+                                 if e.name.endswith(".json")))
+        except FileNotFoundError:
+            stamp = ()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            return True
+        return False

@@ -1,0 +1,55 @@
+"""The controller follows the data plane: an EIP a standby took over stays
+with it (no fail-back flap)."""
+from __future__ import annotations
+
+import json
+
+import netaddr
+
+from sdn_egress.allocation import allocate
+from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node
+from sdn_egress.reports import AgentReports
+
+
+def cluster():
+    nodes = {n: Node(n, (("egress", "true"),), (netaddr.IPAddress(f"192.0.2.{11 + i}"),),
+                     (netaddr.IPNetwork(f"203.0.113.{32 * i}/27"),))
+             for i, n in enumerate(("alpha", "bravo"))}
+    gw = EgressGateway("edge", LabelSelector((("egress", "true"),)),
+                       (netaddr.IPRange("192.0.2.200", "192.0.2.210"),))
+    pol = EgressPolicy("shop", "cart", "edge", LabelSelector((("app", "cart"),)))
+    return ClusterState(nodes=nodes, gateways={"edge": gw}, policies={pol.key: pol})
+
+
+def report(tmp_path, node, t, held):
+    d = tmp_path / "nodes"
+    d.mkdir(exist_ok=True)
+    (d / f"{node}.json").write_text(json.dumps({"node": node, "time": t, "held_eips": held}))
+
+
+def test_the_holder_reported_by_the_data_plane_becomes_active_and_stays(tmp_path):
+    st = cluster()
+    first = allocate(st)
+    assert first.eips[0].nodes == ("alpha", "bravo")
+    report(tmp_path, "alpha", 100.0, ["192.0.2.200"])
+    report(tmp_path, "bravo", 105.0, ["192.0.2.200"])  # took over later (alpha died)
+    reports = AgentReports(str(tmp_path), clock=lambda: 110.0)
+    assert reports.held() == {"192.0.2.200": "bravo"}
+    moved = allocate(st, first, held=reports.held())
+    assert moved.eips[0].nodes == ("bravo", "alpha")
+    # alpha comes back and reports nothing held: the EIP stays on bravo.
+    report(tmp_path, "alpha", 120.0, [])
+    report(tmp_path, "bravo", 120.0, ["192.0.2.200"])
+    again = allocate(st, moved, held=AgentReports(str(tmp_path), clock=lambda: 121.0).held())
+    assert again.eips[0].nodes == ("bravo", "alpha")
+    assert again.policies["shop/cart"].node == "bravo"
+
+
+def test_stale_and_damaged_reports_claim_nothing(tmp_path):
+    report(tmp_path, "alpha", 10.0, ["192.0.2.200"])
+    (tmp_path / "nodes" / "bravo.json").write_text("{not json")
+    reports = AgentReports(str(tmp_path), fresh=30, clock=lambda: 100.0)
+    assert reports.held() == {}
+    assert reports.changed() is True and reports.changed() is False
+    report(tmp_path, "alpha", 99.0, ["192.0.2.200"])
+    assert reports.held() == {"192.0.2.200": "alpha"}
