@@ -1,0 +1,229 @@
+"""Gateway high availability on the lab: two gateway nodes, real BFD, real
+kills (SIGKILL of a node's OVS and agent), what the external host saw."""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+import yaml
+
+from sdn_egress.lab import Lab
+
+from .conftest import policy_doc, wait_for
+
+EXT = "198.51.100.10"
+TOPOLOGY = {
+    "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo", "labels": {"egress": "true"}},
+              {"name": "charlie"}],
+    "pods": [{"name": "cart-0", "namespace": "shop", "node": "charlie", "labels": {"app": "cart"}},
+             {"name": "cart-1", "namespace": "shop", "node": "bravo", "labels": {"app": "cart"}},
+             {"name": "pay-0", "namespace": "pay", "node": "charlie", "labels": {"app": "pay"}},
+             {"name": "etl-0", "namespace": "pay", "node": "charlie", "labels": {"app": "etl"}}],
+    "externals": [{"name": "ext-1"}],
+}
+GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
+           "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                    "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}}
+
+STREAM = r"""
+import socket, sys, time
+dst, tag = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+i = 0
+print("ready", flush=True)
+while not sys.stdin.closed:
+    s.sendto(f"{tag} {i}\n".encode(), (dst, 8080)); i += 1
+    time.sleep(0.02)
+"""
+
+
+@pytest.fixture(scope="module")
+def ha(request):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    state = tempfile.mkdtemp(prefix="sdn-egress-ha-")
+    topo = os.path.join(state, "topology.yaml")
+    with open(topo, "w") as f:
+        yaml.safe_dump(TOPOLOGY, f)
+    lab = Lab(os.path.join(state, "lab"), prefix="seha" + uuid.uuid4().hex[:3])
+    try:
+        lab.up(topo)
+        docs = os.path.join(state, "objects.yaml")
+        with open(docs, "w") as f:
+            yaml.safe_dump_all([GATEWAY, policy_doc("cart", "shop", eip="192.0.2.201"),
+                                policy_doc("pay", "pay", eip="192.0.2.202", selector={"app": "pay"})], f)
+        lab.apply(docs)
+        yield lab
+    finally:
+        try:
+            lab.down()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(ha):
+    """Every node alive and every EIP answered when a test starts and ends."""
+    yield ha
+    for node in ("alpha", "bravo"):
+        if not ha.ovs(node).running():
+            ha.revive(node)
+    for pod, eip in (("shop/cart-0", "192.0.2.201"), ("pay/pay-0", "192.0.2.202")):
+        wait_for(lambda: ha.udp_source(pod, EXT) == eip, f"{pod} back on {eip}", timeout=30)
+
+
+def holders(lab, eip: str) -> list[str]:
+    """Gateway nodes whose agent reports holding ``eip``."""
+    return [n for n in ("alpha", "bravo") if ha_alive(lab, n) and eip in lab.agent_status(n).get("held_eips", [])]
+
+
+def ha_alive(lab, node: str) -> bool:
+    return lab.ovs(node).running()
+
+
+def active(lab, eip: str) -> str:
+    alloc = lab.status()["allocation"]
+    return next(a["nodes"][0] for a in alloc["eips"] if a["ip"] == eip)
+
+
+class Stream:
+    """UDP datagrams with sequence numbers every 20 ms from a pod."""
+
+    def __init__(self, lab, pod: str):
+        self.lab, self.tag = lab, uuid.uuid4().hex[:8]
+        self.proc = lab.popen(pod, [sys.executable, "-c", STREAM, EXT, self.tag])
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def seen(self) -> list[dict]:
+        return [e for e in self.lab.echo_seen("ext-1")
+                if e.get("proto") == "udp" and e.get("data", "").startswith(self.tag + " ")]
+
+
+def bfd_up(lab) -> bool:
+    """Every BFD session between the nodes is up (a failover has somewhere to go)."""
+    for node in ("alpha", "bravo", "charlie"):
+        out = lab.ovs(node).vsctl("--columns=name,bfd_status", "--format=csv", "find", "Interface", "type=geneve")
+        for line in out.splitlines()[1:]:
+            if "gnv-flow" not in line and "state=up" not in line:
+                return False
+    return True
+
+
+def converged(lab):
+    wait_for(lambda: bfd_up(lab), "every BFD session up", timeout=30)
+    for pod, eip in (("shop/cart-0", "192.0.2.201"), ("pay/pay-0", "192.0.2.202")):
+        wait_for(lambda: lab.udp_source(pod, EXT) == eip, f"{pod} on {eip}", timeout=30)
+
+
+def make_active(lab, eip: str, node: str) -> None:
+    """Arrange, by a failover, that ``node`` is ``eip``'s active gateway."""
+    converged(lab)
+    current = active(lab, eip)
+    if current == node:
+        return
+    lab.kill(current)
+    wait_for(lambda: active(lab, eip) == node, f"{eip} on {node}")
+    lab.revive(current)
+    converged(lab)
+
+
+@pytest.mark.parametrize("pod", ["shop/cart-0", "shop/cart-1"], ids=["worker-pod", "pod-on-a-gateway"])
+def test_killing_the_active_gateway_moves_traffic_with_the_same_eip_and_never_leaks(lab, pod):
+    eip = "192.0.2.201"
+    if pod == "shop/cart-1":  # the pod lives on bravo, the standby: alpha must be the active
+        make_active(lab, eip, "alpha")
+    converged(lab)
+    victim = active(lab, eip)
+    stream = Stream(lab, pod)
+    try:
+        time.sleep(1.0)
+        t_kill = time.time()
+        lab.kill(victim)
+        # Traffic resumes through the standby...
+        wait_for(lambda: any(e["t"] > t_kill + 0.05 for e in stream.seen()), "datagrams after the kill",
+                 timeout=15)
+        time.sleep(1.0)
+    finally:
+        stream.stop()
+    seen = stream.seen()
+    sources = collections.Counter(e["src"] for e in seen)
+    # ... with the same EIP, and not one datagram with a node IP.
+    assert set(sources) == {eip}, sources
+    assert any(e["t"] < t_kill for e in seen) and any(e["t"] > t_kill + 0.5 for e in seen)
+    survivor = "bravo" if victim == "alpha" else "alpha"
+    wait_for(lambda: active(lab, eip) == survivor, "the controller records the new active")
+    # New TCP connections work through the survivor.
+    assert lab.tcp_source(pod, EXT) == eip
+
+
+def test_the_revived_old_active_does_not_take_the_eip_back(lab):
+    converged(lab)
+    eip = "192.0.2.201"
+    victim = active(lab, eip)
+    survivor = "bravo" if victim == "alpha" else "alpha"
+    lab.kill(victim)
+    wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip and holders(lab, eip) == [survivor],
+             "failover to the survivor")
+    lab.revive(victim)
+    wait_for(lambda: lab.agent_passes(victim) > 1, "the revived agent at work")
+    time.sleep(2.0)  # room for a flap to show
+    assert active(lab, eip) == survivor
+    assert holders(lab, eip) == [survivor]
+    # Exactly one node answers ARP for the EIP on the underlay.
+    lab.exec("router", ["ip", "neigh", "flush", "dev", "u0"], check=False)
+    assert lab.udp_source("shop/cart-0", EXT) == eip
+    neigh = lab.exec("router", ["ip", "neigh", "show", eip]).stdout
+    survivor_mac = lab.exec(survivor, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
+    assert survivor_mac in neigh, neigh
+
+
+def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab):
+    converged(lab)
+    eip = "192.0.2.201"
+    stream = Stream(lab, "shop/cart-0")
+    try:
+        lab.kill("alpha")
+        lab.kill("bravo")
+        t_dead = time.time() + 1.0  # BFD: 3 x 100 ms; generous
+        time.sleep(2.5)
+        lab.revive("alpha")
+        wait_for(lambda: any(e["t"] > t_dead + 1.5 for e in stream.seen()), "traffic after the revival",
+                 timeout=30)
+    finally:
+        stream.stop()
+    seen = stream.seen()
+    assert {e["src"] for e in seen} == {eip}, collections.Counter(e["src"] for e in seen)
+    # While both were dead nothing arrived at all.
+    assert not [e for e in seen if t_dead < e["t"] < t_dead + 1.0]
+
+
+def test_killing_one_gateway_moves_only_the_eip_that_lived_there(lab, tmp_path):
+    converged(lab)
+    # Kills move EIPs together; a new EIP is placed on the least loaded gateway.
+    make_active(lab, "192.0.2.202", active(lab, "192.0.2.201"))
+    busy = active(lab, "192.0.2.201")
+    doc = tmp_path / "etl.yaml"
+    doc.write_text(yaml.safe_dump(policy_doc("etl", "pay", eip="192.0.2.203", selector={"app": "etl"})))
+    lab.apply(str(doc))
+    try:
+        wait_for(lambda: lab.udp_source("pay/etl-0", EXT) == "192.0.2.203", "etl on its EIP")
+        other = active(lab, "192.0.2.203")
+        assert other != busy  # balanced: the least loaded gateway
+        lab.kill(other)
+        wait_for(lambda: active(lab, "192.0.2.203") == busy, "the dead node's EIP moved")
+        wait_for(lambda: lab.udp_source("pay/etl-0", EXT) == "192.0.2.203", "etl through the survivor")
+        assert active(lab, "192.0.2.201") == busy and active(lab, "192.0.2.202") == busy
+        assert lab.udp_source("shop/cart-0", EXT) == "192.0.2.201"
+        assert lab.udp_source("pay/pay-0", EXT) == "192.0.2.202"
+    finally:
+        lab.delete(str(doc))
