@@ -96,6 +96,7 @@ class AgentCore:
         self.liveness = Liveness(config.bfd_grace)
         self._dead: frozenset[str] = frozenset()
         self._held: set[str] = set()
+        self._isolated = False
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -226,6 +227,18 @@ class AgentCore:
         if dead != self._dead:
             LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
         self._dead = dead
+        if self._peers and dead >= set(self._peers):
+            # Every BFD session is down: far likelier that this node is cut
+            # off than that all others died. Release the EIPs (stop SNAT and
+            # ARP) so a healed link finds exactly one holder: the standby.
+            if not self._isolated:
+                LOG.warning("BFD: every peer is down; this node considers itself cut off and "
+                            "holds no EIP")
+            self._isolated = True
+            self.liveness.reset()
+            dead = dead | {self.config.node}
+        else:
+            self._isolated = False
         facts = self._facts(state, alloc, refresh=full, dead=dead)
         view = build_view(self.config.node, state, alloc, facts, dead=dead)
         desired = flows.build(view)

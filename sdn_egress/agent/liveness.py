@@ -35,3 +35,10 @@ class Liveness:
             self._first_seen.pop(gone)
             self._was_up.discard(gone)
         return frozenset(dead)
+
+    def reset(self) -> None:
+        """Forget what was seen: every peer gets a fresh grace.  Used while
+        this node is cut off, so that when the link heals, sessions that are
+        slower to come back are not mistaken for dead peers."""
+        self._was_up.clear()
+        self._first_seen.clear()

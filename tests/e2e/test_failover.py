@@ -227,3 +227,22 @@ def test_killing_one_gateway_moves_only_the_eip_that_lived_there(lab, tmp_path):
         assert lab.udp_source("pay/pay-0", EXT) == "192.0.2.202"
     finally:
         lab.delete(str(doc))
+
+
+def test_a_cut_off_active_releases_its_eip_and_one_holder_remains_after_the_heal(lab):
+    converged(lab)
+    eip = "192.0.2.201"
+    victim = active(lab, eip)
+    survivor = "bravo" if victim == "alpha" else "alpha"
+    lab.cut(victim)
+    try:
+        wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip, "traffic through the survivor")
+        # The cut-off node sees every BFD session down: it releases the EIP.
+        wait_for(lambda: eip not in lab.agent_status(victim).get("held_eips", []), "the cut node released")
+        assert holders(lab, eip) == [survivor]
+    finally:
+        lab.heal(victim)
+    converged(lab)
+    time.sleep(2.0)  # room for a flap to show
+    assert holders(lab, eip) == [survivor]
+    assert active(lab, eip) == survivor

@@ -38,3 +38,14 @@ def test_ports_without_bfd_are_never_judged_and_forgotten_peers_start_over():
     live.dead({})
     clock.t = 0.5
     assert live.dead({"b": DOWN}) == frozenset()  # b was forgotten: within its new grace
+
+
+def test_after_a_reset_slow_sessions_get_a_fresh_grace():
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    live.dead({"a": UP})
+    clock.t = 100.0
+    live.reset()  # e.g. this node was cut off
+    assert live.dead({"a": DOWN}) == frozenset()  # was never seen up since: within its grace
+    clock.t = 103.0
+    assert live.dead({"a": DOWN}) == {"a"}
