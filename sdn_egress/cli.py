@@ -19,6 +19,8 @@ COMMANDS = {
     "agent": ("sdn_egress.agent.main", "run the per-node agent (os-ken)"),
     "controller": ("sdn_egress.controller", "run the controller (allocation, gateway election)"),
     "demo": ("sdn_egress.demo", "lab up, apply the example policy, show what the external host saw"),
+    "flows": ("sdn_egress.debug.flows", "a node's flows by table, owner and counters, with drift"),
+    "status": ("sdn_egress.debug.status", "policies, gateways, BFD, agents, errors"),
 }
 
 

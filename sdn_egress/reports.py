@@ -25,8 +25,8 @@ class AgentReports:
         except FileNotFoundError:
             return out
         for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
+            if not name.endswith(".json") or name.startswith(".") or name.count(".") != 1:
+                continue  # NODE.json only (NODE.flows.json is the agent's flow record)
             try:
                 with open(os.path.join(self.dir, name)) as f:
                     report = json.load(f)
@@ -54,7 +54,7 @@ class AgentReports:
         """True when a report file changed since the last call."""
         try:
             stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.dir)
-                                 if e.name.endswith(".json")))
+                                 if e.name.endswith(".json") and e.name.count(".") == 1))
         except FileNotFoundError:
             stamp = ()
         if stamp != self._stamp:

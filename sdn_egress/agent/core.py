@@ -97,6 +97,7 @@ class AgentCore:
         self._dead: frozenset[str] = frozenset()
         self._held: set[str] = set()
         self._isolated = False
+        self._recorded: dict | None = None
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -243,6 +244,10 @@ class AgentCore:
         view = build_view(self.config.node, state, alloc, facts, dead=dead)
         desired = flows.build(view)
         result = PassResult(view=view)
+        if self.config.status_dir and desired != self._recorded:
+            from sdn_egress.debug.records import record_desired
+            record_desired(self.config.status_dir, self.config.node, desired, view)
+            self._recorded = desired
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
         self.routing.sync(view.steers)

@@ -152,3 +152,61 @@ def test_invalid_policy_is_reported_and_disturbs_nothing(lab, policies, tmp_path
     assert "198.51.100.0/33" in errors[0]["message"]
     assert lab.tcp_source("shop/cart-0", EXT1) == eip
     assert lab.tcp_source("other/cart-0", EXT1) == node_ip(lab, "charlie")
+
+
+def cli(*args: str) -> str:
+    import os
+    import subprocess
+    import sys
+    exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+    return subprocess.run([exe, *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def test_flows_names_owners_and_reports_drift(lab, policies):
+    import json
+    policies.apply("egressgateway.yaml", "egresspolicy.yaml")
+    eip = policies.eip("shop/cart")
+    converge(lab, "shop/cart-0", eip)
+    wait_for(lambda: lab.agent_status("bravo").get("steers"), "bravo's agent steering cart-0")
+
+    def report(*extra):
+        return json.loads(cli("flows", "--lab-state", lab.state_dir, "--node", "bravo", "--json", *extra))
+
+    rep = wait_for(lambda: (r := report()) and not r["bridges"]["br-int"]["missing"] and r, "a clean report")
+    classify = rep["bridges"]["br-int"]["tables"]["classify"]
+    steer = [r for r in classify if r["feature"] == "STEER"]
+    assert [r["owner"] for r in steer] == ["policy shop/cart, pod shop/cart-0"]
+    assert rep["bridges"]["br-int"]["stale"] == [] and rep["bridges"]["br-ex"]["stale"] == []
+    # --policy keeps that policy's flows (and its EIP's) only.
+    only = report("--policy", "shop/cart")["bridges"]["br-int"]["tables"]
+    assert {r["feature"] for rows in only.values() for r in rows} == {"STEER", "EIP_OUT"}
+    # Drift: a flow injected by hand is stale; a wanted flow deleted is missing.
+    lab.ovs("bravo").ofctl("add-flow", "br-int", "table=0,priority=5000,cookie=0x99,ip,nw_dst=198.51.100.99,actions=drop")
+    lab.ovs("bravo").ofctl("--strict", "del-flows", "br-int", "table=0,priority=10,in_port=1")
+    rep = report()
+    stale = rep["bridges"]["br-int"]["stale"]
+    assert [(r["match"], r["owner"]) for r in stale] == [("ip,nw_dst=198.51.100.99", "no object owns it")]
+    assert [r["feature"] for r in rep["bridges"]["br-int"]["missing"]] == ["UNSTEERED"]
+    # ... and the agent repairs both at its next full resync.
+    wait_for(lambda: not (r := report()["bridges"]["br-int"])["stale"] and not r["missing"],
+             "drift repaired by the agent", timeout=30)
+
+
+def test_status_reports_policy_gateway_and_invalid_objects(lab, policies):
+    import json
+    policies.apply("egressgateway.yaml", "egresspolicy.yaml",
+                   policy_doc("broken", "other", dest=["198.51.100.0/33"]))
+    eip = policies.eip("shop/cart")
+    converge(lab, "shop/cart-0", eip)
+    st = wait_for(lambda: (s := json.loads(cli("status", "--lab-state", lab.state_dir, "--json")))
+                  and any(p["held_by"] for p in s["policies"]) and s, "status with a holder")
+    cart = next(p for p in st["policies"] if p["policy"] == "shop/cart")
+    assert (cart["eip"], cart["active"], cart["held_by"], cart["ready"]) == (eip, "alpha", "alpha", True)
+    assert any(e["name"] == "broken" and e["field"] == "spec.destSubnet[0]" for e in st["errors"])
+    import netaddr
+    assert netaddr.IPSet(st["cluster_cidrs"]) == netaddr.IPSet(
+        ["192.0.2.11/32", "192.0.2.12/32", "192.0.2.13/32", "203.0.113.0/27", "203.0.113.32/27",
+         "203.0.113.64/27"])  # node IPs and pod CIDRs: never steered
+    nodes = {n["node"]: n for n in st["nodes"]}
+    assert nodes["alpha"]["held_eips"] == [eip]
+    assert nodes["bravo"]["switches"]["br-int"]["connected"]

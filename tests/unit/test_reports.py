@@ -53,3 +53,9 @@ def test_stale_and_damaged_reports_claim_nothing(tmp_path):
     assert reports.changed() is True and reports.changed() is False
     report(tmp_path, "alpha", 99.0, ["192.0.2.200"])
     assert reports.held() == {"192.0.2.200": "alpha"}
+
+
+def test_the_agents_flow_records_are_not_reports(tmp_path):
+    report(tmp_path, "alpha", 99.0, ["192.0.2.200"])
+    (tmp_path / "nodes" / "alpha.flows.json").write_text(json.dumps({"node": "alpha", "bridges": {}}))
+    assert AgentReports(str(tmp_path), clock=lambda: 100.0).held() == {"192.0.2.200": "alpha"}

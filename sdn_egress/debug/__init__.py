@@ -1,0 +1,1 @@
+"""Debugging commands: flow dumps that explain themselves, cluster status."""
