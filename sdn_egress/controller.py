@@ -75,6 +75,7 @@ class Controller:
         self._loaded = False
         self.passes = 0
         self.reports = AgentReports(store.path)
+        self.metrics = None  # sdn_egress.metrics.ControllerMetrics, when served
 
     def previous(self) -> Allocation | None:
         """What the last pass saved; at start, what the store holds (a file
@@ -92,9 +93,13 @@ class Controller:
 
     def reconcile(self) -> Allocation:
         """One pass; returns the allocation it saved."""
+        started = time.monotonic()
         previous = self.previous()
         state = self.source.snapshot()
         alloc = allocate(state, previous, held=self.reports.held())
+        if self.metrics:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.metrics.observe(previous, alloc)
         changed = self.store.save(alloc)
         self.current = alloc
         for level, line in describe_changes(previous, alloc):
@@ -148,6 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-cidr", metavar="CIDR", action="append", default=[], type=_cidr,
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT; off by default")
     parser.add_argument("--resync-interval", type=float, default=RESYNC_INTERVAL, metavar="SECONDS",
                         help="reconcile at least this often even without changes")
 
@@ -171,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         controller = Controller(ManifestDirSource(args.manifests, extra_cluster_cidrs=args.cluster_cidr),
                                 AllocationStore(args.status))
+        if args.metrics_port:
+            from sdn_egress.metrics import ControllerMetrics
+            controller.metrics = ControllerMetrics()
+            controller.metrics.serve(args.metrics_port)
         if args.once:
             controller.reconcile()
             return 0

@@ -77,8 +77,9 @@ class PassResult:
 
 class AgentCore:
     def __init__(self, config: AgentConfig, source: StateSource, store: AllocationStore,
-                 routing: HostRouting | None = None):
+                 routing: HostRouting | None = None, metrics=None):
         self.config = config
+        self.metrics = metrics
         self.source = source
         self.store = store
         self.routing = routing or HostRouting(config.egw)
@@ -124,12 +125,16 @@ class AgentCore:
     def switch_up(self, switch: Switch) -> None:
         with self._lock:
             self._bridges[switch.bridge] = _BridgeState(switch)
+        if self.metrics:
+            self.metrics.switch_connected.labels(switch.bridge).set(1)
         LOG.info("switch %s (dpid %016x) connected", switch.bridge, switch.dpid)
         self._wake.set()
 
     def switch_down(self, bridge: str) -> None:
         with self._lock:
             self._bridges.pop(bridge, None)
+        if self.metrics:
+            self.metrics.switch_connected.labels(bridge).set(0)
         LOG.warning("switch %s disconnected; its flows stay as they are (fail_mode=secure)", bridge)
 
     def switch(self, bridge: str) -> Switch | None:
@@ -148,13 +153,18 @@ class AgentCore:
         while not self._stop.is_set():
             now = time.monotonic()
             full = now >= next_full
+            started = time.monotonic()
             try:
                 self.reconcile(full=full)
+                if self.metrics:
+                    self.metrics.reconcile_seconds.observe(time.monotonic() - started)
                 # An unresolved next hop is retried soon, not at the next
                 # full resync: nothing else would wake the loop for it.
                 backoff = RETRY_UNRESOLVED if self._unresolved else 0.0
             except Exception as exc:  # noqa: BLE001 - the loop must live
                 LOG.exception("reconcile failed: %s", exc)
+                if self.metrics:
+                    self.metrics.reconcile_errors.inc()
                 self.last_result = PassResult(error=str(exc))
                 backoff = min(max(backoff * 2, 0.5), 5.0)
                 self._write_status()
@@ -228,6 +238,8 @@ class AgentCore:
         if dead != self._dead:
             LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
         self._dead = dead
+        if self.metrics:
+            self.metrics.bfd_peers_down.set(len(dead))
         if self._peers and dead >= set(self._peers):
             # Every BFD session is down: far likelier that this node is cut
             # off than that all others died. Release the EIPs (stop SNAT and
@@ -268,10 +280,17 @@ class AgentCore:
                 st.switch.apply(adds, deletes)
             except SwitchError:
                 st.installed = None  # unknown now: dump again next pass
+                if self.metrics:
+                    self.metrics.flow_mod_errors.labels(st.switch.bridge).inc()
                 raise
+            if self.metrics:
+                self.metrics.flow_mods.labels(st.switch.bridge, "add").inc(len(adds))
+                self.metrics.flow_mods.labels(st.switch.bridge, "delete").inc(len(deletes))
             LOG.info("%s: %d flows added or replaced, %d removed (%d in all)",
                      st.switch.bridge, len(adds), len(deletes), len(desired))
         st.installed = set(desired)
+        if self.metrics:
+            self.metrics.flows.labels(st.switch.bridge).set(len(desired))
         return len(adds), len(deletes)
 
     def _sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
@@ -293,6 +312,8 @@ class AgentCore:
         if new and st is not None and view.ports.uplink:
             for eip in sorted(new):
                 LOG.warning("EIP %s: now held by this node; announcing it (gratuitous ARP)", eip)
+                if self.metrics:
+                    self.metrics.failovers.labels(eip).inc()
                 st.switch.announce(eip, view.brex_mac, view.ports.uplink)
             self._held = held
         elif not new:
@@ -352,6 +373,23 @@ class AgentCore:
                 net = policy.dest_subnets[0]
                 return str(net[1] if net.size > 2 else net[0])
         return None
+
+    def egress_by_policy(self) -> dict[str, tuple[int, int]]:
+        """policy -> (packets, bytes) its selected pods sent, summed over the
+        STEER flows' statistics on br-int (read from the switch now)."""
+        from flows import cookie as C
+        switch = self.switch("br-int")
+        view = self.last_result.view
+        if switch is None or view is None:
+            return {}
+        names = {C.stable_hash(s.policy, 24): s.policy for s in view.steers}
+        out: dict[str, tuple[int, int]] = {}
+        for stat in switch.flow_stats():
+            ck = C.decode(stat.cookie)
+            if ck.feature == C.Feature.STEER and ck.policy_hash in names:
+                p, b = out.get(names[ck.policy_hash], (0, 0))
+                out[names[ck.policy_hash]] = (p + stat.packet_count, b + stat.byte_count)
+        return out
 
     # -- status for operators --------------------------------------------------------
     def status(self) -> dict:

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BFD detection multiplier (default 3: down after 3 missed intervals)")
     parser.add_argument("--no-bfd", action="store_true",
                         help="no BFD: no data-plane failover, gateways follow the controller only")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on this port (all addresses); off by default")
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
 
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     cfg.CONF(args=["--ofp-listen-host", host, "--ofp-tcp-listen-port", port], project="os_ken")
     extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
+    metrics = None
+    if args.metrics_port:
+        from sdn_egress.metrics import AgentMetrics
+        metrics = AgentMetrics(args.node)
     core = AgentCore(
         AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
                     resync_interval=args.resync_interval,
@@ -57,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
                         "mult": str(args.bfd_mult)}),
         ManifestDirSource(args.manifests, extra_cluster_cidrs=extra),
         AllocationStore(args.status),
+        metrics=metrics,
     )
+    if metrics:
+        metrics.egress_from(core.egress_by_policy)
+        metrics.serve(args.metrics_port)
     manager = AppManager.get_instance()
     manager.load_apps(["sdn_egress.agent.app"])
     contexts = manager.create_contexts()

@@ -30,6 +30,10 @@ from sdn_egress.lab.traffic import Traffic
 DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 
 
+AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
+CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace
+
+
 class LabError(RuntimeError):
     pass
 
@@ -257,7 +261,8 @@ class Lab(Traffic):
     def _start_controller(self) -> None:
         self._spawn("controller", None,
                     [_bin("sdn-egress"), "controller", "--manifests", self.manifests,
-                     "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR],
+                     "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR,
+                     "--metrics-port", str(CONTROLLER_METRICS_PORT)],
                     os.path.join(self.state_dir, "controller.log"))
 
     def start_agent(self, node: str) -> int:
@@ -265,7 +270,7 @@ class Lab(Traffic):
         return self._spawn(f"agent:{node}", self.ns_node(node),
                            [_bin("sdn-egress"), "agent", "--node", node, "--manifests", self.manifests,
                             "--status", self.status_dir, "--ovs-db", ovs.db_target,
-                            "--ovs-rundir", ovs.rundir],
+                            "--ovs-rundir", ovs.rundir, "--metrics-port", str(AGENT_METRICS_PORT)],
                            os.path.join(self.node_dir(node), "agent.log"))
 
     def stop_agent(self, node: str) -> None:

@@ -210,3 +210,35 @@ def test_status_reports_policy_gateway_and_invalid_objects(lab, policies):
     nodes = {n["node"]: n for n in st["nodes"]}
     assert nodes["alpha"]["held_eips"] == [eip]
     assert nodes["bravo"]["switches"]["br-int"]["connected"]
+
+
+def scrape(lab, host: str, url: str) -> dict[str, float]:
+    import sys
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    text = lab.exec(host, [sys.executable, "-c", code]).stdout
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_count_a_policys_egress_bytes(lab, policies):
+    policies.apply("egressgateway.yaml", "egresspolicy.yaml")
+    eip = policies.eip("shop/cart")
+    converge(lab, "shop/cart-0", eip)
+    url = f"http://{node_ip(lab, 'bravo')}:9100/metrics"
+    key = 'sdn_egress_policy_egress_bytes_total{policy="shop/cart"}'
+    before = wait_for(lambda: scrape(lab, "router", url).get(key), "per-policy counter served")
+    for _ in range(5):
+        assert lab.udp_source("shop/cart-0", EXT1, payload="x" * 500) == eip
+    # OVS folds datapath statistics into flow counters every second or so.
+    after = wait_for(lambda: (m := scrape(lab, "router", url))[key] >= before + 5 * 500 and m,
+                     "the byte counter to count the 5 datagrams")
+    assert after['sdn_egress_agent_switch_connected{bridge="br-int"}'] == 1
+    assert after['sdn_egress_agent_flows{bridge="br-int"}'] > 0
+    assert after["sdn_egress_agent_reconcile_seconds_count"] > 0
+    import urllib.request
+    text = urllib.request.urlopen("http://127.0.0.1:9101/metrics", timeout=5).read().decode()
+    assert 'sdn_egress_controller_policies{ready="true"}' in text
