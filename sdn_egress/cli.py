@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": ("sdn_egress.demo", "lab up, apply the example policy, show what the external host saw"),
     "flows": ("sdn_egress.debug.flows", "a node's flows by table, owner and counters, with drift"),
     "status": ("sdn_egress.debug.status", "policies, gateways, BFD, agents, errors"),
+    "trace": ("sdn_egress.debug.trace", "why a pod's packet leaves with the address it does"),
 }
 
 

@@ -242,3 +242,40 @@ def test_metrics_count_a_policys_egress_bytes(lab, policies):
     import urllib.request
     text = urllib.request.urlopen("http://127.0.0.1:9101/metrics", timeout=5).read().decode()
     assert 'sdn_egress_controller_policies{ready="true"}' in text
+
+
+def test_trace_explains_in_policy_terms(lab, policies):
+    import json
+    policies.apply("egressgateway.yaml",
+                   policy_doc("cart", "shop", dest=["198.51.100.0/24"], exclude=[f"{EXT2}/32"]),
+                   policy_doc("vip", "shop", eip="192.0.2.205", dest=[f"{EXT1}/32"], priority=10))
+    converge(lab, "shop/cart-0", "192.0.2.205")
+
+    def trace(src, dst, proto="udp"):
+        return json.loads(cli("trace", "--lab-state", lab.state_dir, "--src", src, "--dst", dst,
+                              "--proto", proto, "--json"))
+
+    t = trace("shop/cart-0", f"{EXT1}:8080")
+    assert (t["policy"]["policy"], t["policy"]["eip"]) == ("shop/vip", "192.0.2.205")
+    assert "policy shop/cart also matches; shop/vip wins (priority 10 > 0)" in t["policy"]["reasons"]
+    kernel, worker, gateway = t["hops"]
+    assert "dev egw0" in kernel["route"]
+    assert [(s["feature"], s["owner"]) for s in worker["steps"]][0] == \
+        ("STEER", "policy shop/vip, pod shop/cart-0")
+    assert gateway["where"].startswith("alpha br-int")
+    snat = [a for s in gateway["steps"] if s["feature"] == "SNAT" for a in s["actions"]]
+    assert any("nat(src=192.0.2.205)" in a for a in snat)
+
+    t = trace("shop/cart-0", EXT2, "icmp")
+    assert not t["policy"]["steered"]
+    assert f"policy shop/cart selects the pod but {EXT2} is in its excludeSubnet {EXT2}/32" in t["policy"]["reasons"]
+    assert "dev egw0" not in t["hops"][0]["route"] and len(t["hops"]) == 1
+
+    t = trace("shop/web-0", EXT1)
+    assert not t["policy"]["steered"]
+    assert any(r.startswith("policy shop/cart does not select the pod (selector app=cart; pod labels app=web)")
+               for r in t["policy"]["reasons"])
+
+    t = trace("shop/cart-0", "192.0.2.77", "tcp")
+    assert "policy shop/cart selects the pod but 192.0.2.77 is outside its destSubnet 198.51.100.0/24" \
+        in t["policy"]["reasons"]

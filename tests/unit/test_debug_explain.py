@@ -1,0 +1,55 @@
+"""The trace's policy reasoning, on the same model the agent uses."""
+from __future__ import annotations
+
+import sys
+import os
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from test_view import pod, policy, state  # noqa: E402
+
+from sdn_egress.allocation import allocate  # noqa: E402
+from sdn_egress.debug.explain import explain  # noqa: E402
+
+
+def run(st, pod_key, dst):
+    return explain(st, allocate(st), pod_key, dst)
+
+
+def test_matched_pod_names_policy_eip_and_gateways():
+    st = state(policy("shop", "cart", dest=["198.51.100.0/24"], app="cart"))
+    e = run(st, "shop/cart-0", "198.51.100.10")
+    assert (e.steered, e.policy, e.eip, e.gateways) == (True, "shop/cart", "192.0.2.200", ("alpha",))
+
+
+def test_unselected_pod_says_which_selector_missed():
+    st = state(policy("shop", "cart", app="cart"))
+    e = run(st, "shop/web-0", "198.51.100.10")
+    assert not e.steered
+    assert "policy shop/cart does not select the pod (selector app=cart; pod labels app=web)" in e.reasons
+
+
+def test_destination_outside_dest_and_in_exclude():
+    st = state(policy("shop", "cart", dest=["198.51.100.0/25"], exclude=["198.51.100.10/32"], app="cart"))
+    assert "policy shop/cart selects the pod but 198.51.100.200 is outside its destSubnet 198.51.100.0/25" \
+        in run(st, "shop/cart-0", "198.51.100.200").reasons
+    assert "policy shop/cart selects the pod but 198.51.100.10 is in its excludeSubnet 198.51.100.10/32" \
+        in run(st, "shop/cart-0", "198.51.100.10").reasons
+
+
+def test_cluster_destinations_and_other_namespaces():
+    st = state(policy("shop", "cart", app="cart"))
+    e = run(st, "shop/cart-0", "203.0.113.2")
+    assert not e.steered and any("cluster address" in r for r in e.reasons)
+    e = run(st, "other/cart-0", "198.51.100.10")
+    assert not e.steered
+    assert any("policy shop/cart would select these labels but is in namespace shop" in r for r in e.reasons)
+
+
+def test_priority_decides_and_says_so():
+    st = state(policy("shop", "wide", dest=["198.51.100.0/24"], app="cart"),
+               policy("shop", "vip", dest=["198.51.100.10/32"], priority=10, app="cart"))
+    e = run(st, "shop/cart-0", "198.51.100.10")
+    assert e.policy == "shop/vip"
+    assert "policy shop/wide also matches; shop/vip wins (priority 10 > 0)" in e.reasons
+    assert run(st, "shop/cart-0", "198.51.100.11").policy == "shop/wide"
