@@ -406,6 +406,8 @@ class AgentCore:
             "error": self.last_result.error,
             "steers": len(view.steers) if view else 0,
             "held_eips": [str(h.eip) for h in view.held] if view else [],
+            "dead_peers": sorted(self._dead),
+            "isolated": self._isolated,
             "tunnels": dict(sorted((self._peers or {}).items())),
         }
 

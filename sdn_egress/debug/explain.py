@@ -34,7 +34,9 @@ def _labels(labels) -> str:
     return ",".join(f"{k}={v}" for k, v in labels) or "<none>"
 
 
-def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str) -> Explanation:
+def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
+            dead: frozenset[str] = frozenset()) -> Explanation:
+    """``dead``: gateway nodes the pod's node sees BFD-down (its agent's report)."""
     ip = netaddr.IPAddress(dst)
     out = Explanation(pod_key, dst)
     pod = state.pods.get(pod_key)
@@ -51,6 +53,10 @@ def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str) -> E
         if not out.gateways:
             out.reasons.append(f"EIP {steer.eip} has no gateway node: its traffic is dropped on the "
                                "pod's node, never sent with the node IP")
+        elif all(g in dead for g in out.gateways if g != pod.node) and pod.node not in out.gateways:
+            out.reasons.append(f"no live gateway for EIP {steer.eip}: BFD is down to "
+                               f"{', '.join(out.gateways)}; the packet is dropped on the pod's node, "
+                               "never sent with the node IP")
     cluster = netaddr.IPSet(state.cluster_cidrs(ip.version))
     if ip in cluster:
         out.reasons.append(f"{dst} is a cluster address (pod CIDR, node IP or configured cluster CIDR): "

@@ -79,9 +79,10 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
     host, _, port = dst.partition(":")
     state = ManifestDirSource(lab.manifests).snapshot()
     alloc = AllocationStore(lab.status_dir).load() or Allocation()
-    why = explain(state, alloc, src, host)
-    out = {"policy": why.to_dict(), "hops": []}
     pod = state.pods.get(src)
+    report = AgentReports(lab.status_dir).read().get(pod.node if pod else "", {})
+    why = explain(state, alloc, src, host, dead=frozenset(report.get("dead_peers", [])))
+    out = {"policy": why.to_dict(), "hops": []}
     if pod is None:
         return out
     node = node or pod.node

@@ -6,7 +6,7 @@ import os
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from test_view import pod, policy, state  # noqa: E402
+from test_view import policy, state  # noqa: E402
 
 from sdn_egress.allocation import allocate  # noqa: E402
 from sdn_egress.debug.explain import explain  # noqa: E402
@@ -53,3 +53,11 @@ def test_priority_decides_and_says_so():
     assert e.policy == "shop/vip"
     assert "policy shop/wide also matches; shop/vip wins (priority 10 > 0)" in e.reasons
     assert run(st, "shop/cart-0", "198.51.100.11").policy == "shop/wide"
+
+
+def test_no_live_gateway_is_named():
+    st = state(policy("shop", "cart", app="cart"))
+    e = explain(st, allocate(st), "shop/cart-0", "198.51.100.10", dead=frozenset({"alpha"}))
+    assert e.steered
+    assert ("no live gateway for EIP 192.0.2.200: BFD is down to alpha; the packet is dropped on "
+            "the pod's node, never sent with the node IP") in e.reasons
