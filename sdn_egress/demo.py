@@ -74,13 +74,19 @@ def run(args: argparse.Namespace) -> int:
                              want, why, "ok" if ok else "DIFFERS"))
         print(f"\n== what {ext['name']} ({ext['ip']}) saw")
         _table(("pod", "node", "proto", "source seen", "expected", "why", ""), rows)
-        print(f"\n== flows on gateway node {gw_node} (br-int), as the agent installed them")
-        print(lab.ovs(gw_node).ofctl("dump-flows", "br-int", "--names", "--no-stats"))
         worker = next(p["node"] for p in status["pods"]
                       if p["node"] != gw_node and _expected(lab, status, p, policy["metadata"]["namespace"],
                                                             selector)[0] == "EIP")
-        print(f"== flows on worker node {worker} (br-int)")
-        print(lab.ovs(worker).ofctl("dump-flows", "br-int", "--names", "--no-stats"))
+        for node, role in ((worker, "worker"), (gw_node, "gateway")):
+            print(f"\n== the flows of policy {policy_key} on {role} node {node} "
+                  f"(sdn-egress flows --node {node} --policy {policy_key})")
+            print(_policy_flows(lab, node, policy_key))
+        pod = next(p for p in status["pods"] if p["node"] == worker
+                   and _expected(lab, status, p, policy["metadata"]["namespace"], selector)[0] == "EIP")
+        src = f"{pod['namespace']}/{pod['name']}"
+        print(f"\n== sdn-egress trace --src {src} --dst {ext['ip']}:8080 --proto udp")
+        from sdn_egress.debug import trace
+        print(trace.render(trace.trace(lab, src, f"{ext['ip']}:8080", "udp")))
     except Exception as exc:  # noqa: BLE001 - report and clean up
         print(f"demo failed: {exc}", file=sys.stderr)
         failures += 1
@@ -90,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
             lab.down()
     print("demo: " + ("every source address as expected" if not failures else f"{failures} differ"))
     return 1 if failures else 0
+
+
+def _policy_flows(lab, node: str, policy_key: str) -> str:
+    from sdn_egress.debug import flows as debug_flows
+    from sdn_egress.debug.records import load_desired
+
+    dumps = {b: lab.ovs(node).ofctl("--no-names", "dump-flows", b) for b in debug_flows.BRIDGES}
+    report = debug_flows.collect(node, dumps, load_desired(lab.status_dir, node))
+    return debug_flows.render(debug_flows.select(report, policy_key, None, None))
 
 
 def _wait_for_policy(lab, key: str, timeout: float) -> tuple[str, str]:
