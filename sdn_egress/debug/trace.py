@@ -15,6 +15,7 @@ import sys
 
 from flows import cookie as C
 from flows.view import GW_MAC
+from ovs_setup.daemons import OvsError
 
 STEP = re.compile(r"^\s*(\d+)\. (.*?), priority (\d+), cookie (0x[0-9a-f]+)\s*$")
 BRIDGE = re.compile(r'^bridge\("([^"]+)"\)')
@@ -120,12 +121,19 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
                 if (m := re.match(r"set_field:(0x[0-9a-f]+)->tun_id", a))), None)
     if key is None or why.eip is None:
         return out
+    if not first["datapath_actions"] or first["datapath_actions"] == "drop":
+        return out  # dropped on the pod's node (no live gateway): nothing to follow
     holders = AgentReports(lab.status_dir).held()
     gw = holders.get(why.eip) or (why.gateways[0] if why.gateways else None)
     if gw is None or gw == node:
         return out
     gw_ovs = lab.ovs(gw)
-    ports = gw_ovs.vsctl("list-ports", "br-int").split()
+    try:
+        ports = gw_ovs.vsctl("list-ports", "br-int").split()
+    except OvsError as exc:
+        out["hops"].append({"where": f"{gw} (gateway)", "route": "",
+                            "explain": f"cannot trace on {gw}: its OVS does not answer ({exc})"})
+        return out
     in_port = f"gnv-{node}" if f"gnv-{node}" in ports else "gnv-flow"
     flow = (f"in_port={in_port},tun_id={key:#x},tun_src={lab.address(node)},tun_dst={lab.address(gw)},"
             f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, int(port) if port else None))

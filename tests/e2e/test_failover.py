@@ -196,6 +196,13 @@ def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab):
         lab.kill("bravo")
         t_dead = time.time() + 1.0  # BFD: 3 x 100 ms; generous
         time.sleep(2.5)
+        # The trace names the reason in the policy's terms.
+        from sdn_egress.debug.trace import trace
+        wait_for(lambda: set(lab.agent_status("charlie").get("dead_peers", [])) == {"alpha", "bravo"},
+                 "charlie's BFD sees both gateways down")
+        reasons = trace(lab, "shop/cart-0", EXT, "udp")["policy"]["reasons"]
+        assert any(r.startswith(f"no live gateway for EIP {eip}: BFD is down to ") and "alpha" in r
+                   and "bravo" in r and r.endswith("never sent with the node IP") for r in reasons), reasons
         lab.revive("alpha")
         wait_for(lambda: any(e["t"] > t_dead + 1.5 for e in stream.seen()), "traffic after the revival",
                  timeout=30)
