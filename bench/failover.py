@@ -73,14 +73,6 @@ def active(lab) -> str:
     return next(a["nodes"][0] for a in lab.status()["allocation"]["eips"] if a["ip"] == EIP)
 
 
-def bfd_up(lab) -> bool:
-    for node in ("alpha", "bravo", "charlie"):
-        out = lab.ovs(node).vsctl("--columns=name,bfd_status", "--format=csv", "find", "Interface", "type=geneve")
-        if any("gnv-flow" not in l and "state=up" not in l for l in out.splitlines()[1:]):
-            return False
-    return True
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=6)
@@ -98,7 +90,7 @@ def main() -> int:
         lab.up(topo)
         lab.apply(objs)
         for k in range(args.kills):
-            wait(lambda: bfd_up(lab), "BFD up")
+            wait(lab.bfd_sessions_up, "BFD up")
             wait(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "EIP answered")
             tag = uuid.uuid4().hex[:8]
             udp = lab.popen("shop/cart-0", [sys.executable, "-c", UDP, EXT, tag])

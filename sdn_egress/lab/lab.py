@@ -305,6 +305,17 @@ class Lab(Traffic):
     def heal(self, node: str) -> None:
         nsx(self.ns_fabric(), "ip", "link", "set", f"n{self.topology().node(node).index}", "up")
 
+    def bfd_sessions_up(self) -> bool:
+        """Every BFD session of every running node's tunnels is up."""
+        for n in self.topology().nodes:
+            ovs = self.ovs(n.name)
+            if not ovs.running():
+                continue
+            out = ovs.vsctl("--columns=name,bfd_status", "--format=csv", "find", "Interface", "type=geneve")
+            if any("gnv-flow" not in line and "state=up" not in line for line in out.splitlines()[1:]):
+                return False
+        return True
+
     def agent_pid(self, node: str) -> int | None:
         return self.load()["pids"].get(f"agent:{node}")
 

@@ -3,6 +3,7 @@ pods selected and unselected, two external hosts.  One lab per test module
 (lab up costs seconds); each test applies its own policies and removes them."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -35,15 +36,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="module")
-def lab():
+@contextlib.contextmanager
+def lab_up(topology: dict, prefix: str):
+    """A lab of ``topology`` in a temporary state directory, removed with
+    everything it made when the block ends, also on failure."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, OVS)")
     state = tempfile.mkdtemp(prefix="sdn-egress-e2e-")
     topo = os.path.join(state, "topology.yaml")
     with open(topo, "w") as f:
-        yaml.safe_dump(TOPOLOGY, f)
-    the_lab = Lab(state_dir=os.path.join(state, "lab"), prefix="se2e" + uuid.uuid4().hex[:3])
+        yaml.safe_dump(topology, f)
+    the_lab = Lab(state_dir=os.path.join(state, "lab"), prefix=prefix + uuid.uuid4().hex[:3])
     try:
         the_lab.up(topo)
         yield the_lab
@@ -52,6 +55,12 @@ def lab():
             the_lab.down()
         finally:
             shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with lab_up(TOPOLOGY, "se2e") as the_lab:
+        yield the_lab
 
 
 class Policies:

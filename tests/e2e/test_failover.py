@@ -3,19 +3,14 @@ kills (SIGKILL of a node's OVS and agent), what the external host saw."""
 from __future__ import annotations
 
 import collections
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 
 import pytest
 import yaml
 
-from sdn_egress.lab import Lab
-
-from .conftest import policy_doc, wait_for
+from .conftest import lab_up, policy_doc, wait_for
 
 EXT = "198.51.100.10"
 TOPOLOGY = {
@@ -44,27 +39,14 @@ while not sys.stdin.closed:
 
 
 @pytest.fixture(scope="module")
-def ha(request):
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    state = tempfile.mkdtemp(prefix="sdn-egress-ha-")
-    topo = os.path.join(state, "topology.yaml")
-    with open(topo, "w") as f:
-        yaml.safe_dump(TOPOLOGY, f)
-    lab = Lab(os.path.join(state, "lab"), prefix="seha" + uuid.uuid4().hex[:3])
-    try:
-        lab.up(topo)
-        docs = os.path.join(state, "objects.yaml")
-        with open(docs, "w") as f:
-            yaml.safe_dump_all([GATEWAY, policy_doc("cart", "shop", eip="192.0.2.201"),
-                                policy_doc("pay", "pay", eip="192.0.2.202", selector={"app": "pay"})], f)
-        lab.apply(docs)
+def ha(tmp_path_factory):
+    with lab_up(TOPOLOGY, "seha") as lab:
+        docs = tmp_path_factory.mktemp("ha") / "objects.yaml"
+        docs.write_text(yaml.safe_dump_all([
+            GATEWAY, policy_doc("cart", "shop", eip="192.0.2.201"),
+            policy_doc("pay", "pay", eip="192.0.2.202", selector={"app": "pay"})]))
+        lab.apply(str(docs))
         yield lab
-    finally:
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -109,18 +91,8 @@ class Stream:
                 if e.get("proto") == "udp" and e.get("data", "").startswith(self.tag + " ")]
 
 
-def bfd_up(lab) -> bool:
-    """Every BFD session between the nodes is up (a failover has somewhere to go)."""
-    for node in ("alpha", "bravo", "charlie"):
-        out = lab.ovs(node).vsctl("--columns=name,bfd_status", "--format=csv", "find", "Interface", "type=geneve")
-        for line in out.splitlines()[1:]:
-            if "gnv-flow" not in line and "state=up" not in line:
-                return False
-    return True
-
-
 def converged(lab):
-    wait_for(lambda: bfd_up(lab), "every BFD session up", timeout=30)
+    wait_for(lab.bfd_sessions_up, "every BFD session up", timeout=30)
     for pod, eip in (("shop/cart-0", "192.0.2.201"), ("pay/pay-0", "192.0.2.202")):
         wait_for(lambda: lab.udp_source(pod, EXT) == eip, f"{pod} on {eip}", timeout=30)
 
