@@ -1,17 +1,24 @@
 """EIP allocation and gateway election: ClusterState (+ the previous result) -> Allocation.
 
-The rules, in the order they are applied (:func:`allocate`):
+The rules, in the order they are applied (:func:`allocate`; docs/policies.md):
 
-1. **Sticky**: a policy keeps the EIP it had while it exists, names the same
-   gateway, the EIP is still in that gateway's pool and (when the policy names
-   an EIP explicitly) still the one it names.  An EIP is freed only when the
-   policy that holds it goes or stops qualifying for it; it is never handed to
-   another policy while its holder keeps it.
-2. **Explicit**: ``spec.egressIP`` is honoured when it lies in the gateway's pool
-   and no policy holds it (``EIPInUse`` otherwise, the holder named).
-3. **Pool**: every other policy gets the lowest free address of each family
-   its gateway has a pool for; none left -> ``PoolExhausted``, no EIP.
-   EIPs are unique across all gateways.
+0. **Which gateway**: the one the policy names; else the one that served it
+   before (a default, once applied, sticks); else its namespace's default
+   (label ``sdn-egress.io/default-gateway``), else the gateway with
+   ``clusterDefault: true``.  A gateway being deleted serves only the
+   policies it served already (``GatewayDeleting`` for newcomers).
+1. **Sticky**: a policy keeps the EIP it had while it exists, is served by the
+   same gateway and (when it names an EIP explicitly) still names that one.
+   An address in use that left the pool stays with its holder (an error on
+   the gateway says so) until the holder releases it.
+2. **Explicit**: ``spec.egressIP`` is honoured when it lies in the gateway's
+   pool and no policy holds it (``EIPInUse`` otherwise, the holder named).  In
+   a dual-stack gateway the other family's address is its pair.
+3. **Pool**: every other policy gets, per family, the lowest free address
+   (``allocatorPolicy: default``) or the first free one after the last handed
+   out (``rr``); in a dual-stack gateway, a free pair.  None left ->
+   ``PoolExhausted``, no EIP, never a stolen one.  EIPs are unique across
+   all gateways.  ``useNodeIP`` policies get no EIP (``NodeIPNotSupported``).
 
 Each EIP gets a Geneve tunnel key (1..2**24-1): the one it had, else the lowest
 free.  Its gateway nodes are the ready nodes (with an address) matching the
@@ -19,7 +26,8 @@ gateway's nodeSelector, active first: the previous active while it still
 qualifies, else the previous first standby that still qualifies (the node the
 data plane fails over to), else the node holding the fewest EIPs as active
 (ties by name).  Standbys keep their previous order; new ones follow, fewest
-EIPs first.  The same inputs always give the same output.
+EIPs first.  Every gateway gets a status (nodes, address usage, users,
+conditions).  The same inputs always give the same output.
 """
 from __future__ import annotations
 
@@ -33,7 +41,15 @@ from typing import Any, Iterable, Mapping
 
 import netaddr
 
-from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, ObjectError, ObjectRef
+from sdn_egress.model import (
+    ALLOCATOR_RR,
+    DEFAULT_GATEWAY_LABEL,
+    ClusterState,
+    EgressGateway,
+    EgressPolicy,
+    ObjectError,
+    ObjectRef,
+)
 
 TUNNEL_KEY_MIN = 1
 TUNNEL_KEY_MAX = 2**24 - 1
@@ -50,6 +66,19 @@ NO_POOL = "NoPool"
 GATEWAY_NODE_SELECTED = "GatewayNodeSelected"
 NO_GATEWAY_NODE = "NoGatewayNode"
 IP_NOT_ALLOCATED = "IPNotAllocated"
+GATEWAY_DELETING = "GatewayDeleting"
+NOT_PAIRED = "NotPaired"
+NODE_IP = "NodeIP"
+NODE_IP_NOT_SUPPORTED = "NodeIPNotSupported"
+# Gateway conditions.
+NODES_SELECTED = "NodesSelected"
+POOL_VALID = "PoolValid"
+VALID = "Valid"
+IN_USE_ADDRESS_REMOVED = "InUseAddressRemoved"
+IN_USE = "InUse"
+POLICIES_USE = "PoliciesUse"
+DELETION_BLOCKED = "DeletionBlocked"
+UNUSED = "Unused"
 
 
 @dataclass(frozen=True)
@@ -90,11 +119,42 @@ class EipAssignment:
 
 
 @dataclass(frozen=True)
+class GatewayNode:
+    """One node a gateway's nodeSelector matches."""
+
+    name: str
+    ready: bool  # may hold EIPs: Ready, with an address
+    eips: tuple[netaddr.IPAddress, ...] = ()  # the EIPs it is the active gateway of
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    nodes: tuple[GatewayNode, ...] = ()
+    ipv4_total: int = 0
+    ipv4_free: int = 0
+    ipv6_total: int = 0
+    ipv6_free: int = 0
+    policies: tuple[str, ...] = ()  # keys of the policies it serves (its users: they block its deletion)
+    conditions: tuple[Condition, ...] = ()
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+def _conditions_dict(conditions: Iterable[Condition]) -> list[dict]:
+    return [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in conditions]
+
+
+@dataclass(frozen=True)
 class Allocation:
     eips: tuple[EipAssignment, ...] = ()  # sorted by address family, then address
     policies: Mapping[str, PolicyStatus] = field(default_factory=dict)  # key namespace/name
     # Every refusal: the state source's (first) and the allocation's own.
     errors: tuple[ObjectError, ...] = ()
+    gateways: Mapping[str, GatewayStatus] = field(default_factory=dict)
+    # Per gateway and family ("edge", 4): the last address handed out from the
+    # pool, where round-robin allocation goes on from.
+    rr_last: Mapping[tuple[str, int], netaddr.IPAddress] = field(default_factory=dict)
 
     def eip(self, ip: netaddr.IPAddress | str) -> EipAssignment | None:
         ip = netaddr.IPAddress(str(ip))
@@ -102,6 +162,9 @@ class Allocation:
 
     # -- JSON ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        rr: dict[str, dict[str, str]] = {}
+        for (gw, version), ip in sorted(self.rr_last.items()):
+            rr.setdefault(gw, {})[f"ipv{version}"] = str(ip)
         return {
             "eips": [
                 {"ip": str(a.ip), "gateway": a.gateway, "policies": list(a.policies),
@@ -112,11 +175,22 @@ class Allocation:
                 key: {
                     "eip_v4": _str_or_none(s.eip_v4), "eip_v6": _str_or_none(s.eip_v6),
                     "gateway": s.gateway, "node": s.node, "ready": s.ready,
-                    "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
-                                    "message": c.message} for c in s.conditions],
+                    "conditions": _conditions_dict(s.conditions),
                 }
                 for key, s in sorted(self.policies.items())
             },
+            "gateways": {
+                name: {
+                    "nodes": [{"name": n.name, "ready": n.ready, "eips": [str(ip) for ip in n.eips]}
+                              for n in g.nodes],
+                    "ipUsage": {"ipv4Total": g.ipv4_total, "ipv4Free": g.ipv4_free,
+                                "ipv6Total": g.ipv6_total, "ipv6Free": g.ipv6_free},
+                    "policies": list(g.policies),
+                    "conditions": _conditions_dict(g.conditions),
+                }
+                for name, g in sorted(self.gateways.items())
+            },
+            "rr_last": rr,
             "errors": [e.to_dict() for e in self.errors],
         }
 
@@ -126,7 +200,7 @@ class Allocation:
     @classmethod
     def from_dict(cls, data: Any) -> "Allocation":
         r = _Reader()
-        top = r.mapping(data, "", ("eips", "policies", "errors"))
+        top = r.mapping(data, "", ("eips", "policies", "gateways", "rr_last", "errors"))
         eips = []
         for i, a in enumerate(r.seq(top.get("eips"), "eips")):
             p = f"eips[{i}]"
@@ -147,21 +221,48 @@ class Allocation:
             s = r.mapping(s, p, ("eip_v4", "eip_v6", "gateway", "node", "ready", "conditions"))
             if not isinstance(s.get("ready", False), bool):
                 r.fail(f"{p}.ready", "must be a boolean")
-            conditions = []
-            for j, c in enumerate(r.seq(s.get("conditions"), f"{p}.conditions")):
-                cp = f"{p}.conditions[{j}]"
-                c = r.mapping(c, cp, ("type", "status", "reason", "message"))
-                conditions.append(Condition(
-                    type=r.text(c.get("type"), f"{cp}.type"), status=r.text(c.get("status"), f"{cp}.status"),
-                    reason=r.text(c.get("reason"), f"{cp}.reason"),
-                    message=r.text(c.get("message", ""), f"{cp}.message")))
             node = s.get("node")
             policies[key] = PolicyStatus(
                 eip_v4=None if s.get("eip_v4") is None else r.ip(s["eip_v4"], f"{p}.eip_v4", 4),
                 eip_v6=None if s.get("eip_v6") is None else r.ip(s["eip_v6"], f"{p}.eip_v6", 6),
                 gateway=r.text(s.get("gateway", ""), f"{p}.gateway"),
                 node=None if node is None else r.text(node, f"{p}.node"),
-                ready=s.get("ready", False), conditions=tuple(conditions))
+                ready=s.get("ready", False), conditions=r.conditions(s.get("conditions"), f"{p}.conditions"))
+        gateways = {}
+        raw = top.get("gateways") or {}
+        if not isinstance(raw, dict):
+            r.fail("gateways", "must be a mapping")
+        for name, g in raw.items():
+            p = f"gateways[{name}]"
+            g = r.mapping(g, p, ("nodes", "ipUsage", "policies", "conditions"))
+            nodes = []
+            for j, n in enumerate(r.seq(g.get("nodes"), f"{p}.nodes")):
+                np_ = f"{p}.nodes[{j}]"
+                n = r.mapping(n, np_, ("name", "ready", "eips"))
+                if not isinstance(n.get("ready", False), bool):
+                    r.fail(f"{np_}.ready", "must be a boolean")
+                nodes.append(GatewayNode(
+                    name=r.text(n.get("name"), f"{np_}.name"), ready=n.get("ready", False),
+                    eips=tuple(r.ip(ip, f"{np_}.eips[{k}]") for k, ip in enumerate(r.seq(n.get("eips"),
+                                                                                         f"{np_}.eips")))))
+            usage = r.mapping(g.get("ipUsage") or {}, f"{p}.ipUsage",
+                              ("ipv4Total", "ipv4Free", "ipv6Total", "ipv6Free"))
+            counts = {k: r.count(usage.get(k, 0), f"{p}.ipUsage.{k}")
+                      for k in ("ipv4Total", "ipv4Free", "ipv6Total", "ipv6Free")}
+            gateways[name] = GatewayStatus(
+                nodes=tuple(nodes), ipv4_total=counts["ipv4Total"], ipv4_free=counts["ipv4Free"],
+                ipv6_total=counts["ipv6Total"], ipv6_free=counts["ipv6Free"],
+                policies=r.strings(g.get("policies"), f"{p}.policies"),
+                conditions=r.conditions(g.get("conditions"), f"{p}.conditions"))
+        rr_last = {}
+        raw = top.get("rr_last") or {}
+        if not isinstance(raw, dict):
+            r.fail("rr_last", "must be a mapping")
+        for name, by_family in raw.items():
+            by_family = r.mapping(by_family, f"rr_last[{name}]", ("ipv4", "ipv6"))
+            for fam, ip in by_family.items():
+                version = int(fam[-1])
+                rr_last[(name, version)] = r.ip(ip, f"rr_last[{name}].{fam}", version)
         errors = []
         for i, e in enumerate(r.seq(top.get("errors"), "errors")):
             p = f"errors[{i}]"
@@ -170,7 +271,8 @@ class Allocation:
                  ("kind", "namespace", "name", "field", "message", "source")}
             errors.append(ObjectError(ObjectRef(v["kind"], v["namespace"], v["name"]), v["field"],
                                       v["message"], v["source"]))
-        return cls(eips=tuple(eips), policies=policies, errors=tuple(errors))
+        return cls(eips=tuple(eips), policies=policies, errors=tuple(errors), gateways=gateways,
+                   rr_last=rr_last)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Allocation":
@@ -211,6 +313,22 @@ class _Reader:
             self.fail(path, "must be a string")
         return value
 
+    def count(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(path, "must be a non-negative integer")
+        return value
+
+    def conditions(self, value: Any, path: str) -> tuple[Condition, ...]:
+        out = []
+        for j, c in enumerate(self.seq(value, path)):
+            cp = f"{path}[{j}]"
+            c = self.mapping(c, cp, ("type", "status", "reason", "message"))
+            out.append(Condition(type=self.text(c.get("type"), f"{cp}.type"),
+                                 status=self.text(c.get("status"), f"{cp}.status"),
+                                 reason=self.text(c.get("reason"), f"{cp}.reason"),
+                                 message=self.text(c.get("message", ""), f"{cp}.message")))
+        return tuple(out)
+
     def strings(self, value: Any, path: str) -> tuple[str, ...]:
         return tuple(self.text(v, f"{path}[{i}]") for i, v in enumerate(self.seq(value, path)))
 
@@ -226,14 +344,12 @@ class _Reader:
 
 # -- allocation --------------------------------------------------------------------------------------
 
-def _explicit(p: EgressPolicy, version: int) -> netaddr.IPAddress | None:
-    return p.eip_v4 if version == 4 else p.eip_v6
-
-
 def _families(p: EgressPolicy, gw: EgressGateway) -> tuple[int, ...]:
-    """The address families a policy gets an EIP of: those it names one for,
-    and those its gateway has a pool for."""
-    return tuple(v for v in (4, 6) if _explicit(p, v) is not None or gw.pool(v))
+    """The address families a policy gets an EIP of: both of a dual-stack
+    gateway's; else those it names one for, and those its gateway has a pool for."""
+    if gw.dual_stack:
+        return (4, 6)
+    return tuple(v for v in (4, 6) if p.explicit_eip(v) is not None or gw.pool(v))
 
 
 def lowest_free(pool: Iterable[netaddr.IPRange], taken: Mapping | set) -> netaddr.IPAddress | None:
@@ -248,11 +364,108 @@ def lowest_free(pool: Iterable[netaddr.IPRange], taken: Mapping | set) -> netadd
     return None
 
 
+def _index_after(gw: EgressGateway, version: int, last: netaddr.IPAddress | None) -> int:
+    """The pool index of the first address above ``last`` (0 when none is)."""
+    if last is None:
+        return 0
+    offset = 0
+    for r in gw.pool(version):
+        if int(last) < r.first:
+            return offset
+        if int(last) < r.last:
+            return offset + int(last) - r.first + 1
+        offset += r.size
+    return 0
+
+
+def _free_index(gw: EgressGateway, versions: tuple[int, ...], taken: Mapping, start: int = 0) -> int | None:
+    """The first pool index from ``start`` on (wrapping) whose addresses of
+    every family in ``versions`` are free; O(len(taken)) steps."""
+    size = gw.pool_size(versions[0])
+    if not size:
+        return None
+    index = start % size
+    for _ in range(min(size, len(taken) + 1)):
+        if all(gw.address_at(v, index) not in taken for v in versions):
+            return index
+        index = (index + 1) % size
+    return None
+
+
 @dataclass
 class _Problem:
     reason: str
     field: str
     message: str
+
+
+def default_gateway(state: ClusterState, p: EgressPolicy) -> tuple[str, str]:
+    """(gateway name, "") for a policy that names no gateway: its namespace's
+    default (the label), else the cluster default; ("", why not) when there is none."""
+    if not p.cluster:
+        ns = state.namespaces.get(p.namespace)
+        label = dict(ns.labels).get(DEFAULT_GATEWAY_LABEL) if ns is not None else None
+        if label:
+            if label in state.gateways:
+                return label, ""
+            return "", (f"namespace {p.namespace} names EgressGateway {quote_name(label)} as its default "
+                        f"(label {DEFAULT_GATEWAY_LABEL}), and there is none")
+    default = next((g.name for g in sorted(state.gateways.values(), key=lambda g: g.name)
+                    if g.cluster_default), None)
+    if default:
+        return default, ""
+    hint = "" if p.cluster else f"label namespace {p.namespace} with {DEFAULT_GATEWAY_LABEL}=NAME, or "
+    return "", (f"names no EgressGateway and there is no default gateway: name one, {hint}set "
+                "clusterDefault: true on one EgressGateway")
+
+
+def quote_name(name: str) -> str:
+    return json.dumps(name)
+
+
+def _resolve(state: ClusterState, p: EgressPolicy, previous: Allocation
+             ) -> tuple[EgressGateway | None, _Problem | None]:
+    """The gateway that serves a policy: the one it names; else the one it was
+    served by (a default, once applied, sticks); else its default.  A gateway
+    being deleted serves only the policies it already served."""
+    old = previous.policies.get(p.key)
+    if p.gateway:
+        name = p.gateway
+        if name not in state.gateways:
+            return None, _Problem(GATEWAY_NOT_FOUND, "spec.egressGatewayName",
+                                  f"no EgressGateway named {quote_name(name)}")
+    elif old is not None and old.gateway in state.gateways:
+        name = old.gateway
+    else:
+        name, why = default_gateway(state, p)
+        if not name:
+            return None, _Problem(GATEWAY_NOT_FOUND, "spec.egressGatewayName", why)
+    gw = state.gateways[name]
+    if gw.deleting and (old is None or old.gateway != name):
+        return None, _Problem(GATEWAY_DELETING, "spec.egressGatewayName",
+                              f"EgressGateway {name} is being deleted: it takes no new policies")
+    return gw, None
+
+
+class _Ledger:
+    """Which policy holds which EIP, while :func:`allocate` runs."""
+
+    def __init__(self, state: ClusterState):
+        self.state = state
+        self.taken: dict[netaddr.IPAddress, str] = {}  # EIP -> policy key, across all gateways
+        self.got: dict[tuple[str, int], netaddr.IPAddress] = {}
+
+    def take(self, p: EgressPolicy, version: int, ip: netaddr.IPAddress) -> None:
+        self.taken[ip] = p.key
+        self.got[(p.key, version)] = ip
+
+    def release(self, p: EgressPolicy, version: int) -> None:
+        ip = self.got.pop((p.key, version), None)
+        if ip is not None:
+            del self.taken[ip]
+
+    def holder(self, ip: netaddr.IPAddress) -> str:
+        return str(self.state.policies[self.taken[ip]].ref)
 
 
 def allocate(state: ClusterState, previous: Allocation | None = None,
@@ -262,37 +475,43 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
     records a failover the data plane already made instead of undoing it."""
     previous = previous or Allocation()
     policies = sorted(state.policies.values(), key=lambda p: p.key)
-    gateways = state.gateways
-    taken: dict[netaddr.IPAddress, str] = {}  # EIP -> policy key, across all gateways
-    got: dict[tuple[str, int], netaddr.IPAddress] = {}
     problems: dict[str, list[_Problem]] = {p.key: [] for p in policies}
-
-    def take(p: EgressPolicy, version: int, ip: netaddr.IPAddress) -> None:
-        taken[ip] = p.key
-        got[(p.key, version)] = ip
-
-    # 1. Sticky: what a policy had stays its own while it still qualifies.
+    gateway_problems: dict[str, list[_Problem]] = {}
+    served: dict[str, EgressGateway] = {}
     for p in policies:
-        gw = gateways.get(p.gateway)
-        old = previous.policies.get(p.key)
-        if gw is None or old is None or old.gateway != p.gateway:
+        gw, problem = _resolve(state, p, previous)
+        if problem is not None:
+            problems[p.key].append(problem)
+        else:
+            served[p.key] = gw
+    ledger = _Ledger(state)
+    take, got, taken = ledger.take, ledger.got, ledger.taken
+    rr_last = {k: v for k, v in previous.rr_last.items() if k[0] in state.gateways}
+
+    # 1. Sticky: what a policy had stays its own while it still qualifies.  An
+    #    address that left the pool while in use stays with its holder.
+    for p in policies:
+        gw, old = served.get(p.key), previous.policies.get(p.key)
+        if gw is None or old is None or old.gateway != gw.name or p.use_node_ip:
             continue
         for v in _families(p, gw):
             ip = old.eip(v)
-            if (ip is None or ip.version != v or not gw.in_pool(ip) or ip in taken
-                    or _explicit(p, v) not in (None, ip)):
+            if ip is None or ip.version != v or ip in taken or p.explicit_eip(v) not in (None, ip):
                 continue
+            if not gw.in_pool(ip):
+                gateway_problems.setdefault(gw.name, []).append(_Problem(
+                    IN_USE_ADDRESS_REMOVED, f"spec.ippools.ipv{v}",
+                    f"{ip} left the pool while {p.ref} uses it: an address in use stays until its "
+                    "policy releases it"))
             take(p, v, ip)
 
-    # 2. Explicit EIPs.
+    # 2. Explicit EIPs (in a dual-stack gateway, with the address they pair with).
     for p in policies:
-        gw = gateways.get(p.gateway)
-        if gw is None:
-            problems[p.key].append(_Problem(GATEWAY_NOT_FOUND, "spec.egressGatewayName",
-                                            f'no EgressGateway named "{p.gateway}"'))
+        gw = served.get(p.key)
+        if gw is None or p.use_node_ip:
             continue
         for v in (4, 6):
-            ip = _explicit(p, v)
+            ip = p.explicit_eip(v)
             if ip is None or (p.key, v) in got:
                 continue
             field_ = f"spec.egressIP.ipv{v}"
@@ -301,71 +520,198 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
                                                 f"EgressGateway {gw.name} ({gw.pool_text(v)})"))
             elif ip in taken:
                 problems[p.key].append(_Problem(EIP_IN_USE, field_, f'"{ip}" is already the egress IP '
-                                                f"of EgressPolicy {taken[ip]}"))
+                                                f"of {ledger.holder(ip)}"))
             else:
                 take(p, v, ip)
+        if not gw.dual_stack or problems[p.key]:
+            continue
+        if p.eip_v4 and p.eip_v6 and gw.pair_of(p.eip_v4) != p.eip_v6:
+            problems[p.key].append(_Problem(NOT_PAIRED, "spec.egressIP.ipv6", (
+                f'"{p.eip_v6}" does not pair with {p.eip_v4} in EgressGateway {gw.name}: {p.eip_v4} pairs '
+                f"with {gw.pair_of(p.eip_v4)}")))
+            continue
+        mine = [v for v in (4, 6) if p.explicit_eip(v) is not None]
+        if len(mine) == 1 and (p.key, 10 - mine[0]) not in got:
+            v = mine[0]
+            pair = gw.pair_of(p.explicit_eip(v))
+            if pair in taken:
+                problems[p.key].append(_Problem(EIP_IN_USE, f"spec.egressIP.ipv{v}", (
+                    f'"{p.explicit_eip(v)}" pairs with {pair}, which is already the egress IP of '
+                    f"{ledger.holder(pair)}")))
+            else:
+                take(p, 10 - v, pair)
+    for p in policies:  # never half a pair
+        gw = served.get(p.key)
+        if gw is not None and gw.dual_stack and problems[p.key]:
+            for v in (4, 6):
+                if p.explicit_eip(v) is not None:
+                    ledger.release(p, v)
 
-    # 3. From the pool, lowest free address first.
+    # 3. From the pool: the lowest free address ("default") or the next free
+    #    one after the last handed out ("rr").
     for p in policies:
-        gw = gateways.get(p.gateway)
-        if gw is None:
+        gw = served.get(p.key)
+        if gw is None or p.use_node_ip:
             continue
         families = _families(p, gw)
         if not families:
             problems[p.key].append(_Problem(NO_POOL, "spec.egressGatewayName",
                                             f"EgressGateway {gw.name} has no addresses in its pool"))
-        for v in families:
-            if _explicit(p, v) is not None or (p.key, v) in got:
+            continue
+        if gw.dual_stack:
+            if problems[p.key] or all((p.key, v) in got for v in (4, 6)):
                 continue
-            ip = lowest_free(gw.pool(v), taken)
-            if ip is None:
+            have = [v for v in (4, 6) if (p.key, v) in got]
+            if have:  # the gateway became dual-stack: the other half is the pair
+                v = have[0]
+                pair = gw.pair_of(got[(p.key, v)])
+                if pair is None or pair in taken:
+                    why = (f"is already the egress IP of {ledger.holder(pair)}" if pair is not None
+                           else "is not in the pool")
+                    problems[p.key].append(_Problem(POOL_EXHAUSTED, "spec.egressGatewayName", (
+                        f"the IPv{10 - v} address that pairs with {got[(p.key, v)]} {why}")))
+                else:
+                    take(p, 10 - v, pair)
+                continue
+            start = (_index_after(gw, 4, rr_last.get((gw.name, 4)))
+                     if p.allocator == ALLOCATOR_RR else 0)
+            index = _free_index(gw, (4, 6), taken, start)
+            if index is None:
+                problems[p.key].append(_Problem(
+                    POOL_EXHAUSTED, "spec.egressGatewayName",
+                    f"no free IPv4/IPv6 pair left in the pool of EgressGateway {gw.name} "
+                    f"({gw.pool_text(4)}; {gw.pool_text(6)})"))
+                continue
+            for v in (4, 6):
+                take(p, v, gw.address_at(v, index))
+                rr_last[(gw.name, v)] = gw.address_at(v, index)
+            continue
+        for v in families:
+            if p.explicit_eip(v) is not None or (p.key, v) in got:
+                continue
+            start = (_index_after(gw, v, rr_last.get((gw.name, v)))
+                     if p.allocator == ALLOCATOR_RR else 0)
+            index = _free_index(gw, (v,), taken, start)
+            if index is None:
                 problems[p.key].append(_Problem(
                     POOL_EXHAUSTED, "spec.egressGatewayName",
                     f"no free IPv{v} address left in the pool of EgressGateway {gw.name} "
                     f"({gw.pool_text(v)})"))
             else:
+                ip = gw.address_at(v, index)
                 take(p, v, ip)
+                rr_last[(gw.name, v)] = ip
 
-    keys = _tunnel_keys(sorted(taken, key=lambda ip: (ip.version, ip.value)), previous)
-    gateway_of = {ip: state.policies[key].gateway for ip, key in taken.items()}
+    ips = sorted(taken, key=lambda ip: (ip.version, ip.value))
+    keys = _tunnel_keys(ips, previous)
+    gateway_of = {ip: served[key].name for ip, key in taken.items()}
     nodes = _elect(state, gateway_of, previous, held)
     eips = tuple(
         EipAssignment(ip=ip, gateway=gateway_of[ip], policies=(taken[ip],), tunnel_key=keys[ip],
                       nodes=nodes[ip])
-        for ip in sorted(taken, key=lambda ip: (ip.version, ip.value)))
+        for ip in ips)
     by_ip = {a.ip: a for a in eips}
+    node_ip_nodes = _node_ip_nodes(state, [p for p in policies if p.use_node_ip and p.key in served],
+                                   served, previous, eips)
 
     statuses: dict[str, PolicyStatus] = {}
     errors: list[ObjectError] = []
     for p in policies:
         mine = [got[(p.key, v)] for v in (4, 6) if (p.key, v) in got]
         probs = problems[p.key]
+        gw = served.get(p.key)
         errors.extend(ObjectError(p.ref, pr.field, pr.message) for pr in probs)
         if probs:
             ip_cond = Condition(IP_ALLOCATED, "False", probs[0].reason,
                                 "; ".join(pr.message for pr in probs))
-        else:
-            ip_cond = Condition(IP_ALLOCATED, "True", ALLOCATED,
-                                f"EIP {', '.join(map(str, mine))} from EgressGateway {p.gateway}")
-        gw = gateways.get(p.gateway)
-        homeless = [ip for ip in mine if not by_ip[ip].nodes]
-        if probs:
             ready = Condition(READY, "False", IP_NOT_ALLOCATED,
                               "not every address family has an EIP" if mine else "no EIP")
-        elif homeless:
-            ready = Condition(READY, "False", NO_GATEWAY_NODE,
-                              f"no ready node matches the nodeSelector of EgressGateway {gw.name} "
-                              f"({gw.node_selector})")
+            active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
+        elif p.use_node_ip:
+            active = node_ip_nodes.get(p.key)
+            ip_cond = Condition(IP_ALLOCATED, "True", NODE_IP,
+                                f"uses the address of its gateway node ({active})" if active else
+                                "uses the address of its gateway node (none is ready)")
+            ready = Condition(READY, "False", NODE_IP_NOT_SUPPORTED,
+                              "the data path cannot SNAT to a gateway node's own address: the pods of "
+                              "this policy are not steered; use an EIP from the pool")
         else:
-            ready = Condition(READY, "True", GATEWAY_NODE_SELECTED, "; ".join(
-                f"EIP {ip} on node {by_ip[ip].nodes[0]}"
-                + (f" (standby: {', '.join(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
-                for ip in mine))
-        active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
+            ip_cond = Condition(IP_ALLOCATED, "True", ALLOCATED,
+                                f"EIP {', '.join(map(str, mine))} from EgressGateway {gw.name}")
+            homeless = [ip for ip in mine if not by_ip[ip].nodes]
+            if homeless:
+                ready = Condition(READY, "False", NO_GATEWAY_NODE,
+                                  f"no ready node matches the nodeSelector of EgressGateway {gw.name} "
+                                  f"({gw.node_selector})")
+            else:
+                ready = Condition(READY, "True", GATEWAY_NODE_SELECTED, "; ".join(
+                    f"EIP {ip} on node {by_ip[ip].nodes[0]}"
+                    + (f" (standby: {', '.join(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
+                    for ip in mine))
+            active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
         statuses[p.key] = PolicyStatus(
-            eip_v4=got.get((p.key, 4)), eip_v6=got.get((p.key, 6)), gateway=p.gateway, node=active,
+            eip_v4=got.get((p.key, 4)), eip_v6=got.get((p.key, 6)),
+            gateway=gw.name if gw is not None else "", node=active,
             ready=ready.status == "True", conditions=(ip_cond, ready))
-    return Allocation(eips=eips, policies=statuses, errors=tuple(state.errors) + tuple(errors))
+
+    gateway_statuses = {name: _gateway_status(state, gw, served, eips, gateway_problems.get(name, []))
+                        for name, gw in sorted(state.gateways.items())}
+    for name, probs in sorted(gateway_problems.items()):
+        errors.extend(ObjectError(state.gateways[name].ref, pr.field, pr.message) for pr in probs)
+    return Allocation(eips=eips, policies=statuses, errors=tuple(state.errors) + tuple(errors),
+                      gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())))
+
+
+def _node_ip_nodes(state: ClusterState, policies: list[EgressPolicy], served: Mapping[str, EgressGateway],
+                   previous: Allocation, eips: tuple[EipAssignment, ...]) -> dict[str, str]:
+    """The gateway node of each useNodeIP policy: the one it had while it
+    qualifies, else the eligible node with the fewest active EIPs."""
+    load = Counter(a.active for a in eips if a.active)
+    out = {}
+    for p in policies:
+        eligible = eligible_nodes(state, served[p.key])
+        old = previous.policies.get(p.key)
+        if old is not None and old.node in eligible:
+            out[p.key] = old.node
+        elif eligible:
+            out[p.key] = min(eligible, key=lambda n: (load[n], n))
+        else:
+            continue
+        load[out[p.key]] += 1
+    return out
+
+
+def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str, EgressGateway],
+                    eips: tuple[EipAssignment, ...], problems: list[_Problem]) -> GatewayStatus:
+    mine = [a for a in eips if a.gateway == gw.name]
+    eligible = set(eligible_nodes(state, gw))
+    nodes = tuple(
+        GatewayNode(name=n.name, ready=n.name in eligible,
+                    eips=tuple(a.ip for a in mine if a.active == n.name))
+        for n in sorted(state.nodes.values(), key=lambda n: n.name) if gw.node_selector.matches(n.labels))
+    users = tuple(sorted(key for key, g in served.items() if g.name == gw.name))
+    used = {v: sum(1 for a in mine if a.ip.version == v and gw.in_pool(a.ip)) for v in (4, 6)}
+    ready_nodes = [n.name for n in nodes if n.ready]
+    if ready_nodes:
+        ready = Condition(READY, "True", NODES_SELECTED, f"ready nodes: {', '.join(ready_nodes)}")
+    else:
+        ready = Condition(READY, "False", NO_GATEWAY_NODE,
+                          f"no ready node matches the nodeSelector ({gw.node_selector})")
+    if problems:
+        pool = Condition(POOL_VALID, "False", problems[0].reason, "; ".join(p.message for p in problems))
+    else:
+        pool = Condition(POOL_VALID, "True", VALID, f"{gw.pool_text(4)}; {gw.pool_text(6)}")
+    names = ", ".join(str(state.policies[k].ref) for k in users)
+    if gw.deleting and users:
+        in_use = Condition(IN_USE, "True", DELETION_BLOCKED,
+                           f"deletion waits for {names}: delete them or point them at another gateway")
+    elif users:
+        in_use = Condition(IN_USE, "True", POLICIES_USE, f"used by {names}")
+    else:
+        in_use = Condition(IN_USE, "False", UNUSED, "no policy uses this gateway")
+    return GatewayStatus(nodes=nodes, ipv4_total=gw.pool_size(4), ipv4_free=gw.pool_size(4) - used[4],
+                         ipv6_total=gw.pool_size(6), ipv6_free=gw.pool_size(6) - used[6], policies=users,
+                         conditions=(ready, pool, in_use))
 
 
 def _tunnel_keys(ips: list[netaddr.IPAddress], previous: Allocation) -> dict[netaddr.IPAddress, int]:
@@ -476,6 +822,12 @@ class AllocationStore:
             return Allocation.from_json(data)
         except ValueError as exc:
             raise ValueError(f"{self.allocation_file}: {exc}") from None
+
+    def set_aside(self) -> str:
+        """Move an unreadable allocation file aside; returns where it went."""
+        bad = self.allocation_file + ".bad"
+        os.replace(self.allocation_file, bad)
+        return bad
 
     def save(self, alloc: Allocation) -> bool:
         """Write both files; True when either changed."""

@@ -1,7 +1,10 @@
 """``sdn-egress controller``: snapshot -> allocate -> write status, whenever the state changes.
 
-Standalone mode reads a manifest directory and writes ``allocation.json`` and
-``errors.json`` into a status directory, which the agents read.  The
+Standalone mode (``--manifests``) reads a manifest directory and writes
+``allocation.json`` and ``errors.json`` into a status directory, which the
+agents read.  Kubernetes mode (``--kubeconfig`` or ``--in-cluster``) watches
+the API, and only the replica holding the Lease works: it keeps the
+allocation in a ConfigMap and writes the objects' status and Events.  The
 :class:`Controller` class holds the loop's body, so tests drive it without
 processes: ``Controller(source, store).reconcile()``.
 """
@@ -68,14 +71,31 @@ def describe_changes(before: Allocation | None, after: Allocation) -> list[tuple
 
 
 class Controller:
-    def __init__(self, source: StateSource, store: AllocationStore):
+    """``store``: an :class:`AllocationStore` (status directory) or anything
+    with its ``load``/``save``/``set_aside`` (the Kubernetes ConfigMap).
+    ``publisher``: told of every pass's result (Kubernetes: status and
+    Events).  ``reports``: the agents' reports of held EIPs (default: the
+    store's status directory, when it has one)."""
+
+    def __init__(self, source: StateSource, store: AllocationStore, publisher=None,
+                 reports: AgentReports | None = None):
         self.source = source
         self.store = store
+        self.publisher = publisher
         self.current: Allocation | None = None  # the last allocation saved
         self._loaded = False
         self.passes = 0
-        self.reports = AgentReports(store.path)
+        if reports is None and getattr(store, "path", None):
+            reports = AgentReports(store.path)
+        self.reports = reports
         self.metrics = None  # sdn_egress.metrics.ControllerMetrics, when served
+
+    def forget(self) -> None:
+        """Read the stored allocation again at the next pass (a new leader's
+        term: another replica may have written it meanwhile)."""
+        self._loaded = False
+        self.current = None
+        self.passes = 0
 
     def previous(self) -> Allocation | None:
         """What the last pass saved; at start, what the store holds (a file
@@ -85,9 +105,8 @@ class Controller:
             try:
                 self.current = self.store.load()
             except ValueError as exc:
-                bad = self.store.allocation_file + ".bad"
-                os.replace(self.store.allocation_file, bad)
-                LOG.error("%s; allocating afresh (the unreadable file is kept as %s)", exc, bad)
+                bad = self.store.set_aside()
+                LOG.error("%s; allocating afresh (the unreadable allocation is kept as %s)", exc, bad)
                 self.current = None
         return self.current
 
@@ -96,18 +115,21 @@ class Controller:
         started = time.monotonic()
         previous = self.previous()
         state = self.source.snapshot()
-        alloc = allocate(state, previous, held=self.reports.held())
+        alloc = allocate(state, previous, held=self.reports.held() if self.reports else None)
         if self.metrics:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self.metrics.observe(previous, alloc)
         changed = self.store.save(alloc)
         self.current = alloc
+        if self.publisher is not None:
+            self.publisher.publish(state, alloc, previous)
         for level, line in describe_changes(previous, alloc):
             LOG.log(level, "%s", line)
         if changed or self.passes == 0:
             ready = sum(s.ready for s in alloc.policies.values())
             LOG.info("allocation: %d policies (%d ready), %d EIPs, %d errors -> %s",
-                     len(alloc.policies), ready, len(alloc.eips), len(alloc.errors), self.store.path)
+                     len(alloc.policies), ready, len(alloc.eips), len(alloc.errors),
+                     getattr(self.store, "where", None) or self.store.path)
         self.passes += 1
         return alloc
 
@@ -130,7 +152,7 @@ class Controller:
                     break
                 if backoff:
                     stop.wait(min(remaining, 0.5))
-                elif self.source.wait_for_change(min(remaining, 0.1)) or self.reports.changed():
+                elif self.source.wait_for_change(min(remaining, 0.1)) or (self.reports and self.reports.changed()):
                     break
 
 
@@ -146,10 +168,16 @@ def _cidr(value: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifests", metavar="DIR", required=True,
-                        help="read the cluster state from the manifests in this directory")
-    parser.add_argument("--status", metavar="DIR", required=True,
-                        help="write allocation.json and errors.json into this directory")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--manifests", metavar="DIR",
+                       help="standalone: read the cluster state from the manifests in this directory")
+    where.add_argument("--kubeconfig", metavar="PATH",
+                       help="Kubernetes: reach the API server with this kubeconfig")
+    where.add_argument("--in-cluster", action="store_true",
+                       help="Kubernetes: reach the API server with the pod's service account")
+    parser.add_argument("--status", metavar="DIR",
+                        help="write allocation.json and errors.json into this directory "
+                             "(required with --manifests; with Kubernetes, a copy of the ConfigMap)")
     parser.add_argument("--cluster-cidr", metavar="CIDR", action="append", default=[], type=_cidr,
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -157,13 +185,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on 127.0.0.1:PORT; off by default")
     parser.add_argument("--resync-interval", type=float, default=RESYNC_INTERVAL, metavar="SECONDS",
                         help="reconcile at least this often even without changes")
+    kube = parser.add_argument_group("Kubernetes mode")
+    kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
+    kube.add_argument("--namespace", help="the controller's namespace: its Lease and the allocation "
+                                          "ConfigMap (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
+    kube.add_argument("--lease-name", default="sdn-egress-controller", help="the leader election Lease")
+    kube.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME, else the host name)")
+    kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
+    kube.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
+    kube.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS")
+
+
+def _serve_metrics(controller: Controller, args: argparse.Namespace) -> None:
+    if args.metrics_port:
+        from sdn_egress.metrics import ControllerMetrics
+        controller.metrics = ControllerMetrics()
+        controller.metrics.serve(args.metrics_port)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        LOG.info("controller: signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.manifests:
+        return _run_manifests(args)
+    return _run_kube(args)
+
+
+def _run_manifests(args: argparse.Namespace) -> int:
     import fcntl
 
     from sdn_egress.source import ManifestDirSource
 
+    if not args.status:
+        LOG.error("controller: --status DIR is required with --manifests")
+        return 2
     if not os.path.isdir(args.manifests):
         LOG.error("controller: --manifests %s is not a directory", args.manifests)
         return 2
@@ -178,23 +243,68 @@ def run(args: argparse.Namespace) -> int:
     try:
         controller = Controller(ManifestDirSource(args.manifests, extra_cluster_cidrs=args.cluster_cidr),
                                 AllocationStore(args.status))
-        if args.metrics_port:
-            from sdn_egress.metrics import ControllerMetrics
-            controller.metrics = ControllerMetrics()
-            controller.metrics.serve(args.metrics_port)
+        _serve_metrics(controller, args)
         if args.once:
             controller.reconcile()
             return 0
-        stop = threading.Event()
-
-        def on_signal(signum, frame):
-            LOG.info("controller: signal %d, stopping", signum)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = _stop_on_signals()
         LOG.info("controller: watching %s, writing status to %s", args.manifests, args.status)
         controller.run(stop, resync_interval=args.resync_interval)
         return 0
     finally:
         lock.close()
+
+
+def _run_kube(args: argparse.Namespace) -> int:
+    import socket
+
+    from sdn_egress.kube.client import api_client, pod_namespace
+    from sdn_egress.kube.events import EventRecorder
+    from sdn_egress.kube.leader import LeaderElector
+    from sdn_egress.kube.source import KubeSource
+    from sdn_egress.kube.status import StatusPublisher
+    from sdn_egress.kube.store import ConfigMapAllocationStore
+
+    try:
+        api = api_client(args.kubeconfig, args.context)
+    except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
+        LOG.error("controller: no Kubernetes API client: %s", exc)
+        return 2
+    namespace = args.namespace or pod_namespace()
+    identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()
+    try:
+        elector = LeaderElector(api, namespace, args.lease_name, identity, lease_duration=args.lease_duration,
+                                renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+    except ValueError as exc:
+        LOG.error("controller: %s", exc)
+        return 2
+    source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
+    store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
+    controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)))
+    _serve_metrics(controller, args)
+    stop = _stop_on_signals()
+    try:
+        if args.once:
+            if not elector.try_acquire_or_renew():
+                LOG.error("controller: %s holds the lease %s/%s", elector.holder(), namespace, args.lease_name)
+                return 1
+            try:
+                if not source.wait_synced(stop=stop):
+                    return 1
+                controller.reconcile()
+                return 0
+            finally:
+                elector.release()
+
+        def lead(leading: threading.Event) -> None:
+            if not source.wait_synced(stop=leading):
+                return
+            LOG.info("controller %s: leading; allocation in %s", identity, store.where)
+            controller.forget()
+            controller.run(leading, resync_interval=args.resync_interval)
+
+        LOG.info("controller %s: standing for election (lease %s/%s)", identity, namespace, args.lease_name)
+        elector.run(stop, lead)
+        return 0
+    finally:
+        source.stop()

@@ -1,7 +1,8 @@
 """Kubernetes-style dicts -> model objects, strictly.
 
 One parser per kind: ``Node``, ``Namespace`` and ``Pod`` (``v1``), and the
-project's own ``EgressGateway`` and ``EgressPolicy`` (``sdn-egress.io/v1alpha1``).
+project's own ``EgressGateway``, ``EgressPolicy`` and ``EgressClusterPolicy``
+(``sdn-egress.io/v1alpha1``).
 The input is what ``yaml.safe_load`` gives for a manifest, or what the
 Kubernetes client's ``sanitize_for_serialization`` gives for an API object, so
 every state source shares these parsers.
@@ -23,6 +24,7 @@ from typing import Any, Iterator, Mapping, NoReturn
 import netaddr
 
 from sdn_egress.model import (
+    ALLOCATORS,
     GROUP_VERSION,
     API_GROUP,
     EgressGateway,
@@ -44,7 +46,7 @@ UNNAMED = "(unnamed)"
 WHOLE_DOCUMENT = "(document)"
 
 CORE_KINDS = ("Namespace", "Node", "Pod")
-EGRESS_KINDS = ("EgressGateway", "EgressPolicy")
+EGRESS_KINDS = ("EgressClusterPolicy", "EgressGateway", "EgressPolicy")
 NAMESPACED = {"Pod", "EgressPolicy"}
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
@@ -62,12 +64,13 @@ LABEL_KEY_RULE = ('an optional DNS subdomain prefix and "/", then a name of at m
 LABEL_VALUE_RULE = ('empty, or at most 63 letters, digits, "-", "_" or ".", starting and ending '
                     'with a letter or digit')
 
-_GATEWAY_SPEC_KEYS = ("ippools", "nodeSelector")
+_GATEWAY_SPEC_KEYS = ("clusterDefault", "ippools", "nodeSelector")
 _POLICY_SPEC_KEYS = ("appliedTo", "destSubnet", "egressGatewayName", "egressIP", "excludeSubnet",
                      "priority")
+_EGRESS_IP_KEYS = ("allocatorPolicy", "ipv4", "ipv6", "useNodeIP")
 _TOP_KEYS = ("apiVersion", "kind", "metadata", "spec", "status")
 
-Object = Node | Namespace | Pod | EgressGateway | EgressPolicy
+Object = Node | Namespace | Pod | EgressGateway | EgressPolicy  # EgressPolicy: also cluster policies
 
 
 # -- syntax checks shared with other modules ------------------------------------------------------
@@ -400,13 +403,25 @@ def parse_pod(doc: Mapping[str, Any], source: str = "") -> Pod | None:
 
 # -- sdn-egress.io kinds ---------------------------------------------------------------------------
 
+def _boolean(ctx: _Ctx, value: Any, path: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        hint = ' (write true or false, unquoted)' if isinstance(value, str) else ""
+        ctx.fail(path, f"must be a boolean, not {describe(value)}{hint}")
+    return value
+
+
 def parse_gateway(doc: Mapping[str, Any], source: str = "") -> EgressGateway:
     ctx = _Ctx(ref_of(doc, "EgressGateway"), source)
     ctx.strict_keys(doc, "", _TOP_KEYS)
-    _metadata(ctx, doc, "EgressGateway")
+    meta = _metadata(ctx, doc, "EgressGateway")
     spec = ctx.mapping(ctx.required(doc, "spec", "spec", "nodeSelector and ippools"), "spec")
     ctx.strict_keys(spec, "spec", _GATEWAY_SPEC_KEYS)
-    selector = parse_selector(ctx, spec.get("nodeSelector"), "spec.nodeSelector")
+    if spec.get("nodeSelector") is None:
+        ctx.fail("spec.nodeSelector", "is required: a label selector of the nodes that may hold the EIPs "
+                                      "({} selects every node)")
+    selector = parse_selector(ctx, spec["nodeSelector"], "spec.nodeSelector")
     pools = ctx.mapping(ctx.required(spec, "ippools", "spec.ippools", "ipv4 and/or ipv6 address lists"),
                         "spec.ippools", "a mapping with ipv4 and/or ipv6 lists")
     ctx.strict_keys(pools, "spec.ippools", ("ipv4", "ipv6"))
@@ -425,46 +440,86 @@ def parse_gateway(doc: Mapping[str, Any], source: str = "") -> EgressGateway:
         by_version[version] = tuple(sorted(ranges, key=lambda r: r.first))
     if not by_version[4] and not by_version[6]:
         ctx.fail("spec.ippools", "must hold at least one address in ipv4 or ipv6")
-    return EgressGateway(name=ctx.ref.name, node_selector=selector, pool_v4=by_version[4],
-                         pool_v6=by_version[6])
+    gw = EgressGateway(name=ctx.ref.name, node_selector=selector, pool_v4=by_version[4],
+                       pool_v6=by_version[6],
+                       cluster_default=_boolean(ctx, spec.get("clusterDefault"), "spec.clusterDefault"),
+                       deleting=bool(meta.get("deletionTimestamp")))
+    if gw.dual_stack and gw.pool_size(4) != gw.pool_size(6):
+        ctx.fail("spec.ippools", f"IPv4 and IPv6 addresses must pair up: {gw.pool_size(4)} IPv4 and "
+                                 f"{gw.pool_size(6)} IPv6 addresses (in a dual-stack gateway the n-th IPv4 "
+                                 "address pairs with the n-th IPv6 address: give as many of each)")
+    return gw
+
+
+def _subnets(ctx: _Ctx, value: Any, path: str) -> tuple[netaddr.IPNetwork, ...]:
+    nets: list[netaddr.IPNetwork] = []
+    for i, item in enumerate(ctx.seq(value, path, "a list of CIDR strings")):
+        net = ctx.cidr(item, f"{path}[{i}]")
+        if net not in nets:
+            nets.append(net)
+    return tuple(nets)
 
 
 def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
-    ctx = _Ctx(ref_of(doc, "EgressPolicy"), source)
+    """An EgressPolicy, or an EgressClusterPolicy (by ``kind``)."""
+    cluster = doc.get("kind") == "EgressClusterPolicy"
+    kind = "EgressClusterPolicy" if cluster else "EgressPolicy"
+    ctx = _Ctx(ref_of(doc, kind), source)
     ctx.strict_keys(doc, "", _TOP_KEYS)
-    _metadata(ctx, doc, "EgressPolicy")
-    spec = ctx.mapping(ctx.required(doc, "spec", "spec", "egressGatewayName and appliedTo"), "spec")
+    _metadata(ctx, doc, kind)
+    spec = ctx.mapping(ctx.required(doc, "spec", "spec", "appliedTo (and egressGatewayName)"), "spec")
     ctx.strict_keys(spec, "spec", _POLICY_SPEC_KEYS)
-    gateway = ctx.string(ctx.required(spec, "egressGatewayName", "spec.egressGatewayName",
-                                      "the name of an EgressGateway"), "spec.egressGatewayName")
-    if not is_dns_subdomain(gateway):
-        ctx.fail("spec.egressGatewayName", f"{quote(gateway)} is not a valid name: {SUBDOMAIN_RULE}")
+    gateway = ""
+    if spec.get("egressGatewayName") not in (None, ""):
+        gateway = ctx.string(spec["egressGatewayName"], "spec.egressGatewayName", "the name of an EgressGateway")
+        if not is_dns_subdomain(gateway):
+            ctx.fail("spec.egressGatewayName", f"{quote(gateway)} is not a valid name: {SUBDOMAIN_RULE}")
 
-    eip = ctx.mapping(spec.get("egressIP"), "spec.egressIP", "a mapping with ipv4 and/or ipv6")
-    ctx.strict_keys(eip, "spec.egressIP", ("ipv4", "ipv6"))
+    eip = ctx.mapping(spec.get("egressIP"), "spec.egressIP",
+                      "a mapping with ipv4, ipv6, useNodeIP and/or allocatorPolicy")
+    ctx.strict_keys(eip, "spec.egressIP", _EGRESS_IP_KEYS)
     eip_v4 = eip_v6 = None
     if eip.get("ipv4") not in (None, ""):
         eip_v4 = ctx.ip(eip["ipv4"], "spec.egressIP.ipv4", 4)
     if eip.get("ipv6") not in (None, ""):
         eip_v6 = ctx.ip(eip["ipv6"], "spec.egressIP.ipv6", 6)
+    use_node_ip = _boolean(ctx, eip.get("useNodeIP"), "spec.egressIP.useNodeIP")
+    if use_node_ip and (eip_v4 or eip_v6):
+        given = "spec.egressIP.ipv4" if eip_v4 else "spec.egressIP.ipv6"
+        ctx.fail("spec.egressIP.useNodeIP", f"cannot be combined with an explicit egress IP ({given}): "
+                                            "give one or the other")
+    allocator = eip.get("allocatorPolicy")
+    if allocator in (None, ""):
+        allocator = ALLOCATORS[0]
+    allocator = ctx.string(allocator, "spec.egressIP.allocatorPolicy")
+    if allocator not in ALLOCATORS:
+        ctx.fail("spec.egressIP.allocatorPolicy", f"{quote(allocator)} is not an allocator policy; "
+                                                  f"allowed: {', '.join(ALLOCATORS)}")
 
-    applied = ctx.mapping(ctx.required(spec, "appliedTo", "spec.appliedTo", "{podSelector: {...}}"),
-                          "spec.appliedTo", "a mapping with podSelector")
-    ctx.strict_keys(applied, "spec.appliedTo", ("podSelector",))
-    if "podSelector" not in applied:
-        ctx.fail("spec.appliedTo.podSelector",
-                 "is required: a label selector ({} selects every pod of the namespace)")
-    selector = parse_selector(ctx, applied["podSelector"], "spec.appliedTo.podSelector")
+    applied_keys = ("namespaceSelector", "podSelector", "podSubnet") if cluster else ("podSelector", "podSubnet")
+    one_of = ("exactly one of podSelector (a label selector; {} selects every pod"
+              + (")" if cluster else " of the namespace)") + " and podSubnet (a list of CIDRs)")
+    applied = ctx.mapping(ctx.required(spec, "appliedTo", "spec.appliedTo", one_of), "spec.appliedTo",
+                          f"a mapping with {' or '.join(applied_keys)}")
+    ctx.strict_keys(applied, "spec.appliedTo", applied_keys)
+    has_selector = applied.get("podSelector") is not None
+    has_subnet = applied.get("podSubnet") is not None
+    if has_selector == has_subnet:
+        ctx.fail("spec.appliedTo", f"{'give only one' if has_selector else 'is required'}: {one_of}")
+    selector = None
+    pod_subnets: tuple[netaddr.IPNetwork, ...] = ()
+    if has_selector:
+        selector = parse_selector(ctx, applied["podSelector"], "spec.appliedTo.podSelector")
+    else:
+        pod_subnets = _subnets(ctx, applied["podSubnet"], "spec.appliedTo.podSubnet")
+        if not pod_subnets:
+            ctx.fail("spec.appliedTo.podSubnet", "must list at least one CIDR")
+    namespace_selector = None
+    if cluster and applied.get("namespaceSelector") is not None:
+        namespace_selector = parse_selector(ctx, applied["namespaceSelector"], "spec.appliedTo.namespaceSelector")
 
-    subnets = {}
-    for key in ("destSubnet", "excludeSubnet"):
-        items = ctx.seq(spec.get(key), f"spec.{key}", "a list of CIDR strings")
-        nets: list[netaddr.IPNetwork] = []
-        for i, item in enumerate(items):
-            net = ctx.cidr(item, f"spec.{key}[{i}]")
-            if net not in nets:
-                nets.append(net)
-        subnets[key] = tuple(nets)
+    dest = _subnets(ctx, spec.get("destSubnet"), "spec.destSubnet")
+    exclude = _subnets(ctx, spec.get("excludeSubnet"), "spec.excludeSubnet")
 
     priority = spec.get("priority", 0)
     if priority is None:
@@ -476,8 +531,9 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
 
     return EgressPolicy(namespace=ctx.ref.namespace, name=ctx.ref.name, gateway=gateway,
                         pod_selector=selector, eip_v4=eip_v4, eip_v6=eip_v6,
-                        dest_subnets=subnets["destSubnet"], exclude_subnets=subnets["excludeSubnet"],
-                        priority=priority)
+                        dest_subnets=dest, exclude_subnets=exclude, priority=priority,
+                        pod_subnets=pod_subnets, namespace_selector=namespace_selector, cluster=cluster,
+                        use_node_ip=use_node_ip, allocator=allocator)
 
 
 # -- dispatch --------------------------------------------------------------------------------------
@@ -488,6 +544,7 @@ _PARSERS = {
     "Pod": parse_pod,
     "EgressGateway": parse_gateway,
     "EgressPolicy": parse_policy,
+    "EgressClusterPolicy": parse_policy,
 }
 
 

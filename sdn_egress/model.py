@@ -17,6 +17,19 @@ API_GROUP = "sdn-egress.io"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
+# A pod annotated with this key is in the EgressPolicy of that name in its own
+# namespace, whatever the policy's appliedTo says.
+POLICY_ANNOTATION = f"{API_GROUP}/egress-policy"
+# A Namespace labelled with this key names the EgressGateway of its policies
+# that name none.
+DEFAULT_GATEWAY_LABEL = f"{API_GROUP}/default-gateway"
+# Kubernetes sets this label on every Namespace (its name); selectors may use it.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+ALLOCATOR_DEFAULT = "default"  # the lowest free address of the pool
+ALLOCATOR_RR = "rr"  # round robin: the next free address after the last one handed out
+ALLOCATORS = (ALLOCATOR_DEFAULT, ALLOCATOR_RR)
+
 
 @dataclass(frozen=True, order=True)
 class ObjectRef:
@@ -167,10 +180,19 @@ class Pod:
 
 @dataclass(frozen=True)
 class EgressGateway:
+    """A pool of EIPs and the nodes that may hold them.
+
+    In a dual-stack gateway (both pools non-empty) the pools hold as many
+    addresses each, and the n-th IPv4 address pairs with the n-th IPv6
+    address (pool order: ascending): a policy gets a pair, never two halves
+    of different pairs."""
+
     name: str
     node_selector: LabelSelector
     pool_v4: tuple[netaddr.IPRange, ...] = ()
     pool_v6: tuple[netaddr.IPRange, ...] = ()
+    cluster_default: bool = False  # serves policies that name no gateway (after a namespace default)
+    deleting: bool = False  # deletion requested (Kubernetes: deletionTimestamp set, finalizer held)
 
     @property
     def ref(self) -> ObjectRef:
@@ -187,26 +209,93 @@ class EgressGateway:
         parts = [str(r[0]) if r.size == 1 else f"{r[0]}-{r[-1]}" for r in self.pool(version)]
         return ", ".join(parts) or f"no IPv{version} addresses"
 
+    def pool_size(self, version: int) -> int:
+        return sum(r.size for r in self.pool(version))
+
+    @property
+    def dual_stack(self) -> bool:
+        return bool(self.pool_v4) and bool(self.pool_v6)
+
+    def index_of(self, ip: netaddr.IPAddress) -> int | None:
+        """The position of ``ip`` in its family's pool (ascending), None when
+        it is not in the pool."""
+        offset = 0
+        for r in self.pool(ip.version):
+            if ip in r:
+                return offset + int(ip) - r.first
+            offset += r.size
+        return None
+
+    def address_at(self, version: int, index: int) -> netaddr.IPAddress | None:
+        for r in self.pool(version):
+            if index < r.size:
+                return netaddr.IPAddress(r.first + index, version)
+            index -= r.size
+        return None
+
+    def pair_of(self, ip: netaddr.IPAddress) -> netaddr.IPAddress | None:
+        """The address of the other family that ``ip`` pairs with (dual-stack
+        gateways only)."""
+        if not self.dual_stack:
+            return None
+        index = self.index_of(ip)
+        return None if index is None else self.address_at(10 - ip.version, index)
+
 
 @dataclass(frozen=True)
 class EgressPolicy:
+    """An EgressPolicy (namespaced) or, with ``cluster`` set, an
+    EgressClusterPolicy (namespace empty, key = name).
+
+    ``gateway`` is the name the spec gives, empty when it names none (the
+    allocation resolves it: namespace default, then the cluster default).
+    Pods are selected by ``pod_selector`` or by ``pod_subnets`` (exactly one
+    of them is set), and for a namespaced policy also by the pod annotation
+    :data:`POLICY_ANNOTATION`."""
+
     namespace: str
     name: str
     gateway: str
-    pod_selector: LabelSelector
+    pod_selector: LabelSelector | None
     eip_v4: netaddr.IPAddress | None = None
     eip_v6: netaddr.IPAddress | None = None
     dest_subnets: tuple[netaddr.IPNetwork, ...] = ()  # empty: everything outside the cluster
     exclude_subnets: tuple[netaddr.IPNetwork, ...] = ()
     priority: int = 0
+    pod_subnets: tuple[netaddr.IPNetwork, ...] = ()
+    namespace_selector: LabelSelector | None = None  # cluster policies; None: every namespace
+    cluster: bool = False
+    use_node_ip: bool = False
+    allocator: str = ALLOCATOR_DEFAULT
+
+    @property
+    def kind(self) -> str:
+        return "EgressClusterPolicy" if self.cluster else "EgressPolicy"
 
     @property
     def ref(self) -> ObjectRef:
-        return ObjectRef("EgressPolicy", self.namespace, self.name)
+        return ObjectRef(self.kind, self.namespace, self.name)
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def explicit_eip(self, version: int) -> netaddr.IPAddress | None:
+        return self.eip_v4 if version == 4 else self.eip_v6
+
+    def selects(self, pod: "Pod", namespace_labels: Mapping[str, str] | tuple = ()) -> bool:
+        """Whether this policy applies to ``pod`` (``namespace_labels``: the
+        labels of the pod's namespace, for a cluster policy's namespaceSelector)."""
+        if self.cluster:
+            if self.namespace_selector is not None and not self.namespace_selector.matches(namespace_labels):
+                return False
+        elif pod.namespace != self.namespace:
+            return False
+        elif dict(pod.annotations).get(POLICY_ANNOTATION) == self.name:
+            return True
+        if self.pod_selector is not None:
+            return self.pod_selector.matches(pod.labels)
+        return any(ip in net for net in self.pod_subnets for ip in pod.ips)
 
 
 @dataclass(frozen=True)
@@ -217,9 +306,17 @@ class ClusterState:
     namespaces: Mapping[str, Namespace] = field(default_factory=dict)
     pods: Mapping[str, Pod] = field(default_factory=dict)  # key ns/name
     gateways: Mapping[str, EgressGateway] = field(default_factory=dict)
-    policies: Mapping[str, EgressPolicy] = field(default_factory=dict)  # key ns/name
+    policies: Mapping[str, EgressPolicy] = field(default_factory=dict)  # key ns/name; cluster policies: name
     errors: tuple[ObjectError, ...] = ()
     extra_cluster_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # service CIDR and configured extras
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        """A namespace's labels, with the name label Kubernetes always sets
+        (also for namespaces this state has no object of)."""
+        ns = self.namespaces.get(namespace)
+        labels = dict(ns.labels) if ns is not None else {}
+        labels[NAMESPACE_NAME_LABEL] = namespace
+        return labels
 
     def cluster_cidrs(self, version: int = 4) -> tuple[netaddr.IPNetwork, ...]:
         """Destinations that are never steered: pod CIDRs, node IPs, extras."""

@@ -67,13 +67,16 @@ def check_policies(
 ) -> tuple[dict[str, EgressPolicy], list[ObjectError]]:
     """Checks that span objects; a policy that fails one is dropped alone.
 
-    ``policies`` are (policy, source) pairs.  A policy must name an existing
-    gateway, and its explicit EIPs must lie in that gateway's pool and be
-    claimed by no other policy.  When two policies claim one EIP, the one that
-    already held the claim in ``incumbents`` (the last accepted versions) keeps
-    it; otherwise the first by namespace/name.  ``fallbacks`` are last valid
-    versions to keep, in place of a refused new version, when they still pass.
-    Returns the accepted policies by key and the errors.
+    ``policies`` are (policy, source) pairs.  A policy that names a gateway
+    must name an existing one, and its explicit EIPs must lie in that
+    gateway's pool (and, in a dual-stack gateway, pair with each other).  An
+    explicit EIP may be claimed by one policy only: when two claim one, the
+    one that already held the claim in ``incumbents`` (the last accepted
+    versions) keeps it; otherwise the first by key.  ``fallbacks`` are last
+    valid versions to keep, in place of a refused new version, when they still
+    pass.  A policy that names no gateway is checked against its default
+    gateway by the allocation, which resolves it.  Returns the accepted
+    policies by key and the errors.
     """
     incumbents = incumbents or {}
     fallbacks = fallbacks or {}
@@ -86,25 +89,31 @@ def check_policies(
 
     ordered = sorted(policies, key=lambda ps: (not held_claim(ps[0]), ps[0].key))
     accepted: dict[str, EgressPolicy] = {}
-    claims: dict[netaddr.IPAddress, str] = {}
+    claims: dict[netaddr.IPAddress, EgressPolicy] = {}
     errors: list[ObjectError] = []
 
     def problem(p: EgressPolicy, source: str) -> ObjectError | None:
-        gw = gateways.get(p.gateway)
-        if gw is None:
+        gw = gateways.get(p.gateway) if p.gateway else None
+        if p.gateway and gw is None:
             return ObjectError(p.ref, "spec.egressGatewayName",
                                f"no EgressGateway named {quote(p.gateway)}", source)
         for version, ip in ((4, p.eip_v4), (6, p.eip_v6)):
             if ip is None:
                 continue
             path = f"spec.egressIP.ipv{version}"
-            if not gw.in_pool(ip):
+            if gw is not None and not gw.in_pool(ip):
                 return ObjectError(p.ref, path, f"{quote(str(ip))} is not in the pool of EgressGateway "
                                                 f"{gw.name} ({gw.pool_text(version)})", source)
             holder = claims.get(ip)
-            if holder is not None and holder != p.key:
-                return ObjectError(p.ref, path, f"{quote(str(ip))} is already the egress IP of "
-                                                f"EgressPolicy {holder}", source)
+            if holder is not None and holder.key != p.key:
+                return ObjectError(p.ref, path, f"{quote(str(ip))} is already the egress IP of {holder.ref}",
+                                   source)
+        if gw is not None and gw.dual_stack and p.eip_v4 and p.eip_v6 and gw.pair_of(p.eip_v4) != p.eip_v6:
+            return ObjectError(p.ref, "spec.egressIP.ipv6",
+                               f"{quote(str(p.eip_v6))} does not pair with {p.eip_v4} in EgressGateway "
+                               f"{gw.name}: {p.eip_v4} pairs with {gw.pair_of(p.eip_v4)} (the n-th IPv4 "
+                               "address of the pool pairs with the n-th IPv6 address); give that one, "
+                               "or only one of the two", source)
         return None
 
     for policy, source in ordered:
@@ -120,8 +129,45 @@ def check_policies(
             accepted[chosen.key] = chosen
             for ip in (chosen.eip_v4, chosen.eip_v6):
                 if ip is not None:
-                    claims[ip] = chosen.key
+                    claims[ip] = chosen
     return accepted, errors
+
+
+def check_gateways(gateways: Mapping[str, EgressGateway],
+                   sources: Mapping[str, str] | None = None
+                   ) -> tuple[dict[str, EgressGateway], list[ObjectError]]:
+    """Only one gateway may be the cluster default: the first by name stays
+    it, the others lose the flag (with an error)."""
+    sources = sources or {}
+    out: dict[str, EgressGateway] = {}
+    errors: list[ObjectError] = []
+    default = None
+    for name, gw in sorted(gateways.items()):
+        if gw.cluster_default:
+            if default is None:
+                default = name
+            else:
+                errors.append(ObjectError(gw.ref, "spec.clusterDefault",
+                                          f"EgressGateway {default} is already the cluster default; only "
+                                          "one gateway may be (this one is not)", sources.get(name, "")))
+                gw = replace(gw, cluster_default=False)
+        out[name] = gw
+    return out, errors
+
+
+def check_update(old: Object, new: Object, source: str = "") -> ObjectError | None:
+    """Fields that may not change once set: a policy's explicit EIPs and the
+    gateway it names.  (Kubernetes refuses such an update by the CRD's CEL
+    rules; the sources refuse it too, so the manifest directory behaves alike.)"""
+    if not (isinstance(old, EgressPolicy) and isinstance(new, EgressPolicy)):
+        return None
+    for path, before, after in (("spec.egressGatewayName", old.gateway, new.gateway),
+                                ("spec.egressIP.ipv4", old.eip_v4, new.eip_v4),
+                                ("spec.egressIP.ipv6", old.eip_v6, new.eip_v6)):
+        if before and after != before:
+            return ObjectError(new.ref, path, f"is immutable once set (it is {quote(str(before))}): delete "
+                                              f"the {new.kind} and create it anew to change it", source)
+    return None
 
 
 # -- reading files ------------------------------------------------------------------------------------
@@ -247,7 +293,7 @@ class ManifestDirSource:
         self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
         self.poll_interval = poll_interval
         self._seen: dict[str, _Seen] | None = None  # None: no snapshot yet
-        self._kept: dict[ObjectRef, _Kept] = {}
+        self._history = Assembler()
 
     # -- change detection ---------------------------------------------------------------------------
     def _files(self) -> dict[str, _Stamp]:
@@ -325,9 +371,7 @@ class ManifestDirSource:
                                           "does not exist or is not a directory"))
         for rel, stamp in sorted(self._files().items()):
             self._load_file(run, rel, stamp)
-        self._keep_last_valid(run)
-        by_kind = self._check(run)
-        self._kept = run.chosen
+        by_kind = self._history.finish(run)
         self._seen = run.seen
         return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=self.extra_cluster_cidrs,
                             **by_kind)
@@ -362,17 +406,43 @@ class ManifestDirSource:
                 if is_relevant(item):
                     run.add(item, source, shown)
 
+class Assembler:
+    """One pass's parsed objects -> the parts of a :class:`ClusterState`, by
+    the rules every source shares: a refused new version (or one that changes
+    an immutable field) keeps the last valid version, as do the objects of a
+    file that no longer parses; then the cross-object checks."""
+
+    def __init__(self) -> None:
+        self.kept: dict[ObjectRef, _Kept] = {}  # the last valid version of every object
+
+    def finish(self, run: "_Pass") -> dict[str, dict[str, Any]]:
+        self._keep_last_valid(run)
+        self._refuse_immutable_changes(run)
+        by_kind = self._check(run)
+        self.kept = run.chosen
+        return by_kind
+
+    def _refuse_immutable_changes(self, run: "_Pass") -> None:
+        for ref, new in list(run.chosen.items()):
+            old = self.kept.get(ref)
+            if old is None or old is new:
+                continue
+            err = check_update(old.obj, new.obj, new.source)
+            if err is not None:
+                run.errors.append(replace(err, message=err.message + KEPT_NOTE))
+                run.chosen[ref] = old
+
     def _keep_last_valid(self, run: "_Pass") -> None:
         """A refused new version, or a file that no longer parses, keeps the
         last valid objects."""
         for ref, i in run.refused.items():
-            if ref not in run.chosen and ref in self._kept:
-                run.chosen[ref] = self._kept[ref]
+            if ref not in run.chosen and ref in self.kept:
+                run.chosen[ref] = self.kept[ref]
                 run.errors[i] = replace(run.errors[i], message=run.errors[i].message + KEPT_NOTE)
         for shown, i in run.failed_files.items():
-            kept = [ref for ref, k in self._kept.items() if k.file == shown and ref not in run.chosen]
+            kept = [ref for ref, k in self.kept.items() if k.file == shown and ref not in run.chosen]
             for ref in kept:
-                run.chosen[ref] = self._kept[ref]
+                run.chosen[ref] = self.kept[ref]
             if kept:
                 run.errors[i] = replace(run.errors[i], message=run.errors[i].message + FILE_KEPT_NOTE)
 
@@ -383,8 +453,13 @@ class ManifestDirSource:
             for cls, attr in _KINDS:
                 if isinstance(kept.obj, cls):
                     by_kind[attr][ref.key] = kept.obj
+        gateways, errors = check_gateways(
+            by_kind["gateways"], {ref.key: k.source for ref, k in run.chosen.items()
+                                  if isinstance(k.obj, EgressGateway)})
+        run.errors.extend(errors)
+        by_kind["gateways"] = gateways
         candidates = by_kind["policies"]
-        fallbacks = {ref.key: (k.obj, k.source) for ref, k in self._kept.items()
+        fallbacks = {ref.key: (k.obj, k.source) for ref, k in self.kept.items()
                      if isinstance(k.obj, EgressPolicy)}
         policies, errors = check_policies(
             by_kind["gateways"], [(p, run.chosen[p.ref].source) for p in candidates.values()],
@@ -392,7 +467,7 @@ class ManifestDirSource:
         run.errors.extend(errors)
         for key, policy in policies.items():
             if policy is not candidates.get(key):  # a last valid version stayed
-                run.chosen[policy.ref] = self._kept[policy.ref]
+                run.chosen[policy.ref] = self.kept[policy.ref]
         for key in set(candidates) - set(policies):
             run.chosen.pop(candidates[key].ref, None)
         by_kind["policies"] = dict(sorted(policies.items()))

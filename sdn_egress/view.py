@@ -40,19 +40,20 @@ class NodeFacts:
 
 
 def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[EgressPolicy]:
-    """The policies that select ``pod`` and have an EIP, best first (priority,
-    then namespace/name)."""
+    """The policies that select ``pod`` (``EgressPolicy.selects``: its own
+    namespace's policies by selector, subnet or annotation; cluster policies
+    by namespaceSelector too) and have an EIP, best first: higher priority,
+    then a namespaced policy before a cluster policy, then by key."""
     found = []
+    namespace_labels = state.namespace_labels(pod.namespace)
     for policy in state.policies.values():
-        if policy.namespace != pod.namespace:
-            continue
-        if not policy.pod_selector.matches(pod.labels):
+        if not policy.selects(pod, namespace_labels):
             continue
         status = alloc.policies.get(policy.key)
-        if status is None or status.eip_v4 is None:
+        if status is None or (status.eip_v4 is None and status.eip_v6 is None):
             continue
         found.append(policy)
-    found.sort(key=lambda p: (-p.priority, p.key))
+    found.sort(key=lambda p: (-p.priority, p.cluster, p.key))
     return found
 
 

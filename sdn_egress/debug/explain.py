@@ -63,16 +63,22 @@ def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
                            "never steered")
     elif ip in NEVER_STEERED[ip.version]:
         out.reasons.append(f"{dst} is loopback, link-local or multicast: never steered")
-    candidates = sorted((p for p in state.policies.values() if p.namespace == pod.namespace),
+    ns_labels = state.namespace_labels(pod.namespace)
+    candidates = sorted((p for p in state.policies.values() if p.cluster or p.namespace == pod.namespace),
                         key=lambda p: (-p.priority, p.key))
-    others = [p for p in state.policies.values() if p.namespace != pod.namespace
-              and p.pod_selector.matches(pod.labels)]
+    others = [p for p in state.policies.values() if not p.cluster and p.namespace != pod.namespace
+              and p.pod_selector is not None and p.pod_selector.matches(pod.labels)]
     for p in candidates:
         if p.key == out.policy:
             continue
-        if not p.pod_selector.matches(pod.labels):
-            out.reasons.append(f"policy {p.key} does not select the pod (selector {p.pod_selector}; "
-                               f"pod labels {_labels(pod.labels)})")
+        if not p.selects(pod, ns_labels):
+            if p.pod_selector is not None:
+                why = f"selector {p.pod_selector}; pod labels {_labels(pod.labels)}"
+            else:
+                why = f"podSubnet {', '.join(map(str, p.pod_subnets))}; pod IPs {', '.join(map(str, pod.ips))}"
+            if p.cluster and p.namespace_selector is not None:
+                why += f"; namespaceSelector {p.namespace_selector}"
+            out.reasons.append(f"policy {p.key} does not select the pod ({why})")
             continue
         status = alloc.policies.get(p.key)
         if status is None or status.eip(ip.version) is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import netaddr
 import pytest
@@ -13,6 +14,7 @@ from sdn_egress.model import (
     EgressGateway,
     EgressPolicy,
     LabelSelector,
+    Namespace,
     Node,
     ObjectError,
     ObjectRef,
@@ -45,11 +47,12 @@ def policy(name: str, ns: str = "shop", gw: str = "edge", eip: str | None = None
                         eip_v4=IP(eip) if eip else None, eip_v6=IP(eip6) if eip6 else None)
 
 
-def state(policies, gateways=None, nodes=None, errors=()) -> ClusterState:
+def state(policies, gateways=None, nodes=None, errors=(), namespaces=()) -> ClusterState:
     gateways = gateways if gateways is not None else [gateway()]
     nodes = nodes if nodes is not None else [node("alpha", 0), node("beta", 1)]
     return ClusterState(nodes={n.name: n for n in nodes}, gateways={g.name: g for g in gateways},
-                        policies={p.key: p for p in policies}, errors=tuple(errors))
+                        policies={p.key: p for p in policies}, errors=tuple(errors),
+                        namespaces={n.name: n for n in namespaces})
 
 
 def eips(alloc: Allocation) -> dict[str, str | None]:
@@ -169,15 +172,151 @@ def test_active_stays_then_fails_over_to_the_first_standby():
                                             ("beta", "gamma", "delta", "alpha")]
 
 
-def test_gateway_change_and_pool_shrink_reallocate():
+def test_gateway_change_reallocates():
     gws = [gateway(), gateway("west", v4="192.0.2.220-192.0.2.229")]
     first = allocate(state([policy("a"), policy("b")], gws))
     moved = allocate(state([policy("a", gw="west"), policy("b")], gws), first)
     assert eips(moved) == {"shop/a": "192.0.2.220", "shop/b": "192.0.2.201"}
     assert moved.eip("192.0.2.220").gateway == "west"
-    shrunk = [gateway(v4="192.0.2.205-192.0.2.210"), gws[1]]
-    after = allocate(state([policy("a", gw="west"), policy("b")], shrunk), moved)
-    assert eips(after) == {"shop/a": "192.0.2.220", "shop/b": "192.0.2.205"}
+
+
+def test_an_address_in_use_cannot_leave_the_pool():
+    first = allocate(state([policy("a"), policy("b")]))
+    assert eips(first) == {"shop/a": "192.0.2.200", "shop/b": "192.0.2.201"}
+    # The pool shrinks past both EIPs: they stay with their policies, the gateway says why.
+    shrunk = [gateway(v4="192.0.2.205-192.0.2.210")]
+    after = allocate(state([policy("a"), policy("b"), policy("c")], shrunk), first)
+    assert eips(after) == {"shop/a": "192.0.2.200", "shop/b": "192.0.2.201", "shop/c": "192.0.2.205"}
+    assert after.policies["shop/a"].ready
+    pool = after.gateways["edge"].condition("PoolValid")
+    assert (pool.status, pool.reason) == ("False", "InUseAddressRemoved")
+    assert [str(e) for e in after.errors] == [
+        "EgressGateway edge: spec.ippools.ipv4: 192.0.2.200 left the pool while EgressPolicy shop/a uses it: "
+        "an address in use stays until its policy releases it",
+        "EgressGateway edge: spec.ippools.ipv4: 192.0.2.201 left the pool while EgressPolicy shop/b uses it: "
+        "an address in use stays until its policy releases it"]
+    # Only the holder's going frees it; then it is gone from the pool for good.
+    later = allocate(state([policy("b"), policy("c"), policy("d")], shrunk), after)
+    assert eips(later) == {"shop/b": "192.0.2.201", "shop/c": "192.0.2.205", "shop/d": "192.0.2.206"}
+    assert [e.message.split(" left")[0] for e in later.errors] == ["192.0.2.201"]
+    final = allocate(state([policy("c"), policy("d")], shrunk), later)
+    assert final.errors == () and final.gateways["edge"].condition("PoolValid").status == "True"
+
+
+def test_default_and_round_robin_allocation():
+    def rr(name):
+        return replace(policy(name), allocator="rr")
+
+    first = allocate(state([policy("a"), policy("b"), policy("c")]))
+    assert eips(first) == {"shop/a": "192.0.2.200", "shop/b": "192.0.2.201", "shop/c": "192.0.2.202"}
+    # "a" goes and frees .200: a default newcomer takes the lowest free (.200),
+    # a round-robin one the next after the last handed out (.202 -> .203).
+    second = allocate(state([policy("b"), policy("c"), policy("d"), rr("e")]), first)
+    assert eips(second) == {"shop/b": "192.0.2.201", "shop/c": "192.0.2.202", "shop/d": "192.0.2.200",
+                            "shop/e": "192.0.2.203"}
+    assert second.rr_last == {("edge", 4): IP("192.0.2.203")}
+    # Round robin wraps around to the lowest free address at the pool's end.
+    small = [gateway(v4="192.0.2.200-192.0.2.203")]
+    third = allocate(state([policy("b"), policy("c"), rr("e"), rr("f")], small), second)
+    assert eips(third)["shop/f"] == "192.0.2.200"
+    # The cursor survives the store (allocation.json).
+    assert Allocation.from_json(third.to_json()).rr_last == {("edge", 4): IP("192.0.2.200")}
+
+
+def test_dual_stack_eips_come_in_pairs():
+    dual = [gateway(v4="192.0.2.200-192.0.2.203", v6="2001:db8::10-2001:db8::13")]
+    alloc = allocate(state([policy("a"), policy("b", eip="192.0.2.202"), policy("c")], dual))
+    pairs = {k: (str(s.eip_v4), str(s.eip_v6)) for k, s in alloc.policies.items()}
+    assert pairs == {"shop/a": ("192.0.2.200", "2001:db8::10"),
+                     "shop/b": ("192.0.2.202", "2001:db8::12"),  # an explicit IPv4 EIP brings its pair
+                     "shop/c": ("192.0.2.201", "2001:db8::11")}
+    # Both halves given, but not a pair: refused whole.
+    bad = allocate(state([policy("d", eip="192.0.2.200", eip6="2001:db8::11")], dual))
+    d = bad.policies["shop/d"]
+    assert (d.eip_v4, d.eip_v6, d.condition("IPAllocated").reason) == (None, None, "NotPaired")
+    assert str(bad.errors[0]) == ('EgressPolicy shop/d: spec.egressIP.ipv6: "2001:db8::11" does not pair with '
+                                  "192.0.2.200 in EgressGateway edge: 192.0.2.200 pairs with 2001:db8::10")
+    # An explicit IPv4 whose pair is held elsewhere: no half pair, the holder named.
+    held = allocate(state([policy("a"), policy("e", eip6="2001:db8::10")], dual), alloc)
+    e = held.policies["shop/e"]
+    assert (e.eip_v4, e.eip_v6, e.condition("IPAllocated").reason) == (None, None, "EIPInUse")
+    assert "already the egress IP of EgressPolicy shop/a" in e.condition("IPAllocated").message
+    # Exhaustion: no pair left.
+    full = allocate(state([policy(n) for n in "vwxyz"], dual))
+    z = full.policies["shop/z"]
+    assert (z.eip_v4, z.condition("IPAllocated").reason) == (None, "PoolExhausted")
+    assert z.condition("IPAllocated").message == (
+        "no free IPv4/IPv6 pair left in the pool of EgressGateway edge (192.0.2.200-192.0.2.203; "
+        "2001:db8::10-2001:db8::13)")
+    assert full.gateways["edge"].ipv4_free == 0 and full.gateways["edge"].ipv6_total == 4
+
+
+def test_namespace_default_overrides_the_cluster_default_and_sticks():
+    gws = [gateway("edge"), replace(gateway("shared", v4="192.0.2.240-192.0.2.247"), cluster_default=True)]
+    namespaces = [Namespace("shop", (("sdn-egress.io/default-gateway", "edge"),)), Namespace("other")]
+    pols = [policy("a", gw=""), policy("b", ns="other", gw=""),
+            replace(policy("all", ns="", gw=""), cluster=True)]
+    first = allocate(state(pols, gws, namespaces=namespaces))
+    got = {k: (s.gateway, str(s.eip_v4)) for k, s in first.policies.items()}
+    assert got == {"shop/a": ("edge", "192.0.2.200"),  # the namespace's default
+                   "other/b": ("shared", "192.0.2.241"),  # no namespace default: the cluster default
+                   "all": ("shared", "192.0.2.240")}  # cluster policies: the cluster default only
+    # The namespace's label moves to "shared": the policy keeps the gateway it got.
+    relabelled = [Namespace("shop", (("sdn-egress.io/default-gateway", "shared"),)), Namespace("other")]
+    again = allocate(state(pols, gws, namespaces=relabelled), first)
+    assert again.policies["shop/a"].gateway == "edge" and again.eips == first.eips
+    # A new policy there gets the new default.
+    newer = allocate(state(pols + [policy("n", gw="")], gws, namespaces=relabelled), again)
+    assert newer.policies["shop/n"].gateway == "shared"
+
+
+def test_no_default_gateway_is_a_clear_condition():
+    namespaces = [Namespace("shop", (("sdn-egress.io/default-gateway", "gone"),))]
+    alloc = allocate(state([policy("a", gw=""), policy("b", ns="other", gw="")], namespaces=namespaces))
+    assert [str(e) for e in alloc.errors] == [
+        "EgressPolicy other/b: spec.egressGatewayName: names no EgressGateway and there is no default gateway: "
+        "name one, label namespace other with sdn-egress.io/default-gateway=NAME, or set clusterDefault: true "
+        "on one EgressGateway",
+        'EgressPolicy shop/a: spec.egressGatewayName: namespace shop names EgressGateway "gone" as its default '
+        "(label sdn-egress.io/default-gateway), and there is none"]
+    assert alloc.policies["shop/a"].condition("IPAllocated").reason == "GatewayNotFound"
+
+
+def test_a_gateway_being_deleted_keeps_its_users_and_takes_no_new_ones():
+    first = allocate(state([policy("a")]))
+    deleting = [replace(gateway(), deleting=True)]
+    blocked = allocate(state([policy("a"), policy("b")], deleting), first)
+    assert eips(blocked) == {"shop/a": "192.0.2.200", "shop/b": None}
+    assert blocked.policies["shop/b"].condition("IPAllocated").reason == "GatewayDeleting"
+    in_use = blocked.gateways["edge"].condition("InUse")
+    assert (in_use.status, in_use.reason, in_use.message) == (
+        "True", "DeletionBlocked",
+        "deletion waits for EgressPolicy shop/a: delete them or point them at another gateway")
+    assert blocked.gateways["edge"].policies == ("shop/a",)
+    free = allocate(state([policy("b")], deleting), blocked)
+    assert free.gateways["edge"].condition("InUse").reason == "Unused"
+    assert free.gateways["edge"].policies == ()
+
+
+def test_gateway_status_nodes_and_usage():
+    nodes = [node("alpha", 0), node("beta", 1, ready=False), node("gamma", 2, egress=False)]
+    alloc = allocate(state([policy("a"), policy("b")], nodes=nodes))
+    g = alloc.gateways["edge"]
+    assert [(n.name, n.ready, [str(ip) for ip in n.eips]) for n in g.nodes] == [
+        ("alpha", True, ["192.0.2.200", "192.0.2.201"]), ("beta", False, [])]
+    assert (g.ipv4_total, g.ipv4_free, g.ipv6_total, g.ipv6_free) == (11, 9, 0, 0)
+    assert [(c.type, c.status, c.reason) for c in g.conditions] == [
+        ("Ready", "True", "NodesSelected"), ("PoolValid", "True", "Valid"), ("InUse", "True", "PoliciesUse")]
+    assert Allocation.from_json(alloc.to_json()) == alloc
+
+
+def test_use_node_ip_takes_no_eip_and_says_the_data_path_cannot():
+    alloc = allocate(state([replace(policy("a"), use_node_ip=True), policy("b")]))
+    a = alloc.policies["shop/a"]
+    assert (a.eip_v4, a.node, a.ready) == (None, "beta", False)  # alpha already holds b's EIP
+    assert [(c.type, c.reason) for c in a.conditions] == [("IPAllocated", "NodeIP"),
+                                                          ("Ready", "NodeIPNotSupported")]
+    assert eips(alloc)["shop/b"] == "192.0.2.200" and len(alloc.eips) == 1
 
 
 def test_dual_stack_and_unknown_gateway():

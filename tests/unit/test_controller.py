@@ -72,6 +72,17 @@ def test_reconcile_writes_the_expected_allocation(dirs, caplog):
                  "message": "EIP 192.0.2.200 from EgressGateway edge"},
                 {"type": "Ready", "status": "True", "reason": "GatewayNodeSelected",
                  "message": "EIP 192.0.2.200 on node alpha (standby: beta)"}]}},
+        "gateways": {"edge": {
+            "nodes": [{"name": "alpha", "ready": True, "eips": ["192.0.2.200"]},
+                      {"name": "beta", "ready": True, "eips": []}],
+            "ipUsage": {"ipv4Total": 11, "ipv4Free": 10, "ipv6Total": 0, "ipv6Free": 0},
+            "policies": ["shop/cart"],
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "NodesSelected", "message": "ready nodes: alpha, beta"},
+                {"type": "PoolValid", "status": "True", "reason": "Valid",
+                 "message": "192.0.2.200-192.0.2.210; no IPv6 addresses"},
+                {"type": "InUse", "status": "True", "reason": "PoliciesUse", "message": "used by EgressPolicy shop/cart"}]}},
+        "rr_last": {"edge": {"ipv4": "192.0.2.200"}},
         "errors": [],
     }
     assert read_json(status / "errors.json") == []

@@ -61,3 +61,16 @@ def test_no_live_gateway_is_named():
     assert e.steered
     assert ("no live gateway for EIP 192.0.2.200: BFD is down to alpha; the packet is dropped on "
             "the pod's node, never sent with the node IP") in e.reasons
+
+
+def test_a_pod_subnet_policy_is_explained_by_its_subnets():
+    import netaddr
+    from dataclasses import replace
+    base = policy("shop", "net", app="cart")
+    st = state(replace(base, pod_selector=None, pod_subnets=(netaddr.IPNetwork("203.0.113.32/30"),)))
+    assert run(st, "shop/cart-0", "198.51.100.10").policy == "shop/net"  # 203.0.113.34
+    e = run(st, "shop/web-0", "198.51.100.10")  # 203.0.113.35, also in .32/30: labels do not matter
+    assert e.policy == "shop/net"
+    far = run(st, "shop/cart-1", "198.51.100.10")  # 203.0.113.2
+    assert "policy shop/net does not select the pod (podSubnet 203.0.113.32/30; pod IPs 203.0.113.2)" \
+        in far.reasons

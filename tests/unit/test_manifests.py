@@ -153,16 +153,17 @@ def test_selector_expressions():
      "matchLabels and/or matchExpressions), not a string (f.yaml)"),
     (edited(POLICY, "spec.egressIP", {"ipv4": "2001:db8::1"}),
      'EgressPolicy shop/cart: spec.egressIP.ipv4: "2001:db8::1" is not an IPv4 address (f.yaml)'),
-    (edited(POLICY, "spec.egressGatewayName", ...),
-     "EgressPolicy shop/cart: spec.egressGatewayName: is required: the name of an EgressGateway (f.yaml)"),
+    (edited(POLICY, "spec.egressGatewayName", 7),
+     "EgressPolicy shop/cart: spec.egressGatewayName: must be the name of an EgressGateway, not a number "
+     '(quote it: "7") (f.yaml)'),
     (edited(POLICY, "spec.priority", 5000),
      "EgressPolicy shop/cart: spec.priority: 5000 is out of range 0..1000 (f.yaml)"),
     (edited(POLICY, "apiVersion", "sdn-egress.io/v1"),
      'EgressPolicy shop/cart: apiVersion: "sdn-egress.io/v1" is not served for EgressPolicy; use '
      "sdn-egress.io/v1alpha1 (f.yaml)"),
     (edited(POLICY, "kind", "EgressPolcy"),
-     'EgressPolcy cart: kind: "EgressPolcy" is not a kind of sdn-egress.io; known kinds: EgressGateway, '
-     "EgressPolicy (f.yaml)"),
+     'EgressPolcy cart: kind: "EgressPolcy" is not a kind of sdn-egress.io; known kinds: '
+     "EgressClusterPolicy, EgressGateway, EgressPolicy (f.yaml)"),
     (edited(POLICY, "metadata.name", ...),
      "EgressPolicy shop/(unnamed): metadata.name: is required (f.yaml)"),
     (edited(POLICY, "metadata.name", "Cart"),
@@ -185,7 +186,8 @@ def test_selector_expressions():
     (edited(GATEWAY, "metadata.namespace", "shop"),
      "EgressGateway edge: metadata.namespace: EgressGateway is cluster-scoped: remove the namespace (f.yaml)"),
     (edited(GATEWAY, "spec.ippool", {}),
-     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: ippools, nodeSelector (f.yaml)'),
+     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: clusterDefault, ippools, nodeSelector '
+     "(f.yaml)"),
     (edited(NODE, "spec.podCIDR", "203.0.113.0/99"),
      'Node alpha: spec.podCIDR: "203.0.113.0/99" is not a CIDR (f.yaml)'),
     (edited(NODE, "status.addresses", [{"type": "InternalIP", "address": "192.0.2.300"}]),
@@ -370,3 +372,151 @@ def test_a_key_given_twice_is_an_error_not_an_overwrite(mdir):
     assert state.policies == {}
     assert [str(e) for e in state.errors][0].startswith(f"File {path}: line ")
     assert 'found duplicate key "kind"' in str(state.errors[0])
+
+
+# -- the new fields ------------------------------------------------------------------------------------
+
+CLUSTER_POLICY = {
+    "apiVersion": "sdn-egress.io/v1alpha1",
+    "kind": "EgressClusterPolicy",
+    "metadata": {"name": "prod"},
+    "spec": {"appliedTo": {"namespaceSelector": {"matchLabels": {"env": "prod"}},
+                           "podSelector": {"matchLabels": {"tier": "web"}}},
+             "egressIP": {"allocatorPolicy": "rr"}},
+}
+
+
+def test_cluster_policy_pod_subnet_and_egress_ip_options():
+    cp = parse_object(CLUSTER_POLICY)
+    assert (cp.ref, cp.key, cp.cluster, cp.gateway, cp.allocator) == (
+        ObjectRef("EgressClusterPolicy", "", "prod"), "prod", True, "", "rr")
+    assert cp.namespace_selector.matches({"env": "prod"})
+    by_subnet = parse_object(edited(POLICY, "spec.appliedTo", {"podSubnet": ["203.0.113.0/27"]}))
+    assert by_subnet.pod_selector is None and by_subnet.pod_subnets == (netaddr.IPNetwork("203.0.113.0/27"),)
+    node_ip = parse_object(edited(POLICY, "spec.egressIP", {"useNodeIP": True}))
+    assert node_ip.use_node_ip and node_ip.eip_v4 is None
+    gw = parse_object(edited(edited(GATEWAY, "spec.clusterDefault", True), "metadata.deletionTimestamp",
+                             "2024-01-01T00:00:00Z"))
+    assert gw.cluster_default and gw.deleting
+
+
+@pytest.mark.parametrize("doc, expected", [
+    (edited(CLUSTER_POLICY, "metadata.namespace", "shop"),
+     "EgressClusterPolicy prod: metadata.namespace: EgressClusterPolicy is cluster-scoped: remove the namespace"),
+    (edited(POLICY, "spec.appliedTo", {"podSubnet": []}),
+     "EgressPolicy shop/cart: spec.appliedTo.podSubnet: must list at least one CIDR"),
+    (edited(POLICY, "spec.egressIP", {"useNodeIP": "yes"}),
+     "EgressPolicy shop/cart: spec.egressIP.useNodeIP: must be a boolean, not a string (write true or false, "
+     "unquoted)"),
+    (edited(POLICY, "spec.egressIP", {"useNodeIP": True, "ipv6": "2001:db8::1"}),
+     "EgressPolicy shop/cart: spec.egressIP.useNodeIP: cannot be combined with an explicit egress IP "
+     "(spec.egressIP.ipv6): give one or the other"),
+    (edited(GATEWAY, "spec.nodeSelector", ...),
+     "EgressGateway edge: spec.nodeSelector: is required: a label selector of the nodes that may hold the EIPs "
+     "({} selects every node)"),
+    (edited(GATEWAY, "spec.ippools", {"ipv4": ["192.0.2.200-192.0.2.201"], "ipv6": ["2001:db8::/127", "2001:db8::9"]}),
+     "EgressGateway edge: spec.ippools: IPv4 and IPv6 addresses must pair up: 2 IPv4 and 3 IPv6 addresses (in a "
+     "dual-stack gateway the n-th IPv4 address pairs with the n-th IPv6 address: give as many of each)"),
+])
+def test_refusals_of_the_new_fields(doc, expected):
+    assert refusal(doc) == expected + " (f.yaml)"
+
+
+def test_dual_stack_pairs_by_position():
+    gw = parse_object(edited(GATEWAY, "spec.ippools", {"ipv4": ["192.0.2.250", "192.0.2.200-192.0.2.201"],
+                                                       "ipv6": ["2001:db8::8-2001:db8::a"]}))
+    pairs = {str(ip): str(gw.pair_of(netaddr.IPAddress(ip))) for ip in ("192.0.2.200", "192.0.2.201", "192.0.2.250")}
+    assert pairs == {"192.0.2.200": "2001:db8::8", "192.0.2.201": "2001:db8::9", "192.0.2.250": "2001:db8::a"}
+    assert str(gw.pair_of(netaddr.IPAddress("2001:db8::a"))) == "192.0.2.250"
+
+
+def test_eip_and_gateway_name_are_immutable_once_set(mdir):
+    path = write(mdir, "egress/policy.yaml", [edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.205"})])
+    src = ManifestDirSource(str(mdir))
+    assert src.snapshot().policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+    write(mdir, "egress/policy.yaml", [edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.206"})])
+    state = src.snapshot()
+    assert state.policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+    assert messages(state) == [
+        'EgressPolicy shop/cart: spec.egressIP.ipv4: is immutable once set (it is "192.0.2.205"): delete the '
+        f"EgressPolicy and create it anew to change it; its last valid version stays in force ({path})"]
+    write(mdir, "egress/policy.yaml", [edited(edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.205"}),
+                                              "spec.egressGatewayName", "west")])
+    assert messages(src.snapshot())[0].startswith(
+        'EgressPolicy shop/cart: spec.egressGatewayName: is immutable once set (it is "edge")')
+    # Other fields change freely; deleting and re-creating allows a new EIP.
+    write(mdir, "egress/policy.yaml", [edited(edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.205"}),
+                                              "spec.priority", 7)])
+    assert src.snapshot().policies["shop/cart"].priority == 7
+    os.unlink(path)
+    src.snapshot()
+    write(mdir, "egress/policy.yaml", [edited(POLICY, "spec.egressIP", {"ipv4": "192.0.2.206"})])
+    assert src.snapshot().policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.206")
+
+
+# -- which pods a policy selects (EgressPolicy.selects, sdn_egress.view.selected_policies) -----------------
+
+def _pod(ns, name, ip, labels=None, annotations=None):
+    from sdn_egress.model import Pod, frozen_labels
+    return Pod(namespace=ns, name=name, node="alpha", labels=frozen_labels(labels),
+               ips=(netaddr.IPAddress(ip),), annotations=frozen_labels(annotations))
+
+
+def test_a_namespaced_policy_selects_pods_of_its_namespace_only():
+    cart = parse_object(POLICY)
+    assert cart.selects(_pod("shop", "a", "203.0.113.2", {"app": "cart"}))
+    assert not cart.selects(_pod("other", "a", "203.0.113.3", {"app": "cart"}))
+    by_subnet = parse_object(edited(POLICY, "spec.appliedTo", {"podSubnet": ["203.0.113.0/28"]}))
+    assert by_subnet.selects(_pod("shop", "a", "203.0.113.2"))
+    assert not by_subnet.selects(_pod("shop", "b", "203.0.113.20"))
+    assert not by_subnet.selects(_pod("other", "c", "203.0.113.2"))
+
+
+def test_the_pod_annotation_joins_a_policy_of_the_pods_namespace():
+    cart = parse_object(POLICY)
+    note = {"sdn-egress.io/egress-policy": "cart"}
+    assert cart.selects(_pod("shop", "x", "203.0.113.9", {"app": "other"}, note))
+    assert not cart.selects(_pod("other", "x", "203.0.113.9", {}, note))
+    assert not cart.selects(_pod("shop", "y", "203.0.113.9", {}, {"sdn-egress.io/egress-policy": "web"}))
+
+
+def test_cluster_policy_selects_by_namespace_selector():
+    from sdn_egress.model import ClusterState, Namespace
+
+    cp = parse_object(CLUSTER_POLICY)
+    st = ClusterState(namespaces={"a": Namespace("a", (("env", "prod"),)), "b": Namespace("b")})
+    web = {"tier": "web"}
+    assert cp.selects(_pod("a", "p", "203.0.113.2", web), st.namespace_labels("a"))
+    assert not cp.selects(_pod("b", "p", "203.0.113.3", web), st.namespace_labels("b"))
+    assert not cp.selects(_pod("a", "q", "203.0.113.4", {"tier": "db"}), st.namespace_labels("a"))
+    # Every namespace carries its name label, whether or not the state holds its object.
+    by_name = parse_object(edited(CLUSTER_POLICY, "spec.appliedTo.namespaceSelector",
+                                  {"matchLabels": {"kubernetes.io/metadata.name": "c"}}))
+    assert by_name.selects(_pod("c", "p", "203.0.113.5", web), st.namespace_labels("c"))
+    anywhere = parse_object(edited(CLUSTER_POLICY, "spec.appliedTo.namespaceSelector", ...))
+    assert anywhere.selects(_pod("b", "p", "203.0.113.3", web), st.namespace_labels("b"))
+
+
+def test_steering_order_priority_then_namespaced_before_cluster():
+    from flows.view import Ports
+    from sdn_egress.allocation import allocate
+    from sdn_egress.model import ClusterState, EgressGateway, LabelSelector, Namespace, Node
+    from sdn_egress.view import NodeFacts, build_view, selected_policies
+
+    gw = EgressGateway("edge", LabelSelector(), pool_v4=(netaddr.IPRange("192.0.2.200", "192.0.2.210"),),
+                       cluster_default=True)
+    node = Node("alpha", (), (netaddr.IPAddress("192.0.2.11"),), (netaddr.IPNetwork("203.0.113.0/27"),))
+    cart = parse_object(POLICY)  # shop/cart: 198.51.100.0/24, priority 0
+    cp = parse_object(edited(CLUSTER_POLICY, "spec.destSubnet", ["198.51.100.0/24"]))
+    cp_high = parse_object(edited(edited(edited(CLUSTER_POLICY, "metadata.name", "high"), "spec.priority", 10),
+                                  "spec.destSubnet", ["198.51.100.0/25"]))
+    pod = _pod("shop", "p", "203.0.113.2", {"app": "cart", "tier": "web"})
+    st = ClusterState(nodes={"alpha": node}, namespaces={"shop": Namespace("shop", (("env", "prod"),))},
+                      pods={pod.key: pod}, gateways={"edge": gw},
+                      policies={p.key: p for p in (cart, cp, cp_high)})
+    alloc = allocate(st)
+    assert [p.key for p in selected_policies(st, alloc, pod)] == ["high", "shop/cart", "prod"]
+    facts = NodeFacts(ports=Ports(egw=1, tun_flow=2), egw_mac="02:00:00:00:00:01", brex_mac="02:00:00:00:00:02")
+    steers = build_view("alpha", st, alloc, facts).steers
+    assert [(str(s.dest), s.policy) for s in steers] == [("198.51.100.0/25", "high"),
+                                                         ("198.51.100.128/25", "shop/cart")]

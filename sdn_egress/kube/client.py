@@ -1,0 +1,29 @@
+"""A ``kubernetes`` API client from a kubeconfig file, or from inside a pod."""
+from __future__ import annotations
+
+import os
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None):
+    """An ``ApiClient`` of its own (never the library's global default):
+    ``kubeconfig`` (and ``context``), else the pod's service account."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def pod_namespace(default: str = "sdn-egress") -> str:
+    """The namespace this pod runs in: ``$POD_NAMESPACE``, else the service
+    account's, else ``default``."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or default
+    except OSError:
+        return default

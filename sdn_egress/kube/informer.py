@@ -1,0 +1,190 @@
+"""List-then-watch of one resource into a local cache, like client-go's informers.
+
+An :class:`Informer` lists its resource, remembers the list's resourceVersion,
+then watches from it, applying every ADDED/MODIFIED/DELETED event to its cache
+and moving its resourceVersion with every event (and BOOKMARK).  A watch that
+ends (server timeout, connection drop) resumes from the last resourceVersion;
+``410 Gone`` (the version is too old) means a fresh list; any other failure is
+retried with exponential backoff.  The cache holds the raw objects (dicts, with
+``kind`` and ``apiVersion`` filled in: list items carry neither); it is
+replaced whole by a list, so a reader never sees half of one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from typing import Callable
+
+from sdn_egress.kube.resources import NODES, Resource, list_function
+
+LOG = logging.getLogger(__name__)
+
+WATCH_TIMEOUT = 300  # seconds: the server ends a watch after this; we resume from the last version
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+
+
+def relevant(res: Resource, obj: dict) -> dict:
+    """The part of an object whose change is worth a new snapshot: without the
+    resourceVersion and managedFields, without the status of our own kinds
+    (the controller writes it), without the heartbeats of Node conditions."""
+    out = dict(obj)
+    meta = dict(out.get("metadata") or {})
+    for k in ("resourceVersion", "managedFields"):
+        meta.pop(k, None)
+    out["metadata"] = meta
+    if res.custom:
+        out.pop("status", None)
+    elif res == NODES and isinstance(out.get("status"), dict):
+        status = dict(out["status"])
+        if isinstance(status.get("conditions"), list):
+            status["conditions"] = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"}
+                                    if isinstance(c, dict) else c for c in status["conditions"]]
+        out["status"] = status
+    return out
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+class Informer:
+    def __init__(self, api_client, res: Resource, on_change: Callable[[], None] | None = None,
+                 watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX):
+        self.api_client = api_client
+        self.res = res
+        self.on_change = on_change or (lambda: None)
+        self.watch_timeout = watch_timeout
+        self.backoff_max = backoff_max
+        self.synced = threading.Event()  # the first list is in the cache
+        self.resource_version: str | None = None
+        self.lists = 0  # how many times the resource was listed (1 + relists)
+        self.watches = 0  # how many watch requests were made
+        self._cache: dict[tuple[str, str], dict] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watch = None
+        self._thread: threading.Thread | None = None
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def items(self) -> list[dict]:
+        """Every cached object, by namespace and name (shared: do not modify)."""
+        with self._lock:
+            return [self._cache[k] for k in sorted(self._cache)]
+
+    def get(self, name: str, namespace: str = "") -> dict | None:
+        with self._lock:
+            return self._cache.get((namespace, name))
+
+    # -- running ----------------------------------------------------------------------------------------
+    def start(self) -> "Informer":
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.res.plural}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.stop()  # shuts the socket down: the blocked read returns
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self._list()
+                self._watch_once()
+                backoff = 0.0
+            except Exception as exc:  # noqa: BLE001 - the informer must live
+                from kubernetes.client.rest import ApiException
+
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    LOG.info("%s: resourceVersion %s expired; listing again", self.res.plural,
+                             self.resource_version)
+                    self.resource_version = None
+                    continue
+                if self._stop.is_set():
+                    break
+                backoff = min(max(backoff * 2, BACKOFF_MIN), self.backoff_max)
+                LOG.warning("%s: %s; retrying in %.1f s", self.res.plural, _why(exc), backoff)
+                self._stop.wait(backoff)
+
+    def _list(self) -> None:
+        func, args = list_function(self.api_client, self.res)
+        resp = func(*args, _preload_content=False)
+        data = json.loads(resp.data)
+        self.lists += 1
+        cache = {}
+        for item in data.get("items") or []:
+            item = dict(item)
+            item.setdefault("kind", self.res.kind)
+            item.setdefault("apiVersion", self.res.api_version)
+            cache[_key(item)] = item
+        with self._lock:
+            before = {k: relevant(self.res, v) for k, v in self._cache.items()}
+            self._cache = cache
+            after = {k: relevant(self.res, v) for k, v in cache.items()}
+        self.resource_version = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
+        first = not self.synced.is_set()
+        self.synced.set()
+        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(cache), self.resource_version)
+        if first or before != after:
+            self.on_change()
+        if self.resource_version is None:
+            raise RuntimeError("the list carried no resourceVersion")
+
+    def _watch_once(self) -> None:
+        from kubernetes import watch
+
+        func, args = list_function(self.api_client, self.res)
+        w = watch.Watch(return_type="object")
+        self._watch = w
+        self.watches += 1
+        try:
+            for event in w.stream(func, *args, resource_version=self.resource_version,
+                                  timeout_seconds=self.watch_timeout, allow_watch_bookmarks=True,
+                                  _request_timeout=(10, self.watch_timeout + 30)):
+                if self._stop.is_set():
+                    break
+                self._apply(event["type"], event["raw_object"])
+        finally:
+            self._watch = None
+
+    def _apply(self, type_: str, obj: dict) -> None:
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if type_ == "BOOKMARK":
+            if rv:
+                self.resource_version = str(rv)
+            return
+        if type_ not in ("ADDED", "MODIFIED", "DELETED"):
+            LOG.warning("%s: unexpected watch event %r", self.res.plural, type_)
+            return
+        obj = copy.copy(obj)
+        obj.setdefault("kind", self.res.kind)
+        obj.setdefault("apiVersion", self.res.api_version)
+        key = _key(obj)
+        with self._lock:
+            old = self._cache.get(key)
+            if type_ == "DELETED":
+                self._cache.pop(key, None)
+                changed = old is not None
+            else:
+                self._cache[key] = obj
+                changed = old is None or relevant(self.res, old) != relevant(self.res, obj)
+        if rv:
+            self.resource_version = str(rv)
+        if changed:
+            self.on_change()
+
+
+def _why(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status:
+        return f"HTTP {status} {reason or ''}".strip()
+    return f"{type(exc).__name__}: {exc}"

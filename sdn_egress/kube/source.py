@@ -1,0 +1,80 @@
+"""The cluster state from the Kubernetes API: a :class:`~sdn_egress.source.StateSource`.
+
+One :class:`~sdn_egress.kube.informer.Informer` per kind (Nodes, Namespaces,
+Pods, EgressGateways, EgressPolicies, EgressClusterPolicies) keeps a cache; a
+snapshot parses the caches with the same parsers and the same rules as the
+manifest directory (:class:`sdn_egress.source.Assembler`): an invalid object
+is an :class:`~sdn_egress.model.ObjectError` citing its API path, a refused
+new version (or one changing an immutable field) keeps the last valid one.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable
+
+import netaddr
+
+from sdn_egress.kube.informer import Informer
+from sdn_egress.kube.resources import WATCHED, Resource
+from sdn_egress.model import ClusterState, ObjectRef
+from sdn_egress.source import Assembler, _Pass
+
+
+class KubeSource:
+    def __init__(self, api_client, extra_cluster_cidrs: Iterable[str | netaddr.IPNetwork] = (),
+                 resources: Iterable[Resource] = WATCHED, watch_timeout: int | None = None):
+        self.api_client = api_client
+        self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
+        self._changed = threading.Event()
+        self._changed.set()  # no snapshot taken yet
+        kwargs = {"watch_timeout": watch_timeout} if watch_timeout else {}
+        self.informers = {r.kind: Informer(api_client, r, on_change=self._changed.set, **kwargs)
+                          for r in resources}
+        self._history = Assembler()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> "KubeSource":
+        for inf in self.informers.values():
+            inf.start()
+        return self
+
+    def stop(self) -> None:
+        for inf in self.informers.values():
+            inf.stop()
+
+    def wait_synced(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
+        """Block until every informer has listed once (or ``timeout``, or ``stop``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for inf in self.informers.values():
+            while not inf.synced.wait(0.1):
+                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
+                    return False
+        return True
+
+    # -- StateSource --------------------------------------------------------------------------------------
+    def wait_for_change(self, timeout: float) -> bool:
+        return self._changed.wait(max(timeout, 0.0))
+
+    def snapshot(self) -> ClusterState:
+        with self._lock:
+            self._changed.clear()  # before reading: a change while we read is seen next time
+            run = _Pass()
+            for inf in self.informers.values():
+                for obj in inf.items():
+                    meta = obj.get("metadata") or {}
+                    path = inf.res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
+                    run.add(obj, path, path)
+            by_kind = self._history.finish(run)
+            return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=self.extra_cluster_cidrs,
+                                **by_kind)
+
+    # -- raw objects, for status writers -----------------------------------------------------------------
+    def raw(self, ref: ObjectRef) -> dict | None:
+        inf = self.informers.get(ref.kind)
+        return inf.get(ref.name, ref.namespace) if inf is not None else None
+
+    def raw_items(self, kind: str) -> list[dict]:
+        inf = self.informers.get(kind)
+        return inf.items() if inf is not None else []

@@ -1,0 +1,104 @@
+"""The allocation in a ConfigMap: what ``allocation.json`` is in standalone mode.
+
+The controller keeps its whole result (EIPs, tunnel keys, gateway node order,
+round-robin cursors) in ConfigMap ``sdn-egress-allocation`` of its namespace,
+under the keys ``allocation.json`` and ``errors.json``: a new leader starts
+from it, so EIPs stay where they were, and agents can mount it as their status
+directory.  Writes carry the resourceVersion read (a stale one: read again,
+retry) and are skipped when nothing changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from sdn_egress.allocation import Allocation, AllocationStore
+
+LOG = logging.getLogger(__name__)
+
+CONFIGMAP = "sdn-egress-allocation"
+ATTEMPTS = 5
+
+
+class ConfigMapAllocationStore:
+    ALLOCATION = AllocationStore.ALLOCATION
+    ERRORS = AllocationStore.ERRORS
+
+    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, mirror: AllocationStore | None = None):
+        """``mirror``: also write the files into this status directory."""
+        self.api_client = api_client
+        self.namespace = namespace
+        self.name = name
+        self.mirror = mirror
+        self.path = mirror.path if mirror is not None else None
+
+    @property
+    def where(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name}"
+
+    def _api(self):
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api_client)
+
+    def _read(self) -> dict | None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            resp = self._api().read_namespaced_config_map(self.name, self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(resp.data)
+
+    def load(self) -> Allocation | None:
+        cm = self._read()
+        text = ((cm or {}).get("data") or {}).get(self.ALLOCATION)
+        if text is None:
+            return None
+        try:
+            return Allocation.from_json(text)
+        except ValueError as exc:
+            raise ValueError(f"{self.where}, key {self.ALLOCATION}: {exc}") from None
+
+    def set_aside(self) -> str:
+        """Keep an unreadable allocation under another key; returns where."""
+        cm = self._read() or {}
+        data = dict(cm.get("data") or {})
+        if self.ALLOCATION in data:
+            data[self.ALLOCATION + ".bad"] = data.pop(self.ALLOCATION)
+            cm["data"] = data
+            self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
+        return f"{self.where}, key {self.ALLOCATION}.bad"
+
+    def save(self, alloc: Allocation) -> bool:
+        """Write the allocation; True when the ConfigMap (or the mirror) changed."""
+        from kubernetes.client.rest import ApiException
+
+        mirrored = self.mirror.save(alloc) if self.mirror is not None else False
+        data = {
+            self.ALLOCATION: alloc.to_json(),
+            self.ERRORS: json.dumps([e.to_dict() for e in alloc.errors], indent=2, sort_keys=True) + "\n",
+        }
+        for attempt in range(ATTEMPTS):
+            cm = self._read()
+            try:
+                if cm is None:
+                    self._api().create_namespaced_config_map(self.namespace, {
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": self.name, "namespace": self.namespace,
+                                     "labels": {"app.kubernetes.io/name": "sdn-egress"}},
+                        "data": data}, _preload_content=False)
+                    return True
+                old = cm.get("data") or {}
+                if all(old.get(k) == v for k, v in data.items()):
+                    return mirrored
+                cm["data"] = {**old, **data}
+                self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
+                return True
+            except ApiException as exc:
+                if exc.status not in (409,) or attempt == ATTEMPTS - 1:
+                    raise
+                LOG.info("%s changed under us; reading it again", self.where)
+        return mirrored

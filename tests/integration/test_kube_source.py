@@ -1,0 +1,137 @@
+"""KubeSource and its informers: the real kubernetes client against the emulated API server."""
+from __future__ import annotations
+
+import netaddr
+import pytest
+
+from sdn_egress.kube.source import KubeSource
+
+from .kubeemu import api, emu, gateway, namespace, node, pod, policy  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def source(api):
+    src = KubeSource(api, extra_cluster_cidrs=["10.96.0.0/12"])
+    try:
+        yield src
+    finally:
+        src.stop()
+
+
+def seed(emu):
+    for obj in (node("alpha", 0), node("beta", 1, egress=False), namespace("shop", env="prod"),
+                pod("shop", "cart-0", "beta", "203.0.113.34", app="cart"), gateway(), policy("cart")):
+        emu.apply(obj)
+
+
+def wait_state(source, emu, predicate, what):
+    """Snapshot until ``predicate(state)`` holds (each change of the source wakes us)."""
+    last = []
+
+    def check():
+        source.wait_for_change(0.05)
+        last[:] = [source.snapshot()]
+        return predicate(last[0])
+    check.__doc__ = what
+    emu.wait_for(check)
+    return last[0]
+
+
+def test_snapshot_reads_every_kind_like_the_manifest_source(emu, source):
+    seed(emu)
+    bad = policy("web", destSubnet=["10.0.0.0/33"])
+    emu.apply(bad)
+    source.start()
+    assert source.wait_synced(timeout=20)
+    state = source.snapshot()
+    assert sorted(state.nodes) == ["alpha", "beta"] and list(state.namespaces) == ["shop"]
+    assert list(state.pods) == ["shop/cart-0"] and list(state.gateways) == ["edge"]
+    assert list(state.policies) == ["shop/cart"]
+    assert state.nodes["alpha"].addresses == (netaddr.IPAddress("192.0.2.11"),)
+    assert netaddr.IPNetwork("10.96.0.0/12") in state.cluster_cidrs(4)
+    assert [str(e) for e in state.errors] == [
+        'EgressPolicy shop/web: spec.destSubnet[0]: "10.0.0.0/33" is not a CIDR '
+        "(/apis/sdn-egress.io/v1alpha1/namespaces/shop/egresspolicies/web)"]
+    # List, then one watch per kind from the list's resourceVersion.
+    lists = emu.requests_to("GET", r"/egresspolicies$")
+    assert [r.query.get("watch") for r in lists][:2] == [None, "true"]
+    assert lists[1].query["resourceVersion"] == str(int(lists[1].query["resourceVersion"]))
+
+
+def test_watch_events_change_the_state(emu, source):
+    seed(emu)
+    source.start()
+    source.wait_synced(timeout=20)
+    source.snapshot()
+    assert not source.wait_for_change(0.2)
+    relabelled = pod("shop", "cart-0", "beta", "203.0.113.34", app="web")
+    emu.apply(relabelled)
+    state = wait_state(source, emu, lambda s: dict(s.pods["shop/cart-0"].labels) == {"app": "web"}, "the relabel")
+    emu.delete("EgressPolicy", "cart", "shop")
+    wait_state(source, emu, lambda s: not s.policies, "the deletion")
+    assert state.pods["shop/cart-0"].ips == (netaddr.IPAddress("203.0.113.34"),)
+
+
+def test_status_writes_alone_wake_nobody(emu, source, api):
+    seed(emu)
+    source.start()
+    source.wait_synced(timeout=20)
+    source.snapshot()
+    obj = emu.get("EgressPolicy", "cart", "shop")
+    obj["status"] = {"eip": {"ipv4": "192.0.2.200"}}
+    from kubernetes import client
+    client.CustomObjectsApi(api).replace_namespaced_custom_object_status(
+        "sdn-egress.io", "v1alpha1", "shop", "egresspolicies", "cart", obj)
+    inf = source.informers["EgressPolicy"]
+    emu.wait_for(lambda: (inf.get("cart", "shop") or {}).get("status"))
+    assert not source.wait_for_change(0.2)
+
+
+def test_410_gone_means_a_fresh_list_and_nothing_is_missed(emu, source):
+    seed(emu)
+    source.start()
+    source.wait_synced(timeout=20)
+    source.snapshot()
+    nodes = source.informers["Node"]
+    assert nodes.lists == 1
+    # Other objects move the server's resourceVersion past the node watch's; the
+    # server forgets its history and drops the watches; meanwhile a node joins and one goes.
+    emu.apply(policy("other"))
+    emu.compact()
+    emu.drop_watches()
+    emu.apply(node("gamma", 2))
+    emu.delete("Node", "beta")
+    state = wait_state(source, emu, lambda s: sorted(s.nodes) == ["alpha", "gamma"], "the relisted nodes")
+    assert nodes.lists == 2
+    watches = [r.query for r in emu.requests_to("GET", r"/api/v1/nodes$")]
+    # list, watch, watch from the old version (410), list again, watch from the new list's version.
+    assert [q.get("watch") for q in watches[:5]] == [None, "true", "true", None, "true"]
+    assert int(watches[4]["resourceVersion"]) > int(watches[2]["resourceVersion"])
+    assert state.nodes["gamma"].ready
+
+
+def test_server_errors_are_retried_with_backoff_from_the_same_version(emu, source):
+    seed(emu)
+    source.start()
+    source.wait_synced(timeout=20)
+    nodes = source.informers["Node"]
+    emu.fail("GET", r"/api/v1/nodes$", 500, times=2, reason="InternalError")
+    emu.drop_watches()
+    emu.apply(node("gamma", 2))
+    wait_state(source, emu, lambda s: "gamma" in s.nodes, "the node after the errors")
+    assert nodes.lists == 1  # the watch resumed from its version: no relist needed
+    failed = [r for r in emu.requests_to("GET", r"/api/v1/nodes$") if r.query.get("watch")]
+    assert len(failed) >= 4 and len({r.query["resourceVersion"] for r in failed[1:4]}) == 1
+
+
+def test_an_immutable_field_change_keeps_the_last_valid_version(emu, source):
+    seed(emu)
+    emu.apply(policy("cart", egressIP={"ipv4": "192.0.2.205"}))
+    source.start()
+    source.wait_synced(timeout=20)
+    assert source.snapshot().policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+    emu.apply(policy("cart", egressIP={"ipv4": "192.0.2.206"}))
+    state = wait_state(source, emu, lambda s: s.errors, "the refusal")
+    assert state.policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+    assert str(state.errors[0]).startswith(
+        'EgressPolicy shop/cart: spec.egressIP.ipv4: is immutable once set (it is "192.0.2.205")')
