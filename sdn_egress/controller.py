@@ -11,6 +11,7 @@ processes: ``Controller(source, store).reconcile()``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -89,6 +90,7 @@ class Controller:
             reports = AgentReports(store.path)
         self.reports = reports
         self.metrics = None  # sdn_egress.metrics.ControllerMetrics, when served
+        self._gone: set[str] = set()
 
     def forget(self) -> None:
         """Read the stored allocation again at the next pass (a new leader's
@@ -115,6 +117,8 @@ class Controller:
         started = time.monotonic()
         previous = self.previous()
         state = self.source.snapshot()
+        if self.reports:
+            state = self._without_gone_nodes(state)
         alloc = allocate(state, previous, held=self.reports.held() if self.reports else None)
         if self.metrics:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
@@ -132,6 +136,25 @@ class Controller:
                      getattr(self.store, "where", None) or self.store.path)
         self.passes += 1
         return alloc
+
+    def _without_gone_nodes(self, state):
+        """Nodes whose agent stopped reporting (heartbeat missed) are not
+        ready: the election drops them from every EIP's gateway list, the
+        data plane having already failed over; they return as standbys when
+        their agent reports again."""
+        gone = self.reports.gone() & set(state.nodes)
+        if gone != self._gone:
+            for node in sorted(gone - self._gone):
+                LOG.warning("node %s: no agent report for %.0f s; not eligible as a gateway",
+                            node, self.reports.fresh)
+            for node in sorted(self._gone - gone):
+                LOG.info("node %s: its agent reports again; eligible as a gateway", node)
+            self._gone = gone
+        if not gone:
+            return state
+        nodes = {name: (dataclasses.replace(n, ready=False) if name in gone else n)
+                 for name, n in state.nodes.items()}
+        return dataclasses.replace(state, nodes=nodes)
 
     def run(self, stop: threading.Event, resync_interval: float = RESYNC_INTERVAL) -> None:
         """Reconcile at start, on every change of the source and every

@@ -50,6 +50,13 @@ class AgentReports:
                     best[eip] = (t, node)
         return {eip: node for eip, (_, node) in best.items()}
 
+    def gone(self) -> set[str]:
+        """Nodes whose agent reported before but not for ``fresh`` seconds: a
+        missed heartbeat. (No report at all means not started yet, not gone.)"""
+        now = self.clock()
+        return {node for node, r in self.read().items()
+                if not isinstance(r.get("time"), (int, float)) or now - r["time"] > self.fresh}
+
     def changed(self) -> bool:
         """True when a report file changed since the last call."""
         try:

@@ -59,3 +59,32 @@ def test_the_agents_flow_records_are_not_reports(tmp_path):
     report(tmp_path, "alpha", 99.0, ["192.0.2.200"])
     (tmp_path / "nodes" / "alpha.flows.json").write_text(json.dumps({"node": "alpha", "bridges": {}}))
     assert AgentReports(str(tmp_path), clock=lambda: 100.0).held() == {"192.0.2.200": "alpha"}
+
+
+def test_a_node_whose_agent_stopped_reporting_leaves_every_gateway_list(tmp_path):
+    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.controller import Controller
+
+    class Source:
+        def snapshot(self):
+            return cluster()
+
+        def wait_for_change(self, timeout):
+            return False
+
+    status = tmp_path / "status"
+    status.mkdir()
+    now = [1000.0]
+    reports = AgentReports(str(status), fresh=30, clock=lambda: now[0])
+    ctl = Controller(Source(), AllocationStore(str(status)), reports=reports)
+    report(status, "alpha", 1000.0, ["192.0.2.200"])
+    report(status, "bravo", 1000.0, [])
+    assert ctl.reconcile().eips[0].nodes == ("alpha", "bravo")
+    # bravo (a standby) dies: no report for more than 30 s.
+    now[0] = 1040.0
+    report(status, "alpha", 1039.0, ["192.0.2.200"])
+    assert reports.gone() == {"bravo"}
+    assert ctl.reconcile().eips[0].nodes == ("alpha",)
+    # bravo's agent reports again: back as a standby, the EIP stays.
+    report(status, "bravo", 1040.0, [])
+    assert ctl.reconcile().eips[0].nodes == ("alpha", "bravo")
