@@ -23,6 +23,7 @@ COMMANDS = {
     "flows": ("sdn_egress.debug.flows", "a node's flows by table, owner and counters, with drift"),
     "status": ("sdn_egress.debug.status", "policies, gateways, BFD, agents, errors"),
     "trace": ("sdn_egress.debug.trace", "why a pod's packet leaves with the address it does"),
+    "move": ("sdn_egress.move", "planned move of an egress IP to another of its gateway nodes"),
 }
 
 

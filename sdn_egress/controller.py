@@ -19,7 +19,7 @@ import threading
 import time
 
 from sdn_egress.allocation import Allocation, AllocationStore, PolicyStatus, allocate
-from sdn_egress.reports import AgentReports
+from sdn_egress.reports import AgentReports, finish_moves, read_moves
 from sdn_egress.source import StateSource
 
 LOG = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Controller:
         state = self.source.snapshot()
         if self.reports:
             state = self._without_gone_nodes(state)
-        alloc = allocate(state, previous, held=self.reports.held() if self.reports else None)
+        alloc = allocate(state, previous, held=self._held())
         if self.metrics:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             self.metrics.observe(previous, alloc)
@@ -136,6 +136,25 @@ class Controller:
                      getattr(self.store, "where", None) or self.store.path)
         self.passes += 1
         return alloc
+
+    def _held(self) -> dict[str, str] | None:
+        """Who holds each EIP, as the election should see it: the data plane's
+        reports, except for a planned move (``sdn-egress move``), whose target
+        counts as holder until it reports holding the EIP, then the move is done."""
+        if not self.reports:
+            return None
+        held = self.reports.held()
+        path = getattr(self.store, "path", None)
+        moves = read_moves(path) if path else {}
+        done = {eip for eip, node in moves.items() if held.get(eip) == node}
+        for eip, node in moves.items():
+            if eip not in done:
+                held[eip] = node
+        if done:
+            for eip in sorted(done):
+                LOG.info("EIP %s: planned move to %s done", eip, moves[eip])
+            finish_moves(path, done)
+        return held
 
     def _without_gone_nodes(self, state):
         """Nodes whose agent stopped reporting (heartbeat missed) are not

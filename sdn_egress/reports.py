@@ -64,7 +64,46 @@ class AgentReports:
                                  if e.name.endswith(".json") and e.name.count(".") == 1))
         except FileNotFoundError:
             stamp = ()
+        try:  # a planned move asked for wakes the controller too
+            stamp += (("moves", os.stat(os.path.join(os.path.dirname(self.dir), MOVES)).st_mtime_ns),)
+        except FileNotFoundError:
+            pass
         if stamp != self._stamp:
             self._stamp = stamp
             return True
         return False
+
+
+MOVES = "moves.json"
+
+
+def request_move(status_dir: str, eip: str, node: str) -> None:
+    """Ask for a planned move of ``eip`` to ``node`` (``sdn-egress move``)."""
+    path = os.path.join(status_dir, MOVES)
+    moves = read_moves(status_dir)
+    moves[eip] = node
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(moves, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_moves(status_dir: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(status_dir, MOVES)) as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def finish_moves(status_dir: str, done: set[str]) -> None:
+    moves = {k: v for k, v in read_moves(status_dir).items() if k not in done}
+    path = os.path.join(status_dir, MOVES)
+    if moves:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(moves, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    elif os.path.exists(path):
+        os.unlink(path)

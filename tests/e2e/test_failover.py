@@ -225,3 +225,28 @@ def test_a_cut_off_active_releases_its_eip_and_one_holder_remains_after_the_heal
     time.sleep(2.0)  # room for a flap to show
     assert holders(lab, eip) == [survivor]
     assert active(lab, eip) == survivor
+
+
+def test_a_planned_move_keeps_the_eip_and_announces_it(lab):
+    import os
+    import subprocess
+    converged(lab)
+    eip = "192.0.2.201"
+    source, target = active(lab, eip), None
+    target = "bravo" if source == "alpha" else "alpha"
+    exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+    out = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", eip, "--to", target],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"now held by {target}" in out.stdout
+    assert active(lab, eip) == target and holders(lab, eip) == [target]
+    wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip, "traffic through the new holder")
+    target_mac = lab.exec(target, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
+    wait_for(lambda: target_mac in lab.exec("router", ["ip", "neigh", "show", eip]).stdout,
+             "the router learnt the new holder's MAC (gratuitous ARP)")
+    time.sleep(2.0)  # no flap back
+    assert active(lab, eip) == target and holders(lab, eip) == [target]
+    bad = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", eip, "--to", "charlie"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert f"charlie is not a gateway node of EIP {eip}" in bad.stderr

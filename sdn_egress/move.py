@@ -1,0 +1,60 @@
+"""``sdn-egress move --eip IP --to NODE``: a planned move of an egress IP to
+another of its gateway nodes (rebalancing is never automatic).
+
+The controller makes NODE the EIP's active; the old holder stops SNAT and ARP
+for it, NODE starts and announces it with gratuitous ARPs; the move is done
+when NODE's agent reports holding the EIP. Connections through the old holder
+break, as in any gateway move (conntrack is per gateway)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sdn_egress.lab.lab import DEFAULT_STATE_DIR
+    parser.add_argument("--eip", required=True, help="the egress IP to move")
+    parser.add_argument("--to", required=True, metavar="NODE", help="one of the EIP's gateway nodes")
+    parser.add_argument("--status", help="the controller's status directory (default: the lab's)")
+    parser.add_argument("--lab-state", default=DEFAULT_STATE_DIR)
+    parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the move (0: do not)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.reports import AgentReports, read_moves, request_move
+
+    status = args.status
+    if not status:
+        from sdn_egress.lab import Lab
+        status = Lab(args.lab_state).status_dir
+    try:
+        alloc = AllocationStore(status).load()
+    except ValueError as exc:
+        print(f"move: {exc}", file=sys.stderr)
+        return 1
+    a = alloc.eip(args.eip) if alloc else None
+    if a is None:
+        print(f"move: no EIP {args.eip} is allocated (see sdn-egress status)", file=sys.stderr)
+        return 1
+    if args.to not in a.nodes:
+        print(f"move: {args.to} is not a gateway node of EIP {args.eip} (its nodes: "
+              f"{', '.join(a.nodes) or 'none'})", file=sys.stderr)
+        return 1
+    if a.nodes[0] == args.to:
+        print(f"EIP {args.eip} is already active on {args.to}")
+        return 0
+    request_move(status, args.eip, args.to)
+    print(f"EIP {args.eip}: planned move {a.nodes[0]} -> {args.to} requested")
+    deadline = time.monotonic() + args.wait
+    while args.wait and time.monotonic() < deadline:
+        if AgentReports(status).held().get(args.eip) == args.to and args.eip not in read_moves(status):
+            print(f"EIP {args.eip}: now held by {args.to}")
+            return 0
+        time.sleep(0.1)
+    if args.wait:
+        print(f"move: {args.to} does not hold EIP {args.eip} after {args.wait:.0f}s "
+              "(is its agent up? see sdn-egress status)", file=sys.stderr)
+        return 1
+    return 0
