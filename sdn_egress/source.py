@@ -396,15 +396,21 @@ class ManifestDirSource:
             run.failed_files[shown] = len(run.errors)
             run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
             return
-        for n, doc in enumerate(docs, 1):
-            if doc is None:
-                continue
-            where = f"{shown}, document {n}" if len(docs) > 1 else shown
-            items = list(expand_lists(doc))
-            for m, item in enumerate(items, 1):
-                source = where if items == [doc] else f"{where}, item {m}"
-                if is_relevant(item):
-                    run.add(item, source, shown)
+        for item, source in relevant_items(docs, shown):
+            run.add(item, source, shown)
+
+def relevant_items(docs: list, name: str):
+    """(object, where) for every object of ours in a file's documents, List
+    kinds expanded; ``where`` names the file, the document and the item."""
+    for n, doc in enumerate(docs, 1):
+        if doc is None:
+            continue
+        where = f"{name}, document {n}" if len(docs) > 1 else name
+        items = list(expand_lists(doc))
+        for m, item in enumerate(items, 1):
+            if is_relevant(item):
+                yield item, (where if items == [doc] else f"{where}, item {m}")
+
 
 class Assembler:
     """One pass's parsed objects -> the parts of a :class:`ClusterState`, by

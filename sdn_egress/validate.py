@@ -17,13 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 
-from sdn_egress.manifests import (
-    EGRESS_KINDS,
-    WHOLE_DOCUMENT,
-    expand_lists,
-    is_relevant,
-    ref_of,
-)
+from sdn_egress.manifests import EGRESS_KINDS, WHOLE_DOCUMENT, ref_of
 from sdn_egress.model import GROUP_VERSION, ClusterState, ObjectError, ObjectRef
 
 @dataclass
@@ -67,7 +61,7 @@ def validate(paths: list[str], partial: bool = False) -> Report:
     the set is part of a larger one (a cluster): a reference to a gateway or
     a default that is not among the files is no error."""
     from sdn_egress.allocation import allocate
-    from sdn_egress.source import Assembler, FileError, _Pass, load_documents
+    from sdn_egress.source import Assembler, FileError, _Pass, load_documents, relevant_items
 
     report = Report()
     run = _Pass()
@@ -86,21 +80,13 @@ def validate(paths: list[str], partial: bool = False) -> Report:
             except FileError as exc:
                 run.errors.append(ObjectError(ObjectRef("File", "", name), exc.where, exc.message))
                 continue
-            for n, doc in enumerate(docs, 1):
-                if doc is None:
-                    continue
-                where = f"{name}, document {n}" if len(docs) > 1 else name
-                items = list(expand_lists(doc))
-                for m, item in enumerate(items, 1):
-                    source = where if items == [doc] else f"{where}, item {m}"
-                    if not is_relevant(item):
-                        continue
-                    report.objects += 1
-                    found = schema_errors(item, source) if isinstance(item, dict) else []
-                    if found:
-                        run.errors.extend(found)
-                    else:
-                        run.add(item, source, name)
+            for item, source in relevant_items(docs, name):
+                report.objects += 1
+                found = schema_errors(item, source) if isinstance(item, dict) else []
+                if found:
+                    run.errors.extend(found)
+                else:
+                    run.add(item, source, name)
     by_kind = Assembler().finish(run)
     state = ClusterState(**by_kind)
     sources = {ref: kept.source for ref, kept in run.chosen.items()}

@@ -21,6 +21,22 @@ def cluster():
     return ClusterState(nodes=nodes, gateways={"edge": gw}, policies={pol.key: pol})
 
 
+class StaticSource:
+    """The cluster() state, never changing."""
+
+    def snapshot(self):
+        return cluster()
+
+    def wait_for_change(self, timeout):
+        return False
+
+
+def controller(status, reports):
+    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.controller import Controller
+    return Controller(StaticSource(), AllocationStore(str(status)), reports=reports)
+
+
 def report(tmp_path, node, t, held):
     d = tmp_path / "nodes"
     d.mkdir(exist_ok=True)
@@ -62,21 +78,11 @@ def test_the_agents_flow_records_are_not_reports(tmp_path):
 
 
 def test_a_node_whose_agent_stopped_reporting_leaves_every_gateway_list(tmp_path):
-    from sdn_egress.allocation import AllocationStore
-    from sdn_egress.controller import Controller
-
-    class Source:
-        def snapshot(self):
-            return cluster()
-
-        def wait_for_change(self, timeout):
-            return False
-
     status = tmp_path / "status"
     status.mkdir()
     now = [1000.0]
     reports = AgentReports(str(status), fresh=30, clock=lambda: now[0])
-    ctl = Controller(Source(), AllocationStore(str(status)), reports=reports)
+    ctl = controller(status, reports)
     report(status, "alpha", 1000.0, ["192.0.2.200"])
     report(status, "bravo", 1000.0, [])
     assert ctl.reconcile().eips[0].nodes == ("alpha", "bravo")
@@ -91,21 +97,12 @@ def test_a_node_whose_agent_stopped_reporting_leaves_every_gateway_list(tmp_path
 
 
 def test_a_planned_move_overrides_the_holder_until_the_target_holds(tmp_path):
-    from sdn_egress.allocation import AllocationStore
-    from sdn_egress.controller import Controller
     from sdn_egress.reports import read_moves, request_move
-
-    class Source:
-        def snapshot(self):
-            return cluster()
-
-        def wait_for_change(self, timeout):
-            return False
 
     status = tmp_path / "status"
     status.mkdir()
     reports = AgentReports(str(status), clock=lambda: 100.0)
-    ctl = Controller(Source(), AllocationStore(str(status)), reports=reports)
+    ctl = controller(status, reports)
     report(status, "alpha", 99.0, ["192.0.2.200"])
     report(status, "bravo", 99.0, [])
     assert ctl.reconcile().eips[0].nodes == ("alpha", "bravo")
