@@ -234,24 +234,24 @@ class AgentCore:
             bridges = dict(self._bridges)
         state, alloc = self.snapshot()
         self._sync_tunnels(state, alloc)
-        dead = self.liveness.dead(self._bfd_states())
+        gateway = any(self.config.node in a.nodes for a in alloc.eips)
+        dead = self.liveness.judge(self._bfd_states(), gateway)
         if dead != self._dead:
             LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
         self._dead = dead
         if self.metrics:
             self.metrics.bfd_peers_down.set(len(dead))
-        if self._peers and dead >= set(self._peers):
-            # Every BFD session is down: far likelier that this node is cut
+        if self.liveness.cut_off:
+            # Every BFD session went down: far likelier that this node is cut
             # off than that all others died. Release the EIPs (stop SNAT and
             # ARP) so a healed link finds exactly one holder: the standby.
             if not self._isolated:
                 LOG.warning("BFD: every peer is down; this node considers itself cut off and "
-                            "holds no EIP")
-            self._isolated = True
-            self.liveness.reset()
+                            "holds no EIP until a session is up again")
             dead = dead | {self.config.node}
-        else:
-            self._isolated = False
+        elif self._isolated:
+            LOG.warning("BFD: a session is up again; this node is no longer cut off")
+        self._isolated = self.liveness.cut_off
         facts = self._facts(state, alloc, refresh=full, dead=dead)
         view = build_view(self.config.node, state, alloc, facts, dead=dead)
         desired = flows.build(view)

@@ -11,12 +11,36 @@ from __future__ import annotations
 import time
 
 
+def _up(status: dict) -> bool:
+    return status.get("state") == "up" and status.get("forwarding", "true") == "true"
+
+
 class Liveness:
     def __init__(self, grace: float = 3.0, clock=time.monotonic):
         self.grace = grace
         self.clock = clock
+        self.cut_off = False
         self._was_up: set[str] = set()
         self._first_seen: dict[str, float] = {}
+
+    def judge(self, states: dict[str, dict], gateway: bool) -> frozenset[str]:
+        """``dead(states)``, and whether this node is cut off (``cut_off``).
+
+        A gateway node that sees *every* peer dead is far likelier cut off
+        than alone alive, so it holds no EIP: it is cut off from then until
+        one of its sessions is up again.  Then every peer gets a fresh grace,
+        so sessions slower to come back are not taken for dead peers.  A
+        worker is never cut off in this sense (it holds nothing): its peers
+        are just dead."""
+        dead = self.dead(states)
+        if self.cut_off:
+            if any(_up(s) for s in states.values()):
+                self.cut_off = False
+                self.reset()
+                dead = self.dead(states)
+        elif gateway and states and dead >= set(states):
+            self.cut_off = True
+        return dead
 
     def dead(self, states: dict[str, dict]) -> frozenset[str]:
         """``states``: peer -> its port's ``bfd_status`` (empty when BFD is off)."""
@@ -26,8 +50,7 @@ class Liveness:
             self._first_seen.setdefault(peer, now)
             if not status:
                 continue  # no BFD on this port: nothing to judge by
-            up = status.get("state") == "up" and status.get("forwarding", "true") == "true"
-            if up:
+            if _up(status):
                 self._was_up.add(peer)
             elif peer in self._was_up or now - self._first_seen[peer] >= self.grace:
                 dead.add(peer)

@@ -49,3 +49,40 @@ def test_after_a_reset_slow_sessions_get_a_fresh_grace():
     assert live.dead({"a": DOWN}) == frozenset()  # was never seen up since: within its grace
     clock.t = 103.0
     assert live.dead({"a": DOWN}) == {"a"}
+
+
+def test_a_gateway_that_sees_every_peer_dead_is_cut_off_until_a_session_is_up_again():
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    assert live.judge({"a": UP, "b": UP}, gateway=True) == frozenset()
+    clock.t = 1.0
+    assert live.judge({"a": DOWN, "b": UP}, gateway=True) == {"a"}
+    assert not live.cut_off  # one peer dead: a failover, not a cut
+    assert live.judge({"a": DOWN, "b": DOWN}, gateway=True) == {"a", "b"}
+    assert live.cut_off
+    clock.t = 60.0  # long after every grace: still cut off, never back by a timer
+    live.judge({"a": DOWN, "b": DOWN}, gateway=True)
+    assert live.cut_off
+    # The link heals: b's session is up first; a's, slower, gets a fresh grace.
+    assert live.judge({"a": DOWN, "b": UP}, gateway=True) == frozenset()
+    assert not live.cut_off
+    clock.t = 63.0
+    assert live.judge({"a": DOWN, "b": UP}, gateway=True) == {"a"}
+
+
+def test_a_worker_whose_gateways_all_died_is_not_cut_off_and_keeps_seeing_them_dead():
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    live.judge({"a": UP, "b": UP}, gateway=False)
+    clock.t = 1.0
+    assert live.judge({"a": DOWN, "b": DOWN}, gateway=False) == {"a", "b"}
+    assert not live.cut_off
+    clock.t = 30.0
+    assert live.judge({"a": DOWN, "b": DOWN}, gateway=False) == {"a", "b"}
+
+
+def test_ports_without_bfd_never_make_a_node_cut_off():
+    live = Liveness(grace=0, clock=Clock())
+    assert live.judge({"a": {}, "b": {}}, gateway=True) == frozenset()
+    assert live.judge({}, gateway=True) == frozenset()
+    assert not live.cut_off

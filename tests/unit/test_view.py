@@ -116,3 +116,30 @@ def test_unselected_pod_gets_nothing(labels):
                pods=[pod("shop", "x", "bravo", "203.0.113.34", **labels)])
     v = view(st)
     assert v.steers == () and v.eip_routes == ()
+
+
+def test_a_standby_holds_the_eip_only_while_bfd_sees_every_node_before_it_dead():
+    st = state(policy("shop", "cart", dest=["198.51.100.0/24"], app="cart"),
+               pods=[pod("shop", "cart-0", "charlie", "203.0.113.66", app="cart")])
+    nodes = {n.name: n for n in (node("alpha", 0, egress="true"), node("bravo", 1, egress="true"),
+                                 node("charlie", 2))}
+    st = ClusterState(nodes=nodes, pods=st.pods, gateways=st.gateways, policies=st.policies)
+    alloc = allocate(st)
+    (eip,) = alloc.eips
+    active, standby = eip.nodes
+    assert {active, standby} == {"alpha", "bravo"}
+
+    def held(name, dead=frozenset()):
+        return [str(h.eip) for h in build_view(name, st, alloc, FACTS, dead=dead).held]
+
+    assert held(active) == [str(eip.ip)] and held(standby) == []
+    # BFD says the active is down: the standby takes the EIP over, same address.
+    assert held(standby, dead=frozenset({active})) == [str(eip.ip)]
+    # A node that considers itself cut off (itself among the dead) holds nothing.
+    assert held(active, dead=frozenset({standby, "charlie", active})) == []
+    # The worker keeps every gateway, in order, whatever it sees dead: the
+    # switch's bundle skips dead members by BFD, the view does not reorder.
+    (route,) = build_view("charlie", st, alloc, FACTS, dead=frozenset({active})).eip_routes
+    assert route.gateways == (active, standby) and not route.local
+    assert tunnel_peers("charlie", st, alloc) == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
+    assert tunnel_peers(standby, st, alloc).keys() == {"charlie", active}
