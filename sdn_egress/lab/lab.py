@@ -38,6 +38,32 @@ class LabError(RuntimeError):
     pass
 
 
+# Broadcast one ARP request for argv[2] out of interface argv[1] (raw socket,
+# no arping needed) and print the sender MAC of every reply for it that
+# arrives within argv[3] seconds, one per line.
+ARP_PROBE = r"""
+import fcntl, socket, struct, sys, time
+ifname, target, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((ifname, 0))
+mac = s.getsockname()[4]
+info = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", ifname.encode()))  # SIOCGIFADDR
+spa, tpa = info[20:24], socket.inet_aton(target)
+s.send(b"\xff" * 6 + mac + b"\x08\x06"
+       + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + spa + b"\x00" * 6 + tpa)
+deadline = time.monotonic() + wait
+while (left := deadline - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        frame = s.recv(128)
+    except socket.timeout:
+        break
+    op, sha, sender = struct.unpack("!H", frame[20:22])[0], frame[22:28], frame[28:32]
+    if op == 2 and sender == tpa:
+        print(sha.hex(":"), flush=True)
+"""
+
+
 def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -492,6 +518,14 @@ class Lab(Traffic):
     def popen(self, host: str, cmd: list[str]) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.host_ns(host), *cmd], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def arp_answers(self, ip: str, wait: float = 1.0) -> list[str]:
+        """The router broadcasts one ARP request for ``ip`` on the underlay;
+        the MAC of every reply, in order of arrival (exactly one for an EIP
+        served correctly, none for an address nobody claims)."""
+        out = self.exec("router", [sys.executable, "-c", ARP_PROBE, "u0", ip, str(wait)],
+                        timeout=wait + 30).stdout
+        return out.split()
 
     def echo_seen(self, external: str) -> list[dict]:
         path = os.path.join(self.state_dir, "externals", external, "seen.jsonl")

@@ -65,6 +65,10 @@ def holders(lab, eip: str) -> list[str]:
     return [n for n in ("alpha", "bravo") if ha_alive(lab, n) and eip in lab.agent_status(n).get("held_eips", [])]
 
 
+def brex_mac(lab, node: str) -> str:
+    return lab.exec(node, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
+
+
 def ha_alive(lab, node: str) -> bool:
     return lab.ovs(node).running()
 
@@ -151,12 +155,12 @@ def test_the_revived_old_active_does_not_take_the_eip_back(lab):
     time.sleep(2.0)  # room for a flap to show
     assert active(lab, eip) == survivor
     assert holders(lab, eip) == [survivor]
-    # Exactly one node answers ARP for the EIP on the underlay.
+    # Exactly one node answers ARP for the EIP on the underlay: the survivor.
+    assert lab.arp_answers(eip) == [brex_mac(lab, survivor)]
     lab.exec("router", ["ip", "neigh", "flush", "dev", "u0"], check=False)
     assert lab.udp_source("shop/cart-0", EXT) == eip
     neigh = lab.exec("router", ["ip", "neigh", "show", eip]).stdout
-    survivor_mac = lab.exec(survivor, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
-    assert survivor_mac in neigh, neigh
+    assert brex_mac(lab, survivor) in neigh, neigh
 
 
 def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab):
@@ -168,6 +172,8 @@ def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab):
         lab.kill("bravo")
         t_dead = time.time() + 1.0  # BFD: 3 x 100 ms; generous
         time.sleep(2.5)
+        # Nobody claims the EIP on the underlay while no gateway lives.
+        assert lab.arp_answers(eip) == []
         # The trace names the reason in the policy's terms.
         from sdn_egress.debug.trace import trace
         wait_for(lambda: set(lab.agent_status("charlie").get("dead_peers", [])) == {"alpha", "bravo"},
@@ -225,6 +231,8 @@ def test_a_cut_off_active_releases_its_eip_and_one_holder_remains_after_the_heal
     time.sleep(2.0)  # room for a flap to show
     assert holders(lab, eip) == [survivor]
     assert active(lab, eip) == survivor
+    # The healed node answers no ARP for the EIP: one answer, the survivor's.
+    assert lab.arp_answers(eip) == [brex_mac(lab, survivor)]
 
 
 def test_a_planned_move_keeps_the_eip_and_announces_it(lab):
@@ -241,9 +249,10 @@ def test_a_planned_move_keeps_the_eip_and_announces_it(lab):
     assert f"now held by {target}" in out.stdout
     assert active(lab, eip) == target and holders(lab, eip) == [target]
     wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip, "traffic through the new holder")
-    target_mac = lab.exec(target, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
+    target_mac = brex_mac(lab, target)
     wait_for(lambda: target_mac in lab.exec("router", ["ip", "neigh", "show", eip]).stdout,
              "the router learnt the new holder's MAC (gratuitous ARP)")
+    assert lab.arp_answers(eip) == [target_mac]
     time.sleep(2.0)  # no flap back
     assert active(lab, eip) == target and holders(lab, eip) == [target]
     bad = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", eip, "--to", "charlie"],
