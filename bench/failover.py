@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +74,16 @@ def active(lab) -> str:
     return next(a["nodes"][0] for a in lab.status()["allocation"]["eips"] if a["ip"] == EIP)
 
 
+def bfd_settings(lab) -> str:
+    """The BFD configuration in effect on the worker's tunnel to a gateway
+    (what the agent wrote into OVSDB), e.g. "100 ms x 3"."""
+    raw = lab.ovs("charlie").vsctl("get", "Interface", "gnv-alpha", "bfd").strip().strip("{}")
+    bfd = dict(kv.split("=", 1) for kv in raw.replace('"', "").split(", ") if "=" in kv)
+    if bfd.get("enable") != "true":
+        raise RuntimeError(f"BFD is not enabled on charlie's tunnel to alpha: {raw!r}")
+    return f"{bfd.get('min_tx', '1000')} ms x {bfd.get('mult', '3')}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=6)
@@ -89,6 +100,9 @@ def main() -> int:
     try:
         lab.up(topo)
         lab.apply(objs)
+        wait(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "EIP answered")
+        wait(lab.bfd_sessions_up, "BFD up")
+        bfd = bfd_settings(lab)
         for k in range(args.kills):
             wait(lab.bfd_sessions_up, "BFD up")
             wait(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "EIP answered")
@@ -118,7 +132,10 @@ def main() -> int:
                   f"new TCP after {(float(tcp_ok) - t_kill) * 1000 if tcp_ok else float('nan'):.0f} ms", flush=True)
             lab.revive(victim)
     finally:
-        lab.down()
+        try:
+            lab.down()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     u, t = summary(outages), summary(tcp_after)
     rows = [f"| UDP outage at the external host (longest gap between datagrams) | {u['n']} | "
             f"{u['min'] * 1000:.0f} ms | {u['median'] * 1000:.0f} ms | {u['max'] * 1000:.0f} ms |",
@@ -126,7 +143,7 @@ def main() -> int:
             f"{t['median'] * 1000:.0f} ms | {t['max'] * 1000:.0f} ms |"]
     print("\n".join(rows), f"\ndatagrams with a source other than the EIP: {leaks}")
     write_section("gateway-failover", "\n".join([
-        "BFD 100 ms x 3 on the Geneve tunnels (agent defaults); active gateway power-cut (SIGKILL of its "
+        f"BFD {bfd} on the Geneve tunnels (min_tx = min_rx, read from OVSDB); active gateway power-cut (SIGKILL of its "
         "ovs-vswitchd, ovsdb-server and agent); worker pod sending UDP every 10 ms; same EIP after the move.",
         "", "| what | kills | min | median | max |", "| --- | --- | --- | --- | --- |", *rows, "",
         f"Datagrams that reached the external host with a source other than the EIP: **{leaks}**.",
