@@ -92,7 +92,7 @@ def test_status_finalizer_events_and_configmap(emu, replica):
     # A pass with nothing new writes nothing.
     before = len(emu.requests)
     replica.settle()
-    assert [r.method for r in emu.requests[before:] if r.method != "GET"] == []
+    assert [r.method for r in list(emu.requests)[before:] if r.method != "GET"] == []
 
 
 def test_a_conflict_is_read_again_and_retried(emu, replica):
