@@ -302,6 +302,7 @@ def _run_kube(args: argparse.Namespace) -> int:
 
     from sdn_egress.kube.client import api_client, pod_namespace
     from sdn_egress.kube.events import EventRecorder
+    from sdn_egress.kube.heartbeat import LeaseReports
     from sdn_egress.kube.leader import LeaderElector
     from sdn_egress.kube.source import KubeSource
     from sdn_egress.kube.status import StatusPublisher
@@ -321,8 +322,10 @@ def _run_kube(args: argparse.Namespace) -> int:
         LOG.error("controller: %s", exc)
         return 2
     source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
+    reports = LeaseReports(api, namespace).start()
     store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
-    controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)))
+    controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)),
+                            reports=reports)
     _serve_metrics(controller, args)
     stop = _stop_on_signals()
     try:
@@ -331,7 +334,7 @@ def _run_kube(args: argparse.Namespace) -> int:
                 LOG.error("controller: %s holds the lease %s/%s", elector.holder(), namespace, args.lease_name)
                 return 1
             try:
-                if not source.wait_synced(stop=stop):
+                if not source.wait_synced(stop=stop) or not reports.informer.synced.wait(30):
                     return 1
                 controller.reconcile()
                 return 0
@@ -341,6 +344,9 @@ def _run_kube(args: argparse.Namespace) -> int:
         def lead(leading: threading.Event) -> None:
             if not source.wait_synced(stop=leading):
                 return
+            while not reports.informer.synced.wait(0.1):  # the agents' Leases, before any election
+                if leading.is_set():
+                    return
             LOG.info("controller %s: leading; allocation in %s", identity, store.where)
             controller.forget()
             controller.run(leading, resync_interval=args.resync_interval)
@@ -350,3 +356,4 @@ def _run_kube(args: argparse.Namespace) -> int:
         return 0
     finally:
         source.stop()
+        reports.stop()

@@ -77,8 +77,13 @@ class PassResult:
 
 class AgentCore:
     def __init__(self, config: AgentConfig, source: StateSource, store: AllocationStore,
-                 routing: HostRouting | None = None, metrics=None):
+                 routing: HostRouting | None = None, metrics=None, reporter=None):
+        """``store``: the controller's allocation (a status directory, or the
+        Kubernetes ConfigMap's reader).  ``reporter``: told this agent's
+        status after every pass (Kubernetes: its Lease); in standalone mode
+        the status goes to ``STATUS/nodes/NODE.json``."""
         self.config = config
+        self.reporter = reporter
         self.metrics = metrics
         self.source = source
         self.store = store
@@ -188,6 +193,8 @@ class AgentCore:
                 self._wake.wait(min(remaining, self.config.poll_interval))
 
     def _alloc_changed(self) -> bool:
+        if hasattr(self.store, "changed"):
+            return self.store.changed()  # the ConfigMap's informer tells
         path = getattr(self.store, "path", None)
         if path is None:
             return False
@@ -216,6 +223,10 @@ class AgentCore:
             return False
 
     def snapshot(self) -> tuple[ClusterState, Allocation]:
+        for what in (self.source, self.store):
+            if not getattr(what, "synced", True):
+                raise RuntimeError(f"waiting for the first answer of the API server ({type(what).__name__}); "
+                                   "the switches keep the flows they have")
         state = self.source.snapshot()
         self._alloc_changed()
         alloc = self.store.load() or Allocation()
@@ -412,6 +423,8 @@ class AgentCore:
         }
 
     def _write_status(self) -> None:
+        if self.reporter is not None:
+            self.reporter.report(self.status())
         if not self.config.status_dir:
             return
         path = os.path.join(self.config.status_dir, "nodes")

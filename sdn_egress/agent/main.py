@@ -10,10 +10,17 @@ LOG = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", required=True, help="this node's name (as in its Node object)")
-    parser.add_argument("--manifests", metavar="DIR",
-                        help="standalone mode: read cluster state from this manifest directory")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--manifests", metavar="DIR",
+                       help="standalone mode: read cluster state from this manifest directory")
+    where.add_argument("--kubeconfig", metavar="PATH",
+                       help="Kubernetes mode: reach the API server with this kubeconfig")
+    where.add_argument("--in-cluster", action="store_true",
+                       help="Kubernetes mode: reach the API server with the pod's service account")
     parser.add_argument("--status", metavar="DIR",
-                        help="standalone mode: the controller's status directory (allocation.json)")
+                        help="standalone mode: the controller's status directory (allocation.json; this "
+                             "agent's report goes to nodes/NODE.json). Kubernetes mode: optional, where "
+                             "this agent records its status and desired flows for the debug commands")
     parser.add_argument("--ovs-db", default="unix:/var/run/openvswitch/db.sock",
                         help="OVSDB target of this node's Open vSwitch")
     parser.add_argument("--ovs-rundir", help="OVS run directory (for logs and traces only)")
@@ -31,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on this port (all addresses); off by default")
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
+    kube = parser.add_argument_group("Kubernetes mode")
+    kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
+    kube.add_argument("--namespace", help="sdn-egress's namespace: the allocation ConfigMap and the agents' "
+                                          "Leases (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
+    kube.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
+                      help="renew this node's Lease at least this often (default 5 s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,12 +57,38 @@ def run(args: argparse.Namespace) -> int:
     from sdn_egress.allocation import AllocationStore
     from sdn_egress.source import ManifestDirSource
 
-    if not (args.manifests and args.status):
-        LOG.error("agent: --manifests and --status are required (standalone mode)")
+    if args.manifests and not args.status:
+        LOG.error("agent: --status DIR is required with --manifests (standalone mode)")
         return 2
+    try:
+        extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
+    except (netaddr.AddrFormatError, ValueError) as exc:
+        LOG.error("agent: --cluster-cidr: %s", exc)
+        return 2
+    reporter = None
+    started = []
+    if args.manifests:
+        source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), AllocationStore(args.status)
+    else:
+        from sdn_egress.kube.client import api_client, pod_namespace
+        from sdn_egress.kube.heartbeat import LeaseReporter
+        from sdn_egress.kube.source import KubeSource
+        from sdn_egress.kube.store import ConfigMapAllocationReader
+
+        try:
+            api = api_client(args.kubeconfig, args.context)
+        except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
+            LOG.error("agent: no Kubernetes API client: %s", exc)
+            return 2
+        namespace = args.namespace or pod_namespace()
+        source = KubeSource(api, extra_cluster_cidrs=extra)
+        store = ConfigMapAllocationReader(api, namespace)
+        reporter = LeaseReporter(api, namespace, args.node, interval=args.heartbeat)
+        started = [source.start(), store.start(), reporter.start()]
+        LOG.info("agent %s: state from the API server; allocation in %s; reports in %s", args.node,
+                 store.where, reporter.where)
     host, _, port = args.listen.rpartition(":")
     cfg.CONF(args=["--ofp-listen-host", host, "--ofp-tcp-listen-port", port], project="os_ken")
-    extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
     metrics = None
     if args.metrics_port:
         from sdn_egress.metrics import AgentMetrics
@@ -61,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
                         "mult": str(args.bfd_mult)}),
-        ManifestDirSource(args.manifests, extra_cluster_cidrs=extra),
-        AllocationStore(args.status),
-        metrics=metrics,
+        source, store, metrics=metrics, reporter=reporter,
     )
     if metrics:
         metrics.egress_from(core.egress_by_policy)
@@ -85,4 +122,6 @@ def run(args: argparse.Namespace) -> int:
         hub.joinall(services)
     finally:
         core.stop()
+        for part in started:
+            part.stop()
     return 0

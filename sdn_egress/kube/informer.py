@@ -2,10 +2,13 @@
 
 An :class:`Informer` lists its resource, remembers the list's resourceVersion,
 then watches from it, applying every ADDED/MODIFIED/DELETED event to its cache
-and moving its resourceVersion with every event (and BOOKMARK).  A watch that
-ends (server timeout, connection drop) resumes from the last resourceVersion;
-``410 Gone`` (the version is too old) means a fresh list; any other failure is
-retried with exponential backoff.  The cache holds the raw objects (dicts, with
+and moving its resourceVersion with every event (and BOOKMARK).  A watch the
+server ends (its timeout, a restart of its watch cache) resumes from the last
+resourceVersion; ``410 Gone`` (the version is too old) means a fresh list; any
+other failure (connection refused or reset, a 5xx) is retried with exponential
+backoff from the same version.  :attr:`Informer.failing` tells that the last
+request failed; the first list or event after that ends the outage
+(:attr:`Informer.recovered_at`).  The cache holds the raw objects (dicts, with
 ``kind`` and ``apiVersion`` filled in: list items carry neither); it is
 replaced whole by a list, so a reader never sees half of one.
 """
@@ -15,6 +18,7 @@ import copy
 import json
 import logging
 import threading
+import time
 from typing import Callable
 
 from sdn_egress.kube.resources import NODES, Resource, list_function
@@ -52,9 +56,16 @@ def _key(obj: dict) -> tuple[str, str]:
 
 class Informer:
     def __init__(self, api_client, res: Resource, on_change: Callable[[], None] | None = None,
-                 watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX):
+                 watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX,
+                 namespace: str | None = None, label_selector: str | None = None,
+                 field_selector: str | None = None):
+        """``namespace``, ``label_selector``, ``field_selector``: only the
+        objects they select (default: every object of ``res``)."""
         self.api_client = api_client
         self.res = res
+        self.namespace = namespace
+        self._selectors = {k: v for k, v in (("label_selector", label_selector),
+                                             ("field_selector", field_selector)) if v}
         self.on_change = on_change or (lambda: None)
         self.watch_timeout = watch_timeout
         self.backoff_max = backoff_max
@@ -62,6 +73,8 @@ class Informer:
         self.resource_version: str | None = None
         self.lists = 0  # how many times the resource was listed (1 + relists)
         self.watches = 0  # how many watch requests were made
+        self.failing = False  # the last list or watch failed; retrying
+        self.recovered_at = 0.0  # time.monotonic() of the first list or watch that worked after a failure
         self._cache: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -110,13 +123,22 @@ class Informer:
                     continue
                 if self._stop.is_set():
                     break
+                self.failing = True
                 backoff = min(max(backoff * 2, BACKOFF_MIN), self.backoff_max)
                 LOG.warning("%s: %s; retrying in %.1f s", self.res.plural, _why(exc), backoff)
                 self._stop.wait(backoff)
 
+    def _contact(self) -> None:
+        """The API answered: the end of an outage, if there was one."""
+        if self.failing:
+            self.failing = False
+            self.recovered_at = time.monotonic()
+            LOG.info("%s: the API server answers again", self.res.plural)
+
     def _list(self) -> None:
-        func, args = list_function(self.api_client, self.res)
-        resp = func(*args, _preload_content=False)
+        func, args = list_function(self.api_client, self.res, self.namespace)
+        resp = func(*args, _preload_content=False, **self._selectors)
+        self._contact()
         data = json.loads(resp.data)
         self.lists += 1
         cache = {}
@@ -141,14 +163,15 @@ class Informer:
     def _watch_once(self) -> None:
         from kubernetes import watch
 
-        func, args = list_function(self.api_client, self.res)
+        func, args = list_function(self.api_client, self.res, self.namespace)
         w = watch.Watch(return_type="object")
         self._watch = w
         self.watches += 1
         try:
             for event in w.stream(func, *args, resource_version=self.resource_version,
                                   timeout_seconds=self.watch_timeout, allow_watch_bookmarks=True,
-                                  _request_timeout=(10, self.watch_timeout + 30)):
+                                  _request_timeout=(10, self.watch_timeout + 30), **self._selectors):
+                self._contact()
                 if self._stop.is_set():
                     break
                 self._apply(event["type"], event["raw_object"])

@@ -39,21 +39,34 @@ GATEWAYS = Resource(API_GROUP, API_VERSION, "egressgateways", "EgressGateway", F
 POLICIES = Resource(API_GROUP, API_VERSION, "egresspolicies", "EgressPolicy", True, True)
 CLUSTER_POLICIES = Resource(API_GROUP, API_VERSION, "egressclusterpolicies", "EgressClusterPolicy", False, True)
 
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+
 # What the state source watches, in the order a snapshot reads them.
 WATCHED = (NODES, NAMESPACES, PODS, GATEWAYS, POLICIES, CLUSTER_POLICIES)
 BY_KIND = {r.kind: r for r in WATCHED}
 
 
-def list_function(api_client, res: Resource):
+def list_function(api_client, res: Resource, namespace: str | None = None):
     """(function, args) that list (and, with watch=True, watch) ``res``
-    across all namespaces."""
+    across all namespaces, or in ``namespace``."""
     from kubernetes import client
 
     if res.custom:
-        return client.CustomObjectsApi(api_client).list_cluster_custom_object, (res.group, res.version, res.plural)
+        api = client.CustomObjectsApi(api_client)
+        if namespace and res.namespaced:
+            return api.list_namespaced_custom_object, (res.group, res.version, namespace, res.plural)
+        return api.list_cluster_custom_object, (res.group, res.version, res.plural)
+    if res == LEASES:
+        api = client.CoordinationV1Api(api_client)
+        return (api.list_namespaced_lease, (namespace,)) if namespace else (api.list_lease_for_all_namespaces, ())
     core = client.CoreV1Api(api_client)
+    if namespace and res.namespaced:
+        return {"pods": core.list_namespaced_pod,
+                "configmaps": core.list_namespaced_config_map}[res.plural], (namespace,)
     return {
         "nodes": core.list_node,
         "namespaces": core.list_namespace,
         "pods": core.list_pod_for_all_namespaces,
+        "configmaps": core.list_config_map_for_all_namespaces,
     }[res.plural], ()

@@ -44,6 +44,11 @@ class KubeSource:
         for inf in self.informers.values():
             inf.stop()
 
+    @property
+    def synced(self) -> bool:
+        """Every informer has listed once (before that, a snapshot would miss objects)."""
+        return all(inf.synced.is_set() for inf in self.informers.values())
+
     def wait_synced(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Block until every informer has listed once (or ``timeout``, or ``stop``)."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 from sdn_egress.allocation import Allocation, AllocationStore
 
@@ -102,3 +103,57 @@ class ConfigMapAllocationStore:
                     raise
                 LOG.info("%s changed under us; reading it again", self.where)
         return mirrored
+
+
+class ConfigMapAllocationReader:
+    """The agents' side: the allocation ConfigMap through an informer (one
+    object, by field selector), parsed once per version.  Until the first
+    list, :attr:`synced` is False and the agent changes nothing; while the API
+    server is away, the last version read stays in force."""
+
+    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP):
+        from sdn_egress.kube.informer import Informer
+        from sdn_egress.kube.resources import CONFIGMAPS
+
+        self.namespace = namespace
+        self.name = name
+        self._changed = threading.Event()
+        self.informer = Informer(api_client, CONFIGMAPS, on_change=self._changed.set, namespace=namespace,
+                                 field_selector=f"metadata.name={name}")
+        self._parsed: tuple[str, Allocation | None] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name}"
+
+    @property
+    def synced(self) -> bool:
+        return self.informer.synced.is_set()
+
+    def start(self) -> "ConfigMapAllocationReader":
+        self.informer.start()
+        return self
+
+    def stop(self) -> None:
+        self.informer.stop()
+
+    def load(self) -> Allocation | None:
+        cm = self.informer.get(self.name, self.namespace)
+        if cm is None:
+            return None
+        version = str((cm.get("metadata") or {}).get("resourceVersion"))
+        if self._parsed is None or self._parsed[0] != version:
+            text = (cm.get("data") or {}).get(ConfigMapAllocationStore.ALLOCATION)
+            try:
+                alloc = Allocation.from_json(text) if text is not None else None
+            except ValueError as exc:
+                raise ValueError(f"{self.where}, key {ConfigMapAllocationStore.ALLOCATION}: {exc}") from None
+            self._parsed = (version, alloc)
+        return self._parsed[1]
+
+    def changed(self) -> bool:
+        """True once after every change of the ConfigMap."""
+        if self._changed.is_set():
+            self._changed.clear()
+            return True
+        return False

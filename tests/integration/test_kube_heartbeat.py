@@ -1,0 +1,131 @@
+"""The agents' reports through Leases, and the allocation ConfigMap as the
+agents read it: the real kubernetes client against the emulated API server."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdn_egress.allocation import Allocation
+from sdn_egress.kube.heartbeat import REPORT, LeaseReporter, LeaseReports, lease_name
+from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
+
+from .kubeemu import api, emu  # noqa: F401 - fixtures
+
+NS = "sdn-egress"
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def status(*held: str, dead=(), passes: int = 1) -> dict:
+    return {"node": "ignored", "held_eips": list(held), "dead_peers": list(dead), "isolated": False,
+            "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}}}
+
+
+@pytest.fixture
+def parts(api):
+    made = []
+
+    def make(part):
+        made.append(part.start())
+        return part
+
+    yield make
+    for part in reversed(made):
+        part.stop()
+
+
+def test_the_agent_report_reaches_the_controller_through_the_nodes_lease(emu, api, parts):
+    reports = parts(LeaseReports(api, NS))
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=60))  # no heartbeat in this test's time
+    reporter.report(status("192.0.2.200", dead=["bravo"]))
+    emu.wait_for(lambda: reports.held() == {"192.0.2.200": "alpha"})
+    lease = emu.get("Lease", "sdn-egress-agent-alpha", NS)
+    assert lease["spec"]["holderIdentity"] == "alpha" and lease["spec"]["leaseDurationSeconds"] == 30
+    assert lease["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
+    report = json.loads(lease["metadata"]["annotations"][REPORT])
+    assert report == {"held_eips": ["192.0.2.200"], "dead_peers": ["bravo"], "isolated": False, "error": None,
+                      "passes": 1, "pid": 4242, "tunnels": {}}
+    # A failover is written at once, not at the next heartbeat...
+    reporter.report(status(passes=2))
+    emu.wait_for(lambda: reports.held() == {})
+    writes = reporter.writes
+    # ...while a pass that changed nothing the controller needs waits for it.
+    reporter.report(status(passes=3))
+    reporter.report(status(passes=4))
+    assert reporter.writes == writes
+    assert reports.gone() == set()
+
+
+def test_the_lease_is_renewed_at_every_heartbeat(emu, api, parts):
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=0.2))
+    reporter.report(status())
+    renewals = set()
+
+    def three_renewals():
+        lease = emu.get("Lease", lease_name("alpha"), NS)
+        if lease:
+            renewals.add(lease["spec"]["renewTime"])
+        return len(renewals) >= 3
+    emu.wait_for(three_renewals)
+    assert reporter.writes >= 3
+
+
+def test_a_node_is_gone_when_its_lease_stops_changing_by_the_controllers_clock(emu, api, parts):
+    clock = Clock()
+    reports = parts(LeaseReports(api, NS, fresh=30, clock=clock))
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=60))
+    reporter.report(status("192.0.2.200"))
+    emu.wait_for(lambda: "alpha" in reports.read())
+    clock.t += 29
+    assert reports.gone() == set() and reports.held() == {"192.0.2.200": "alpha"}
+    clock.t += 2  # 31 s without a change seen: whatever the agent's clock says
+    assert reports.gone() == {"alpha"} and reports.held() == {}
+    reporter.report(status())  # it writes again: back
+    emu.wait_for(lambda: not reports.gone())
+
+
+def test_an_api_outage_is_not_taken_for_every_agent_dying(emu, api, parts):
+    clock = Clock()
+    reports = parts(LeaseReports(api, NS, fresh=30, clock=clock))
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=1))
+    reporter.report(status("192.0.2.200"))
+    emu.wait_for(lambda: "alpha" in reports.read())
+    host, port = emu.server.server_address[:2]
+    emu.stop()
+    emu.wait_for(lambda: reports.informer.failing and reporter.failing)
+    clock.t += 100  # long past fresh, but nothing could be renewed or seen
+    assert reports.gone() == set()
+    assert reports.held() == {"192.0.2.200": "alpha"}  # the last reports seen stand
+    emu.start(host, port)
+    emu.wait_for(lambda: not reports.informer.failing and not reporter.failing)
+    # Back: every node has a fresh grace from the end of the outage.
+    clock.t += 29
+    assert reports.gone() == set()
+
+
+def test_the_agents_read_the_allocation_configmap_once_per_version(emu, api, parts):
+    writer = ConfigMapAllocationStore(api, NS)
+    reader = ConfigMapAllocationReader(api, NS)
+    assert not reader.synced
+    parts(reader)
+    emu.wait_for(lambda: reader.synced)
+    assert reader.load() is None  # not written yet: the agent holds nothing
+    alloc = Allocation.from_json(json.dumps({"eips": [{"ip": "192.0.2.200", "gateway": "edge", "tunnel_key": 1,
+                                                       "nodes": ["alpha", "bravo"], "policies": ["shop/cart"]}]}))
+    writer.save(alloc)
+    emu.wait_for(lambda: reader.load() is not None)
+    assert reader.changed() and not reader.changed()
+    assert [(str(a.ip), a.nodes) for a in reader.load().eips] == [("192.0.2.200", ("alpha", "bravo"))]
+    cm = emu.get("ConfigMap", "sdn-egress-allocation", NS)
+    cm["data"]["allocation.json"] = "{not json"
+    emu.apply(cm)
+    emu.wait_for(reader.changed)
+    with pytest.raises(ValueError, match=r"ConfigMap sdn-egress/sdn-egress-allocation, key allocation.json"):
+        reader.load()
