@@ -33,6 +33,10 @@ BRIDGES = ("br-int", "br-ex")
 RETRY_UNRESOLVED = 0.5  # seconds until a pass retries an unresolved next hop
 
 
+class NotReady(RuntimeError):
+    """No cluster state yet (the API server has not answered a first list)."""
+
+
 @dataclass
 class AgentConfig:
     node: str
@@ -166,6 +170,11 @@ class AgentCore:
                 # An unresolved next hop is retried soon, not at the next
                 # full resync: nothing else would wake the loop for it.
                 backoff = RETRY_UNRESOLVED if self._unresolved else 0.0
+            except NotReady as exc:
+                LOG.warning("%s", exc)
+                self.last_result = PassResult(error=str(exc))
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+                self._write_status()
             except Exception as exc:  # noqa: BLE001 - the loop must live
                 LOG.exception("reconcile failed: %s", exc)
                 if self.metrics:
@@ -225,8 +234,8 @@ class AgentCore:
     def snapshot(self) -> tuple[ClusterState, Allocation]:
         for what in (self.source, self.store):
             if not getattr(what, "synced", True):
-                raise RuntimeError(f"waiting for the first answer of the API server ({type(what).__name__}); "
-                                   "the switches keep the flows they have")
+                raise NotReady(f"waiting for the first answer of the API server ({type(what).__name__}); "
+                               "the switches keep the flows they have, plus the tables' miss flows")
         state = self.source.snapshot()
         self._alloc_changed()
         alloc = self.store.load() or Allocation()
@@ -243,7 +252,11 @@ class AgentCore:
     def reconcile(self, full: bool = False) -> PassResult:
         with self._lock:
             bridges = dict(self._bridges)
-        state, alloc = self.snapshot()
+        try:
+            state, alloc = self.snapshot()
+        except NotReady:
+            self._bootstrap(bridges)
+            raise
         self._sync_tunnels(state, alloc)
         gateway = any(self.config.node in a.nodes for a in alloc.eips)
         dead = self.liveness.judge(self._bfd_states(), gateway)
@@ -279,6 +292,23 @@ class AgentCore:
         self.last_result = result
         self._write_status()
         return result
+
+    def _bootstrap(self, bridges: dict[str, _BridgeState]) -> None:
+        """Before any state: add the miss flow of every table that lacks it,
+        delete nothing.  br-ex's NORMAL miss gives the node its own traffic
+        back (after a fresh start of OVS the uplink bridge, fail_mode=secure,
+        holds nothing: not even the way to the API server); br-int's drops
+        keep what the host steers into it from leaving with the node IP."""
+        base = flows.base.flows()
+        for bridge, st in bridges.items():
+            if st.installed is None:
+                st.installed = st.switch.dump_flows(table_names(bridge))
+            missing = [f for f in base if f.bridge == bridge and f not in st.installed]
+            if missing:
+                st.switch.apply(missing, [])
+                st.installed |= set(missing)
+                LOG.warning("%s: no cluster state yet; added the %d table-miss flows it lacked "
+                            "(the node's own traffic passes, nothing is steered)", bridge, len(missing))
 
     def _sync_bridge(self, st: _BridgeState, desired: frozenset[Flow], full: bool) -> tuple[int, int]:
         names = table_names(st.switch.bridge)
