@@ -232,6 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kube.add_argument("--namespace", help="the controller's namespace: its Lease and the allocation "
                                           "ConfigMap (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
     kube.add_argument("--lease-name", default="sdn-egress-controller", help="the leader election Lease")
+    kube.add_argument("--agent-lease-namespace", metavar="NAMESPACE",
+                      help="where the agents keep their Leases (default: sdn-egress-agents)")
     kube.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME, else the host name)")
     kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
     kube.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
@@ -302,7 +304,7 @@ def _run_kube(args: argparse.Namespace) -> int:
 
     from sdn_egress.kube.client import api_client, pod_namespace
     from sdn_egress.kube.events import EventRecorder
-    from sdn_egress.kube.heartbeat import LeaseReports
+    from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReports
     from sdn_egress.kube.leader import LeaderElector
     from sdn_egress.kube.source import KubeSource
     from sdn_egress.kube.status import StatusPublisher
@@ -322,7 +324,7 @@ def _run_kube(args: argparse.Namespace) -> int:
         LOG.error("controller: %s", exc)
         return 2
     source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
-    reports = LeaseReports(api, namespace).start()
+    reports = LeaseReports(api, args.agent_lease_namespace or LEASE_NAMESPACE).start()
     store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
     controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)),
                             reports=reports)

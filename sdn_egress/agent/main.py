@@ -7,6 +7,8 @@ import signal
 
 LOG = logging.getLogger(__name__)
 
+API_BACKOFF = 10.0  # seconds: the longest wait between two tries to reach the API server
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", required=True, help="this node's name (as in its Node object)")
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
     kube.add_argument("--namespace", help="sdn-egress's namespace: the allocation ConfigMap and the agents' "
                                           "Leases (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
+    kube.add_argument("--lease-namespace", default=None, metavar="NAMESPACE",
+                      help="where this node's Lease (its report to the controller) goes "
+                           "(default: sdn-egress-agents)")
     kube.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
                       help="renew this node's Lease at least this often (default 5 s)")
 
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), AllocationStore(args.status)
     else:
         from sdn_egress.kube.client import api_client, pod_namespace
-        from sdn_egress.kube.heartbeat import LeaseReporter
+        from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.kube.source import KubeSource
         from sdn_egress.kube.store import ConfigMapAllocationReader
 
@@ -81,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
             LOG.error("agent: no Kubernetes API client: %s", exc)
             return 2
         namespace = args.namespace or pod_namespace()
-        source = KubeSource(api, extra_cluster_cidrs=extra)
-        store = ConfigMapAllocationReader(api, namespace)
-        reporter = LeaseReporter(api, namespace, args.node, interval=args.heartbeat)
+        # Retries at most API_BACKOFF apart: a node that lost the API (its
+        # restart, a cut link) picks the state up again soon after it is back.
+        source = KubeSource(api, extra_cluster_cidrs=extra, backoff_max=API_BACKOFF)
+        store = ConfigMapAllocationReader(api, namespace, backoff_max=API_BACKOFF)
+        reporter = LeaseReporter(api, args.lease_namespace or LEASE_NAMESPACE, args.node,
+                                 interval=args.heartbeat)
         started = [source.start(), store.start(), reporter.start()]
         LOG.info("agent %s: state from the API server; allocation in %s; reports in %s", args.node,
                  store.where, reporter.where)

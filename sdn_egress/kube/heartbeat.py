@@ -1,8 +1,9 @@
 """The agents' reports through the API: one ``coordination.k8s.io`` Lease per node.
 
 What ``STATUS/nodes/NODE.json`` is in standalone mode (:mod:`sdn_egress.reports`).
-Each agent keeps Lease ``sdn-egress-agent-NODE`` in the sdn-egress namespace
-(as the kubelet keeps its node Lease): ``spec.renewTime`` is its heartbeat,
+Each agent keeps Lease ``sdn-egress-agent-NODE`` in namespace
+``sdn-egress-agents`` (as the kubelet keeps its node Lease in a namespace of
+its own, so that the agents' right to write Leases reaches no other Lease): ``spec.renewTime`` is its heartbeat,
 annotation ``sdn-egress.io/report`` what its data plane does (the EIPs it
 holds, the gateway peers BFD sees dead, whether it considers itself cut off).
 The agent writes when that changes and every ``interval`` seconds otherwise,
@@ -29,6 +30,7 @@ from sdn_egress.reports import FRESH
 
 LOG = logging.getLogger(__name__)
 
+NAMESPACE = "sdn-egress-agents"
 REPORT = "sdn-egress.io/report"
 LABELS = {"app.kubernetes.io/name": "sdn-egress", "app.kubernetes.io/component": "agent"}
 SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())

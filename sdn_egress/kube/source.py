@@ -23,12 +23,13 @@ from sdn_egress.source import Assembler, _Pass
 
 class KubeSource:
     def __init__(self, api_client, extra_cluster_cidrs: Iterable[str | netaddr.IPNetwork] = (),
-                 resources: Iterable[Resource] = WATCHED, watch_timeout: int | None = None):
+                 resources: Iterable[Resource] = WATCHED, watch_timeout: int | None = None,
+                 backoff_max: float | None = None):
         self.api_client = api_client
         self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
         self._changed = threading.Event()
         self._changed.set()  # no snapshot taken yet
-        kwargs = {"watch_timeout": watch_timeout} if watch_timeout else {}
+        kwargs = {k: v for k, v in (("watch_timeout", watch_timeout), ("backoff_max", backoff_max)) if v}
         self.informers = {r.kind: Informer(api_client, r, on_change=self._changed.set, **kwargs)
                           for r in resources}
         self._history = Assembler()

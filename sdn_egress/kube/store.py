@@ -111,15 +111,15 @@ class ConfigMapAllocationReader:
     list, :attr:`synced` is False and the agent changes nothing; while the API
     server is away, the last version read stays in force."""
 
-    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP):
-        from sdn_egress.kube.informer import Informer
+    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, backoff_max: float | None = None):
+        from sdn_egress.kube.informer import BACKOFF_MAX, Informer
         from sdn_egress.kube.resources import CONFIGMAPS
 
         self.namespace = namespace
         self.name = name
         self._changed = threading.Event()
         self.informer = Informer(api_client, CONFIGMAPS, on_change=self._changed.set, namespace=namespace,
-                                 field_selector=f"metadata.name={name}")
+                                 field_selector=f"metadata.name={name}", backoff_max=backoff_max or BACKOFF_MAX)
         self._parsed: tuple[str, Allocation | None] | None = None
 
     @property

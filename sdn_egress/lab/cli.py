@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="se", help="network namespace name prefix")
     p.add_argument("--no-agents", action="store_true", help="no agents and no controller")
     p.add_argument("--force", action="store_true", help="replace a lab that is up")
+    p.add_argument("--kube", action="store_true",
+                   help="serve the cluster state from an API server in the router namespace "
+                        "(192.0.2.1:6443); controller and agents run in Kubernetes mode")
     sub.add_parser("down", help="remove every namespace, process and file of the lab")
     p = sub.add_parser("status", help="addresses, policies, errors")
     p.add_argument("--json", action="store_true")
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cmd = args.lab_command
         if cmd == "up":
-            lab.up(args.topology, manifests_dir=args.manifests, agents=not args.no_agents, force=args.force)
+            lab.up(args.topology, manifests_dir=args.manifests, agents=not args.no_agents, force=args.force,
+                       kube=args.kube)
             _print_status(lab.status())
         elif cmd == "down":
             lab.down()

@@ -8,6 +8,12 @@
   agent process, Calico-style routed pods and a CNI-style masquerade;
 - per pod a namespace; per external host a namespace running the echo service.
 
+With ``kube=True`` the cluster state lives in an API server
+(:mod:`sdn_egress.lab.kubeapi`) in the router namespace, on 192.0.2.1:6443:
+the controller (in the router namespace) and the agents take their state
+through the Kubernetes source, as in a cluster; ``apply``, ``delete`` and
+``label`` write to the API.  Otherwise they read a manifest directory.
+
 Everything the lab makes is recorded in ``STATE/lab.json`` as it is made, so
 ``down()`` removes it all, also after a crash of whatever brought it up.
 """
@@ -31,7 +37,9 @@ DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 
 
 AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
-CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace
+CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of the router's)
+KUBE_API_PORT = 6443  # on the router's underlay address
+KUBE_NAMESPACE = "sdn-egress"  # the controller's Lease, the allocation ConfigMap
 
 
 class LabError(RuntimeError):
@@ -114,6 +122,27 @@ class Lab(Traffic):
     def status_dir(self) -> str:
         return os.path.join(self.state_dir, "status")
 
+    @property
+    def kube_dir(self) -> str:
+        return os.path.join(self.state_dir, "kube")
+
+    @property
+    def kubeconfig(self) -> str:
+        """The kubeconfig the controller and agents use (the API over the underlay)."""
+        return os.path.join(self.kube_dir, "kubeconfig")
+
+    @property
+    def kube(self) -> bool:
+        return bool(self.load().get("kube"))
+
+    def kube_api(self):
+        """A client of the lab's API server (over its Unix socket)."""
+        from sdn_egress.lab.kubeapi import Client
+
+        if not self.kube:
+            raise LabError("this lab has no API server (lab up --kube)")
+        return Client(os.path.join(self.kube_dir, "api.sock"))
+
     def node_dir(self, node: str) -> str:
         return os.path.join(self.state_dir, "nodes", node)
 
@@ -146,7 +175,7 @@ class Lab(Traffic):
 
     # -- up ------------------------------------------------------------------------------
     def up(self, topology_path: str | None = None, manifests_dir: str | None = None,
-           agents: bool = True, force: bool = False) -> None:
+           agents: bool = True, force: bool = False, kube: bool = False) -> None:
         topology_path = topology_path or topo_mod.default_topology_path()
         with open(topology_path) as f:
             raw = yaml.safe_load(f)
@@ -159,7 +188,7 @@ class Lab(Traffic):
         for d in ("manifests/cluster", "manifests/user", "status", "nodes", "externals"):
             os.makedirs(os.path.join(self.state_dir, d), exist_ok=True)
         self._state = {"prefix": self.prefix, "topology": raw, "pids": {}, "agents": agents,
-                       "namespaces": [], "started": time.time()}
+                       "namespaces": [], "started": time.time(), "kube": kube}
         self._save()
         try:
             self._build(topo, agents)
@@ -200,6 +229,8 @@ class Lab(Traffic):
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP}/24", "dev", "u0")
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP}/24", "dev", "x0")
         self._sysctl(rtr, "net.ipv4.ip_forward=1")
+        if self.kube:
+            self.start_kube_api()
 
         for x in topo.externals:
             ns = self._netns(self.ns_external(x.index))
@@ -284,20 +315,59 @@ class Lab(Traffic):
                     raise LabError(f"echo service on {x.name} did not start (see its echo.log)")
                 time.sleep(0.05)
 
+    def _state_args(self) -> list[str]:
+        if self.kube:
+            return ["--kubeconfig", self.kubeconfig, "--namespace", KUBE_NAMESPACE]
+        return ["--manifests", self.manifests]
+
     def _start_controller(self) -> None:
-        self._spawn("controller", None,
-                    [_bin("sdn-egress"), "controller", "--manifests", self.manifests,
+        # --status: standalone, where the allocation goes; kube, a copy of the ConfigMap.
+        self._spawn("controller", self.ns_router() if self.kube else None,
+                    [_bin("sdn-egress"), "controller", *self._state_args(),
                      "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR,
-                     "--metrics-port", str(CONTROLLER_METRICS_PORT)],
+                     "--metrics-port", str(CONTROLLER_METRICS_PORT)]
+                    + (["--identity", "lab-controller"] if self.kube else []),
                     os.path.join(self.state_dir, "controller.log"))
 
     def start_agent(self, node: str) -> int:
         ovs = self.ovs(node)
+        # --status: standalone, the controller's directory (and this agent's
+        # report); kube, where the agent records its status and flows only.
         return self._spawn(f"agent:{node}", self.ns_node(node),
-                           [_bin("sdn-egress"), "agent", "--node", node, "--manifests", self.manifests,
+                           [_bin("sdn-egress"), "agent", "--node", node, *self._state_args(),
                             "--status", self.status_dir, "--ovs-db", ovs.db_target,
                             "--ovs-rundir", ovs.rundir, "--metrics-port", str(AGENT_METRICS_PORT)],
                            os.path.join(self.node_dir(node), "agent.log"))
+
+    def start_kube_api(self, timeout: float = 15.0) -> int:
+        """Start the lab's API server in the router namespace (its objects
+        kept in ``kube/objects.json``: a restart keeps them, as etcd would)."""
+        os.makedirs(self.kube_dir, exist_ok=True)
+        ready = os.path.join(self.kube_dir, "ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        with open(self.kubeconfig, "w") as f:
+            f.write("apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
+                    f"clusters: [{{name: lab, cluster: {{server: 'http://{topo_mod.ROUTER_UNDERLAY_IP}:"
+                    f"{KUBE_API_PORT}'}}}}]\n"
+                    "users: [{name: lab, user: {token: lab}}]\n"
+                    "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n")
+        pid = self._spawn("kubeapi", self.ns_router(),
+                          [sys.executable, "-m", "sdn_egress.lab.kubeapi",
+                           "--listen", f"{topo_mod.ROUTER_UNDERLAY_IP}:{KUBE_API_PORT}",
+                           "--unix", os.path.join(self.kube_dir, "api.sock"),
+                           "--state", os.path.join(self.kube_dir, "objects.json"), "--ready", ready],
+                          os.path.join(self.kube_dir, "api.log"))
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ready):
+            if not _alive(pid) or time.monotonic() > deadline:
+                raise LabError(f"the lab's API server did not start (see {self.kube_dir}/api.log)")
+            time.sleep(0.05)
+        return pid
+
+    def stop_kube_api(self) -> None:
+        """The API server goes away (SIGTERM); the objects stay on disk."""
+        _kill(self.load()["pids"].get("kubeapi"))
 
     def stop_agent(self, node: str) -> None:
         _kill(self.load()["pids"].get(f"agent:{node}"))
@@ -376,16 +446,21 @@ class Lab(Traffic):
         os.replace(tmp, path)
 
     def _write_cluster_manifests(self, topo: Topology) -> None:
-        cluster = os.path.join(self.manifests, "cluster")
-        self._write(os.path.join(cluster, "nodes.yaml"), [
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
-             "spec": {"podCIDR": n.pod_cidr},
-             "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
-                        "conditions": [{"type": "Ready", "status": "True"}]}}
-            for n in topo.nodes])
-        namespaces = sorted({p.namespace for p in topo.pods})
-        self._write(os.path.join(cluster, "namespaces.yaml"), [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces])
+        nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
+                  "spec": {"podCIDR": n.pod_cidr},
+                  "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
+                             "conditions": [{"type": "Ready", "status": "True"}]}}
+                 for n in topo.nodes]
+        namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                      for ns in sorted({p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, "sdn-egress-agents"} if self.kube else set()))]
+        if self.kube:
+            api = self.kube_api()
+            for obj in nodes + namespaces:
+                api.apply(obj)
+        else:
+            cluster = os.path.join(self.manifests, "cluster")
+            self._write(os.path.join(cluster, "nodes.yaml"), nodes)
+            self._write(os.path.join(cluster, "namespaces.yaml"), namespaces)
         for pod in topo.pods:
             self._write_pod(pod, pod.labels)
 
@@ -393,11 +468,14 @@ class Lab(Traffic):
         return os.path.join(self.manifests, "cluster", "pods", f"{pod.namespace}--{pod.name}.yaml")
 
     def _write_pod(self, pod, labels: dict) -> None:
-        self._write(self._pod_file(pod), [
-            {"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
-             "spec": {"nodeName": pod.node},
-             "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}])
+        obj = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
+               "spec": {"nodeName": pod.node},
+               "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}
+        if self.kube:
+            self.kube_api().apply(obj)
+        else:
+            self._write(self._pod_file(pod), [obj])
 
     def pod(self, name: str):
         pods = self.topology().pods
@@ -411,6 +489,11 @@ class Lab(Traffic):
 
     def pod_labels(self, name: str) -> dict:
         pod = self.pod(name)
+        if self.kube:
+            obj = self.kube_api().get("Pod", pod.name, pod.namespace)
+            if obj is None:
+                raise LabError(f"pod {pod.key} is not in the lab's API server")
+            return obj["metadata"].get("labels") or {}
         with open(self._pod_file(pod)) as f:
             return yaml.safe_load(f)["metadata"].get("labels") or {}
 
@@ -442,8 +525,11 @@ class Lab(Traffic):
 
     def apply(self, path: str) -> list[str]:
         """Copy manifests into the lab's user manifest directory (the
-        controller and agents pick them up)."""
+        controller and agents pick them up); with an API server, create or
+        replace the objects there (returns their API paths)."""
         self.load()
+        if self.kube:
+            return self._kube_apply(path)
         out = []
         for f in self._yaml_files(path):
             dest = os.path.join(self.manifests, "user", os.path.basename(f))
@@ -451,6 +537,24 @@ class Lab(Traffic):
                 docs = [d for d in yaml.safe_load_all(src) if d is not None]
             self._write(dest, docs)
             out.append(dest)
+        return out
+
+    def _kube_apply(self, path: str) -> list[str]:
+        from sdn_egress.lab.kubeapi import ApiError
+
+        api, out = self.kube_api(), []
+        for f in self._yaml_files(path):
+            with open(f) as src:
+                docs = [d for d in yaml.safe_load_all(src) if d is not None]
+            for i, d in enumerate(docs):
+                if not isinstance(d, dict) or not isinstance(d.get("metadata"), dict) or not d["metadata"].get("name"):
+                    raise LabError(f"{f}: document {i + 1}: not an object with metadata.name")
+                try:
+                    api.apply(d)
+                except (ApiError, ValueError) as exc:
+                    raise LabError(f"{f}: {d.get('kind')} {d['metadata']['name']}: {exc}") from None
+                kind, ns, name = _ident(d)
+                out.append(api.path(kind, name, ns))
         return out
 
     def delete(self, path: str) -> int:
@@ -462,6 +566,9 @@ class Lab(Traffic):
                 for d in yaml.safe_load_all(src):
                     if isinstance(d, dict):
                         names.add(_ident(d))
+        if self.kube:
+            api = self.kube_api()
+            return sum(api.delete(kind, name, ns) for kind, ns, name in sorted(names))
         removed = 0
         user = os.path.join(self.manifests, "user")
         for f in sorted(os.listdir(user)):

@@ -37,9 +37,10 @@ def pytest_collection_modifyitems(items):
 
 
 @contextlib.contextmanager
-def lab_up(topology: dict, prefix: str):
+def lab_up(topology: dict, prefix: str, kube: bool = False):
     """A lab of ``topology`` in a temporary state directory, removed with
-    everything it made when the block ends, also on failure."""
+    everything it made when the block ends, also on failure (``kube``: the
+    state served by the lab's API server)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, OVS)")
     state = tempfile.mkdtemp(prefix="sdn-egress-e2e-")
@@ -48,7 +49,7 @@ def lab_up(topology: dict, prefix: str):
         yaml.safe_dump(topology, f)
     the_lab = Lab(state_dir=os.path.join(state, "lab"), prefix=prefix + uuid.uuid4().hex[:3])
     try:
-        the_lab.up(topo)
+        the_lab.up(topo, kube=kube)
         yield the_lab
     finally:
         try:

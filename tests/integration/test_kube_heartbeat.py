@@ -74,7 +74,6 @@ def test_the_lease_is_renewed_at_every_heartbeat(emu, api, parts):
             renewals.add(lease["spec"]["renewTime"])
         return len(renewals) >= 3
     emu.wait_for(three_renewals)
-    assert reporter.writes >= 3
 
 
 def test_a_node_is_gone_when_its_lease_stops_changing_by_the_controllers_clock(emu, api, parts):

@@ -182,17 +182,23 @@ def test_transition_rules_make_eip_and_gateway_immutable(old_spec, new_spec, mes
 DEPLOY_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "deploy")
 
 
-def deploy_objects() -> dict[tuple[str, str], dict]:
+def deploy_objects() -> dict[tuple, dict]:
+    """(kind, name) -> object; a Role or RoleBinding outside the sdn-egress
+    namespace is under (kind, name, namespace)."""
     out = {}
     for name in sorted(os.listdir(DEPLOY_DIR)):
         with open(os.path.join(DEPLOY_DIR, name)) as f:
             for doc in yaml.safe_load_all(f):
-                out[(doc["kind"], doc["metadata"]["name"])] = doc
+                key = (doc["kind"], doc["metadata"]["name"])
+                if doc["metadata"].get("namespace", "sdn-egress") != "sdn-egress":
+                    key += (doc["metadata"]["namespace"],)
+                assert key not in out, f"{name}: {key} twice"
+                out[key] = doc
     return out
 
 
-def rules(objs, kind, name):
-    return objs[(kind, name)]["rules"]
+def rules(objs, kind, name, namespace=None):
+    return objs[(kind, name) + ((namespace,) if namespace else ())]["rules"]
 
 
 def allowed(rule_list, group, resource, verb, name=None) -> bool:
@@ -202,7 +208,7 @@ def allowed(rule_list, group, resource, verb, name=None) -> bool:
 
 def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     objs = deploy_objects()
-    every_rule = [r for (kind, _), o in objs.items() if kind in ("Role", "ClusterRole") for r in o["rules"]]
+    every_rule = [r for key, o in objs.items() if key[0] in ("Role", "ClusterRole") for r in o["rules"]]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
                for r in every_rule)
     ctl = rules(objs, "ClusterRole", "sdn-egress-controller")
@@ -218,8 +224,17 @@ def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     assert allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "sdn-egress-controller")
     assert not allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "someone-else")
     assert allowed(ctl_ns, "", "configmaps", "update", "sdn-egress-allocation")
-    agent = rules(objs, "ClusterRole", "sdn-egress-agent") + rules(objs, "Role", "sdn-egress-agent")
-    assert {v for r in agent for v in r["verbs"]} == {"get", "list", "watch"}
+    agent_cluster = rules(objs, "ClusterRole", "sdn-egress-agent")
+    assert {v for r in agent_cluster for v in r["verbs"]} == {"get", "list", "watch"}  # reads the cluster
+    agent_ns = rules(objs, "Role", "sdn-egress-agent")  # sdn-egress: the allocation ConfigMap, read only
+    assert allowed(agent_ns, "", "configmaps", "watch", "sdn-egress-allocation")
+    assert not allowed(agent_ns, "", "configmaps", "update", "sdn-egress-allocation")
+    leases = rules(objs, "Role", "sdn-egress-agent", "sdn-egress-agents")  # its own Lease, in its own namespace
+    assert all(allowed(leases, "coordination.k8s.io", "leases", v) for v in ("create", "get", "update"))
+    assert not allowed(leases, "coordination.k8s.io", "leases", "delete")
+    assert allowed(rules(objs, "Role", "sdn-egress-controller", "sdn-egress-agents"),
+                   "coordination.k8s.io", "leases", "watch")
+    assert ("Namespace", "sdn-egress-agents") in objs
 
 
 def test_controller_deployment_and_agent_daemonset():
@@ -237,4 +252,5 @@ def test_controller_deployment_and_agent_daemonset():
     assert a["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
     mounts = {m["mountPath"] for m in a["volumeMounts"]}
     assert "/var/run/openvswitch" in mounts
+    assert "--in-cluster" in a["args"][0] and {e["name"] for e in a["env"]} == {"NODE_NAME", "POD_NAMESPACE"}
     assert objs[("ConfigMap", "sdn-egress-config")]["data"]["CLUSTER_CIDRS"]

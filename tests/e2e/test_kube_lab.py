@@ -1,0 +1,135 @@
+"""The production path on the lab: the cluster state in an API server (in the
+router namespace), the controller and every agent in Kubernetes mode (the
+real ``kubernetes`` client, informers, Leases, the allocation ConfigMap),
+real packets, and what the external host saw."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from .conftest import lab_up, policy_doc, wait_for
+
+EXT = "198.51.100.10"
+EIP = "192.0.2.205"
+NODE_IP = {"alpha": "192.0.2.11", "bravo": "192.0.2.12", "charlie": "192.0.2.13"}
+TOPOLOGY = {
+    "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo", "labels": {"egress": "true"}},
+              {"name": "charlie"}],
+    "pods": [{"name": "cart-0", "namespace": "shop", "node": "charlie", "labels": {"app": "cart"}},
+             {"name": "etl-0", "namespace": "shop", "node": "charlie", "labels": {"app": "etl"}}],
+    "externals": [{"name": "ext-1"}],
+}
+GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
+           "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                    "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with lab_up(TOPOLOGY, "sek", kube=True) as lab:
+        docs = tmp_path_factory.mktemp("kube") / "objects.yaml"
+        docs.write_text(yaml.safe_dump_all([GATEWAY, policy_doc("cart", "shop", eip=EIP)]))
+        lab.apply(str(docs))
+        wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "cart-0 out with its EIP", timeout=60)
+        yield lab
+
+
+def policy_status(lab, name="cart", ns="shop") -> dict:
+    return (lab.kube_api().get("EgressPolicy", name, ns) or {}).get("status") or {}
+
+
+def lease_report(lab, node: str) -> dict:
+    lease = lab.kube_api().get("Lease", f"sdn-egress-agent-{node}", "sdn-egress-agents") or {}
+    return json.loads(((lease.get("metadata") or {}).get("annotations") or {}).get("sdn-egress.io/report", "{}"))
+
+
+def conditions(status: dict) -> dict:
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions") or []}
+
+
+def flows(lab, node: str) -> dict[str, str]:
+    """The node's flows without counters, per bridge."""
+    return {br: "\n".join(sorted(lab.ovs(node).ofctl("dump-flows", br, "--no-stats").splitlines()[1:]))
+            for br in ("br-int", "br-ex")}
+
+
+def test_the_state_comes_from_the_api_and_the_status_goes_back_to_it(lab):
+    # The lab wrote nothing to a manifest directory: the API is the only source.
+    assert lab.kube and not lab.kube_api().get("ConfigMap", "nothing", "sdn-egress")
+    status = policy_status(lab)
+    assert status["eip"] == {"ipv4": EIP}
+    assert status["node"] in ("alpha", "bravo")
+    assert conditions(status) == {"IPAllocated": ("True", "Allocated"), "Ready": ("True", "GatewayNodeSelected")}
+    gw = lab.kube_api().get("EgressGateway", "edge")
+    assert {n["name"]: n["eips"] for n in gw["status"]["nodes"]}[status["node"]] == [EIP]
+    # The allocation the agents read, in its ConfigMap.
+    cm = lab.kube_api().get("ConfigMap", "sdn-egress-allocation", "sdn-egress")
+    alloc = json.loads(cm["data"]["allocation.json"])
+    assert [(a["ip"], a["nodes"][0]) for a in alloc["eips"]] == [(EIP, status["node"])]
+    # Every agent reports through its Lease; the holder names the EIP.
+    wait_for(lambda: lease_report(lab, status["node"]).get("held_eips") == [EIP], "the holder's Lease report")
+    for node in ("alpha", "bravo", "charlie"):
+        assert lease_report(lab, node).get("passes", 0) > 0
+    # The pod the policy does not select keeps the node IP (the CNI's masquerade).
+    assert lab.udp_source("shop/etl-0", EXT) == NODE_IP["charlie"]
+    assert lab.tcp_source("shop/cart-0", EXT) == EIP
+
+
+def test_an_invalid_policy_gets_its_condition_and_disturbs_nothing(lab, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(policy_doc("etl", "shop", eip="192.0.2.99", selector={"app": "etl"})))
+    lab.apply(str(bad))
+    try:
+        wait_for(lambda: conditions(policy_status(lab, "etl")).get("IPAllocated", ("",))[0] == "False",
+                 "the refusal in the policy's status")
+        cond = next(c for c in policy_status(lab, "etl")["conditions"] if c["type"] == "IPAllocated")
+        assert "192.0.2.99" in cond["message"] and "pool" in cond["message"]
+        assert lab.udp_source("shop/etl-0", EXT) == NODE_IP["charlie"]
+        assert lab.udp_source("shop/cart-0", EXT) == EIP
+    finally:
+        lab.delete(str(bad))
+
+
+def test_the_api_server_going_away_costs_no_flows(lab, tmp_path):
+    before = {n: flows(lab, n) for n in NODE_IP}
+    pids = {n: lab.agent_pid(n) for n in NODE_IP}
+    lab.stop_kube_api()
+    try:
+        # The agents notice (their informers and Lease writes fail) and keep going.
+        wait_for(lambda: "cannot write the agent's report" in lab.agent_log("charlie"), "the agent saw the outage")
+        passes = {n: lab.agent_passes(n) for n in NODE_IP}
+        wait_for(lambda: all(lab.agent_passes(n) > passes[n] for n in NODE_IP), "agents resyncing meanwhile",
+                 timeout=30)
+        assert lab.udp_source("shop/cart-0", EXT) == EIP
+        assert {n: flows(lab, n) for n in NODE_IP} == before
+    finally:
+        lab.start_kube_api()
+    assert {n: lab.agent_pid(n) for n in NODE_IP} == pids
+    # Back: a change made through the API reaches the data path again.
+    lab.label("shop/cart-0", "app", "paused")
+    try:
+        wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == NODE_IP["charlie"], "unselected after the outage",
+                 timeout=40)
+    finally:
+        lab.label("shop/cart-0", "app", "cart")
+    wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "selected again", timeout=30)
+    assert {n: flows(lab, n) for n in NODE_IP} == before
+
+
+def test_a_failover_shows_in_the_policy_status(lab):
+    active = policy_status(lab)["node"]
+    survivor = ({"alpha", "bravo"} - {active}).pop()
+    wait_for(lab.bfd_sessions_up, "BFD up")
+    lab.kill(active)
+    try:
+        wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == EIP, "the same EIP through the survivor")
+        # The survivor's Lease says it holds the EIP; the controller follows.
+        wait_for(lambda: lease_report(lab, survivor).get("held_eips") == [EIP], "the survivor's report")
+        wait_for(lambda: policy_status(lab)["node"] == survivor, "the status names the survivor")
+    finally:
+        lab.revive(active)
+    wait_for(lambda: lease_report(lab, active).get("passes", 0) > 0 and lab.bfd_sessions_up(), "the old active back")
+    assert policy_status(lab)["node"] == survivor  # no flap back
+    assert lab.udp_source("shop/cart-0", EXT) == EIP
