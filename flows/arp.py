@@ -39,4 +39,4 @@ def flows(view: NodeView):
                   "arp_tpa": h.eip},
                  responder_actions(view.brex_mac, h.eip),
                  C.encode(C.Feature.ARP, C.object_id(C.eip_key(h.eip))))
-            for h in view.held if h.eip.version == 4]
+            for h in view.held if h.eip.version == 4 and not h.node_ip]  # the host answers for its own

@@ -33,6 +33,8 @@ _FIELDS = [
     Field("eth_dst", MAC, 48, "dl_dst", "NXM_OF_ETH_DST"),
     Field("eth_type", INT, 16, "dl_type", "NXM_OF_ETH_TYPE"),
     Field("ip_proto", INT, 8, "nw_proto", "NXM_OF_IP_PROTO"),
+    Field("tcp_dst", INT, 16, "tcp_dst", "NXM_OF_TCP_DST"),
+    Field("udp_dst", INT, 16, "udp_dst", "NXM_OF_UDP_DST"),
     Field("ipv4_src", IPV4, 32, "nw_src", "NXM_OF_IP_SRC", ETH_IP),
     Field("ipv4_dst", IPV4, 32, "nw_dst", "NXM_OF_IP_DST", ETH_IP),
     Field("ipv6_src", IPV6, 128, "ipv6_src", "NXM_NX_IPV6_SRC", ETH_IPV6),

@@ -13,7 +13,7 @@ from flows import family
 from flows import fields as F
 from flows.records import CT, Drop, Flow, Goto, Load, Nat, Output, SetField
 from flows.tables import flow
-from flows.view import NodeView
+from flows.view import NODE_IP_PORTS, NodeView
 from flows.worker import tunnel_ports
 
 BR = "br-int"
@@ -47,7 +47,8 @@ def snat(view: NodeView) -> list[Flow]:
         fam = family.of(h.eip)
         out.append(flow(
             BR, "snat", PRIO_EIP, {F.REG_EIP.field: h.tunnel_key, "eth_type": fam.eth_type},
-            (CT(commit=True, zone=F.CT_ZONE_SNAT, table="snat_out", nat=Nat("src", str(h.eip)),
+            (CT(commit=True, zone=F.CT_ZONE_SNAT, table="snat_out",
+                nat=Nat("src", str(h.eip), NODE_IP_PORTS if h.node_ip else None),
                 actions=(SetField(F.CT_MARK_EIP, h.tunnel_key),)),),
             _eip_cookie(C.Feature.SNAT, h.eip)))
     return out

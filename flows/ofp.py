@@ -37,16 +37,41 @@ def _match(parser, flow: Flow):
     return parser.OFPMatch(**kwargs)
 
 
+_PADDED_NAT: dict = {}
+
+
+def _nat_class(parser):
+    """os-ken's NXActionNAT, with its body padded to a multiple of 8 bytes.
+
+    os-ken rounds the action's length up but appends no padding bytes, so a
+    NAT with a port range (min+max address, 2+2 bytes of ports) would make the
+    switch read the next action 4 bytes early.  Zero bytes after the ranges
+    are what Open vSwitch itself sends."""
+    cls = _PADDED_NAT.get(parser)
+    if cls is None:
+        head = 10  # experimenter header (8) + NX subtype (2), before the body
+
+        class PaddedNAT(parser.NXActionNAT):
+            def serialize_body(self):
+                data = super().serialize_body()
+                return data + bytes(-(head + len(data)) % 8)
+
+        cls = _PADDED_NAT[parser] = PaddedNAT
+    return cls
+
+
 def _nat(parser, nat: Nat):
+    NAT = _nat_class(parser)
     if nat.kind is None:
-        return parser.NXActionNAT(flags=0)
+        return NAT(flags=0)
     flags = NX_NAT_F_SRC if nat.kind == "src" else NX_NAT_F_DST
     # Both ends of the range, always: os-ken does not pad the action body, and
     # min+max is the layout whose length is a multiple of 8 (v4 and v6).  OVS
     # reports min == max as the single address.
+    ports = {"range_proto_min": nat.ports[0], "range_proto_max": nat.ports[1]} if nat.ports else {}
     if ":" in nat.addr:
-        return parser.NXActionNAT(flags=flags, range_ipv6_min=nat.addr, range_ipv6_max=nat.addr)
-    return parser.NXActionNAT(flags=flags, range_ipv4_min=nat.addr, range_ipv4_max=nat.addr)
+        return NAT(flags=flags, range_ipv6_min=nat.addr, range_ipv6_max=nat.addr, **ports)
+    return NAT(flags=flags, range_ipv4_min=nat.addr, range_ipv4_max=nat.addr, **ports)
 
 
 def _action(ofp, parser, bridge: str, a):
@@ -121,10 +146,12 @@ def _nat_back(a) -> Nat | Unknown:
     extra = a.flags & ~(NX_NAT_F_SRC | NX_NAT_F_DST)
     lo = a.range_ipv4_min or a.range_ipv6_min
     hi = a.range_ipv4_max or a.range_ipv6_max
-    ports = a.range_proto_min is not None or a.range_proto_max is not None
-    if extra or ports or (hi and hi != lo) or (kind is None) != (not lo):
+    ports = None
+    if a.range_proto_min is not None or a.range_proto_max is not None:
+        ports = (a.range_proto_min, a.range_proto_max if a.range_proto_max is not None else a.range_proto_min)
+    if extra or (hi and hi != lo) or (kind is None) != (not lo) or (ports and not lo):
         return Unknown(str(a))
-    return Nat(kind, lo or None)
+    return Nat(kind, lo or None, ports)
 
 
 def _action_back(ofp, names, a):

@@ -189,12 +189,21 @@ class Move:
 
 @dataclass(frozen=True)
 class Nat:
-    """The NAT part of a ct action: ``kind`` "src" or "dst" with one address,
-    or neither (``nat`` alone: de-NAT packets of connections already NATed)."""
+    """The NAT part of a ct action: ``kind`` "src" or "dst" with one address
+    (and optionally a port range ``ports``), or neither (``nat`` alone:
+    de-NAT packets of connections already NATed)."""
     kind: str | None = None
     addr: str | None = None
+    ports: tuple[int, int] | None = None
 
     def __post_init__(self):
+        if self.ports is not None:
+            lo, hi = self.ports
+            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 65535):
+                raise ValueError(f"nat: ports must be (min, max) within 1..65535, not {self.ports!r}")
+            if self.kind is None:
+                raise ValueError("nat: a port range needs kind 'src' or 'dst'")
+            object.__setattr__(self, "ports", (lo, hi))
         if self.kind is None:
             if self.addr is not None:
                 raise ValueError("nat: an address needs kind 'src' or 'dst'")

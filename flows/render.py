@@ -54,7 +54,11 @@ def match_text(flow: Flow) -> str:
 
 
 def _nat_text(nat: Nat) -> str:
-    return "nat" if nat.kind is None else f"nat({nat.kind}={nat.addr})"
+    if nat.kind is None:
+        return "nat"
+    addr = f"[{nat.addr}]" if nat.ports and ":" in nat.addr else nat.addr
+    ports = f":{nat.ports[0]}-{nat.ports[1]}" if nat.ports else ""
+    return f"nat({nat.kind}={addr}{ports})"
 
 
 def action_text(bridge: str, a, table_label=None) -> str:

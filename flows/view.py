@@ -61,14 +61,26 @@ class EipRoute:
     local: bool = False  # this node is the active gateway (no tunnel)
 
 
+# useNodeIP: the SNAT to a node's own address takes source ports from this
+# range only, and only replies to it are taken from the host (TCP and UDP;
+# 0xf000/0xf000 in one masked match).  Below the kernel's ephemeral range
+# (32768-60999 by default) nothing of the host's own collides; the agent also
+# lists the range in net.ipv4.ip_local_reserved_ports.
+NODE_IP_PORTS = (61440, 65535)
+
+
 @dataclass(frozen=True)
 class HeldEip:
-    """An EIP this node SNATs for and answers ARP for (this node is active)."""
+    """An EIP this node SNATs for and answers ARP for (this node is active).
+    ``node_ip``: the address is this node's own (useNodeIP): SNAT to it takes
+    ports from :data:`NODE_IP_PORTS`, no ARP (the host answers), and only
+    TCP/UDP replies to those ports are taken from the uplink."""
 
     eip: netaddr.IPAddress
     tunnel_key: int
     next_hop_mac: str | None  # the uplink next hop's resolved MAC; None: not resolved yet (drop)
     policies: tuple[str, ...] = ()  # namespace/name, for cookies and dumps
+    node_ip: bool = False
 
 
 @dataclass(frozen=True)

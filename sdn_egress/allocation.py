@@ -18,7 +18,13 @@ The rules, in the order they are applied (:func:`allocate`; docs/policies.md):
    (``allocatorPolicy: default``) or the first free one after the last handed
    out (``rr``); in a dual-stack gateway, a free pair.  None left ->
    ``PoolExhausted``, no EIP, never a stolen one.  EIPs are unique across
-   all gateways.  ``useNodeIP`` policies get no EIP (``NodeIPNotSupported``).
+   all gateways.
+4. **Node IP** (``useNodeIP``): no pool address; the policy leaves with the
+   address of one gateway node: the one it had while that node qualifies,
+   else the eligible node with the fewest active EIPs.  Its traffic is
+   SNATed there to that address (ports 61440-65535: see flows/view.py);
+   there is no standby (another node is another address): when the node
+   goes, the policy moves to another node and its address with it.
 
 Each EIP gets a Geneve tunnel key (1..2**24-1): the one it had, else the lowest
 free.  Its gateway nodes are the ready nodes (with an address) matching the
@@ -30,6 +36,8 @@ EIPs first.  Every gateway gets a status (nodes, address usage, users,
 conditions).  The same inputs always give the same output.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import ipaddress
 import json
@@ -69,7 +77,6 @@ IP_NOT_ALLOCATED = "IPNotAllocated"
 GATEWAY_DELETING = "GatewayDeleting"
 NOT_PAIRED = "NotPaired"
 NODE_IP = "NodeIP"
-NODE_IP_NOT_SUPPORTED = "NodeIPNotSupported"
 # Gateway conditions.
 NODES_SELECTED = "NodesSelected"
 POOL_VALID = "PoolValid"
@@ -112,6 +119,7 @@ class EipAssignment:
     policies: tuple[str, ...]  # namespace/name of the policies using this EIP
     tunnel_key: int
     nodes: tuple[str, ...] = ()  # active first, then standbys; empty: no gateway node
+    node_ip: bool = False  # ``ip`` is the address of nodes[0] (useNodeIP), not a pool EIP
 
     @property
     def active(self) -> str | None:
@@ -168,7 +176,7 @@ class Allocation:
         return {
             "eips": [
                 {"ip": str(a.ip), "gateway": a.gateway, "policies": list(a.policies),
-                 "tunnel_key": a.tunnel_key, "nodes": list(a.nodes)}
+                 "tunnel_key": a.tunnel_key, "nodes": list(a.nodes), **({"node_ip": True} if a.node_ip else {})}
                 for a in self.eips
             ],
             "policies": {
@@ -204,14 +212,16 @@ class Allocation:
         eips = []
         for i, a in enumerate(r.seq(top.get("eips"), "eips")):
             p = f"eips[{i}]"
-            a = r.mapping(a, p, ("ip", "gateway", "policies", "tunnel_key", "nodes"))
+            a = r.mapping(a, p, ("ip", "gateway", "policies", "tunnel_key", "nodes", "node_ip"))
+            if not isinstance(a.get("node_ip", False), bool):
+                r.fail(f"{p}.node_ip", "must be a boolean")
             key = a.get("tunnel_key")
             if isinstance(key, bool) or not isinstance(key, int) or not TUNNEL_KEY_MIN <= key <= TUNNEL_KEY_MAX:
                 r.fail(f"{p}.tunnel_key", f"must be an integer in {TUNNEL_KEY_MIN}..{TUNNEL_KEY_MAX}")
             eips.append(EipAssignment(
                 ip=r.ip(a.get("ip"), f"{p}.ip"), gateway=r.text(a.get("gateway"), f"{p}.gateway"),
                 policies=r.strings(a.get("policies"), f"{p}.policies"), tunnel_key=key,
-                nodes=r.strings(a.get("nodes"), f"{p}.nodes")))
+                nodes=r.strings(a.get("nodes"), f"{p}.nodes"), node_ip=a.get("node_ip", False)))
         policies = {}
         raw = top.get("policies") or {}
         if not isinstance(raw, dict):
@@ -602,17 +612,23 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
                 take(p, v, ip)
                 rr_last[(gw.name, v)] = ip
 
-    ips = sorted(taken, key=lambda ip: (ip.version, ip.value))
-    keys = _tunnel_keys(ips, previous)
     gateway_of = {ip: served[key].name for ip, key in taken.items()}
     nodes = _elect(state, gateway_of, previous, held)
-    eips = tuple(
-        EipAssignment(ip=ip, gateway=gateway_of[ip], policies=(taken[ip],), tunnel_key=keys[ip],
-                      nodes=nodes[ip])
-        for ip in ips)
-    by_ip = {a.ip: a for a in eips}
+    pool_eips = [EipAssignment(ip=ip, gateway=gateway_of[ip], policies=(taken[ip],), tunnel_key=0,
+                               nodes=nodes[ip]) for ip in taken]
     node_ip_nodes = _node_ip_nodes(state, [p for p in policies if p.use_node_ip and p.key in served],
-                                   served, previous, eips)
+                                   served, previous, tuple(pool_eips))
+    node_ips = _node_ip_assignments(state, node_ip_nodes, served, taken)
+    for key, node in node_ip_nodes.items():
+        for ip in node_ips.get(node, {}):
+            got[(key, ip.version)] = ip
+    ips = sorted(list(taken) + [ip for by_ip in node_ips.values() for ip in by_ip],
+                 key=lambda ip: (ip.version, ip.value))
+    keys = _tunnel_keys(ips, previous)
+    everything = {a.ip: a for a in pool_eips}
+    everything.update({ip: a for by_ip in node_ips.values() for ip, a in by_ip.items()})
+    eips = tuple(dataclasses.replace(everything[ip], tunnel_key=keys[ip]) for ip in ips)
+    by_ip = {a.ip: a for a in eips}
 
     statuses: dict[str, PolicyStatus] = {}
     errors: list[ObjectError] = []
@@ -629,12 +645,19 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
             active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
         elif p.use_node_ip:
             active = node_ip_nodes.get(p.key)
-            ip_cond = Condition(IP_ALLOCATED, "True", NODE_IP,
-                                f"uses the address of its gateway node ({active})" if active else
-                                "uses the address of its gateway node (none is ready)")
-            ready = Condition(READY, "False", NODE_IP_NOT_SUPPORTED,
-                              "the data path cannot SNAT to a gateway node's own address: the pods of "
-                              "this policy are not steered; use an EIP from the pool")
+            if active and mine:
+                ip_cond = Condition(IP_ALLOCATED, "True", NODE_IP,
+                                    f"the address of its gateway node {active}: {', '.join(map(str, mine))}")
+                ready = Condition(READY, "True", GATEWAY_NODE_SELECTED,
+                                  f"SNAT to {', '.join(map(str, mine))} on node {active} (no standby: "
+                                  "another node is another address)")
+            else:
+                why = (f"node {active} has no address the policy could use" if active else
+                       f"no ready node matches the nodeSelector of EgressGateway {gw.name} "
+                       f"({gw.node_selector})")
+                ip_cond = Condition(IP_ALLOCATED, "False", NODE_IP, f"uses its gateway node's address; {why}")
+                ready = Condition(READY, "False", NO_GATEWAY_NODE, why)
+                active = None
         else:
             ip_cond = Condition(IP_ALLOCATED, "True", ALLOCATED,
                                 f"EIP {', '.join(map(str, mine))} from EgressGateway {gw.name}")
@@ -660,6 +683,28 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
         errors.extend(ObjectError(state.gateways[name].ref, pr.field, pr.message) for pr in probs)
     return Allocation(eips=eips, policies=statuses, errors=tuple(state.errors) + tuple(errors),
                       gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())))
+
+
+def _node_ip_assignments(state: ClusterState, node_ip_nodes: Mapping[str, str],
+                         served: Mapping[str, EgressGateway], taken: Mapping[netaddr.IPAddress, str],
+                         ) -> dict[str, dict[netaddr.IPAddress, EipAssignment]]:
+    """node -> {its address: the assignment of the useNodeIP policies it
+    serves}, per family the node has an address of (tunnel keys later).  An
+    address some policy holds from a pool (a pool that overlaps node
+    addresses) is not used twice."""
+    by_node: dict[str, list[str]] = {}
+    for key, node in sorted(node_ip_nodes.items()):
+        by_node.setdefault(node, []).append(key)
+    out: dict[str, dict[netaddr.IPAddress, EipAssignment]] = {}
+    for node, keys in sorted(by_node.items()):
+        for v in (4, 6):
+            ip = state.nodes[node].address(v)
+            if ip is None or ip in taken:
+                continue
+            out.setdefault(node, {})[ip] = EipAssignment(
+                ip=ip, gateway=served[keys[0]].name, policies=tuple(keys), tunnel_key=0, nodes=(node,),
+                node_ip=True)
+    return out
 
 
 def _node_ip_nodes(state: ClusterState, policies: list[EgressPolicy], served: Mapping[str, EgressGateway],

@@ -109,7 +109,8 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     held = tuple(
         HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
-                next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)))
+                next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)),
+                node_ip=a.node_ip)
         for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
         if live_order(a.nodes, dead)[:1] == (node_name,))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import flows
 from flows.records import Flow
 from flows.tables import table_names
-from flows.view import NodeView, Ports
+from flows.view import NODE_IP_PORTS, NodeView, Ports
 from sdn_egress.agent.liveness import Liveness
 from sdn_egress.agent.routing import HostRouting, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
@@ -107,6 +107,7 @@ class AgentCore:
         self._dead: frozenset[str] = frozenset()
         self._held: set[str] = set()
         self._isolated = False
+        self._ports_reserved = False
         self._recorded: dict | None = None
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
@@ -287,6 +288,9 @@ class AgentCore:
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
         self.routing.sync(view.steers)
+        if any(h.node_ip for h in view.held) and not self._ports_reserved:
+            self.routing.reserve_ports(*NODE_IP_PORTS)
+            self._ports_reserved = True
         self._announce_new(view, bridges)
         self.passes += 1
         self.last_result = result
@@ -347,7 +351,8 @@ class AgentCore:
     def _announce_new(self, view: NodeView, bridges: dict) -> None:
         """Gratuitous ARPs for EIPs this node has just started to hold, so the
         router and hosts on the uplink move to this node's MAC at once."""
-        held = {str(h.eip) for h in view.held}
+        # A node's own address (useNodeIP) is the host's to answer: no announcement.
+        held = {str(h.eip) for h in view.held if not h.node_ip}
         new = held - self._held
         st = bridges.get("br-ex")
         if new and st is not None and view.ports.uplink:

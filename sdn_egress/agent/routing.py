@@ -58,6 +58,9 @@ def _rule(ipr, cmd: str, rule: Rule) -> None:
              dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
 
 
+RESERVED_PORTS = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+
+
 class HostRouting:
     """Keeps the node's kernel steering in line with the view."""
 
@@ -80,6 +83,27 @@ class HostRouting:
                 LOG.info("routing: added rule %s", rule)
         self._ensure_nat_bypass()
         return len(want - have), len(have - want)
+
+    def reserve_ports(self, lo: int, hi: int, path: str = RESERVED_PORTS) -> bool:
+        """Add ``lo-hi`` to the kernel's reserved local ports (never handed
+        out as ephemeral ports: the useNodeIP SNAT owns them on this node's
+        address).  Keeps what is reserved already; True when it changed."""
+        try:
+            with open(path) as f:
+                current = f.read().strip()
+        except OSError as exc:
+            LOG.warning("routing: cannot read %s (%s); ports %d-%d not reserved", path, exc, lo, hi)
+            return False
+        covered = set()
+        for part in filter(None, current.split(",")):
+            a, _, b = part.partition("-")
+            covered.update(range(int(a), int(b or a) + 1))
+        if all(p in covered for p in (lo, hi)) and len(covered & set(range(lo, hi + 1))) == hi - lo + 1:
+            return False
+        with open(path, "w") as f:
+            f.write(",".join(filter(None, (current, f"{lo}-{hi}"))))
+        LOG.info("routing: reserved local ports %d-%d for the SNAT to this node's address", lo, hi)
+        return True
 
     def _ensure_link(self, ipr) -> None:
         idx = ipr.link_lookup(ifname=self.egw)

@@ -76,6 +76,24 @@ def test_cluster_traffic_is_never_steered(lab, policies):
     assert lab.udp_source_of("shop/cart-0", "bravo") == pods["shop/cart-0"]["ip"]
 
 
+def test_use_node_ip_leaves_with_the_gateway_nodes_own_address(lab, policies):
+    doc = policy_doc("cart", "shop")
+    doc["spec"]["egressIP"] = {"useNodeIP": True}
+    policies.apply("egressgateway.yaml", doc)
+    address = policies.eip("shop/cart")
+    assert address == node_ip(lab, "alpha")  # alpha is the one gateway node; no pool address taken
+    assert not [a for a in lab.status()["allocation"]["eips"] if a["ip"].startswith("192.0.2.2")]
+    converge(lab, "shop/cart-0", address)  # cart-0 runs on bravo: through the tunnel, SNAT on alpha
+    assert lab.tcp_source("shop/cart-0", EXT1) == address
+    assert lab.udp_source("shop/cart-1", EXT1) == address  # on alpha itself
+    # alpha's own use of its address goes on: the router reaches it, its sessions stay up.
+    assert lab.exec("router", ["ping", "-c1", "-W2", address], check=False).returncode == 0
+    wait_for(lab.bfd_sessions_up, "BFD sessions up")
+    # The SNAT's ports are reserved on alpha: the kernel hands none of them out.
+    reserved = lab.exec("alpha", ["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).stdout
+    assert "61440-65535" in reserved
+
+
 def test_two_policies_two_eips_on_one_gateway(lab, policies):
     policies.apply("egressgateway.yaml",
                    policy_doc("cart", "shop", eip="192.0.2.205"),

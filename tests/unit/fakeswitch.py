@@ -136,6 +136,15 @@ class Conntrack:
                 translated = orig
                 if ct.nat is not None and ct.nat.kind == "src":
                     translated = (orig[0], ct.nat.addr, orig[2], orig[3], orig[4])
+                    if ct.nat.ports:  # as OVS: keep the port when in range, else the first free one
+                        lo, hi = ct.nat.ports
+                        port = orig[3] if lo <= orig[3] <= hi else lo
+                        translated = translated[:3] + (port,) + translated[4:]
+                        while self._find(ct.zone, _reverse(translated))[0] is not None:
+                            port += 1
+                            if port > hi:
+                                raise RuntimeError("fake conntrack: NAT port range exhausted")
+                            translated = translated[:3] + (port,) + translated[4:]
                     while self._find(ct.zone, _reverse(translated))[0] is not None:
                         translated = translated[:3] + (next(self._ports),) + translated[4:]
                     nat_state = F.CT_SNAT

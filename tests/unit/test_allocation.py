@@ -310,13 +310,41 @@ def test_gateway_status_nodes_and_usage():
     assert Allocation.from_json(alloc.to_json()) == alloc
 
 
-def test_use_node_ip_takes_no_eip_and_says_the_data_path_cannot():
-    alloc = allocate(state([replace(policy("a"), use_node_ip=True), policy("b")]))
+def test_use_node_ip_leaves_with_the_address_of_the_least_loaded_gateway_node():
+    alloc = allocate(state([replace(policy("a"), use_node_ip=True), policy("b"),
+                            replace(policy("c"), use_node_ip=True)]))
     a = alloc.policies["shop/a"]
-    assert (a.eip_v4, a.node, a.ready) == (None, "beta", False)  # alpha already holds b's EIP
-    assert [(c.type, c.reason) for c in a.conditions] == [("IPAllocated", "NodeIP"),
-                                                          ("Ready", "NodeIPNotSupported")]
-    assert eips(alloc)["shop/b"] == "192.0.2.200" and len(alloc.eips) == 1
+    # alpha already holds b's EIP: beta, with its own address, no pool address taken.
+    assert (str(a.eip_v4), a.node, a.ready) == ("192.0.2.12", "beta", True)
+    assert [(c.type, c.status, c.reason) for c in a.conditions] == [
+        ("IPAllocated", "True", "NodeIP"), ("Ready", "True", "GatewayNodeSelected")]
+    assert eips(alloc)["shop/b"] == "192.0.2.200"
+    # c is balanced too (alpha and beta have one each: by name); no standby,
+    # another node is another address.
+    assert {str(x.ip): (x.nodes, x.policies) for x in alloc.eips if x.node_ip} == {
+        "192.0.2.11": (("alpha",), ("shop/c",)), "192.0.2.12": (("beta",), ("shop/a",))}
+    assert [str(x.ip) for x in alloc.eips if not x.node_ip] == ["192.0.2.200"]
+    assert keys(alloc) == {"192.0.2.11": 1, "192.0.2.12": 2, "192.0.2.200": 3}
+    assert Allocation.from_json(alloc.to_json()) == alloc
+    # Policies on one node share its address: one assignment, one tunnel key.
+    shared = allocate(state([replace(policy("a"), use_node_ip=True), replace(policy("c"), use_node_ip=True)],
+                            nodes=[node("alpha", 0, egress=False), node("beta", 1)]))
+    assert [(str(x.ip), x.policies) for x in shared.eips] == [("192.0.2.12", ("shop/a", "shop/c"))]
+    assert alloc.gateways["edge"].ipv4_free == 10  # the node address is not from the pool
+    # The node stays while it qualifies; when it goes, the address goes with the policy.
+    again = allocate(state([replace(policy("a"), use_node_ip=True), policy("b")]), alloc)
+    assert str(again.policies["shop/a"].eip_v4) == "192.0.2.12" and again.eip("192.0.2.12").tunnel_key == 2
+    moved = allocate(state([replace(policy("a"), use_node_ip=True), policy("b")],
+                           nodes=[node("alpha", 0), node("beta", 1, ready=False)]), again)
+    assert (str(moved.policies["shop/a"].eip_v4), moved.policies["shop/a"].node) == ("192.0.2.11", "alpha")
+    assert moved.eip("192.0.2.12") is None
+
+
+def test_use_node_ip_without_an_eligible_node_is_not_ready_and_takes_nothing():
+    alloc = allocate(state([replace(policy("a"), use_node_ip=True)], nodes=[node("alpha", 0, egress=False)]))
+    a = alloc.policies["shop/a"]
+    assert (a.eip_v4, a.node, a.ready) == (None, None, False)
+    assert a.condition("Ready").reason == "NoGatewayNode" and alloc.eips == ()
 
 
 def test_dual_stack_and_unknown_gateway():

@@ -270,6 +270,48 @@ def test_nodes_own_traffic_is_normal_switched(lab, fabric):
     assert only(fabric.send("n1", "br-ex", to_eip)).where == "NORMAL"
 
 
+# -- useNodeIP: SNAT to the gateway node's own address ---------------------------------
+
+def node_ip_views(lab):
+    """n0 serves policy default/own with its own address (key 13); n1's pod a uses it."""
+    key, own = 13, lab.NODE_IP["n0"]
+    views = lab.views()
+    views["n1"] = lab.view_n1(steers=(Steer("default/a", lab.POD_A, lab.DEST, "default/own", own),),
+                              eip_routes=(EipRoute(own, key, ("n0",)),))
+    views["n0"] = lab.view_n0(steers=(), eip_routes=(),
+                              held=(HeldEip(own, key, lab.ROUTER_MAC, ("default/own",), node_ip=True),))
+    return views
+
+
+def test_use_node_ip_snats_to_the_gateways_address_in_its_port_range_and_returns(lab):
+    fabric = lab.make_fabric(node_ip_views(lab))
+    for proto in (6, 17):
+        sent = from_pod(lab, "n1", lab.POD_A, proto=proto, sport=40001, dport=443)
+        gone = only(fabric.send("n1", "br-int", sent))
+        assert (gone.node, gone.where) == ("n0", "uplink")
+        p = gone.packet
+        sport = p["tcp_src" if proto == 6 else "udp_src"]
+        assert p["ipv4_src"] == str(lab.NODE_IP["n0"]) and 61440 <= sport <= 65535
+        back = only(fabric.send("n0", "br-ex", from_uplink(lab, "n0", p)))
+        assert (back.node, back.where, back.packet["ipv4_dst"]) == ("n1", "egw", str(lab.POD_A))
+        assert back.packet["tcp_dst" if proto == 6 else "udp_dst"] == 40001
+
+
+def test_use_node_ip_leaves_the_hosts_own_traffic_to_its_address_alone(lab):
+    fabric = lab.make_fabric(node_ip_views(lab))
+    own, uplink = lab.NODE_IP["n0"], lab.PORTS["n0"].uplink
+    # Below the SNAT's ports (the host's ephemeral range, its services), ICMP,
+    # ARP: the host's, NORMAL as ever; the address is not answered by the switch.
+    for pkt in (ip_packet(uplink, lab.EXTERNAL, own, proto=6, sport=443, dport=45000),
+                ip_packet(uplink, lab.EXTERNAL, own, proto=17, sport=53, dport=22),
+                ip_packet(uplink, lab.EXTERNAL, own, proto=1, sport=7),
+                arp_request(uplink, lab.ROUTER_MAC, "192.0.2.1", own)):
+        assert only(fabric.send("n0", "br-ex", pkt)).where == "NORMAL", pkt
+    # A packet to the SNAT's ports that is no reply goes in and dies there.
+    stray = ip_packet(uplink, lab.EXTERNAL, own, proto=6, sport=443, dport=62000)
+    assert fabric.send("n0", "br-ex", stray) == []
+
+
 # -- IPv6 is the same pipeline -----------------------------------------------------------
 
 def test_ipv6_pod_is_snatted_to_the_v6_eip_and_gets_its_reply(lab):

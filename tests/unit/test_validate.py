@@ -37,7 +37,8 @@ def test_every_example_validates(capsys):
 
 
 def test_the_examples_mean_what_they_say(tmp_path, capsys):
-    """The examples as one cluster: a trial allocation gives every policy its EIP."""
+    """The examples as one cluster: a trial allocation gives every policy its EIP
+    (the useNodeIP one would take a gateway node's address: there are no Nodes)."""
     from sdn_egress.allocation import allocate
     from sdn_egress.source import ManifestDirSource
 
@@ -55,7 +56,9 @@ def test_the_examples_mean_what_they_say(tmp_path, capsys):
         "shop/crawler": ("192.0.2.202", None, "edge"),  # rr: the next after the last one handed out
         "legacy/legacy-range": ("192.0.2.220", "2001:db8::220", "dual"),
         "prod-frontends": ("192.0.2.240", None, "shared"),  # the cluster default
+        "shop/cart-node-ip": ("None", None, "edge"),  # useNodeIP: the examples hold no Node to take it from
     }
+    assert alloc.policies["shop/cart-node-ip"].condition("Ready").reason == "NoGatewayNode"
 
 
 CASES = [
