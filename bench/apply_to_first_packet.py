@@ -4,7 +4,8 @@ host sees with the egress IP.
 
 A pod on a worker node sends a UDP datagram to the external echo service every
 10 ms; the clock starts when the policy file lands in the lab's manifest
-directory and stops at the first answer that names the EIP.  Between runs the
+directory (``--kube``: when the lab's API server has accepted the object) and
+stops at the first answer that names the EIP.  Between runs the
 policy is deleted and the pod is back on its node IP.  Prints min/median/max
 and writes them to BENCHMARKS.md.
 """
@@ -48,12 +49,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--limit", type=float, default=30.0)
+    ap.add_argument("--kube", action="store_true",
+                    help="the production path: state through the lab's API server, informers, Leases")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="sdn-egress-bench-")
     lab = Lab(state_dir=os.path.join(tmp, "lab"), prefix="seb")
     samples = []
     try:
-        lab.up(default_topology_path())
+        lab.up(default_topology_path(), kube=args.kube)
         # Measure the policy's way through the system, not the agents' start.
         deadline = time.monotonic() + 30
         while not all(lab.agent_passes(n["name"]) for n in lab.status()["nodes"]):
@@ -94,13 +97,22 @@ def main() -> int:
     finally:
         lab.down()
     s = summary(samples)
-    line = (f"| apply -> first packet with the EIP (UDP every 10 ms, worker pod) | {s['n']} | "
+    what = "API server accepts the policy" if args.kube else "lab apply"
+    line = (f"| {what} -> first packet with the EIP (UDP every 10 ms, worker pod) | {s['n']} | "
             f"{s['min'] * 1000:.0f} ms | {s['median'] * 1000:.0f} ms | {s['max'] * 1000:.0f} ms |")
     print(line)
-    write_section("apply-to-first-packet",
-                  "| what | runs | min | median | max |\n| --- | --- | --- | --- | --- |\n" + line +
-                  "\n\nThe clock starts when the policy file lands in the manifest directory; it covers "
-                  "the controller's poll and allocation, each agent's poll, flow and rule install.")
+    if args.kube:
+        write_section("apply-to-first-packet-kube",
+                      "| what | runs | min | median | max |\n| --- | --- | --- | --- | --- |\n" + line +
+                      "\n\n`lab up --kube`: the controller and the agents in Kubernetes mode against the lab's "
+                      "API server. The clock starts when the API server has stored the policy; it covers "
+                      "the watch events to the controller, allocation, the ConfigMap write, its watch event "
+                      "to each agent, flow and rule install.")
+    else:
+        write_section("apply-to-first-packet",
+                      "| what | runs | min | median | max |\n| --- | --- | --- | --- | --- |\n" + line +
+                      "\n\nThe clock starts when the policy file lands in the manifest directory; it covers "
+                      "the controller's poll and allocation, each agent's poll, flow and rule install.")
     return 0
 
 
