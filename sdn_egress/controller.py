@@ -79,7 +79,7 @@ class Controller:
     store's status directory, when it has one)."""
 
     def __init__(self, source: StateSource, store: AllocationStore, publisher=None,
-                 reports: AgentReports | None = None):
+                 reports: AgentReports | None = None, wakers=()):
         self.source = source
         self.store = store
         self.publisher = publisher
@@ -89,6 +89,7 @@ class Controller:
         if reports is None and getattr(store, "path", None):
             reports = AgentReports(store.path)
         self.reports = reports
+        self.wakers = tuple(wakers)  # more things whose changed() is worth a pass
         self.metrics = None  # sdn_egress.metrics.ControllerMetrics, when served
         self._gone: set[str] = set()
 
@@ -145,7 +146,10 @@ class Controller:
             return None
         held = self.reports.held()
         path = getattr(self.store, "path", None)
-        moves = read_moves(path) if path else {}
+        if hasattr(self.store, "read_moves"):  # Kubernetes: in the allocation ConfigMap
+            moves, finish = self.store.read_moves(), self.store.finish_moves
+        else:
+            moves, finish = (read_moves(path) if path else {}), (lambda done: finish_moves(path, done))
         done = {eip for eip, node in moves.items() if held.get(eip) == node}
         for eip, node in moves.items():
             if eip not in done:
@@ -153,7 +157,7 @@ class Controller:
         if done:
             for eip in sorted(done):
                 LOG.info("EIP %s: planned move to %s done", eip, moves[eip])
-            finish_moves(path, done)
+            finish(done)
         return held
 
     def _without_gone_nodes(self, state):
@@ -194,7 +198,8 @@ class Controller:
                     break
                 if backoff:
                     stop.wait(min(remaining, 0.5))
-                elif self.source.wait_for_change(min(remaining, 0.1)) or (self.reports and self.reports.changed()):
+                elif (self.source.wait_for_change(min(remaining, 0.1)) or (self.reports and self.reports.changed())
+                      or any(w.changed() for w in self.wakers)):
                     break
 
 
@@ -308,7 +313,7 @@ def _run_kube(args: argparse.Namespace) -> int:
     from sdn_egress.kube.leader import LeaderElector
     from sdn_egress.kube.source import KubeSource
     from sdn_egress.kube.status import StatusPublisher
-    from sdn_egress.kube.store import ConfigMapAllocationStore
+    from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
 
     try:
         api = api_client(args.kubeconfig, args.context)
@@ -326,8 +331,10 @@ def _run_kube(args: argparse.Namespace) -> int:
     source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
     reports = LeaseReports(api, args.agent_lease_namespace or LEASE_NAMESPACE).start()
     store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
+    # Its own ConfigMap, watched: a planned move asked for there wakes the controller.
+    own = ConfigMapAllocationReader(api, namespace).start()
     controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)),
-                            reports=reports)
+                            reports=reports, wakers=(own,))
     _serve_metrics(controller, args)
     stop = _stop_on_signals()
     try:
@@ -359,3 +366,4 @@ def _run_kube(args: argparse.Namespace) -> int:
     finally:
         source.stop()
         reports.stop()
+        own.stop()

@@ -3,9 +3,11 @@
 The controller keeps its whole result (EIPs, tunnel keys, gateway node order,
 round-robin cursors) in ConfigMap ``sdn-egress-allocation`` of its namespace,
 under the keys ``allocation.json`` and ``errors.json``: a new leader starts
-from it, so EIPs stay where they were, and agents can mount it as their status
-directory.  Writes carry the resourceVersion read (a stale one: read again,
-retry) and are skipped when nothing changed.
+from it, so EIPs stay where they were, and the agents watch it
+(:class:`ConfigMapAllocationReader`).  Key ``moves.json`` holds the planned
+moves asked for (``sdn-egress move --kubeconfig``: EIP -> node) until the
+controller sees them done.  Writes carry the resourceVersion read (a stale
+one: read again, retry) and are skipped when nothing changed.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ ATTEMPTS = 5
 class ConfigMapAllocationStore:
     ALLOCATION = AllocationStore.ALLOCATION
     ERRORS = AllocationStore.ERRORS
+    MOVES = "moves.json"
 
     def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, mirror: AllocationStore | None = None):
         """``mirror``: also write the files into this status directory."""
@@ -72,6 +75,49 @@ class ConfigMapAllocationStore:
             cm["data"] = data
             self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
         return f"{self.where}, key {self.ALLOCATION}.bad"
+
+    # -- planned moves ---------------------------------------------------------------------------
+    def read_moves(self) -> dict[str, str]:
+        text = ((self._read() or {}).get("data") or {}).get(self.MOVES)
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            LOG.warning("%s, key %s: not JSON; no planned move is read from it", self.where, self.MOVES)
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def request_move(self, eip: str, node: str) -> None:
+        self._edit_moves(lambda moves: {**moves, eip: node})
+
+    def finish_moves(self, done: set[str]) -> None:
+        self._edit_moves(lambda moves: {k: v for k, v in moves.items() if k not in done})
+
+    def _edit_moves(self, change) -> None:
+        from kubernetes.client.rest import ApiException
+
+        for attempt in range(ATTEMPTS):
+            cm = self._read()
+            if cm is None:
+                raise LookupError(f"{self.where} does not exist (is the controller running?)")
+            data = dict(cm.get("data") or {})
+            try:
+                old = json.loads(data.get(self.MOVES) or "{}")
+            except ValueError:
+                old = {}
+            new = change(old if isinstance(old, dict) else {})
+            if new == old:
+                return
+            if new:
+                data[self.MOVES] = json.dumps(new, sort_keys=True)
+            else:
+                data.pop(self.MOVES, None)
+            cm["data"] = data
+            try:
+                self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
+                return
+            except ApiException as exc:
+                if exc.status != 409 or attempt == ATTEMPTS - 1:
+                    raise
 
     def save(self, alloc: Allocation) -> bool:
         """Write the allocation; True when the ConfigMap (or the mirror) changed."""

@@ -5,6 +5,8 @@ real packets, and what the external host saw."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import yaml
@@ -133,3 +135,22 @@ def test_a_failover_shows_in_the_policy_status(lab):
     wait_for(lambda: lease_report(lab, active).get("passes", 0) > 0 and lab.bfd_sessions_up(), "the old active back")
     assert policy_status(lab)["node"] == survivor  # no flap back
     assert lab.udp_source("shop/cart-0", EXT) == EIP
+
+
+def test_a_planned_move_through_the_api(lab):
+    wait_for(lab.bfd_sessions_up, "BFD up")
+    source = policy_status(lab)["node"]
+    target = ({"alpha", "bravo"} - {source}).pop()
+    exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+    out = lab.exec("router", [exe, "move", "--kubeconfig", lab.kubeconfig, "--eip", EIP, "--to", target,
+                              "--wait", "30"], check=False)
+    assert out.returncode == 0, out.stderr
+    assert f"now held by {target}" in out.stdout
+    assert "moves.json" not in lab.kube_api().get("ConfigMap", "sdn-egress-allocation", "sdn-egress")["data"]
+    wait_for(lambda: policy_status(lab)["node"] == target, "the status names the target")
+    assert lease_report(lab, target).get("held_eips") == [EIP]
+    wait_for(lambda: lease_report(lab, source).get("held_eips") == [], "the source let go")
+    assert lab.udp_source("shop/cart-0", EXT) == EIP
+    bad = lab.exec("router", [exe, "move", "--kubeconfig", lab.kubeconfig, "--eip", EIP, "--to", "charlie"],
+                   check=False)
+    assert bad.returncode == 1 and f"charlie is not a gateway node of EIP {EIP}" in bad.stderr

@@ -52,8 +52,9 @@ def test_snapshot_reads_every_kind_like_the_manifest_source(emu, source):
     assert [str(e) for e in state.errors] == [
         'EgressPolicy shop/web: spec.destSubnet[0]: "10.0.0.0/33" is not a CIDR '
         "(/apis/sdn-egress.io/v1alpha1/namespaces/shop/egresspolicies/web)"]
-    # List, then one watch per kind from the list's resourceVersion.
-    lists = emu.requests_to("GET", r"/egresspolicies$")
+    # List, then one watch per kind from the list's resourceVersion (the
+    # watch request follows the list: synced says only that the list is in).
+    lists = emu.wait_for(lambda: (lambda rs: rs if len(rs) >= 2 else None)(emu.requests_to("GET", r"/egresspolicies$")))
     assert [r.query.get("watch") for r in lists][:2] == [None, "true"]
     assert lists[1].query["resourceVersion"] == str(int(lists[1].query["resourceVersion"]))
 
