@@ -27,6 +27,7 @@ LOG = logging.getLogger(__name__)
 
 WATCH_TIMEOUT = 300  # seconds: the server ends a watch after this; we resume from the last version
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+OPTIONAL_RETRY = 300  # seconds between looks at a resource the server did not serve
 
 
 def relevant(res: Resource, obj: dict) -> dict:
@@ -58,9 +59,13 @@ class Informer:
     def __init__(self, api_client, res: Resource, on_change: Callable[[], None] | None = None,
                  watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX,
                  namespace: str | None = None, label_selector: str | None = None,
-                 field_selector: str | None = None):
+                 field_selector: str | None = None, optional: bool = False):
         """``namespace``, ``label_selector``, ``field_selector``: only the
-        objects they select (default: every object of ``res``)."""
+        objects they select (default: every object of ``res``).  ``optional``:
+        a resource the API server may not serve; a 404 on its list counts as
+        an empty list (synced), looked at again every ``OPTIONAL_RETRY`` s."""
+        self.optional = optional
+        self.served: bool | None = None  # None: not known yet
         self.api_client = api_client
         self.res = res
         self.namespace = namespace
@@ -116,6 +121,15 @@ class Informer:
             except Exception as exc:  # noqa: BLE001 - the informer must live
                 from kubernetes.client.rest import ApiException
 
+                if isinstance(exc, ApiException) and exc.status == 404 and self.optional:
+                    if self.served is not False:
+                        LOG.info("%s: not served by this API server; looking again every %d s",
+                                 self.res.plural, OPTIONAL_RETRY)
+                    self.served = False
+                    self._contact()
+                    self._replace_cache({}, None)
+                    self._stop.wait(OPTIONAL_RETRY)
+                    continue
                 if isinstance(exc, ApiException) and exc.status == 410:
                     LOG.info("%s: resourceVersion %s expired; listing again", self.res.plural,
                              self.resource_version)
@@ -141,24 +155,29 @@ class Informer:
         self._contact()
         data = json.loads(resp.data)
         self.lists += 1
+        self.served = True
         cache = {}
         for item in data.get("items") or []:
             item = dict(item)
             item.setdefault("kind", self.res.kind)
             item.setdefault("apiVersion", self.res.api_version)
             cache[_key(item)] = item
+        rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
+        self._replace_cache(cache, rv)
+        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(cache), self.resource_version)
+        if self.resource_version is None:
+            raise RuntimeError("the list carried no resourceVersion")
+
+    def _replace_cache(self, cache: dict, resource_version: str | None) -> None:
         with self._lock:
             before = {k: relevant(self.res, v) for k, v in self._cache.items()}
             self._cache = cache
             after = {k: relevant(self.res, v) for k, v in cache.items()}
-        self.resource_version = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
+        self.resource_version = resource_version
         first = not self.synced.is_set()
         self.synced.set()
-        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(cache), self.resource_version)
         if first or before != after:
             self.on_change()
-        if self.resource_version is None:
-            raise RuntimeError("the list carried no resourceVersion")
 
     def _watch_once(self) -> None:
         from kubernetes import watch

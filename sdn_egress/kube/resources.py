@@ -39,6 +39,9 @@ GATEWAYS = Resource(API_GROUP, API_VERSION, "egressgateways", "EgressGateway", F
 POLICIES = Resource(API_GROUP, API_VERSION, "egresspolicies", "EgressPolicy", True, True)
 CLUSTER_POLICIES = Resource(API_GROUP, API_VERSION, "egressclusterpolicies", "EgressClusterPolicy", False, True)
 
+# The service CIDRs, where the cluster serves them (Kubernetes 1.33+, GA): the
+# kube-apiserver keeps object "kubernetes" with its --service-cluster-ip-range.
+SERVICE_CIDRS = Resource("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", namespaced=False)
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 
@@ -52,7 +55,7 @@ def list_function(api_client, res: Resource, namespace: str | None = None):
     across all namespaces, or in ``namespace``."""
     from kubernetes import client
 
-    if res.custom:
+    if res.custom or res == SERVICE_CIDRS:  # the generic REST calls serve any group
         api = client.CustomObjectsApi(api_client)
         if namespace and res.namespaced:
             return api.list_namespaced_custom_object, (res.group, res.version, namespace, res.plural)

@@ -9,6 +9,7 @@ new version (or one changing an immutable field) keeps the last valid one.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Iterable
@@ -16,15 +17,22 @@ from typing import Iterable
 import netaddr
 
 from sdn_egress.kube.informer import Informer
-from sdn_egress.kube.resources import WATCHED, Resource
+from sdn_egress.kube.resources import SERVICE_CIDRS, WATCHED, Resource
 from sdn_egress.model import ClusterState, ObjectRef
 from sdn_egress.source import Assembler, _Pass
 
+LOG = logging.getLogger(__name__)
+
 
 class KubeSource:
+    """``extra_cluster_cidrs``: configured ranges never steered.  The service
+    CIDRs are also detected where the cluster serves ServiceCIDR objects
+    (``networking.k8s.io/v1``, Kubernetes 1.33+): their ``spec.cidrs`` join the
+    configured ones (``detect_service_cidrs=False``: configuration only)."""
+
     def __init__(self, api_client, extra_cluster_cidrs: Iterable[str | netaddr.IPNetwork] = (),
                  resources: Iterable[Resource] = WATCHED, watch_timeout: int | None = None,
-                 backoff_max: float | None = None):
+                 backoff_max: float | None = None, detect_service_cidrs: bool = True):
         self.api_client = api_client
         self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
         self._changed = threading.Event()
@@ -32,28 +40,34 @@ class KubeSource:
         kwargs = {k: v for k, v in (("watch_timeout", watch_timeout), ("backoff_max", backoff_max)) if v}
         self.informers = {r.kind: Informer(api_client, r, on_change=self._changed.set, **kwargs)
                           for r in resources}
+        self.service_cidr_informer = (
+            Informer(api_client, SERVICE_CIDRS, on_change=self._changed.set, optional=True, **kwargs)
+            if detect_service_cidrs else None)
         self._history = Assembler()
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------------
+    def _all(self) -> list[Informer]:
+        return list(self.informers.values()) + [i for i in (self.service_cidr_informer,) if i is not None]
+
     def start(self) -> "KubeSource":
-        for inf in self.informers.values():
+        for inf in self._all():
             inf.start()
         return self
 
     def stop(self) -> None:
-        for inf in self.informers.values():
+        for inf in self._all():
             inf.stop()
 
     @property
     def synced(self) -> bool:
         """Every informer has listed once (before that, a snapshot would miss objects)."""
-        return all(inf.synced.is_set() for inf in self.informers.values())
+        return all(inf.synced.is_set() for inf in self._all())
 
     def wait_synced(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Block until every informer has listed once (or ``timeout``, or ``stop``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for inf in self.informers.values():
+        for inf in self._all():
             while not inf.synced.wait(0.1):
                 if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
                     return False
@@ -73,8 +87,21 @@ class KubeSource:
                     path = inf.res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
                     run.add(obj, path, path)
             by_kind = self._history.finish(run)
-            return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=self.extra_cluster_cidrs,
-                                **by_kind)
+            extra = tuple(netaddr.cidr_merge(list(self.extra_cluster_cidrs) + list(self.service_cidrs())))
+            return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=extra, **by_kind)
+
+    def service_cidrs(self) -> list[netaddr.IPNetwork]:
+        """The CIDRs of the cluster's ServiceCIDR objects (none where it serves none)."""
+        inf = self.service_cidr_informer
+        out = []
+        for obj in inf.items() if inf is not None else []:
+            for cidr in ((obj.get("spec") or {}).get("cidrs") or []):
+                try:
+                    out.append(netaddr.IPNetwork(str(cidr)))
+                except (netaddr.AddrFormatError, ValueError, TypeError):
+                    LOG.warning("ServiceCIDR %s: spec.cidrs: %r is not a CIDR; ignored",
+                                (obj.get("metadata") or {}).get("name"), cidr)
+        return out
 
     # -- raw objects, for status writers -----------------------------------------------------------------
     def raw(self, ref: ObjectRef) -> dict | None:

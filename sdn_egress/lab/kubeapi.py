@@ -49,6 +49,7 @@ RESOURCES = {
     ("", "v1", "events"): ("Event", True, False),
     ("", "v1", "configmaps"): ("ConfigMap", True, False),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
+    ("networking.k8s.io", "v1", "servicecidrs"): ("ServiceCIDR", False, False),
     ("sdn-egress.io", "v1alpha1", "egressgateways"): ("EgressGateway", False, True),
     ("sdn-egress.io", "v1alpha1", "egresspolicies"): ("EgressPolicy", True, True),
     ("sdn-egress.io", "v1alpha1", "egressclusterpolicies"): ("EgressClusterPolicy", False, True),

@@ -136,3 +136,34 @@ def test_an_immutable_field_change_keeps_the_last_valid_version(emu, source):
     assert state.policies["shop/cart"].eip_v4 == netaddr.IPAddress("192.0.2.205")
     assert str(state.errors[0]).startswith(
         'EgressPolicy shop/cart: spec.egressIP.ipv4: is immutable once set (it is "192.0.2.205")')
+
+
+def service_cidr(*cidrs: str, name: str = "kubernetes") -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": list(cidrs)}}
+
+
+def test_the_service_cidr_is_detected_where_the_cluster_serves_it(emu, source):
+    seed(emu)
+    emu.apply(service_cidr("172.20.0.0/16", "fd00:10:96::/112"))
+    source.start()
+    assert source.wait_synced(timeout=20)
+    state = source.snapshot()
+    assert netaddr.IPNetwork("172.20.0.0/16") in state.cluster_cidrs(4)  # detected
+    assert netaddr.IPNetwork("10.96.0.0/12") in state.cluster_cidrs(4)  # configured, still there
+    assert netaddr.IPNetwork("fd00:10:96::/112") in state.cluster_cidrs(6)
+    # A second range added to the cluster (kubectl create servicecidr) is picked up.
+    emu.apply(service_cidr("172.24.0.0/16", name="extra"))
+    wait_state(source, emu, lambda s: netaddr.IPNetwork("172.24.0.0/16") in s.cluster_cidrs(4),
+               "the new service range")
+
+
+def test_an_api_server_without_servicecidrs_leaves_the_configured_ranges(emu, source):
+    seed(emu)
+    emu.fail("GET", r"/apis/networking.k8s.io/v1/servicecidrs$", 404, times=1000, reason="NotFound")
+    source.start()
+    assert source.wait_synced(timeout=20)  # a resource not served is no reason to wait
+    state = source.snapshot()
+    assert source.service_cidr_informer.served is False
+    assert [str(c) for c in state.extra_cluster_cidrs] == ["10.96.0.0/12"]
+    assert list(state.policies) == ["shop/cart"]

@@ -224,6 +224,8 @@ def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     assert allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "sdn-egress-controller")
     assert not allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "someone-else")
     assert allowed(ctl_ns, "", "configmaps", "update", "sdn-egress-allocation")
+    for role in ("sdn-egress-controller", "sdn-egress-agent"):  # both detect the service CIDRs
+        assert allowed(rules(objs, "ClusterRole", role), "networking.k8s.io", "servicecidrs", "watch")
     agent_cluster = rules(objs, "ClusterRole", "sdn-egress-agent")
     assert {v for r in agent_cluster for v in r["verbs"]} == {"get", "list", "watch"}  # reads the cluster
     agent_ns = rules(objs, "Role", "sdn-egress-agent")  # sdn-egress: the allocation ConfigMap, read only
