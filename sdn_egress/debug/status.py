@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lab-state", default=DEFAULT_STATE_DIR, help="the lab to report on")
     parser.add_argument("--status", help="a controller status directory instead of a lab")
     parser.add_argument("--manifests", help="with --status: the manifest directory (cluster CIDRs)")
+    kube = parser.add_argument_group("Kubernetes (the objects, the allocation ConfigMap, the agents' Leases)")
+    kube.add_argument("--kubeconfig", metavar="PATH", help="report on the cluster this kubeconfig reaches")
+    kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
+    kube.add_argument("--namespace", default="sdn-egress", help="sdn-egress's namespace (default sdn-egress)")
+    kube.add_argument("--lease-namespace", default="sdn-egress-agents",
+                      help="where the agents keep their Leases (default sdn-egress-agents)")
 
 
 def _bfd(ovs) -> dict[str, str]:
@@ -35,9 +41,57 @@ def collect(status_dir: str, manifests: str | None, lab=None) -> dict:
     from sdn_egress.allocation import AllocationStore
     from sdn_egress.source import ManifestDirSource
 
-    alloc = AllocationStore(status_dir).load()
     reports = AgentReports(status_dir)
-    held = reports.held()
+    if lab is not None:
+        state = lab.cluster_state()
+    else:
+        state = ManifestDirSource(manifests).snapshot() if manifests else None
+    return summarize(AllocationStore(status_dir).load(), reports.read(), reports.held(), state, lab)
+
+
+def collect_kube(api, namespace: str, lease_namespace: str, timeout: float = 30.0) -> dict:
+    """The same from the API: the objects (and the service CIDRs) through the
+    Kubernetes source, the allocation ConfigMap, the agents' Leases; the
+    ranges never steered include ``CLUSTER_CIDRS`` of ConfigMap
+    ``sdn-egress-config`` (the deployment's configuration)."""
+    import datetime
+
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from sdn_egress.kube.heartbeat import LeaseReports
+    from sdn_egress.kube.source import KubeSource
+    from sdn_egress.kube.store import ConfigMapAllocationStore
+
+    try:
+        cm = client.CoreV1Api(api).read_namespaced_config_map("sdn-egress-config", namespace)
+        extra = ((cm.data or {}).get("CLUSTER_CIDRS") or "").split()
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        extra = []
+    source = KubeSource(api, extra_cluster_cidrs=extra).start()
+    leases = LeaseReports(api, lease_namespace).start()
+    try:
+        if not source.wait_synced(timeout=timeout) or not leases.informer.synced.wait(timeout):
+            raise ValueError(f"the API server listed nothing within {timeout:.0f} s")
+        state = source.snapshot()
+        reports = {}
+        for node, r in leases.read().items():
+            try:
+                renewed = datetime.datetime.fromisoformat(r["renewTime"]).timestamp()  # Z or +00:00
+            except ValueError:
+                renewed = 0
+            reports[node] = {**r, "time": renewed}
+        held = leases.held()
+    finally:
+        source.stop()
+        leases.stop()
+    return summarize(ConfigMapAllocationStore(api, namespace).load(), reports, held, state)
+
+
+def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, lab=None) -> dict:
+    """``reports``: node -> the agent's report (``time``: when, epoch seconds)."""
     out = {"policies": [], "nodes": [], "cluster_cidrs": [], "errors": []}
     if alloc is not None:
         by_ip = {str(a.ip): a for a in alloc.eips}
@@ -53,7 +107,7 @@ def collect(status_dir: str, manifests: str | None, lab=None) -> dict:
                                for c in p.conditions]})
         out["errors"] = [e.to_dict() for e in alloc.errors]
     now = time.time()
-    for node, r in sorted(reports.read().items()):
+    for node, r in sorted(reports.items()):
         entry = {"node": node, "report_age_s": round(now - r.get("time", 0), 1),
                  "passes": r.get("passes"), "error": r.get("error"),
                  "switches": r.get("switches", {}), "held_eips": r.get("held_eips", []),
@@ -66,9 +120,8 @@ def collect(status_dir: str, manifests: str | None, lab=None) -> dict:
             except Exception:  # noqa: BLE001 - a node being killed right now
                 entry["bfd"] = {}
         out["nodes"].append(entry)
-    if manifests:
-        state = ManifestDirSource(manifests).snapshot()
-        out["cluster_cidrs"] = [str(c) for c in state.cluster_cidrs(4)]
+    if state is not None:
+        out["cluster_cidrs"] = [str(c) for c in state.cluster_cidrs(4) + state.cluster_cidrs(6)]
     return out
 
 
@@ -106,7 +159,15 @@ def render(st: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from sdn_egress.lab import Lab, LabError
     try:
-        if args.status:
+        if args.kubeconfig:
+            from kubernetes.client.rest import ApiException
+
+            from sdn_egress.kube.client import api_client
+            try:
+                st = collect_kube(api_client(args.kubeconfig, args.context), args.namespace, args.lease_namespace)
+            except ApiException as exc:
+                raise ValueError(f"the API server: HTTP {exc.status} {exc.reason}") from None
+        elif args.status:
             st = collect(args.status, args.manifests)
         else:
             lab = Lab(args.lab_state)

@@ -93,15 +93,7 @@ class KubeSource:
     def service_cidrs(self) -> list[netaddr.IPNetwork]:
         """The CIDRs of the cluster's ServiceCIDR objects (none where it serves none)."""
         inf = self.service_cidr_informer
-        out = []
-        for obj in inf.items() if inf is not None else []:
-            for cidr in ((obj.get("spec") or {}).get("cidrs") or []):
-                try:
-                    out.append(netaddr.IPNetwork(str(cidr)))
-                except (netaddr.AddrFormatError, ValueError, TypeError):
-                    LOG.warning("ServiceCIDR %s: spec.cidrs: %r is not a CIDR; ignored",
-                                (obj.get("metadata") or {}).get("name"), cidr)
-        return out
+        return service_cidrs_of(inf.items() if inf is not None else [])
 
     # -- raw objects, for status writers -----------------------------------------------------------------
     def raw(self, ref: ObjectRef) -> dict | None:
@@ -111,3 +103,16 @@ class KubeSource:
     def raw_items(self, kind: str) -> list[dict]:
         inf = self.informers.get(kind)
         return inf.items() if inf is not None else []
+
+
+def service_cidrs_of(objects: Iterable[dict]) -> list[netaddr.IPNetwork]:
+    """``spec.cidrs`` of ServiceCIDR objects; a malformed entry is logged and skipped."""
+    out = []
+    for obj in objects:
+        for cidr in ((obj.get("spec") or {}).get("cidrs") or []):
+            try:
+                out.append(netaddr.IPNetwork(str(cidr)))
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                LOG.warning("ServiceCIDR %s: spec.cidrs: %r is not a CIDR; ignored",
+                            (obj.get("metadata") or {}).get("name"), cidr)
+    return out

@@ -39,6 +39,7 @@ DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
 CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of the router's)
 KUBE_API_PORT = 6443  # on the router's underlay address
+KUBE_SERVICE_CIDR = "192.0.2.64/27"  # the lab cluster's ServiceCIDR (a free part of the underlay range)
 KUBE_NAMESPACE = "sdn-egress"  # the controller's Lease, the allocation ConfigMap
 
 
@@ -455,7 +456,10 @@ class Lab(Traffic):
                       for ns in sorted({p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, "sdn-egress-agents"} if self.kube else set()))]
         if self.kube:
             api = self.kube_api()
-            for obj in nodes + namespaces:
+            # As a kube-apiserver keeps it for its --service-cluster-ip-range.
+            service_cidr = {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [KUBE_SERVICE_CIDR]}}
+            for obj in nodes + namespaces + [service_cidr]:
                 api.apply(obj)
         else:
             cluster = os.path.join(self.manifests, "cluster")
@@ -587,6 +591,28 @@ class Lab(Traffic):
             elif len(keep) != len(docs):
                 self._write(full, keep)
         return removed
+
+    def cluster_state(self):
+        """The cluster state as the controller and agents read it: from the
+        manifest directory, or from the lab's API server (the same parsers)."""
+        from sdn_egress.model import ClusterState
+        from sdn_egress.source import Assembler, ManifestDirSource, _Pass
+
+        if not self.kube:
+            return ManifestDirSource(self.manifests).snapshot()
+        from sdn_egress.kube.resources import WATCHED
+        from sdn_egress.kube.source import service_cidrs_of
+
+        api, run = self.kube_api(), _Pass()
+        for res in WATCHED:
+            for obj in api.items(res.kind):
+                obj.setdefault("kind", res.kind)
+                obj.setdefault("apiVersion", res.api_version)
+                meta = obj.get("metadata") or {}
+                path = res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
+                run.add(obj, path, path)
+        return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=tuple(service_cidrs_of(
+            api.items("ServiceCIDR"))), **Assembler().finish(run))
 
     # -- addresses and exec -------------------------------------------------------------
     def host_ns(self, host: str) -> str:

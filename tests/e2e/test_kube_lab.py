@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
+import netaddr
 import pytest
 import yaml
 
@@ -60,7 +62,8 @@ def flows(lab, node: str) -> dict[str, str]:
 def test_the_state_comes_from_the_api_and_the_status_goes_back_to_it(lab):
     # The lab wrote nothing to a manifest directory: the API is the only source.
     assert lab.kube and not lab.kube_api().get("ConfigMap", "nothing", "sdn-egress")
-    status = policy_status(lab)
+    # The status is written after the allocation the data path already follows.
+    status = wait_for(lambda: (lambda st: st if st.get("eip") else None)(policy_status(lab)), "the policy's status")
     assert status["eip"] == {"ipv4": EIP}
     assert status["node"] in ("alpha", "bravo")
     assert conditions(status) == {"IPAllocated": ("True", "Allocated"), "Ready": ("True", "GatewayNodeSelected")}
@@ -77,6 +80,24 @@ def test_the_state_comes_from_the_api_and_the_status_goes_back_to_it(lab):
     # The pod the policy does not select keeps the node IP (the CNI's masquerade).
     assert lab.udp_source("shop/etl-0", EXT) == NODE_IP["charlie"]
     assert lab.tcp_source("shop/cart-0", EXT) == EIP
+
+
+def test_status_reads_the_cluster_through_the_api(lab):
+    exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+    out = lab.exec("router", [exe, "status", "--kubeconfig", lab.kubeconfig, "--json"])
+    st = json.loads(out.stdout)
+    (cart,) = [p for p in st["policies"] if p["policy"] == "shop/cart"]
+    assert cart["eip"] == EIP and cart["ready"] and cart["held_by"] == cart["active"]
+    assert {n["node"] for n in st["nodes"]} == {"alpha", "bravo", "charlie"}
+    assert all(n["report_age_s"] < 30 for n in st["nodes"]), st["nodes"]
+    # Never steered: the detected service CIDR, the pod CIDRs and node addresses.
+    never = netaddr.IPSet(st["cluster_cidrs"])
+    assert "192.0.2.64/27" in st["cluster_cidrs"]
+    assert all(ip in never for ip in NODE_IP.values()) and "203.0.113.66" in never  # charlie's pod CIDR
+    assert "198.51.100.10" not in never
+    # The lab's own view of the same: from its API server too.
+    text = subprocess.run([exe, "status", "--lab-state", lab.state_dir], capture_output=True, text=True).stdout
+    assert "192.0.2.64/27" in text and "shop/cart" in text
 
 
 def test_an_invalid_policy_gets_its_condition_and_disturbs_nothing(lab, tmp_path):
