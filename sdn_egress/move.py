@@ -87,8 +87,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_kube(args)
     status = args.status
     if not status:
-        from sdn_egress.lab import Lab
-        status = Lab(args.lab_state).status_dir
+        from sdn_egress.lab import Lab, LabError
+        lab = Lab(args.lab_state)
+        try:
+            kube = lab.kube
+        except LabError as exc:
+            print(f"move: {exc}", file=sys.stderr)
+            return 1
+        if kube:
+            print("move: this lab keeps its state in an API server (lab up --kube): ask it there, from the "
+                  f"router namespace: sdn-egress lab exec router -- sdn-egress move --kubeconfig {lab.kubeconfig} "
+                  f"--eip {args.eip} --to {args.to}", file=sys.stderr)
+            return 2
+        status = lab.status_dir
     try:
         alloc = AllocationStore(status).load()
     except ValueError as exc:
