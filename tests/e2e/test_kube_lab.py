@@ -175,3 +175,7 @@ def test_a_planned_move_through_the_api(lab):
     bad = lab.exec("router", [exe, "move", "--kubeconfig", lab.kubeconfig, "--eip", EIP, "--to", "charlie"],
                    check=False)
     assert bad.returncode == 1 and f"charlie is not a gateway node of EIP {EIP}" in bad.stderr
+    # The lab's file-based path would never reach this controller: it says where to ask.
+    lab_way = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", EIP, "--to", source],
+                             capture_output=True, text=True, timeout=60)
+    assert lab_way.returncode == 2 and "--kubeconfig" in lab_way.stderr
