@@ -75,10 +75,9 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
     from sdn_egress.debug.explain import explain
     from sdn_egress.debug.records import load_desired
     from sdn_egress.reports import AgentReports
-    from sdn_egress.source import ManifestDirSource
 
     host, _, port = dst.partition(":")
-    state = ManifestDirSource(lab.manifests).snapshot()
+    state = lab.cluster_state()  # the manifest directory, or the lab's API server
     alloc = AllocationStore(lab.status_dir).load() or Allocation()
     pod = state.pods.get(src)
     report = AgentReports(lab.status_dir).read().get(pod.node if pod else "", {})
