@@ -131,6 +131,13 @@ def test_the_api_server_going_away_costs_no_flows(lab, tmp_path):
                  timeout=30)
         assert lab.udp_source("shop/cart-0", EXT) == EIP
         assert {n: flows(lab, n) for n in NODE_IP} == before
+        # An agent that starts while the API is away has no state: it changes nothing.
+        log_before = len(lab.agent_log("charlie"))
+        pids["charlie"] = lab.restart_agent("charlie")
+        wait_for(lambda: "waiting for the first answer of the API server" in lab.agent_log("charlie")[log_before:],
+                 "the new agent waits for the API")
+        assert lab.udp_source("shop/cart-0", EXT) == EIP
+        assert {n: flows(lab, n) for n in NODE_IP} == before
     finally:
         lab.start_kube_api()
     assert {n: lab.agent_pid(n) for n in NODE_IP} == pids
