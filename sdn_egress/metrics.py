@@ -37,6 +37,12 @@ class AgentMetrics:
                                  ["eip"], registry=r)
         self.bfd_peers_down = Gauge("sdn_egress_agent_bfd_peers_down", "Gateway peers whose BFD session is down",
                                     registry=r)
+        self.report_writes = Counter("sdn_egress_agent_report_writes_total",
+                                     "Writes of this node's report Lease (Kubernetes mode), by result",
+                                     ["result"], registry=r)
+        self.report_last_success = Gauge("sdn_egress_agent_report_last_success_timestamp_seconds",
+                                         "When the report Lease was last written (Kubernetes mode); the "
+                                         "controller takes a node silent for 30 s as gone", registry=r)
         self._egress_source = None
 
     def egress_from(self, source) -> None:

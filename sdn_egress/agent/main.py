@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         source, store, metrics=metrics, reporter=reporter,
     )
     if metrics:
+        if reporter is not None:
+            reporter.metrics = metrics
         metrics.egress_from(core.egress_by_policy)
         metrics.serve(args.metrics_port)
     manager = AppManager.get_instance()

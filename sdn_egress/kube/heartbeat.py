@@ -57,7 +57,7 @@ class LeaseReporter:
     """The agent's side: ``report(status)`` after every pass; a thread writes."""
 
     def __init__(self, api_client, namespace: str, node: str, interval: float = 5.0,
-                 duration: float = FRESH, clock=time.time):
+                 duration: float = FRESH, clock=time.time, metrics=None):
         self.api_client = api_client
         self.namespace = namespace
         self.node = node
@@ -65,6 +65,7 @@ class LeaseReporter:
         self.interval = interval
         self.duration = duration
         self.clock = clock
+        self.metrics = metrics  # AgentMetrics, when served
         self.writes = 0  # Lease writes that succeeded
         self.failing = False
         self._latest: dict | None = None
@@ -110,11 +111,16 @@ class LeaseReporter:
                 continue  # no pass finished yet: nothing to tell
             try:
                 self.write(report)
+                if self.metrics:
+                    self.metrics.report_writes.labels("ok").inc()
+                    self.metrics.report_last_success.set(self.clock())
                 backoff = 0.0
                 if self.failing:
                     LOG.info("%s: written again", self.where)
                 self.failing = False
             except Exception as exc:  # noqa: BLE001 - the reporter must live
+                if self.metrics:
+                    self.metrics.report_writes.labels("error").inc()
                 backoff = min(max(backoff * 2, 0.5), self.interval)
                 if not self.failing:
                     LOG.warning("%s: cannot write the agent's report (%s); the data path is unaffected, "

@@ -159,3 +159,16 @@ def policy_doc(name: str, namespace: str, *, eip: str | None = None, selector: d
         spec["priority"] = priority
     return {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def scrape(lab, host: str, url: str) -> dict[str, float]:
+    """Prometheus metrics at ``url``, fetched from inside ``host``'s namespace."""
+    import sys
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    text = lab.exec(host, [sys.executable, "-c", code]).stdout
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

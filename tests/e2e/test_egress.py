@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import lab_rules, policy_doc, wait_for
+from .conftest import lab_rules, policy_doc, scrape, wait_for
 
 EXT1 = "198.51.100.10"
 EXT2 = "198.51.100.11"
@@ -228,18 +228,6 @@ def test_status_reports_policy_gateway_and_invalid_objects(lab, policies):
     nodes = {n["node"]: n for n in st["nodes"]}
     assert nodes["alpha"]["held_eips"] == [eip]
     assert nodes["bravo"]["switches"]["br-int"]["connected"]
-
-
-def scrape(lab, host: str, url: str) -> dict[str, float]:
-    import sys
-    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
-    text = lab.exec(host, [sys.executable, "-c", code]).stdout
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def test_metrics_count_a_policys_egress_bytes(lab, policies):

@@ -13,7 +13,7 @@ import netaddr
 import pytest
 import yaml
 
-from .conftest import lab_up, policy_doc, wait_for
+from .conftest import lab_up, policy_doc, scrape, wait_for
 
 EXT = "198.51.100.10"
 EIP = "192.0.2.205"
@@ -126,6 +126,9 @@ def test_the_api_server_going_away_costs_no_flows(lab, tmp_path):
     try:
         # The agents notice (their informers and Lease writes fail) and keep going.
         wait_for(lambda: "cannot write the agent's report" in lab.agent_log("charlie"), "the agent saw the outage")
+        url = f"http://{NODE_IP['alpha']}:9100/metrics"
+        failed = 'sdn_egress_agent_report_writes_total{result="error"}'
+        wait_for(lambda: scrape(lab, "router", url).get(failed, 0) > 0, "failed report writes counted")
         passes = {n: lab.agent_passes(n) for n in NODE_IP}
         wait_for(lambda: all(lab.agent_passes(n) > passes[n] for n in NODE_IP), "agents resyncing meanwhile",
                  timeout=30)
@@ -141,6 +144,9 @@ def test_the_api_server_going_away_costs_no_flows(lab, tmp_path):
     finally:
         lab.start_kube_api()
     assert {n: lab.agent_pid(n) for n in NODE_IP} == pids
+    ok_at = scrape(lab, "router", url)["sdn_egress_agent_report_last_success_timestamp_seconds"]
+    wait_for(lambda: scrape(lab, "router", url)["sdn_egress_agent_report_last_success_timestamp_seconds"] > ok_at,
+             "reports written again")
     # Back: a change made through the API reaches the data path again.
     lab.label("shop/cart-0", "app", "paused")
     try:
