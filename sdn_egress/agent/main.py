@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.kube.source import KubeSource
         from sdn_egress.kube.store import ConfigMapAllocationReader
+        from sdn_egress.model import ObjectRef
 
         try:
             api = api_client(args.kubeconfig, args.context)
@@ -90,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         # restart, a cut link) picks the state up again soon after it is back.
         source = KubeSource(api, extra_cluster_cidrs=extra, backoff_max=API_BACKOFF)
         store = ConfigMapAllocationReader(api, namespace, backoff_max=API_BACKOFF)
+        node_ref = ObjectRef("Node", "", args.node)
         reporter = LeaseReporter(api, args.lease_namespace or LEASE_NAMESPACE, args.node,
-                                 interval=args.heartbeat)
+                                 interval=args.heartbeat,
+                                 node_uid=lambda: ((source.raw(node_ref) or {}).get("metadata") or {}).get("uid"))
         started = [source.start(), store.start(), reporter.start()]
         LOG.info("agent %s: state from the API server; allocation in %s; reports in %s", args.node,
                  store.where, reporter.where)

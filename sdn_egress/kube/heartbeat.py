@@ -57,7 +57,10 @@ class LeaseReporter:
     """The agent's side: ``report(status)`` after every pass; a thread writes."""
 
     def __init__(self, api_client, namespace: str, node: str, interval: float = 5.0,
-                 duration: float = FRESH, clock=time.time, metrics=None):
+                 duration: float = FRESH, clock=time.time, metrics=None, node_uid=None):
+        """``node_uid()``: the uid of this node's Node object, when known: the
+        Lease names it as its owner, so deleting the Node deletes the Lease
+        (the garbage collector's work, as for the kubelet's node Lease)."""
         self.api_client = api_client
         self.namespace = namespace
         self.node = node
@@ -66,6 +69,7 @@ class LeaseReporter:
         self.duration = duration
         self.clock = clock
         self.metrics = metrics  # AgentMetrics, when served
+        self.node_uid = node_uid or (lambda: None)
         self.writes = 0  # Lease writes that succeeded
         self.failing = False
         self._latest: dict | None = None
@@ -142,14 +146,21 @@ class LeaseReporter:
             lease = None
         spec = {"holderIdentity": self.node, "leaseDurationSeconds": int(self.duration), "renewTime": now}
         annotations = {REPORT: json.dumps(report, sort_keys=True)}
+        uid = self.node_uid()
+        owners = [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": uid}] if uid else None
         if lease is None:
+            meta = {"name": self.name, "namespace": self.namespace,
+                    "labels": {**LABELS, NODE_LABEL: self.node[:63]}, "annotations": annotations}
+            if owners:
+                meta["ownerReferences"] = owners
             api.create_namespaced_lease(self.namespace, {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace,
-                             "labels": {**LABELS, NODE_LABEL: self.node[:63]}, "annotations": annotations},
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {**spec, "acquireTime": now}}, _preload_content=False)
         else:
-            lease.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+            meta = lease.setdefault("metadata", {})
+            if owners and not meta.get("ownerReferences"):
+                meta["ownerReferences"] = owners
+            meta.setdefault("annotations", {}).update(annotations)
             lease["spec"] = {**(lease.get("spec") or {}), **spec}
             # The resourceVersion read goes back: a concurrent writer (a second
             # agent for the node, by mistake) makes this fail, not interleave.

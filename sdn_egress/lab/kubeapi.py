@@ -341,7 +341,7 @@ class KubeEmulator:
             for k in [k for k in new if k not in body and k not in ("metadata", "kind", "apiVersion", "status")]:
                 del new[k]
             meta = body.get("metadata") or {}
-            for k in ("labels", "annotations", "finalizers"):
+            for k in ("labels", "annotations", "finalizers", "ownerReferences"):
                 if meta.get(k) is not None:
                     new["metadata"][k] = copy.deepcopy(meta[k])
                 else:

@@ -77,6 +77,10 @@ def test_the_state_comes_from_the_api_and_the_status_goes_back_to_it(lab):
     wait_for(lambda: lease_report(lab, status["node"]).get("held_eips") == [EIP], "the holder's Lease report")
     for node in ("alpha", "bravo", "charlie"):
         assert lease_report(lab, node).get("passes", 0) > 0
+        # Owned by its Node: deleting the Node lets the garbage collector take the Lease.
+        lease = lab.kube_api().get("Lease", f"sdn-egress-agent-{node}", "sdn-egress-agents")
+        assert [(o["kind"], o["name"], o["uid"]) for o in lease["metadata"]["ownerReferences"]] == [
+            ("Node", node, lab.kube_api().get("Node", node)["metadata"]["uid"])]
     # The pod the policy does not select keeps the node IP (the CNI's masquerade).
     assert lab.udp_source("shop/etl-0", EXT) == NODE_IP["charlie"]
     assert lab.tcp_source("shop/cart-0", EXT) == EIP

@@ -63,6 +63,18 @@ def test_the_agent_report_reaches_the_controller_through_the_nodes_lease(emu, ap
     assert reports.gone() == set()
 
 
+def test_the_lease_is_owned_by_the_node_once_its_uid_is_known(emu, api, parts):
+    uid = [None]
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=0.2, node_uid=lambda: uid[0]))
+    reporter.report(status())
+    emu.wait_for(lambda: emu.get("Lease", lease_name("alpha"), NS))
+    assert "ownerReferences" not in emu.get("Lease", lease_name("alpha"), NS)["metadata"]
+    uid[0] = "6b1d2c4e-0000-4000-8000-000000000001"  # the Node object came into the agent's cache
+    emu.wait_for(lambda: emu.get("Lease", lease_name("alpha"), NS)["metadata"].get("ownerReferences"))
+    assert emu.get("Lease", lease_name("alpha"), NS)["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "alpha", "uid": uid[0]}]
+
+
 def test_the_lease_is_renewed_at_every_heartbeat(emu, api, parts):
     reporter = parts(LeaseReporter(api, NS, "alpha", interval=0.2))
     reporter.report(status())
