@@ -150,7 +150,7 @@ class LeaseReporter:
         owners = [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": uid}] if uid else None
         if lease is None:
             meta = {"name": self.name, "namespace": self.namespace,
-                    "labels": {**LABELS, NODE_LABEL: self.node[:63]}, "annotations": annotations}
+                    "labels": {**LABELS, NODE_LABEL: self.node[:63].rstrip("-.")}, "annotations": annotations}
             if owners:
                 meta["ownerReferences"] = owners
             api.create_namespaced_lease(self.namespace, {
