@@ -38,7 +38,6 @@ conditions).  The same inputs always give the same output.
 from __future__ import annotations
 
 import dataclasses
-
 import ipaddress
 import json
 import os

@@ -215,13 +215,9 @@ def _cidr(value: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--manifests", metavar="DIR",
-                       help="standalone: read the cluster state from the manifests in this directory")
-    where.add_argument("--kubeconfig", metavar="PATH",
-                       help="Kubernetes: reach the API server with this kubeconfig")
-    where.add_argument("--in-cluster", action="store_true",
-                       help="Kubernetes: reach the API server with the pod's service account")
+    from sdn_egress.kube.client import add_source_arguments
+
+    add_source_arguments(parser, "standalone: read the cluster state from the manifests in this directory")
     parser.add_argument("--status", metavar="DIR",
                         help="write allocation.json and errors.json into this directory "
                              "(required with --manifests; with Kubernetes, a copy of the ConfigMap)")
@@ -233,7 +229,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-interval", type=float, default=RESYNC_INTERVAL, metavar="SECONDS",
                         help="reconcile at least this often even without changes")
     kube = parser.add_argument_group("Kubernetes mode")
-    kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
     kube.add_argument("--namespace", help="the controller's namespace: its Lease and the allocation "
                                           "ConfigMap (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
     kube.add_argument("--lease-name", default="sdn-egress-controller", help="the leader election Lease")
@@ -333,8 +328,8 @@ def _run_kube(args: argparse.Namespace) -> int:
     store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
     # Its own ConfigMap, watched: a planned move asked for there wakes the controller.
     own = ConfigMapAllocationReader(api, namespace).start()
-    controller = Controller(source, store, publisher=StatusPublisher(api, source, EventRecorder(api, instance=identity)),
-                            reports=reports, wakers=(own,))
+    publisher = StatusPublisher(api, source, EventRecorder(api, instance=identity))
+    controller = Controller(source, store, publisher=publisher, reports=reports, wakers=(own,))
     _serve_metrics(controller, args)
     stop = _stop_on_signals()
     try:

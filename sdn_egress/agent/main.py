@@ -5,6 +5,8 @@ import argparse
 import logging
 import signal
 
+from sdn_egress.kube.client import add_source_arguments
+
 LOG = logging.getLogger(__name__)
 
 API_BACKOFF = 10.0  # seconds: the longest wait between two tries to reach the API server
@@ -12,13 +14,7 @@ API_BACKOFF = 10.0  # seconds: the longest wait between two tries to reach the A
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", required=True, help="this node's name (as in its Node object)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--manifests", metavar="DIR",
-                       help="standalone mode: read cluster state from this manifest directory")
-    where.add_argument("--kubeconfig", metavar="PATH",
-                       help="Kubernetes mode: reach the API server with this kubeconfig")
-    where.add_argument("--in-cluster", action="store_true",
-                       help="Kubernetes mode: reach the API server with the pod's service account")
+    add_source_arguments(parser, "standalone mode: read cluster state from this manifest directory")
     parser.add_argument("--status", metavar="DIR",
                         help="standalone mode: the controller's status directory (allocation.json; this "
                              "agent's report goes to nodes/NODE.json). Kubernetes mode: optional, where "
@@ -41,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
     kube = parser.add_argument_group("Kubernetes mode")
-    kube.add_argument("--context", help="the kubeconfig context (default: its current one)")
     kube.add_argument("--namespace", help="sdn-egress's namespace: the allocation ConfigMap and the agents' "
                                           "Leases (default: $POD_NAMESPACE, the pod's, else sdn-egress)")
     kube.add_argument("--lease-namespace", default=None, metavar="NAMESPACE",

@@ -17,6 +17,18 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
     return client.ApiClient(configuration)
 
 
+def add_source_arguments(parser, manifests_help: str) -> None:
+    """Where a program takes the cluster state from: ``--manifests DIR`` |
+    ``--kubeconfig PATH`` | ``--in-cluster`` (exactly one), and ``--context``."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--manifests", metavar="DIR", help=manifests_help)
+    where.add_argument("--kubeconfig", metavar="PATH",
+                       help="Kubernetes mode: reach the API server with this kubeconfig")
+    where.add_argument("--in-cluster", action="store_true",
+                       help="Kubernetes mode: reach the API server with the pod's service account")
+    parser.add_argument("--context", help="Kubernetes mode: the kubeconfig context (default: its current one)")
+
+
 def pod_namespace(default: str = "sdn-egress") -> str:
     """The namespace this pod runs in: ``$POD_NAMESPACE``, else the service
     account's, else ``default``."""

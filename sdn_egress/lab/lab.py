@@ -29,6 +29,7 @@ import time
 import yaml
 
 from ovs_setup.daemons import OvsInstance, process_alive as _alive, stop_all_under, terminate as _kill
+from sdn_egress.kube.heartbeat import NAMESPACE as AGENT_LEASE_NAMESPACE
 from sdn_egress.lab import topology as topo_mod
 from sdn_egress.lab.topology import Topology
 from sdn_egress.lab.traffic import Traffic
@@ -452,8 +453,8 @@ class Lab(Traffic):
                   "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
                              "conditions": [{"type": "Ready", "status": "True"}]}}
                  for n in topo.nodes]
-        namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-                      for ns in sorted({p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, "sdn-egress-agents"} if self.kube else set()))]
+        names = {p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, AGENT_LEASE_NAMESPACE} if self.kube else set())
+        namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in sorted(names)]
         if self.kube:
             api = self.kube_api()
             # As a kube-apiserver keeps it for its --service-cluster-ip-range.

@@ -88,12 +88,19 @@ def test_the_lease_is_renewed_at_every_heartbeat(emu, api, parts):
     emu.wait_for(three_renewals)
 
 
-def test_a_node_is_gone_when_its_lease_stops_changing_by_the_controllers_clock(emu, api, parts):
+def alpha_reporting(emu, api, parts, interval: float):
+    """The controller's side on a clock of the test's (fresh: 30 s), and
+    alpha's agent reporting that it holds 192.0.2.200, seen by it."""
     clock = Clock()
     reports = parts(LeaseReports(api, NS, fresh=30, clock=clock))
-    reporter = parts(LeaseReporter(api, NS, "alpha", interval=60))
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=interval))
     reporter.report(status("192.0.2.200"))
     emu.wait_for(lambda: "alpha" in reports.read())
+    return clock, reports, reporter
+
+
+def test_a_node_is_gone_when_its_lease_stops_changing_by_the_controllers_clock(emu, api, parts):
+    clock, reports, reporter = alpha_reporting(emu, api, parts, interval=60)
     clock.t += 29
     assert reports.gone() == set() and reports.held() == {"192.0.2.200": "alpha"}
     clock.t += 2  # 31 s without a change seen: whatever the agent's clock says
@@ -103,11 +110,7 @@ def test_a_node_is_gone_when_its_lease_stops_changing_by_the_controllers_clock(e
 
 
 def test_an_api_outage_is_not_taken_for_every_agent_dying(emu, api, parts):
-    clock = Clock()
-    reports = parts(LeaseReports(api, NS, fresh=30, clock=clock))
-    reporter = parts(LeaseReporter(api, NS, "alpha", interval=1))
-    reporter.report(status("192.0.2.200"))
-    emu.wait_for(lambda: "alpha" in reports.read())
+    clock, reports, reporter = alpha_reporting(emu, api, parts, interval=1)
     host, port = emu.server.server_address[:2]
     emu.stop()
     emu.wait_for(lambda: reports.informer.failing and reporter.failing)
