@@ -302,7 +302,7 @@ def _run_manifests(args: argparse.Namespace) -> int:
 def _run_kube(args: argparse.Namespace) -> int:
     import socket
 
-    from sdn_egress.kube.client import api_client, pod_namespace
+    from sdn_egress.kube.client import api_client_from, pod_namespace
     from sdn_egress.kube.events import EventRecorder
     from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReports
     from sdn_egress.kube.leader import LeaderElector
@@ -310,10 +310,8 @@ def _run_kube(args: argparse.Namespace) -> int:
     from sdn_egress.kube.status import StatusPublisher
     from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
 
-    try:
-        api = api_client(args.kubeconfig, args.context)
-    except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
-        LOG.error("controller: no Kubernetes API client: %s", exc)
+    api = api_client_from(args, "controller")
+    if api is None:
         return 2
     namespace = args.namespace or pod_namespace()
     identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()

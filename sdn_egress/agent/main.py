@@ -70,16 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if args.manifests:
         source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), AllocationStore(args.status)
     else:
-        from sdn_egress.kube.client import api_client, pod_namespace
+        from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.kube.source import KubeSource
         from sdn_egress.kube.store import ConfigMapAllocationReader
         from sdn_egress.model import ObjectRef
 
-        try:
-            api = api_client(args.kubeconfig, args.context)
-        except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
-            LOG.error("agent: no Kubernetes API client: %s", exc)
+        api = api_client_from(args, "agent")
+        if api is None:
             return 2
         namespace = args.namespace or pod_namespace()
         # Retries at most API_BACKOFF apart: a node that lost the API (its

@@ -17,6 +17,19 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
     return client.ApiClient(configuration)
 
 
+def api_client_from(args, program: str):
+    """The client ``add_source_arguments``' flags ask for; None (the reason
+    logged, naming ``program``) when the kubeconfig or the pod's service
+    account cannot give one."""
+    import logging
+
+    try:
+        return api_client(args.kubeconfig, args.context)
+    except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
+        logging.getLogger(__name__).error("%s: no Kubernetes API client: %s", program, exc)
+        return None
+
+
 def add_source_arguments(parser, manifests_help: str) -> None:
     """Where a program takes the cluster state from: ``--manifests DIR`` |
     ``--kubeconfig PATH`` | ``--in-cluster`` (exactly one), and ``--context``."""
