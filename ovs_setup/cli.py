@@ -19,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--uplink", metavar="NIC", help="the uplink NIC to put on br-ex")
         if name == "setup":
             p.add_argument("--datapath-type", choices=("netdev", "system"), default="netdev")
-            p.add_argument("--controller", default="tcp:127.0.0.1:6653",
-                           help="OpenFlow controller target (the agent's listen address)")
+            p.add_argument("--controller", metavar="unix:PATH",
+                           help="OpenFlow controller target, the agent's socket (default: "
+                                "unix:DIR/sdn-egress.sock, DIR the --db socket's directory, the OVS run "
+                                "directory: ovs-vswitchd connects unix: targets only there)")
         if name == "show":
             p.add_argument("--json", action="store_true")
 
@@ -80,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
     except (ovsdb.OvsdbError, UplinkError) as exc:
         print(f"sdn-egress ovs {args.ovs_command}: {exc}", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"sdn-egress ovs {args.ovs_command}: {exc}", file=sys.stderr)
         return 1

@@ -2,23 +2,43 @@
 with an uplink, ``br-ex`` (the NIC, patch, the node IP moved onto it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from ovs_setup import ovsdb, uplink as uplink_mod
 
 EGW_OFPORT, FLOW_TUNNEL_OFPORT, INT_PATCH_OFPORT = 1, 2, 3
 UPLINK_OFPORT, EX_PATCH_OFPORT = 1, 2
 
+AGENT_SOCKET = "sdn-egress.sock"
+
+
+def agent_socket(db_target: str) -> str:
+    """Where the agent listens for OpenFlow: ``sdn-egress.sock`` beside the
+    OVSDB socket, i.e. in the OVS run directory, the only directory whose
+    ``unix:`` controller targets ovs-vswitchd connects to.  A Unix socket,
+    not TCP: no process without the right to that file can pose as a switch
+    or as the controller."""
+    kind, _, path = db_target.partition(":")
+    if kind != "unix" or not path:
+        raise ValueError(f"OVSDB target {db_target!r} is not unix:PATH: name the agent's socket "
+                         "explicitly (--controller unix:PATH / --listen punix:PATH)")
+    return os.path.join(os.path.dirname(os.path.abspath(path)), AGENT_SOCKET)
+
 
 @dataclass
 class NodeBridges:
     db_target: str
     datapath_type: str = "netdev"
-    controller: str | None = "tcp:127.0.0.1:6653"
+    controller: str | None = field(default=None)  # default: unix:<agent_socket(db_target)>
     uplink: str | None = None
     br_int: str = "br-int"
     br_ex: str = "br-ex"
     egw: str = "egw0"
+
+    def __post_init__(self):
+        if self.controller is None and self.db_target.startswith("unix:"):
+            self.controller = f"unix:{agent_socket(self.db_target)}"
 
 
 @dataclass
@@ -32,6 +52,9 @@ class NodeSetup:
 def setup_node(cfg: NodeBridges, api=None) -> NodeSetup:
     """Idempotent: a second run changes nothing."""
     from pyroute2 import IPRoute
+
+    if not cfg.controller:
+        agent_socket(cfg.db_target)  # raises: says how to name the socket
 
     if cfg.uplink:
         with IPRoute() as ipr:  # refuse before changing anything

@@ -34,7 +34,7 @@ def datapath_id(bridge: str) -> str:
 
 
 def ensure_bridge(api, name: str, *, datapath_type: str = "netdev",
-                  controller: str | None = "tcp:127.0.0.1:6653",
+                  controller: str | None = None,
                   protocols=("OpenFlow13", "OpenFlow14"), fail_mode: str = "secure",
                   datapath_id: str | None = None, external_ids: dict | None = None) -> None:
     dpid = datapath_id or globals()["datapath_id"](name)

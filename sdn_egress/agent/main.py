@@ -22,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ovs-db", default="unix:/var/run/openvswitch/db.sock",
                         help="OVSDB target of this node's Open vSwitch")
     parser.add_argument("--ovs-rundir", help="OVS run directory (for logs and traces only)")
-    parser.add_argument("--listen", default="127.0.0.1:6653",
-                        help="OpenFlow listen address the bridges' controller target points at")
+    parser.add_argument("--listen", metavar="punix:PATH|tcp:HOST:PORT",
+                        help="where the bridges' controller target points: default punix:DIR/sdn-egress.sock, "
+                             "DIR the --ovs-db socket's directory (the OVS run directory; the bridges' "
+                             "target is unix:DIR/sdn-egress.sock, as `sdn-egress ovs setup` sets it)")
     parser.add_argument("--resync-interval", type=float, default=10.0,
                         help="seconds between full flow dumps that repair drift")
     parser.add_argument("--bfd-interval", type=int, default=100, metavar="MS",
@@ -65,6 +67,14 @@ def run(args: argparse.Namespace) -> int:
     except (netaddr.AddrFormatError, ValueError) as exc:
         LOG.error("agent: --cluster-cidr: %s", exc)
         return 2
+    from ovs_setup.node import agent_socket
+    from sdn_egress.agent import listen as listen_mod
+    try:
+        listen = listen_mod.parse(args.listen or f"punix:{agent_socket(args.ovs_db)}")
+        listen_mod.prepare(listen)
+    except ValueError as exc:
+        LOG.error("agent: %s", exc)
+        return 2
     reporter = None
     started = []
     if args.manifests:
@@ -91,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         started = [source.start(), store.start(), reporter.start()]
         LOG.info("agent %s: state from the API server; allocation in %s; reports in %s", args.node,
                  store.where, reporter.where)
-    host, _, port = args.listen.rpartition(":")
-    cfg.CONF(args=["--ofp-listen-host", host, "--ofp-tcp-listen-port", port], project="os_ken")
+    cfg.CONF(args=listen.os_ken_args(), project="os_ken")
     metrics = None
     if args.metrics_port:
         from sdn_egress.metrics import AgentMetrics
@@ -113,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         metrics.serve(args.metrics_port)
     manager = AppManager.get_instance()
     manager.load_apps(["sdn_egress.agent.app"])
+    listen_mod.install(manager, listen)
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(agent_core=core, **contexts)
 
@@ -123,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    LOG.info("agent %s: listening for OpenFlow on %s", args.node, args.listen)
+    LOG.info("agent %s: listening for OpenFlow on %s", args.node, listen)
     try:
         hub.joinall(services)
     finally:

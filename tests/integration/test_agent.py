@@ -230,3 +230,38 @@ def test_broken_manifest_keeps_the_last_good_state(node):
     assert node.agent.poll() is None, "agent died on bad input"
     assert node.flows() == before
 
+
+
+def test_openflow_only_over_the_agents_unix_socket(node):
+    """The bridges reach the agent over a Unix socket in the OVS run
+    directory; nothing listens on TCP, and a process without root's file
+    rights cannot connect (it can neither pose as a switch nor reach the
+    agent's OpenFlow endpoint)."""
+    node.write("cluster.yaml", manifests([("alpha", {"egress": "true"})],
+                                         [("shop", "cart-1", "alpha", "203.0.113.2", {"app": "cart"})],
+                                         [GATEWAY]))
+    node.allocate()
+    node.start_agent()
+    wait_for(lambda: node.agent_status().get("switches", {}).get("br-int", {}).get("connected"),
+             "br-int connected to the agent")
+    sock = os.path.join(node.ovs.rundir, "sdn-egress.sock")
+    for br in ("br-int", "br-ex"):
+        assert node.ovs.vsctl("get-controller", br).strip() == f"unix:{sock}"
+    st = os.stat(sock)
+    assert (st.st_uid, oct(st.st_mode & 0o777)) == (0, "0o600")
+    # No TCP listener in the node's namespace (OpenFlow's 6653/6633 included).
+    assert sh("ss", "-Hltn", ns=node.ns).strip() == ""
+    probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+             "try:\n s.connect(sys.argv[1]); print('connected')\n"
+             "except OSError as e: print(type(e).__name__)\n")
+    as_nobody = subprocess.run(["ip", "netns", "exec", node.ns, "setpriv", "--reuid=65534", "--regid=65534",
+                                "--clear-groups", sys.executable, "-c", probe, sock],
+                               capture_output=True, text=True, timeout=30)
+    assert as_nobody.stdout.strip() == "PermissionError", as_nobody.stderr
+    # A second agent on the node refuses to start rather than steal the socket.
+    second = subprocess.run(["ip", "netns", "exec", node.ns, SDN_EGRESS, "agent", "--node", node.name,
+                             "--manifests", str(node.mdir), "--status", str(node.sdir),
+                             "--ovs-db", node.ovs.db_target], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert f"--listen punix:{sock}: another process listens there already" in second.stderr
+    assert node.agent.poll() is None and node.agent_status()["switches"]["br-int"]["connected"]

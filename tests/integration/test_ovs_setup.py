@@ -60,7 +60,8 @@ def test_setup_creates_the_bridges_and_is_idempotent(node):
     for br in ("br-int", "br-ex"):
         assert ovs.vsctl("get", "Bridge", br, "datapath_type").strip() == "netdev"
         assert ovs.vsctl("get", "Bridge", br, "fail_mode").strip() == "secure"
-        assert ovs.vsctl("get-controller", br).strip() == "tcp:127.0.0.1:6653"
+        # The agent's Unix socket in the OVS run directory, not TCP.
+        assert ovs.vsctl("get-controller", br).strip() == f"unix:{ovs.rundir}/sdn-egress.sock"
     assert ovs.vsctl("get", "Interface", "gnv-flow", "options").strip() == '{key=flow, remote_ip=flow}'
     assert ovs.vsctl("get", "Interface", "egw0", "ofport").strip() == "1"
     # Same rows, same uuids: nothing was recreated.
@@ -72,7 +73,7 @@ def test_setup_creates_the_bridges_and_is_idempotent(node):
     assert "default via 192.0.2.1 dev br-ex" in sh(ns, "ip", "route").stdout
     shown = json.loads(cli(ns, ovs, "show", "--json").stdout)
     assert shown["br-int"]["ports"]["gnv-flow"]["options"] == {"key": "flow", "remote_ip": "flow"}
-    assert shown["br-ex"]["controllers"] == [{"target": "tcp:127.0.0.1:6653", "connected": False}]
+    assert shown["br-ex"]["controllers"] == [{"target": f"unix:{ovs.rundir}/sdn-egress.sock", "connected": False}]
 
     cli(ns, ovs, "teardown", "--uplink", "eth0")
     assert ovs.vsctl("list-br").split() == []
