@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the bridges' controller target points: default punix:DIR/sdn-egress.sock, "
                              "DIR the --ovs-db socket's directory (the OVS run directory; the bridges' "
                              "target is unix:DIR/sdn-egress.sock, as `sdn-egress ovs setup` sets it)")
+    parser.add_argument("--proc-sys-net", default="/proc/sys/net", metavar="DIR",
+                        help="the host's /proc/sys/net, writable (rp_filter, reserved ports); in a container "
+                             "its own is read-only: mount the host's elsewhere and name it here")
     parser.add_argument("--resync-interval", type=float, default=10.0,
                         help="seconds between full flow dumps that repair drift")
     parser.add_argument("--bfd-interval", type=int, default=100, metavar="MS",
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from os_ken.lib import hub
 
     from sdn_egress.agent.core import AgentConfig, AgentCore
+    from sdn_egress.agent.routing import HostRouting
     from sdn_egress.allocation import AllocationStore
     from sdn_egress.source import ManifestDirSource
 
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
                         "mult": str(args.bfd_mult)}),
         source, store, metrics=metrics, reporter=reporter,
+        routing=HostRouting(proc_sys_net=args.proc_sys_net),
     )
     if metrics:
         if reporter is not None:

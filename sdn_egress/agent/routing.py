@@ -58,14 +58,34 @@ def _rule(ipr, cmd: str, rule: Rule) -> None:
              dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
 
 
-RESERVED_PORTS = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+PROC_SYS_NET = "/proc/sys/net"
+RESERVED_PORTS = PROC_SYS_NET + "/ipv4/ip_local_reserved_ports"
+
+
+class SysctlError(RuntimeError):
+    pass
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """One sysctl write; a refusal names the file, the reason and the way
+    out (in a container /proc/sys is read-only unless the host's
+    /proc/sys/net is mounted writable, see docs/kubernetes.md)."""
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SysctlError(f"cannot write {value} to {path} ({exc.strerror}): the host's /proc/sys/net must be "
+                          "writable for the agent (--proc-sys-net names where it is mounted)") from None
 
 
 class HostRouting:
-    """Keeps the node's kernel steering in line with the view."""
+    """Keeps the node's kernel steering in line with the view.  ``proc_sys_net``:
+    where the host's ``/proc/sys/net`` is (in the DaemonSet a writable hostPath
+    mount, the container's own being read-only)."""
 
-    def __init__(self, egw: str = "egw0"):
+    def __init__(self, egw: str = "egw0", proc_sys_net: str = PROC_SYS_NET):
         self.egw = egw
+        self.proc_sys_net = proc_sys_net
 
     def sync(self, steers: tuple[Steer, ...]) -> tuple[int, int]:
         """Make the rules exactly those the steers ask for; returns (added, removed)."""
@@ -84,10 +104,11 @@ class HostRouting:
         self._ensure_nat_bypass()
         return len(want - have), len(have - want)
 
-    def reserve_ports(self, lo: int, hi: int, path: str = RESERVED_PORTS) -> bool:
+    def reserve_ports(self, lo: int, hi: int, path: str | None = None) -> bool:
         """Add ``lo-hi`` to the kernel's reserved local ports (never handed
         out as ephemeral ports: the useNodeIP SNAT owns them on this node's
         address).  Keeps what is reserved already; True when it changed."""
+        path = path or f"{self.proc_sys_net}/ipv4/ip_local_reserved_ports"
         try:
             with open(path) as f:
                 current = f.read().strip()
@@ -100,8 +121,7 @@ class HostRouting:
             covered.update(range(int(a), int(b or a) + 1))
         if all(p in covered for p in (lo, hi)) and len(covered & set(range(lo, hi + 1))) == hi - lo + 1:
             return False
-        with open(path, "w") as f:
-            f.write(",".join(filter(None, (current, f"{lo}-{hi}"))))
+        write_sysctl(path, ",".join(filter(None, (current, f"{lo}-{hi}"))))
         LOG.info("routing: reserved local ports %d-%d for the SNAT to this node's address", lo, hi)
         return True
 
@@ -118,12 +138,13 @@ class HostRouting:
         # Replies come back in on egw0 from addresses routed via the uplink:
         # strict reverse-path filtering would drop them.
         for name in (self.egw, "all"):
-            path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+            path = f"{self.proc_sys_net}/ipv4/conf/{name}/rp_filter"
             with open(path) as f:
                 current = f.read().strip()
-            if name == self.egw or current == "1":
-                with open(path, "w") as f:
-                    f.write("2")
+            # Written only when it differs: a node whose sysctls are already
+            # right needs no write (nor a writable /proc/sys).
+            if current != "2" and (name == self.egw or current == "1"):
+                write_sysctl(path, "2")
 
     def _ensure_nat_bypass(self) -> None:
         """Packets leaving through egw0 must keep the pod's source address: the

@@ -265,3 +265,34 @@ def test_openflow_only_over_the_agents_unix_socket(node):
     assert second.returncode == 2
     assert f"--listen punix:{sock}: another process listens there already" in second.stderr
     assert node.agent.poll() is None and node.agent_status()["switches"]["br-int"]["connected"]
+
+
+def test_refused_sysctl_writes_are_reported_and_the_flows_stay(node):
+    """As in a container that is not privileged: /proc/sys read-only. The
+    agent cannot set rp_filter on egw0, so it installs no steering rule; it
+    says so in its report (and `sdn-egress status`), keeps running and keeps
+    its flows, rather than silently steering nothing."""
+    node.write("cluster.yaml", manifests([("alpha", {"egress": "true"})],
+                                         [("shop", "cart-1", "alpha", "203.0.113.2", {"app": "cart"})],
+                                         [GATEWAY]))
+    node.write("policy.yaml", [POLICY])
+    node.allocate()
+    sh("sysctl", "-qw", "net.ipv4.conf.egw0.rp_filter=1", ns=node.ns)  # strict: the agent must change it
+    node.log = open(node.dir / "agent.log", "ab")
+    agent = [SDN_EGRESS, "agent", "--node", node.name, "--manifests", str(node.mdir), "--status", str(node.sdir),
+             "--ovs-db", node.ovs.db_target, "--resync-interval", "1"]
+    node.agent = subprocess.Popen(
+        ["ip", "netns", "exec", node.ns, "unshare", "-m", "sh", "-c",
+         'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"', "sh", *agent],
+        stdout=node.log, stderr=subprocess.STDOUT)
+    want = "cannot write 2 to /proc/sys/net/ipv4/conf/egw0/rp_filter (Read-only file system)"
+    status = wait_for(lambda: want in (node.agent_status().get("error") or "") and node.agent_status(),
+                      "the refused write in the agent's report")
+    assert status["switches"]["br-int"]["connected"]
+    wait_for(lambda: any("nw_src=203.0.113.2" in f and "nw_dst=198.51.100.0/24" in f for f in node.flows()),
+             "the policy's flows on br-int")
+    assert "lookup 7100" not in sh("ip", "rule", ns=node.ns)
+    assert sh("sysctl", "-n", "net.ipv4.conf.egw0.rp_filter", ns=node.ns).strip() == "1"
+    out = subprocess.run([SDN_EGRESS, "status", "--status", str(node.sdir)], capture_output=True, text=True)
+    assert out.returncode == 0 and f"    error: {want}" in out.stdout, out.stdout + out.stderr
+    assert node.agent.poll() is None

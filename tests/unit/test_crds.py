@@ -233,6 +233,8 @@ def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     assert not allowed(agent_ns, "", "configmaps", "update", "sdn-egress-allocation")
     leases = rules(objs, "Role", "sdn-egress-agent", "sdn-egress-agents")  # its own Lease, in its own namespace
     assert all(allowed(leases, "coordination.k8s.io", "leases", v) for v in ("create", "get", "update"))
+    # `sdn-egress status` in the agent's pod lists every agent's report.
+    assert all(allowed(leases, "coordination.k8s.io", "leases", v) for v in ("list", "watch"))
     assert not allowed(leases, "coordination.k8s.io", "leases", "delete")
     assert allowed(rules(objs, "Role", "sdn-egress-controller", "sdn-egress-agents"),
                    "coordination.k8s.io", "leases", "watch")
@@ -252,7 +254,14 @@ def test_controller_deployment_and_agent_daemonset():
     [a] = agent["containers"]
     assert a["securityContext"]["privileged"] is False
     assert a["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
-    mounts = {m["mountPath"] for m in a["volumeMounts"]}
-    assert "/var/run/openvswitch" in mounts
+    mounts = {m["mountPath"]: m["name"] for m in a["volumeMounts"]}
+    paths = {v["name"]: v["hostPath"]["path"] for v in agent["volumes"]}
+    assert paths[mounts["/var/run/openvswitch"]] == "/var/run/openvswitch"
+    # The container's /proc/sys is read-only: the host's /proc/sys/net, writable, where the agent looks.
+    assert paths[mounts["/host/proc/sys/net"]] == "/proc/sys/net"
+    assert not any(m.get("readOnly") for m in a["volumeMounts"] if m["mountPath"] == "/host/proc/sys/net")
+    assert "--proc-sys-net /host/proc/sys/net" in a["args"][0]
+    # OpenFlow over the Unix socket in the OVS run directory, no TCP.
+    assert "--listen punix:/var/run/openvswitch/sdn-egress.sock" in a["args"][0] and "6653" not in a["args"][0]
     assert "--in-cluster" in a["args"][0] and {e["name"] for e in a["env"]} == {"NODE_NAME", "POD_NAMESPACE"}
     assert objs[("ConfigMap", "sdn-egress-config")]["data"]["CLUSTER_CIDRS"]

@@ -20,3 +20,12 @@ def test_a_partly_reserved_range_is_completed(tmp_path):
     path.write_text("61440-62000,65535")
     assert HostRouting().reserve_ports(61440, 65535, path=str(path))
     assert path.read_text().endswith(",61440-65535")
+
+
+def test_the_hosts_proc_sys_net_can_live_elsewhere(tmp_path):
+    """In the DaemonSet the host's /proc/sys/net is mounted at another path
+    (the container's own /proc/sys is read-only)."""
+    (tmp_path / "ipv4").mkdir()
+    (tmp_path / "ipv4" / "ip_local_reserved_ports").write_text("8080\n")
+    assert HostRouting(proc_sys_net=str(tmp_path)).reserve_ports(61440, 65535)
+    assert (tmp_path / "ipv4" / "ip_local_reserved_ports").read_text() == "8080,61440-65535"
