@@ -455,7 +455,20 @@ class AgentCore:
             "dead_peers": sorted(self._dead),
             "isolated": self._isolated,
             "tunnels": dict(sorted((self._peers or {}).items())),
+            "bfd": self._bfd_report(),
         }
+
+    def _bfd_report(self) -> dict[str, str]:
+        """tunnel port -> BFD state for ``sdn-egress status`` (which cannot
+        reach another node's OVSDB on a real cluster)."""
+        from ovs_setup import ovsdb
+        try:
+            states = self._bfd_states()
+        except Exception:  # noqa: BLE001 - OVSDB away: nothing to report
+            return {}
+        return {ovsdb.tunnel_port_name(peer): st.get("state", "?") + (
+                    "" if st.get("forwarding") == "true" else " (not forwarding)")
+                for peer, st in sorted(states.items()) if st}
 
     def _write_status(self) -> None:
         if self.reporter is not None:

@@ -10,21 +10,20 @@ import json
 import sys
 
 from flows import cookie as C
+from ovs_setup.daemons import OvsError
 from sdn_egress.debug.records import flow_key, load_desired, parse_dump, parse_ofctl
 
 BRIDGES = ("br-int", "br-ex")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdn_egress.lab.lab import DEFAULT_STATE_DIR
+    from sdn_egress.debug import env
     parser.add_argument("--node", required=True)
     parser.add_argument("--policy", metavar="NS/NAME", help="only flows owned by this policy (or its EIP)")
     parser.add_argument("--pod", metavar="NS/NAME", help="only flows of this pod")
     parser.add_argument("--table", metavar="NAME", help="only this pipeline table")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--lab-state", default=DEFAULT_STATE_DIR, help="the lab whose node to read")
-    parser.add_argument("--ovs-rundir", help="on a real node: the OVS run directory (instead of a lab)")
-    parser.add_argument("--status", help="on a real node: the agent's status directory")
+    env.add_arguments(parser, "whose node to read")
 
 
 def _feature(cookie: int) -> str:
@@ -119,42 +118,34 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def node_sources(args) -> tuple[object, str]:
-    """(an OvsInstance for the node's switch, the agent's status directory)."""
-    from ovs_setup.daemons import OvsInstance
-    from sdn_egress.lab import Lab
-    if args.ovs_rundir:
-        if not args.status:
-            raise SystemExit("flows: --ovs-rundir needs --status (the agent's status directory)")
-        return OvsInstance(args.ovs_rundir), args.status
-    lab = Lab(args.lab_state)
-    lab.load()
-    if args.node not in {n.name for n in lab.topology().nodes}:
-        raise SystemExit(f"flows: no node named {args.node!r} in the lab at {args.lab_state}")
-    return lab.ovs(args.node), lab.status_dir
+def read(env, node: str, warn=None) -> dict:
+    """The node's flows joined with its agent's record, from ``env``."""
+    ovs = env.switch(node)
+    try:
+        desired = env.desired_flows(node)
+    except FileNotFoundError as exc:
+        if warn:
+            warn(f"the agent of {node} has not recorded its flows yet ({exc.filename})")
+        desired = {}
+    dumps = {}
+    for bridge in BRIDGES:
+        try:
+            dumps[bridge] = ovs.ofctl("--no-names", "dump-flows", bridge)
+        except OvsError:
+            if bridge == "br-int":
+                raise
+            dumps[bridge] = ""  # a node without br-ex
+    return collect(node, dumps, desired)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdn_egress.debug import env as env_mod
     from sdn_egress.lab.lab import LabError
     try:
-        ovs, status_dir = node_sources(args)
-        try:
-            desired = load_desired(status_dir, args.node)
-        except FileNotFoundError:
-            print(f"flows: the agent of {args.node} has not recorded its flows yet "
-                  f"({status_dir}/nodes/{args.node}.flows.json)", file=sys.stderr)
-            desired = {}
-        dumps = {}
-        for bridge in BRIDGES:
-            try:
-                dumps[bridge] = ovs.ofctl("--no-names", "dump-flows", bridge)
-            except Exception as exc:  # noqa: BLE001 - a node without br-ex
-                if bridge == "br-int":
-                    raise
-                dumps[bridge] = ""
-                del exc
-        report = select(collect(args.node, dumps, desired), args.policy, args.pod, args.table)
-    except (LabError, OSError) as exc:
+        env = env_mod.from_args(args)
+        report = read(env, args.node, warn=lambda m: print(f"flows: {m}", file=sys.stderr))
+        report = select(report, args.policy, args.pod, args.table)
+    except (LabError, env_mod.EnvError, OvsError, OSError) as exc:
         print(f"flows: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -22,13 +22,16 @@ BRIDGE = re.compile(r'^bridge\("([^"]+)"\)')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdn_egress.lab.lab import DEFAULT_STATE_DIR
+    from sdn_egress.debug import env
     parser.add_argument("--src", required=True, metavar="NS/POD")
     parser.add_argument("--dst", required=True, metavar="IP[:PORT]")
     parser.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
     parser.add_argument("--node", help="the pod's node (default: from the pod object)")
+    parser.add_argument("--gateway-hop", action="store_true",
+                        help="only the gateway's hop, traced on this node (the EIP's holder): on a real "
+                             "cluster each node's switch is reachable only on that node")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--lab-state", default=DEFAULT_STATE_DIR, help="the lab to trace in")
+    env.add_arguments(parser, "to trace in")
 
 
 def parse_trace(text: str, owners: dict[str, str]) -> dict:
@@ -70,17 +73,21 @@ def _packet(proto: str, src: str, dst: str, port: int | None) -> str:
     return spec
 
 
-def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) -> dict:
-    from sdn_egress.allocation import Allocation, AllocationStore
+def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
+          gateway_hop: bool = False) -> dict:
+    """``env``: a :class:`sdn_egress.debug.env.Environment`.  A hop the
+    environment cannot reach from here (another node's switch on a real
+    cluster) is listed with where to run it (``--gateway-hop`` there)."""
+    from sdn_egress.debug.env import EnvError
     from sdn_egress.debug.explain import explain
-    from sdn_egress.debug.records import load_desired
-    from sdn_egress.reports import AgentReports
 
     host, _, port = dst.partition(":")
-    state = lab.cluster_state()  # the manifest directory, or the lab's API server
-    alloc = AllocationStore(lab.status_dir).load() or Allocation()
+    dport = int(port) if port else None
+    state = env.cluster_state()
+    alloc = env.allocation()
     pod = state.pods.get(src)
-    report = AgentReports(lab.status_dir).read().get(pod.node if pod else "", {})
+    reports = env.reports()
+    report = reports.get(pod.node if pod else "", {})
     why = explain(state, alloc, src, host, dead=frozenset(report.get("dead_peers", [])))
     out = {"policy": why.to_dict(), "hops": []}
     if pod is None:
@@ -90,15 +97,33 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
 
     def owners(n: str) -> dict:
         try:
-            return load_desired(lab.status_dir, n).get("owners", {})
-        except FileNotFoundError:
+            return env.desired_flows(n).get("owners", {})
+        except (FileNotFoundError, EnvError):
             return {}
 
+    if gateway_hop:
+        a = alloc.eip(why.eip) if why.eip else None
+        if a is None:
+            out["hops"].append({"where": "gateway", "route": "", "explain":
+                                "not steered to a gateway: there is no gateway hop to trace"})
+            return out
+        gw = env.held().get(why.eip) or (a.nodes[0] if a.nodes else None)
+        if gw is None:
+            out["hops"].append({"where": "gateway", "route": "", "explain":
+                                f"EIP {why.eip} has no gateway node"})
+            return out
+        _gateway(env, out, gw, node, a.tunnel_key, proto, pod_ip, host, dport, owners)
+        return out
+
     # 1. The host: does the kernel steer it into egw0?
-    routes = lab.exec(node, ["ip", "route", "show", f"{pod_ip}/32"]).stdout.split()
-    veth = routes[routes.index("dev") + 1] if "dev" in routes else None  # the pod's host-side veth
-    route = lab.exec(node, ["ip", "route", "get", host, "from", pod_ip, "iif", veth or "lo"],
-                     check=False).stdout.strip().splitlines()
+    try:
+        routes = env.run(node, ["ip", "route", "show", f"{pod_ip}/32"]).stdout.split()
+        veth = routes[routes.index("dev") + 1] if "dev" in routes else None  # the pod's host-side veth
+        route = env.run(node, ["ip", "route", "get", host, "from", pod_ip, "iif", veth or "lo"]).stdout
+    except EnvError as exc:
+        out["hops"].append({"where": f"{node} kernel", "route": "", "explain": str(exc)})
+        return out
+    route = route.strip().splitlines()
     route = route[0] if route else ""
     steered = " dev egw0 " in f" {route} "
     out["hops"].append({"where": f"{node} kernel", "route": route,
@@ -109,9 +134,9 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
         return out
 
     # 2. The pod's node: br-int from egw0.
-    ovs = lab.ovs(node)
+    ovs = env.switch(node)
     egw_mac = ovs.vsctl("get", "Interface", "egw0", "mac_in_use").strip().strip('"')
-    flow = f"in_port=egw0,dl_src={egw_mac},dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, int(port) if port else None)
+    flow = f"in_port=egw0,dl_src={egw_mac},dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, dport)
     first = parse_trace(ovs.appctl("ofproto/trace", "br-int", flow), owners(node))
     out["hops"].append({"where": f"{node} br-int", "flow": flow, **first})
 
@@ -122,23 +147,33 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
         return out
     if not first["datapath_actions"] or first["datapath_actions"] == "drop":
         return out  # dropped on the pod's node (no live gateway): nothing to follow
-    holders = AgentReports(lab.status_dir).held()
-    gw = holders.get(why.eip) or (why.gateways[0] if why.gateways else None)
+    gw = env.held().get(why.eip) or (why.gateways[0] if why.gateways else None)
     if gw is None or gw == node:
         return out
-    gw_ovs = lab.ovs(gw)
+    _gateway(env, out, gw, node, key, proto, pod_ip, host, dport, owners)
+    return out
+
+
+def _gateway(env, out: dict, gw: str, node: str, key: int, proto: str, pod_ip: str, host: str,
+             dport: int | None, owners) -> None:
+    """The gateway's hop: the packet as it arrives over Geneve from ``node``."""
+    from sdn_egress.debug.env import EnvError
     try:
+        gw_ovs = env.switch(gw)
         ports = gw_ovs.vsctl("list-ports", "br-int").split()
+    except EnvError as exc:
+        out["hops"].append({"where": f"{gw} (gateway)", "route": "",
+                            "explain": f"not traced from here: {exc} with --gateway-hop"})
+        return
     except OvsError as exc:
         out["hops"].append({"where": f"{gw} (gateway)", "route": "",
                             "explain": f"cannot trace on {gw}: its OVS does not answer ({exc})"})
-        return out
+        return
     in_port = f"gnv-{node}" if f"gnv-{node}" in ports else "gnv-flow"
-    flow = (f"in_port={in_port},tun_id={key:#x},tun_src={lab.address(node)},tun_dst={lab.address(gw)},"
-            f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, int(port) if port else None))
+    flow = (f"in_port={in_port},tun_id={key:#x},tun_src={env.address(node)},tun_dst={env.address(gw)},"
+            f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, dport))
     second = parse_trace(gw_ovs.appctl("ofproto/trace", "br-int", flow), owners(gw))
     out["hops"].append({"where": f"{gw} br-int (gateway, over Geneve tun_id={key:#x})", "flow": flow, **second})
-    return out
 
 
 def render(t: dict) -> str:
@@ -163,12 +198,12 @@ def render(t: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdn_egress.lab import Lab, LabError
+    from sdn_egress.debug import env as env_mod
+    from sdn_egress.lab import LabError
     try:
-        lab = Lab(args.lab_state)
-        lab.load()
-        result = trace(lab, args.src, args.dst, args.proto, args.node)
-    except (LabError, OSError, ValueError) as exc:
+        env = env_mod.from_args(args)
+        result = trace(env, args.src, args.dst, args.proto, args.node, args.gateway_hop)
+    except (LabError, env_mod.EnvError, OvsError, OSError, ValueError) as exc:
         print(f"trace: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -175,10 +175,11 @@ def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab):
         # Nobody claims the EIP on the underlay while no gateway lives.
         assert lab.arp_answers(eip) == []
         # The trace names the reason in the policy's terms.
+        from sdn_egress.debug.env import LabEnv
         from sdn_egress.debug.trace import trace
         wait_for(lambda: set(lab.agent_status("charlie").get("dead_peers", [])) == {"alpha", "bravo"},
                  "charlie's BFD sees both gateways down")
-        reasons = trace(lab, "shop/cart-0", EXT, "udp")["policy"]["reasons"]
+        reasons = trace(LabEnv(lab), "shop/cart-0", EXT, "udp")["policy"]["reasons"]
         assert any(r.startswith(f"no live gateway for EIP {eip}: BFD is down to ") and "alpha" in r
                    and "bravo" in r and r.endswith("never sent with the node IP") for r in reasons), reasons
         lab.revive("alpha")

@@ -100,8 +100,9 @@ def test_status_reads_the_cluster_through_the_api(lab):
     assert all(ip in never for ip in NODE_IP.values()) and "203.0.113.66" in never  # charlie's pod CIDR
     assert "198.51.100.10" not in never
     # The trace explains the path in the policy's terms, from the API's objects too.
+    from sdn_egress.debug.env import LabEnv
     from sdn_egress.debug.trace import trace
-    tr = trace(lab, "shop/cart-0", f"{EXT}:8080", "udp")
+    tr = trace(LabEnv(lab), "shop/cart-0", f"{EXT}:8080", "udp")
     assert tr["policy"]["policy"] == "shop/cart" and tr["policy"]["eip"] == EIP
     # The lab's own view of the same: from its API server too.
     text = subprocess.run([exe, "status", "--lab-state", lab.state_dir], capture_output=True, text=True).stdout
