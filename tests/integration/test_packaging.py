@@ -44,3 +44,20 @@ def test_the_image_copies_what_setup_py_packages():
         copied = {line.split()[1] for line in f if line.startswith("COPY ")}
     assert {"flows", "ovs_setup", "sdn_egress", "setup.py"} <= copied
     assert all(os.path.exists(os.path.join(ROOT, c)) for c in copied)
+
+
+def test_the_image_installs_the_tools_the_debug_commands_run():
+    """flows, trace and status in the agent's pod call these; each comes
+    from a Debian package the Dockerfile installs (the package that holds
+    it here, on Debian 12 as the image's base)."""
+    import re
+    with open(os.path.join(ROOT, "k8s", "image", "Dockerfile")) as f:
+        text = f.read()
+    installed = set(re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", text).group(1).split())
+    for tool in ("ovs-ofctl", "ovs-appctl", "ovs-vsctl", "ip", "iptables"):
+        path = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        # merged /usr and alternatives: dpkg knows the file under one of these names
+        names = [os.path.realpath(path), path] + [f"{d}/{os.path.basename(path)}" for d in ("/bin", "/sbin")]
+        owners = [subprocess.run(["dpkg", "-S", n], capture_output=True, text=True) for n in names]
+        package = next(o.stdout.split(":")[0].strip() for o in owners if o.returncode == 0)
+        assert package in installed, (tool, package, installed)
