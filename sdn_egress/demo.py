@@ -1,7 +1,8 @@
 """``sdn-egress demo``: the whole product on one machine, in a minute.
 
 Brings the bundled lab up (two workers, one gateway), applies the example
-EgressGateway and EgressPolicy from ``k8s/examples/``, sends TCP, UDP and ICMP
+EgressGateway and EgressPolicy (``sdn_egress/examples/``, shipped in the
+package; ``k8s/examples`` in the repository links to it), sends TCP, UDP and ICMP
 from every pod to an external host, and prints the source address the external
 host saw next to the one expected: the policy's egress IP for selected pods,
 the node's IP for the others.  Then shows the flows that did it and takes the
@@ -14,7 +15,7 @@ import os
 import sys
 import time
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "k8s", "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")  # package data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     try:
         lab.up(default_topology_path())
-        print("== apply k8s/examples/egressgateway.yaml, k8s/examples/egresspolicy.yaml", flush=True)
+        print(f"== apply {EXAMPLES}/egressgateway.yaml, {EXAMPLES}/egresspolicy.yaml", flush=True)
         lab.apply(os.path.join(EXAMPLES, "egressgateway.yaml"))
         lab.apply(os.path.join(EXAMPLES, "egresspolicy.yaml"))
         eip, gw_node = _wait_for_policy(lab, policy_key, args.timeout)

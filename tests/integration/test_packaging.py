@@ -37,6 +37,21 @@ def test_the_wheel_holds_every_package_and_runs_outside_the_checkout(tmp_path):
         assert run.returncode == 0, (cmd, run.stderr)
     assert "--in-cluster" in subprocess.run([sys.executable, "-m", "sdn_egress.cli", "agent", "--help"],
                                             cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    # The console script the wheel installs, run from there.
+    script = target / "bin" / "sdn-egress"
+    for cmd in (["--help"], ["demo", "--help"], ["flows", "--help"], ["trace", "--help"], ["status", "--help"]):
+        run = subprocess.run([sys.executable, str(script), *cmd], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, (cmd, run.stderr)
+    # demo's examples and the lab's topology are package data of the install, not files of the checkout.
+    out = subprocess.run([sys.executable, "-c",
+                          "from sdn_egress import demo; from sdn_egress.lab.topology import default_topology_path;"
+                          "print(demo.EXAMPLES); print(default_topology_path())"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    examples, topology = out.stdout.split()
+    assert examples.startswith(str(target)) and topology.startswith(str(target)), out.stdout
+    assert {"egressgateway.yaml", "egresspolicy.yaml"} <= set(os.listdir(examples))
+    assert os.path.isfile(topology)
 
 
 def test_the_image_copies_what_setup_py_packages():
