@@ -37,7 +37,9 @@ SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
 NODE_LABEL = "sdn-egress.io/node"
 # What is worth writing at once when it changes (the rest waits for the heartbeat).
 PROMPT = ("held_eips", "dead_peers", "isolated", "error")
-KEPT = PROMPT + ("passes", "pid", "tunnels")
+# switches, bfd: what `sdn-egress status` shows per node, from anywhere (no
+# other node's OVSDB is reachable on a real cluster).
+KEPT = PROMPT + ("passes", "pid", "tunnels", "switches", "bfd")
 
 
 def lease_name(node: str) -> str:

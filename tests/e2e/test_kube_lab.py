@@ -201,3 +201,85 @@ def test_a_planned_move_through_the_api(lab):
     lab_way = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", EIP, "--to", source],
                              capture_output=True, text=True, timeout=60)
     assert lab_way.returncode == 2 and "--kubeconfig" in lab_way.stderr
+
+
+def as_on_a_node(lab, node: str, *args: str) -> subprocess.CompletedProcess:
+    """A debugging command as a user on a real cluster runs it on ``node``: the
+    API through a kubeconfig, the node's own OVS run directory and agent
+    records, its own routing; no lab state (``--lab-state`` points nowhere)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+    return lab.exec(node, [exe, *args, "--kubeconfig", lab.kubeconfig, "--ovs-rundir", lab.ovs(node).rundir,
+                           "--records", lab.status_dir, "--here", node], check=False)
+
+
+def test_flows_trace_and_status_as_on_a_real_cluster_say_what_the_lab_says(lab):
+    from sdn_egress.debug import flows as flows_mod
+    from sdn_egress.debug.env import LabEnv
+    from sdn_egress.debug.status import collect
+    from sdn_egress.debug.trace import trace
+
+    env = LabEnv(lab)
+    holder = policy_status(lab)["node"]
+    # trace on the pod's node: the same policy block, kernel and br-int hops;
+    # the gateway's hop is named with where to run it ...
+    out = as_on_a_node(lab, "charlie", "trace", "--src", "shop/cart-0", "--dst", f"{EXT}:8080", "--proto", "udp",
+                       "--json")
+    assert out.returncode == 0, out.stderr
+    real, ref = json.loads(out.stdout), trace(env, "shop/cart-0", f"{EXT}:8080", "udp")
+    assert real["policy"] == ref["policy"] and real["policy"]["eip"] == EIP
+    assert real["hops"][:2] == ref["hops"][:2]
+    assert real["hops"][2]["where"] == f"{holder} (gateway)"
+    assert real["hops"][2]["explain"].startswith(f"not traced from here: the switch of node {holder} is on {holder}")
+    # ... and traced there with --gateway-hop: what the lab's trace shows for that hop.
+    out = as_on_a_node(lab, holder, "trace", "--src", "shop/cart-0", "--dst", f"{EXT}:8080", "--proto", "udp",
+                       "--gateway-hop", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["hops"] == ref["hops"][2:]
+    assert f"nat(src={EIP})" in json.dumps(ref["hops"][2])
+    # An unselected pod: the same reason, the same kernel hop.
+    out = as_on_a_node(lab, "charlie", "trace", "--src", "shop/etl-0", "--dst", EXT, "--proto", "udp", "--json")
+    assert json.loads(out.stdout) == trace(env, "shop/etl-0", EXT, "udp")
+    assert "policy shop/cart does not select the pod" in out.stdout
+
+    # flows, with a stale flow injected by hand and a wanted one deleted (the
+    # node's agent stopped meanwhile, so it repairs neither).
+    def rows(report):
+        return sorted((b, r["table"], r["priority"], r["match"], r["actions"], r["owner"], r["state"])
+                      for b, br in report["bridges"].items() for t in br["tables"].values() for r in t)
+
+    lab.stop_agent("charlie")
+    try:
+        ovs = lab.ovs("charlie")
+        ovs.ofctl("add-flow", "br-int", "table=0,priority=5000,cookie=0x99,ip,nw_dst=198.51.100.99,actions=drop")
+        steer = next(l for l in ovs.ofctl("dump-flows", "br-int", "--no-stats").splitlines() if "nw_src=" in l)
+        match = ",".join(t for t in steer.split("actions=")[0].replace(" ", ",").split(",")
+                         if t and not t.startswith(("cookie=", "duration=")))
+        ovs.ofctl("--strict", "del-flows", "br-int", match)
+        out = as_on_a_node(lab, "charlie", "flows", "--node", "charlie", "--json")
+        assert out.returncode == 0, out.stderr
+        real, ref = json.loads(out.stdout), flows_mod.read(env, "charlie")
+        assert rows(real) == rows(ref)
+        assert [(r["priority"], r["match"], r["owner"]) for r in real["bridges"]["br-int"]["stale"]] == [
+            (5000, "ip,nw_dst=198.51.100.99", "no object owns it")]
+        assert [m["owner"] for m in real["bridges"]["br-int"]["missing"]] == [
+            m["owner"] for m in ref["bridges"]["br-int"]["missing"]] and len(real["bridges"]["br-int"]["missing"]) == 1
+        assert "policy shop/cart" in real["bridges"]["br-int"]["missing"][0]["owner"]
+    finally:
+        lab.start_agent("charlie")
+    wait_for(lambda: flows_mod.read(env, "charlie")["bridges"]["br-int"]["stale"] == [], "charlie's agent repairs")
+
+    # status through the API: liveness and BFD per tunnel from the agents' reports, as the lab's OVSDBs say.
+    wait_for(lambda: lab.bfd_sessions_up(), "every BFD session up")
+    def both():
+        out = lab.exec("router", [os.path.join(os.path.dirname(sys.executable), "sdn-egress"), "status",
+                                  "--kubeconfig", lab.kubeconfig, "--json"])
+        return ({n["node"]: n for n in json.loads(out.stdout)["nodes"]},
+                {n["node"]: n for n in collect(env)["nodes"]})
+
+    # A restarted agent's report reaches its Lease within a heartbeat (5 s).
+    real, ref = wait_for(lambda: (lambda r: r if all(r[0][n].get("bfd") for n in r[0]) else None)(both()),
+                         "every agent's report with its BFD states", timeout=20)
+    assert {n: r["agent_alive"] for n, r in real.items()} == {"alpha": True, "bravo": True, "charlie": True}
+    for node in ("alpha", "bravo", "charlie"):
+        assert real[node]["bfd"] == ref[node]["bfd"] and ref[node]["bfd"], (node, real[node], ref[node])
+        assert set(real[node]["bfd"].values()) == {"up"}

@@ -25,7 +25,8 @@ class Clock:
 
 def status(*held: str, dead=(), passes: int = 1) -> dict:
     return {"node": "ignored", "held_eips": list(held), "dead_peers": list(dead), "isolated": False,
-            "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}}}
+            "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}},
+            "bfd": {"gnv-bravo": "up"}, "steers": 3}
 
 
 @pytest.fixture
@@ -50,8 +51,10 @@ def test_the_agent_report_reaches_the_controller_through_the_nodes_lease(emu, ap
     assert lease["spec"]["holderIdentity"] == "alpha" and lease["spec"]["leaseDurationSeconds"] == 30
     assert lease["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
     report = json.loads(lease["metadata"]["annotations"][REPORT])
+    # What the controller needs, and what `sdn-egress status` shows per node (its switches, BFD per tunnel).
     assert report == {"held_eips": ["192.0.2.200"], "dead_peers": ["bravo"], "isolated": False, "error": None,
-                      "passes": 1, "pid": 4242, "tunnels": {}}
+                      "passes": 1, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}},
+                      "bfd": {"gnv-bravo": "up"}}
     # A failover is written at once, not at the next heartbeat...
     reporter.report(status(passes=2))
     emu.wait_for(lambda: reports.held() == {})
