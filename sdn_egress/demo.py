@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         src = f"{pod['namespace']}/{pod['name']}"
         print(f"\n== sdn-egress trace --src {src} --dst {ext['ip']}:8080 --proto udp")
         from sdn_egress.debug import trace
-        print(trace.render(trace.trace(lab, src, f"{ext['ip']}:8080", "udp")))
+        from sdn_egress.debug.env import LabEnv
+        print(trace.render(trace.trace(LabEnv(lab), src, f"{ext['ip']}:8080", "udp")))
     except Exception as exc:  # noqa: BLE001 - report and clean up
         print(f"demo failed: {exc}", file=sys.stderr)
         failures += 1
@@ -101,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy_flows(lab, node: str, policy_key: str) -> str:
     from sdn_egress.debug import flows as debug_flows
-    from sdn_egress.debug.records import load_desired
+    from sdn_egress.debug.env import LabEnv
 
-    dumps = {b: lab.ovs(node).ofctl("--no-names", "dump-flows", b) for b in debug_flows.BRIDGES}
-    report = debug_flows.collect(node, dumps, load_desired(lab.status_dir, node))
+    report = debug_flows.read(LabEnv(lab), node)  # what `sdn-egress flows` shows
     return debug_flows.render(debug_flows.select(report, policy_key, None, None))
 
 
