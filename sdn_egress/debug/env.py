@@ -18,6 +18,7 @@ The commands take their environment from their flags (:func:`from_args`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -168,9 +169,24 @@ class ClusterEnv:
         self._state = self._alloc = self._reports = None
 
     # -- the cluster: API or status directory -----------------------------------------------
+    @contextlib.contextmanager
+    def _asking(self, what: str):
+        """An API server that does not answer is one clear error, not a traceback."""
+        from kubernetes.client.rest import ApiException
+        try:
+            yield
+        except (ApiException, EnvError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - urllib3's: refused, timed out, name unknown
+            if self.api is None:
+                raise
+            raise EnvError(f"the API server {self.api.configuration.host} does not answer ({what}): "
+                           f"{exc}") from None
+
     def cluster_state(self):
         if self._state is None:
-            self._state = self._read_state()
+            with self._asking("the cluster's objects"):
+                self._state = self._read_state()
         return self._state
 
     def _read_state(self):
@@ -184,6 +200,7 @@ class ClusterEnv:
             from sdn_egress.source import ManifestDirSource
             return ManifestDirSource(self.manifests, extra_cluster_cidrs=extra).snapshot()
         from sdn_egress.kube.source import KubeSource
+        extra += tuple(netaddr.IPNetwork(c) for c in cluster_cidrs(self.api, self.namespace))
         source = KubeSource(self.api, extra_cluster_cidrs=extra).start()
         try:
             if not source.wait_synced(timeout=self.timeout):
@@ -200,7 +217,8 @@ class ClusterEnv:
                 self._alloc = AllocationStore(self.status_dir).load() or Allocation()
             else:
                 from sdn_egress.kube.store import ConfigMapAllocationStore
-                self._alloc = ConfigMapAllocationStore(self.api, self.namespace).load() or Allocation()
+                with self._asking(f"ConfigMap {self.namespace}/sdn-egress-allocation"):
+                    self._alloc = ConfigMapAllocationStore(self.api, self.namespace).load() or Allocation()
         return self._alloc
 
     def reports(self) -> dict[str, dict]:
@@ -336,9 +354,10 @@ def from_args(args: argparse.Namespace) -> Environment:
         except Exception as exc:  # noqa: BLE001 - the config's own errors are many kinds
             raise EnvError(f"no Kubernetes API client: {exc}") from None
         namespace = args.namespace or pod_namespace()
+        # Nothing is asked of the API server until a command needs it: `flows`
+        # reads only this node's switch and records, and works while it is away.
         return ClusterEnv(api=api, namespace=namespace, lease_namespace=args.lease_namespace,
                           local=local, ovs_rundir=rundir, records=args.records or RECORDS_DIR,
-                          extra_cluster_cidrs=cluster_cidrs(api, namespace),
                           where="the cluster " + (f"of {args.kubeconfig}" if args.kubeconfig else "(in-cluster)"))
     status = args.status or args.records
     return ClusterEnv(status_dir=status, manifests=args.manifests, local=local, ovs_rundir=rundir,

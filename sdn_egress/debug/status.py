@@ -46,7 +46,7 @@ def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, env=
         entry = {"node": node, "report_age_s": round(now - r.get("time", 0), 1),
                  "passes": r.get("passes"), "error": r.get("error"),
                  "switches": r.get("switches", {}), "held_eips": r.get("held_eips", []),
-                 "tunnels": r.get("tunnels", {}), "mtu": r.get("mtu")}
+                 "tunnels": r.get("tunnels", {})}
         if env is not None:
             entry["agent_alive"] = env.agent_alive(node, r)
             entry["bfd"] = env.bfd(node, r)

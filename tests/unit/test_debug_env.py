@@ -219,3 +219,39 @@ def test_lease_times():
 def test_empty_allocation_is_no_policy():
     env = FakeNode(state(), Allocation(), None, {}, None, {})
     assert status_mod.summarize(env.allocation(), {}, {}, env.cluster_state(), env)["policies"] == []
+
+
+def test_this_nodes_records_need_no_api_server(tmp_path, monkeypatch):
+    """`flows` in the agent's pod reads only this node's switch and records:
+    making the environment asks nothing of the API server (here: nobody
+    listens at its address)."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                          "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\n"
+                          "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    (tmp_path / "nodes").mkdir()
+    (tmp_path / "nodes" / "alpha.flows.json").write_text(json.dumps({"node": "alpha", "owners": {"0x1": "x"}}))
+    e = env_mod.from_args(parse("--kubeconfig", str(kubeconfig), "--records", str(tmp_path), "--here", "alpha"))
+    assert e.desired_flows("alpha")["owners"] == {"0x1": "x"}
+    with pytest.raises(env_mod.EnvError, match="the agent's flow record of node bravo is on bravo"):
+        e.desired_flows("bravo")
+
+
+def test_an_api_server_that_does_not_answer_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                          "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\n"
+                          "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    args = ["status", "--kubeconfig", str(kubeconfig)]
+    from sdn_egress.cli import main
+    import io
+    import contextlib
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args) == 1
+    assert err.getvalue().startswith("status: the API server http://127.0.0.1:9 does not answer (ConfigMap "
+                                     "sdn-egress/sdn-egress-allocation): "), err.getvalue()
