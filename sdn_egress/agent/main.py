@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
         source = KubeSource(api, extra_cluster_cidrs=extra, backoff_max=API_BACKOFF)
         store = ConfigMapAllocationReader(api, namespace, backoff_max=API_BACKOFF)
         node_ref = ObjectRef("Node", "", args.node)
+        from sdn_egress.kube.events import EventRecorder
         reporter = LeaseReporter(api, args.lease_namespace or LEASE_NAMESPACE, args.node,
                                  interval=args.heartbeat,
+                                 events=EventRecorder(api, component="sdn-egress-agent", instance=args.node),
                                  node_uid=lambda: ((source.raw(node_ref) or {}).get("metadata") or {}).get("uid"))
         started = [source.start(), store.start(), reporter.start()]
         LOG.info("agent %s: state from the API server; allocation in %s; reports in %s", args.node,

@@ -59,10 +59,14 @@ class LeaseReporter:
     """The agent's side: ``report(status)`` after every pass; a thread writes."""
 
     def __init__(self, api_client, namespace: str, node: str, interval: float = 5.0,
-                 duration: float = FRESH, clock=time.time, metrics=None, node_uid=None):
+                 duration: float = FRESH, clock=time.time, metrics=None, node_uid=None, events=None):
         """``node_uid()``: the uid of this node's Node object, when known: the
         Lease names it as its owner, so deleting the Node deletes the Lease
-        (the garbage collector's work, as for the kubelet's node Lease)."""
+        (the garbage collector's work, as for the kubelet's node Lease).
+        ``events``: an ``EventRecorder``; a pass that starts failing (an
+        error it did not have in the pass before) becomes one Warning Event
+        on the Node, so `kubectl describe node` and `kubectl get events`
+        show that the agent cannot change what it must."""
         self.api_client = api_client
         self.namespace = namespace
         self.node = node
@@ -72,6 +76,9 @@ class LeaseReporter:
         self.clock = clock
         self.metrics = metrics  # AgentMetrics, when served
         self.node_uid = node_uid or (lambda: None)
+        self.events = events
+        self._evented: str | None = None  # the error an Event was asked for, while it lasts
+        self._pending_event: str | None = None
         self.writes = 0  # Lease writes that succeeded
         self.failing = False
         self._latest: dict | None = None
@@ -87,9 +94,13 @@ class LeaseReporter:
 
     def report(self, status: dict) -> None:
         report = {k: status.get(k) for k in KEPT}
+        error = report.get("error")
         with self._lock:
             self._latest = report
             prompt = self._written is None or any(report.get(k) != self._written.get(k) for k in PROMPT)
+            if error != self._evented:
+                self._evented = error
+                self._pending_event = error if error and self.events is not None else None
         if prompt:
             self._wake.set()
 
@@ -115,6 +126,7 @@ class LeaseReporter:
                 report = self._latest
             if report is None:
                 continue  # no pass finished yet: nothing to tell
+            self._record_event()
             try:
                 self.write(report)
                 if self.metrics:
@@ -132,6 +144,20 @@ class LeaseReporter:
                     LOG.warning("%s: cannot write the agent's report (%s); the data path is unaffected, "
                                 "retrying", self.where, _why(exc))
                 self.failing = True
+
+    def _record_event(self) -> None:
+        """The pending Warning Event, if its error is still the current one
+        (in this thread: a slow API server never holds up a pass)."""
+        from sdn_egress.kube.events import WARNING
+        with self._lock:
+            error, self._pending_event = self._pending_event, None
+            current = (self._latest or {}).get("error")
+        if not error or error != current:
+            return
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node, "uid": self.node_uid()}}
+        self.events.record(node, WARNING, "EgressAgentPassFailed",
+                           f"sdn-egress agent on {self.node}: {error} (the switches keep their flows; the "
+                           "agent retries)")
 
     def write(self, report: dict) -> None:
         """Create or renew the Lease with ``report`` (one attempt)."""

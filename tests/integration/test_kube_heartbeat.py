@@ -146,3 +146,33 @@ def test_the_agents_read_the_allocation_configmap_once_per_version(emu, api, par
     emu.wait_for(reader.changed)
     with pytest.raises(ValueError, match=r"ConfigMap sdn-egress/sdn-egress-allocation, key allocation.json"):
         reader.load()
+
+
+def test_a_pass_that_starts_failing_is_one_warning_event_on_the_node(emu, api, parts):
+    from sdn_egress.kube.events import EventRecorder
+
+    refused = "cannot write 2 to /host/proc/sys/net/ipv4/conf/egw0/rp_filter (Read-only file system)"
+    reporter = parts(LeaseReporter(api, NS, "alpha", interval=0.1, node_uid=lambda: "uid-alpha",
+                                   events=EventRecorder(api, component="sdn-egress-agent", instance="alpha")))
+
+    def warnings():
+        return [e for e in emu.items("Event") if e["reason"] == "EgressAgentPassFailed"]
+
+    reporter.report(dict(status(), error=refused))
+    emu.wait_for(lambda: warnings())
+    (event,) = warnings()
+    assert event["type"] == "Warning" and event["metadata"]["namespace"] == "default"
+    assert (event["involvedObject"]["kind"], event["involvedObject"]["name"],
+            event["involvedObject"]["uid"]) == ("Node", "alpha", "uid-alpha")
+    assert event["message"].startswith(f"sdn-egress agent on alpha: {refused}")
+    assert event["reportingComponent"] == "sdn-egress-agent"
+    # The same failure pass after pass is that one Event; a recovery and a new failure is a second.
+    for passes in range(2, 6):
+        reporter.report(dict(status(passes=passes), error=refused))
+    emu.wait_for(lambda: reporter.writes >= 3)
+    assert len(warnings()) == 1
+    reporter.report(status(passes=7))
+    emu.wait_for(lambda: json.loads(emu.get("Lease", lease_name("alpha"), NS)["metadata"]["annotations"][REPORT])
+                 ["error"] is None)
+    reporter.report(dict(status(passes=8), error=refused))
+    emu.wait_for(lambda: len(warnings()) == 2)
