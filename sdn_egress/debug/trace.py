@@ -150,20 +150,23 @@ def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
     gw = env.held().get(why.eip) or (why.gateways[0] if why.gateways else None)
     if gw is None or gw == node:
         return out
-    _gateway(env, out, gw, node, key, proto, pod_ip, host, dport, owners)
+    _gateway(env, out, gw, node, key, proto, pod_ip, host, dport, owners, (src, dst))
     return out
 
 
 def _gateway(env, out: dict, gw: str, node: str, key: int, proto: str, pod_ip: str, host: str,
-             dport: int | None, owners) -> None:
+             dport: int | None, owners, question: tuple[str, str] | None = None) -> None:
     """The gateway's hop: the packet as it arrives over Geneve from ``node``."""
     from sdn_egress.debug.env import EnvError
     try:
         gw_ovs = env.switch(gw)
         ports = gw_ovs.vsctl("list-ports", "br-int").split()
     except EnvError as exc:
+        command = "sdn-egress ..."
+        if question:  # the same trace, its gateway hop, there
+            command = f"sdn-egress trace --src {question[0]} --dst {question[1]} --proto {proto} --gateway-hop"
         out["hops"].append({"where": f"{gw} (gateway)", "route": "",
-                            "explain": f"not traced from here: {exc} with --gateway-hop"})
+                            "explain": "not traced from here: " + str(exc).replace("sdn-egress ...", command)})
         return
     except OvsError as exc:
         out["hops"].append({"where": f"{gw} (gateway)", "route": "",
@@ -185,7 +188,8 @@ def render(t: dict) -> str:
     for hop in t["hops"]:
         lines.append(f"\n[{hop['where']}]")
         if "route" in hop:
-            lines.append(f"  {hop['route']}")
+            if hop["route"]:
+                lines.append(f"  {hop['route']}")
             lines.append(f"  => {hop['explain']}")
             continue
         for s in hop["steps"]:
