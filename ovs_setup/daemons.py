@@ -62,7 +62,12 @@ class OvsInstance:
         return self._run("ovs-ofctl", *args)
 
     def appctl(self, *args: str, target: str = "ovs-vswitchd") -> str:
-        return self._run("ovs-appctl", "-t", os.path.join(self.rundir, f"{target}.ctl"), *args)
+        """ovs-appctl to ``target``: its control socket ``RUNDIR/TARGET.ctl``
+        where this class started it, else (an OVS started by its
+        distribution: ``RUNDIR/TARGET.PID.ctl``) by name, which ovs-appctl
+        resolves through ``RUNDIR/TARGET.pid``."""
+        ctl = os.path.join(self.rundir, f"{target}.ctl")
+        return self._run("ovs-appctl", "-t", ctl if os.path.exists(ctl) else target, *args)
 
     # -- life cycle ---------------------------------------------------------------------
     def pidfile(self, daemon: str) -> str:

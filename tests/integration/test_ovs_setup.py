@@ -114,3 +114,36 @@ def test_an_unreachable_database_is_one_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "cannot reach OVSDB" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_tools_reach_an_ovs_started_the_distributions_way(tmp_path):
+    """On a real node ovs-vswitchd's control socket is RUNDIR/ovs-vswitchd.PID.ctl
+    (no --unixctl): trace's ovs-appctl must find it through the pidfile."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ns = "ovsd-" + uuid.uuid4().hex[:6]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    env = dict(os.environ, OVS_RUNDIR=str(rundir), OVS_DBDIR=str(rundir), OVS_LOGDIR=str(rundir))
+    db, sock = str(rundir / "conf.db"), str(rundir / "db.sock")
+    pids = []
+    try:
+        subprocess.run(["ovsdb-tool", "create", db, "/usr/share/openvswitch/vswitch.ovsschema"], check=True, env=env)
+        for cmd in (["ovsdb-server", db, f"--remote=punix:{sock}", f"--pidfile={rundir}/ovsdb-server.pid",
+                     "--detach", f"--log-file={rundir}/ovsdb-server.log"],
+                    ["ovs-vswitchd", f"unix:{sock}", f"--pidfile={rundir}/ovs-vswitchd.pid", "--detach",
+                     f"--log-file={rundir}/ovs-vswitchd.log"]):
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, env=env, timeout=30)
+            pids.append(int((rundir / f"{cmd[0]}.pid").read_text()))
+        ovs = OvsInstance(str(rundir))  # as sdn-egress flows/trace see a node: its run directory only
+        assert not (rundir / "ovs-vswitchd.ctl").exists()
+        assert (rundir / f"ovs-vswitchd.{pids[1]}.ctl").exists()
+        assert "ovs-vswitchd (Open vSwitch)" in ovs.appctl("version")
+        ovs.vsctl("add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev")
+        assert "bridge(\"br-int\")" in ovs.appctl("ofproto/trace", "br-int", "in_port=LOCAL")
+    finally:
+        from ovs_setup.daemons import terminate
+        for pid in reversed(pids):
+            terminate(pid)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
