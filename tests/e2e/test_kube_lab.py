@@ -203,13 +203,22 @@ def test_a_planned_move_through_the_api(lab):
     assert lab_way.returncode == 2 and "--kubeconfig" in lab_way.stderr
 
 
+# The node as the agent's pod sees it: its OVS run directory at /var/run/openvswitch,
+# the agent's records at /var/run/sdn-egress (a private mount namespace; /run a
+# tmpfs in it, so nothing of the host's /run is touched).
+AS_A_NODE = ('mount -t tmpfs tmpfs /run && mkdir -p /run/openvswitch /run/sdn-egress'
+             ' && mount --bind "$1" /run/openvswitch && mount --bind "$2" /run/sdn-egress && shift 2 && exec "$@"')
+
+
 def as_on_a_node(lab, node: str, *args: str) -> subprocess.CompletedProcess:
-    """A debugging command as a user on a real cluster runs it on ``node``: the
-    API through a kubeconfig, the node's own OVS run directory and agent
-    records, its own routing; no lab state (``--lab-state`` points nowhere)."""
+    """A debugging command as a user on a real cluster runs it on ``node``
+    (``kubectl exec`` into its agent's pod): the API through a kubeconfig,
+    ``$NODE_NAME``, the OVS and the agent's records at their real paths, its
+    own routing; no other flag, no lab state."""
     exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
-    return lab.exec(node, [exe, *args, "--kubeconfig", lab.kubeconfig, "--ovs-rundir", lab.ovs(node).rundir,
-                           "--records", lab.status_dir, "--here", node], check=False)
+    return lab.exec(node, ["unshare", "-m", "--propagation", "private", "sh", "-c", AS_A_NODE, "sh",
+                           lab.ovs(node).rundir, lab.status_dir, "env", f"NODE_NAME={node}",
+                           exe, *args, "--kubeconfig", lab.kubeconfig], check=False)
 
 
 def test_flows_trace_and_status_as_on_a_real_cluster_say_what_the_lab_says(lab):
