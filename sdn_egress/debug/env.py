@@ -280,11 +280,18 @@ class ClusterEnv:
 
     # -- this node -----------------------------------------------------------------------
     def _here(self, node: str, what: str) -> None:
-        if self.local is not None and node != self.local:
-            raise EnvError(
-                f"{what} of node {node} is on {node}, and this is node {self.local}: run the command there, "
-                f"e.g. kubectl exec -n {self.namespace} $(kubectl get pod -n {self.namespace} -o name "
-                f"-l {AGENT_SELECTOR} --field-selector spec.nodeName={node}) -- sdn-egress ...")
+        """Refuse what only ``node`` itself can answer, unless this is it.
+        Standalone (no API) with no node named, the user is trusted to be on
+        the node asked about; with the API (a kubeconfig on any machine) this
+        is no node until ``$NODE_NAME`` or ``--here`` says which."""
+        if self.local == node or (self.local is None and self.api is None):
+            return
+        this = (f"this is node {self.local}" if self.local else
+                "this machine is no node it knows of ($NODE_NAME and --here unset)")
+        raise EnvError(
+            f"{what} of node {node} is on {node}, and {this}: run the command there, "
+            f"e.g. kubectl exec -n {self.namespace} $(kubectl get pod -n {self.namespace} -o name "
+            f"-l {AGENT_SELECTOR} --field-selector spec.nodeName={node}) -- sdn-egress ...")
 
     def desired_flows(self, node: str) -> dict:
         from sdn_egress.debug.records import load_desired

@@ -121,7 +121,9 @@ def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
         veth = routes[routes.index("dev") + 1] if "dev" in routes else None  # the pod's host-side veth
         route = env.run(node, ["ip", "route", "get", host, "from", pod_ip, "iif", veth or "lo"]).stdout
     except EnvError as exc:
-        out["hops"].append({"where": f"{node} kernel", "route": "", "explain": str(exc)})
+        command = f"sdn-egress trace --src {src} --dst {dst} --proto {proto}"
+        out["hops"].append({"where": f"{node} kernel", "route": "",
+                            "explain": "not traced from here: " + str(exc).replace("sdn-egress ...", command)})
         return out
     route = route.strip().splitlines()
     route = route[0] if route else ""

@@ -256,3 +256,19 @@ def test_an_api_server_that_does_not_answer_is_named(tmp_path, monkeypatch):
         assert main(args) == 1
     assert err.getvalue().startswith("status: the API server http://127.0.0.1:9 does not answer (ConfigMap "
                                      "sdn-egress/sdn-egress-allocation): "), err.getvalue()
+
+
+def test_a_kubeconfig_on_a_machine_that_is_no_node_traces_only_the_policies():
+    """An administrator's machine: the policies' answer from the API, and for
+    the node's hops the command to run on the pod's node."""
+    st, alloc = cart_cluster()
+    e = FakeNode(st, alloc, None, {}, FakeSwitch({}), ROUTES)
+    e.api = object()  # the cluster through the API: this machine is no node until told
+    t = trace(e, "shop/cart-0", "198.51.100.10:53", "udp")
+    assert t["policy"]["policy"] == "shop/cart"
+    (hop,) = t["hops"]
+    assert hop["where"] == "bravo kernel"
+    assert hop["explain"].startswith("not traced from here: the routing of node bravo is on bravo, and this "
+                                     "machine is no node it knows of ($NODE_NAME and --here unset)")
+    assert hop["explain"].endswith("--field-selector spec.nodeName=bravo) -- sdn-egress trace --src shop/cart-0 "
+                                   "--dst 198.51.100.10:53 --proto udp")
