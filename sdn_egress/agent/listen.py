@@ -128,6 +128,7 @@ class UnixServer:
         self.sock.listen(16)
 
     def __call__(self) -> None:
+        from os_ken.base import app_manager  # noqa: F401 - os-ken's modules import in this order only
         from os_ken.controller.controller import datapath_connection_factory
         from os_ken.lib import hub
 

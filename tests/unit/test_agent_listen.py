@@ -89,3 +89,28 @@ def test_another_user_cannot_connect(tmp_path):
     finally:
         server.sock.close()
         shutil.rmtree(directory)
+
+
+def test_a_process_of_another_user_that_gets_past_the_file_mode_gets_nothing(tmp_path, caplog):
+    """A process of another uid with CAP_DAC_OVERRIDE can connect despite the
+    socket's mode 0600; the agent drops it at once (SO_PEERCRED) and sends it
+    nothing: not a HELLO, no flow request, nothing it could answer as br-int."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to run the client as another user with a capability)")
+    import threading
+    directory = tempfile.mkdtemp(prefix="se-listen-", dir="/tmp")
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "of.sock")
+    server = listen.UnixServer(path)
+    threading.Thread(target=server, daemon=True).start()
+    probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(5)\ns.connect(sys.argv[1])\n"
+             "print(repr(s.recv(100)))\n")
+    try:
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              "--inh-caps=+dac_override", "--ambient-caps=+dac_override", sys.executable, "-c",
+                              probe, path], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "b''", out.stdout + out.stderr  # connected, then closed: nothing sent
+        assert any("refused a connection" in r.message and "(uid 65534)" in r.message for r in caplog.records)
+    finally:
+        server.sock.close()
+        shutil.rmtree(directory)
