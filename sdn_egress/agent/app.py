@@ -64,6 +64,12 @@ class EgressAgentApp(app_manager.OSKenApp):
     def _bundle(self, ev):
         self._deliver(ev)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        switch = self._switches.get(ev.msg.datapath.id)
+        if switch is not None:
+            self.core.packet_in(switch, ev.msg.cookie, bytes(ev.msg.data))
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         msg = ev.msg

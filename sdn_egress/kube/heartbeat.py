@@ -37,7 +37,7 @@ SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
 NODE_LABEL = "sdn-egress.io/node"
 # What is worth writing at once when it changes (the rest waits for the heartbeat).
 PROMPT = ("held_eips", "dead_peers", "isolated", "error")
-KEPT = PROMPT + ("passes", "pid", "tunnels")
+KEPT = PROMPT + ("passes", "pid", "tunnels", "tunnel_mtu", "mss", "oversized")
 
 
 def lease_name(node: str) -> str:
