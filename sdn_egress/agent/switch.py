@@ -18,6 +18,8 @@ from flows.records import Flow
 
 LOG = logging.getLogger(__name__)
 
+NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16-bit port numbers of Nicira's resubmit
+
 REQUEST_TIMEOUT = 10.0
 
 
@@ -155,7 +157,7 @@ class Switch:
         parser, ofp = self.dp.ofproto_parser, self.dp.ofproto
         self.dp.send_msg(parser.OFPPacketOut(
             self.dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-            actions=[parser.NXActionResubmitTable(in_port=ofp.OFPP_IN_PORT, table_id=table_id)],
+            actions=[parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=table_id)],
             data=data))
 
     def announce(self, ip: str, mac: str, port: int,

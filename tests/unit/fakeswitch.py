@@ -425,11 +425,13 @@ def ip_packet(in_port: int, src, dst, *, proto: int = 6, sport: int = 40001, dpo
     return pkt
 
 
-def reply_to(pkt: dict, in_port: int, eth_src: str, eth_dst: str) -> dict:
+def reply_to(pkt: dict, in_port: int, eth_src: str, eth_dst: str,
+             frame_len: int = DEFAULT_FRAME_LEN) -> dict:
     """The reply to ``pkt`` as its destination would send it."""
     src, dst = _addr_fields(pkt)
     out = {"in_port": in_port, "eth_src": eth_src, "eth_dst": eth_dst,
-           "eth_type": pkt["eth_type"], "ip_proto": pkt["ip_proto"], src: pkt[dst], dst: pkt[src]}
+           "eth_type": pkt["eth_type"], "ip_proto": pkt["ip_proto"], src: pkt[dst], dst: pkt[src],
+           "frame_len": frame_len}
     fs, fd = L4[pkt["ip_proto"]]
     out[fs] = pkt[fd]
     if fd != fs:
