@@ -141,6 +141,12 @@ def main() -> int:
         "| --- | --- | --- |",
         *ratios,
         "",
+        "The retransmits of the tunnelled upload are drops at the gateway's userspace datapath: one "
+        "thread decapsulates, tracks and NATs every packet (2.8 datapath passes per packet) and the "
+        "frames it cannot take in time are lost at its AF_PACKET socket on the uplink (measured: about "
+        "10 % of the frames the gateway's kernel counted on eth0 never reached the datapath). A kernel "
+        "datapath node has no such socket; that is not measured here.",
+        "",
         "For context, the peers' published figures (theirs, not measured here): spidernet egressgateway, "
         "pod -> egress node -> target 9.01 Gbit/s vs node -> node 9.44 Gbit/s on 10G bare metal (0.95), "
         "and 1.23 vs 2.99 Gbit/s on a VMware VM (0.41). Before this benchmark's fixes a bulk TCP transfer "

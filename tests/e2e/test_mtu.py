@@ -195,3 +195,38 @@ def test_lab_status_reports_the_external_links_mtu(lab):
     mtus = {x["name"]: x["mtu"] for x in lab.status()["externals"]}
     assert mtus == {"ext-1": 1500, "ext-2": 1500, "ext-3": 1280}
     assert lab.exec("ext-3", ["cat", "/sys/class/net/eth0/mtu"]).stdout.strip() == "1280"
+
+
+UDP_FROM_POD = r"""
+import errno, socket, sys, time
+size, pmtudisc = int(sys.argv[2]), {"do": 2, "dont": 0}[sys.argv[3]]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.setsockopt(socket.IPPROTO_IP, 10, pmtudisc)  # IP_MTU_DISCOVER
+out = []
+for _ in range(3):
+    try:
+        s.sendto(b"u" * size, (sys.argv[1], 8080))
+        out.append(s.recvfrom(200)[0].decode().strip())
+    except socket.timeout:
+        out.append("timeout")
+    except OSError as exc:
+        out.append("EMSGSIZE" if exc.errno == errno.EMSGSIZE else str(exc))
+    time.sleep(0.2)
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("size", [1400, 1472])
+@pytest.mark.parametrize("df", ["dont", "do"])
+def test_udp_from_the_pod_round_trips_or_gets_frag_needed(lab, size, df):
+    """Datagrams of 1400 and 1472 bytes from a selected pod: the external
+    host answers each with the source it saw (the EIP), except a 1472-byte
+    one with DF, which the pod's node answers with frag-needed: the pod's
+    socket then refuses it (EMSGSIZE) instead of losing it."""
+    flush_route_cache(lab, WORKER_POD)
+    out = lab.exec(WORKER_POD, [sys.executable, "-c", UDP_FROM_POD, EXT, str(size), df]).stdout.split()
+    if size + 28 > TUNNEL_MTU and df == "do":
+        assert "EMSGSIZE" in out and EIP not in out, out
+        assert learnt_mtu(lab, WORKER_POD, EXT) == TUNNEL_MTU
+    else:
+        assert out == [EIP] * 3, out
