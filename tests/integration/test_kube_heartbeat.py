@@ -25,7 +25,8 @@ class Clock:
 
 def status(*held: str, dead=(), passes: int = 1) -> dict:
     return {"node": "ignored", "held_eips": list(held), "dead_peers": list(dead), "isolated": False,
-            "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}}}
+            "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}},
+            "tunnel_mtu": 1450, "mss": 1410, "oversized": {"icmp": 1, "fragmented": 0, "dropped": 0}}
 
 
 @pytest.fixture
@@ -51,7 +52,8 @@ def test_the_agent_report_reaches_the_controller_through_the_nodes_lease(emu, ap
     assert lease["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
     report = json.loads(lease["metadata"]["annotations"][REPORT])
     assert report == {"held_eips": ["192.0.2.200"], "dead_peers": ["bravo"], "isolated": False, "error": None,
-                      "passes": 1, "pid": 4242, "tunnels": {}}
+                      "passes": 1, "pid": 4242, "tunnels": {}, "tunnel_mtu": 1450, "mss": 1410,
+                      "oversized": {"icmp": 1, "fragmented": 0, "dropped": 0}}
     # A failover is written at once, not at the next heartbeat...
     reporter.report(status(passes=2))
     emu.wait_for(lambda: reports.held() == {})
