@@ -14,7 +14,6 @@ from flows import fields as F
 from flows.records import CT, CheckLarger, Controller, Drop, Flow, Goto, Load, Nat, Output, SetField
 from flows.tables import flow
 from flows.view import NODE_IP_PORTS, NodeView
-from flows.worker import tunnel_ports
 
 BR = "br-int"
 
@@ -35,11 +34,14 @@ def _eip_cookie(feature: C.Feature, eip) -> int:
 
 
 def tunnel_in(view: NodeView) -> list[Flow]:
-    """An EIP's traffic arriving from workers: its key selects the EIP."""
-    return [flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": h.tunnel_key},
+    """An EIP's traffic arriving from workers: its key selects the EIP, one
+    flow per EIP whatever the number of tunnel ports (O(EIPs), not
+    O(EIPs x nodes)).  No in_port is needed: only a Geneve port sets a
+    tunnel key, every other packet enters br-int with tun_id 0."""
+    return [flow(BR, "classify", PRIO_TUNNEL, {"tunnel_id": h.tunnel_key},
                  (Load(F.REG_EIP.field, h.tunnel_key), Goto("snat")),
                  _eip_cookie(C.Feature.EIP_IN, h.eip))
-            for h in view.held for _, port in tunnel_ports(view.ports)]
+            for h in view.held]
 
 
 def snat(view: NodeView) -> list[Flow]:
