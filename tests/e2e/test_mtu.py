@@ -230,3 +230,30 @@ def test_udp_from_the_pod_round_trips_or_gets_frag_needed(lab, size, df):
         assert learnt_mtu(lab, WORKER_POD, EXT) == TUNNEL_MTU
     else:
         assert out == [EIP] * 3, out
+
+
+UDP_CLOSED_PORT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.connect((sys.argv[1], 9))  # nothing listens on the discard port of the external host
+s.send(b"anyone?")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"""
+
+
+def test_icmp_errors_from_outside_reach_the_pod_de_natted(lab):
+    """Port unreachable from the external host and time exceeded from the
+    router are about the SNATed packet (to the EIP); the gateway matches them
+    to the connection and the pod's kernel gets them about its own packet."""
+    out = lab.exec(WORKER_POD, [sys.executable, "-c", UDP_CLOSED_PORT, EXT]).stdout.strip()
+    assert out == "refused"  # the pod's socket saw the ICMP port unreachable
+    # TTL 2: the pod's node takes one, the router (past the gateway, which
+    # does not decrement) the last.
+    ping = lab.exec(WORKER_POD, ["ping", "-c", "1", "-W", "2", "-t", "2", EXT], check=False)
+    assert re.search(r"Time to live exceeded", ping.stdout), ping.stdout + ping.stderr
