@@ -41,6 +41,11 @@ def _ip(obj: str, name: str, value, cls) -> None:
         raise ViewError(f"{obj}: {name}: {value!r} is not a netaddr.{cls.__name__}")
 
 
+# IPv6 needs 1280 on every link; a tunnel that carries less is a broken underlay.
+MIN_TUNNEL_MTU = 1280
+MAX_TUNNEL_MTU = 0xFFFF - 14  # check_pkt_larger counts the Ethernet header too
+
+
 def steer_name(s: Steer) -> str:
     return f"Steer {s.pod} -> {s.dest} (policy {s.policy})"
 
@@ -58,6 +63,10 @@ def check(view: NodeView) -> None:
     _mac(node, "brex_mac", view.brex_mac)
     for c in view.pod_cidrs:
         _ip(node, "pod_cidrs", c, netaddr.IPNetwork)
+    if (isinstance(view.tunnel_mtu, bool) or not isinstance(view.tunnel_mtu, int)
+            or not MIN_TUNNEL_MTU <= view.tunnel_mtu <= MAX_TUNNEL_MTU):
+        raise ViewError(f"{node}: tunnel_mtu: {view.tunnel_mtu!r} is not an MTU in "
+                        f"{MIN_TUNNEL_MTU}..{MAX_TUNNEL_MTU}")
 
     keys: dict[str, int] = {}  # EIP -> tunnel key, across routes and held
     owners: dict[int, str] = {}

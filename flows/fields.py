@@ -80,7 +80,17 @@ class Register:
 REG_EIP = Register("reg0", "the tunnel key of the EIP whose traffic this packet is "
                            "(set in classify, read by eip_out, snat and snat_out)")
 
-REGISTERS = (REG_EIP,)
+REG_FLAGS = Register("reg1", "one-bit verdicts of the packet's way through the pipeline; bit "
+                             "FLAG_LARGER: set by check_pkt_larger in from_uplink, read by uplink_mtu")
+FLAG_LARGER = 0
+"""Bit of REG_FLAGS: the frame is longer than the tunnel carries (its IP packet
+exceeds the node's tunnel MTU)."""
+
+REGISTERS = (REG_EIP, REG_FLAGS)
+
+ETH_HLEN = 14
+"""Ethernet header bytes: check_pkt_larger measures the whole frame, the MTU
+counts the IP packet only."""
 
 # -- conntrack ------------------------------------------------------------------
 

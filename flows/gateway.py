@@ -11,10 +11,9 @@ from __future__ import annotations
 from flows import cookie as C
 from flows import family
 from flows import fields as F
-from flows.records import CT, Drop, Flow, Goto, Load, Nat, Output, SetField
+from flows.records import CT, CheckLarger, Controller, Drop, Flow, Goto, Load, Nat, Output, SetField
 from flows.tables import flow
 from flows.view import NODE_IP_PORTS, NodeView
-from flows.worker import tunnel_ports
 
 BR = "br-int"
 
@@ -22,6 +21,7 @@ PRIO_TUNNEL = 100
 PRIO_EIP = 100
 PRIO_UPLINK = 100
 PRIO_RETURN = 100  # + the pod CIDR's prefix length
+PRIO_LARGER = 200
 
 # Reply states let back towards a pod: packets of connections our SNAT
 # committed (+est) and ICMP errors about them (+rel).  +new (an outside host
@@ -34,11 +34,14 @@ def _eip_cookie(feature: C.Feature, eip) -> int:
 
 
 def tunnel_in(view: NodeView) -> list[Flow]:
-    """An EIP's traffic arriving from workers: its key selects the EIP."""
-    return [flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": h.tunnel_key},
+    """An EIP's traffic arriving from workers: its key selects the EIP, one
+    flow per EIP whatever the number of tunnel ports (O(EIPs), not
+    O(EIPs x nodes)).  No in_port is needed: only a Geneve port sets a
+    tunnel key, every other packet enters br-int with tun_id 0."""
+    return [flow(BR, "classify", PRIO_TUNNEL, {"tunnel_id": h.tunnel_key},
                  (Load(F.REG_EIP.field, h.tunnel_key), Goto("snat")),
                  _eip_cookie(C.Feature.EIP_IN, h.eip))
-            for h in view.held for _, port in tunnel_ports(view.ports)]
+            for h in view.held]
 
 
 def snat(view: NodeView) -> list[Flow]:
@@ -77,11 +80,29 @@ def from_uplink(view: NodeView) -> list[Flow]:
         out.append(flow(BR, "classify", PRIO_UPLINK,
                         {"in_port": view.ports.int_patch, "eth_type": fam.eth_type},
                         (Goto("from_uplink"),), C.encode(C.Feature.DENAT)))
+    # Measured before the de-NAT, so that the agent sees the packet exactly as
+    # its sender sent it: the ICMP frag-needed it answers embeds that header.
+    larger = CheckLarger(view.tunnel_mtu + F.ETH_HLEN, F.REG_FLAGS.field, F.FLAG_LARGER)
     for h in view.held:
         fam = family.of(h.eip)
         out.append(flow(BR, "from_uplink", PRIO_EIP, {"eth_type": fam.eth_type, fam.dst: h.eip},
+                        (larger, Goto("uplink_mtu")), _eip_cookie(C.Feature.DENAT, h.eip)))
+    return out
+
+
+def uplink_mtu(view: NodeView) -> list[Flow]:
+    """Packets to an EIP that the tunnel cannot carry whole go to the agent
+    (it answers ICMP "fragmentation needed" to the sender when DF is set,
+    else sends them back here in fragments that fit); the rest is de-NATed."""
+    if not view.ports.int_patch or not view.held:
+        return []
+    flag = 1 << F.FLAG_LARGER
+    out = [flow(BR, "uplink_mtu", PRIO_LARGER, {F.REG_FLAGS.field: (flag, flag)}, (Controller(),),
+                C.encode(C.Feature.MTU))]
+    for fam in sorted({family.of(h.eip) for h in view.held}, key=lambda f: f.version):
+        out.append(flow(BR, "uplink_mtu", PRIO_EIP, {"eth_type": fam.eth_type},
                         (CT(zone=F.CT_ZONE_SNAT, table="reply_route", nat=Nat()),),
-                        _eip_cookie(C.Feature.DENAT, h.eip)))
+                        C.encode(C.Feature.DENAT)))
     return out
 
 
@@ -105,4 +126,5 @@ def reply_route(view: NodeView) -> list[Flow]:
 
 
 def flows(view: NodeView) -> list[Flow]:
-    return tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + reply_route(view)
+    return (tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + uplink_mtu(view)
+            + reply_route(view))

@@ -17,8 +17,8 @@ import sys
 from os_ken.ofproto import nicira_ext
 
 from flows import fields as F
-from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
-                           SetField, Unknown)
+from flows.records import (CT, Bundle, CheckLarger, Controller, Drop, Flow, Goto, InPort, Load, Move,
+                           Nat, Normal, Output, SetField, Unknown)
 from flows.tables import bridge as bridge_tables
 
 # Open vSwitch's nx_nat flags (os-ken does not name them).
@@ -26,6 +26,8 @@ NX_NAT_F_SRC = 1 << 0
 NX_NAT_F_DST = 1 << 1
 
 COMMANDS = ("add", "delete_strict", "modify_strict")
+
+NXAST_CHECK_PKT_LARGER = 49  # Open vSwitch's subtype; os-ken has no class for it
 
 
 # -- records -> os-ken ------------------------------------------------------------
@@ -60,6 +62,54 @@ def _nat_class(parser):
     return cls
 
 
+_CHECK_LARGER: dict = {}
+
+
+def _check_larger_class(parser):
+    """``check_pkt_larger(pkt_len)->dst[offset]`` (OVS 2.12+), which os-ken
+    does not know: the body is pkt_len, the result bit's offset and the
+    destination's OXM/NXM header, zero-padded to a 24-byte action (the
+    layout of OVS's ``struct nx_action_check_pkt_larger``).  Registered with
+    the parser so that flow statistics read it back."""
+    cls = _CHECK_LARGER.get(parser)
+    if cls is not None:
+        return cls
+    ofproto = parser.ofproto
+    import struct
+
+    class NXActionCheckPktLarger(parser.NXAction):
+        _subtype = NXAST_CHECK_PKT_LARGER
+
+        def __init__(self, pkt_len, offset, dst, type_=None, len_=None, experimenter=None,
+                     subtype=None):
+            super().__init__()
+            self.pkt_len, self.offset, self.dst = pkt_len, offset, dst
+
+        @classmethod
+        def parser(cls, buf):
+            pkt_len, offset = struct.unpack_from("!HH", buf, 0)
+            n, _ = ofproto.oxm_parse_header(buf, 4)
+            return cls(pkt_len, offset, ofproto.oxm_to_user_header(n))
+
+        def serialize_body(self):
+            header = bytearray()
+            ofproto.oxm_serialize_header(ofproto.oxm_from_user_header(self.dst), header, 0)
+            data = struct.pack("!HH", self.pkt_len, self.offset) + bytes(header)
+            return data + bytes(24 - 10 - len(data))
+
+    parser.NXAction.register(NXActionCheckPktLarger)
+    cls = _CHECK_LARGER[parser] = NXActionCheckPktLarger
+    return cls
+
+
+def _register_extensions() -> None:
+    """Teach os-ken's parsers the actions they lack, before any flow
+    statistics arrive to be parsed."""
+    from os_ken.ofproto import ofproto_v1_3_parser, ofproto_v1_4_parser, ofproto_v1_5_parser
+    for parser in (ofproto_v1_3_parser, ofproto_v1_4_parser, ofproto_v1_5_parser):
+        _check_larger_class(parser)
+
+
 def _nat(parser, nat: Nat):
     NAT = _nat_class(parser)
     if nat.kind is None:
@@ -84,6 +134,10 @@ def _action(ofp, parser, bridge: str, a):
                                      ofs_nbits=0, dst=0, slaves=list(a.ports))
     if isinstance(a, InPort):
         return parser.OFPActionOutput(ofp.OFPP_IN_PORT, 0)
+    if isinstance(a, Controller):
+        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)
+    if isinstance(a, CheckLarger):
+        return _check_larger_class(parser)(a.length, a.bit, a.field)
     if isinstance(a, Normal):
         return parser.OFPActionOutput(ofp.OFPP_NORMAL, 0)
     if isinstance(a, (SetField, Load)):
@@ -161,6 +215,8 @@ def _action_back(ofp, names, a):
             return InPort()
         if a.port == ofp.OFPP_NORMAL:
             return Normal()
+        if a.port == ofp.OFPP_CONTROLLER and a.max_len == ofp.OFPCML_NO_BUFFER:
+            return Controller()
         if 0 < a.port < 0xFFFFFF00:
             return Output(a.port)
     elif cls == "OFPActionSetField":
@@ -171,6 +227,9 @@ def _action_back(ofp, names, a):
         if (a.algorithm == nicira_ext.NX_BD_ALG_ACTIVE_BACKUP and a.basis == 0
                 and a.fields == nicira_ext.NX_HASH_FIELDS_SYMMETRIC_L4 and len(a.slaves) >= 2):
             return Bundle(tuple(a.slaves))
+    elif cls == "NXActionCheckPktLarger":
+        if F.is_register(a.dst):
+            return CheckLarger(a.pkt_len, a.dst, a.offset)
     elif cls == "NXActionRegMove":
         src, dst = _field_name(a.src_field), _field_name(a.dst_field)
         if (src in F.FIELDS and dst in F.FIELDS and a.src_ofs == a.dst_ofs == 0
@@ -221,3 +280,6 @@ def from_stats(bridge: str, table_names: dict[int, str], stats) -> Flow:
         actions.append(goto)
     return Flow(bridge, names(stats.table_id), stats.priority, tuple(match), tuple(actions),
                 stats.cookie)
+
+
+_register_extensions()

@@ -253,13 +253,39 @@ class Bundle:
 
 
 @dataclass(frozen=True)
+class CheckLarger:
+    """``check_pkt_larger(length)->field[bit]``: the register bit becomes 1
+    when the whole frame (Ethernet header included) is longer than
+    ``length`` bytes, else 0.  Nothing else about the packet changes."""
+    length: int
+    field: str
+    bit: int = 0
+
+    def __post_init__(self):
+        if not F.is_register(self.field):
+            raise ValueError(f"check_pkt_larger into {self.field}: not a register")
+        if not 0 <= self.bit < F.field(self.field).bits:
+            raise ValueError(f"check_pkt_larger: bit {self.bit} outside {self.field}")
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or not 0 < self.length <= 0xFFFF:
+            raise ValueError(f"check_pkt_larger: bad length {self.length!r}")
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Send the whole packet to the agent (a packet-in, never buffered); the
+    flow's cookie tells the agent why it came."""
+
+
+@dataclass(frozen=True)
 class Unknown:
     """An action read from a switch that this project does not model."""
     text: str
 
 
-Action = Union[Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, Unknown]
-ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, Unknown)
+Action = Union[Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, CheckLarger,
+               Controller, Unknown]
+ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bundle, CheckLarger,
+                Controller, Unknown)
 
 
 # -- the flow ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import netaddr
 
 from flows import cookie as C
 from flows import fields as F
-from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
+from flows.records import (CT, Bundle, CheckLarger, Controller, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
                            SetField, Unknown)
 from flows.tables import table_id
 
@@ -71,6 +71,10 @@ def action_text(bridge: str, a, table_label=None) -> str:
         return f"bundle(symmetric_l4,0,active_backup,ofport,members:{','.join(map(str, a.ports))})"
     if isinstance(a, InPort):
         return "IN_PORT"
+    if isinstance(a, Controller):
+        return "CONTROLLER:65535"
+    if isinstance(a, CheckLarger):
+        return f"check_pkt_larger({a.length})->{F.field(a.field).nxm}[{a.bit}]"
     if isinstance(a, Normal):
         return "NORMAL"
     if isinstance(a, Drop):

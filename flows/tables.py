@@ -93,8 +93,11 @@ BR_INT = BridgeTables("br-int", (
           frozenset({F.REG_EIP.field, "eth_type"}), ("snat_out",)),
     Table("snat_out", "gateway: rewrite MACs for the uplink next hop, out through the patch",
           frozenset({F.REG_EIP.field, "eth_type"})),
-    Table("from_uplink", "gateway: traffic to a held EIP from the uplink: de-NAT in the SNAT zone",
-          frozenset(_IP), ("reply_route",)),
+    Table("from_uplink", "gateway: traffic to a held EIP from the uplink: measure it against "
+          "the tunnel MTU", frozenset(_IP), ("uplink_mtu",)),
+    Table("uplink_mtu", "gateway: too big for the tunnel: to the agent (ICMP frag-needed or "
+          "fragments); the rest is de-NATed in the SNAT zone",
+          frozenset({F.REG_FLAGS.field, "eth_type"}), ("reply_route",)),
     Table("reply_route", "gateway: an established reply, by pod CIDR, to its node's tunnel or "
           "to this host; new inbound connections to an EIP die here",
           frozenset({"ct_state"} | _IP), ("to_host",)),

@@ -20,6 +20,11 @@ GW_MAC = "0a:58:a9:fe:00:01"
 # every EIP has a key in 1..2**24-1 (Geneve VNI).
 REPLY_TUNNEL_KEY = 0
 
+# The largest IP packet a Geneve tunnel of this node carries whole when the
+# underlay is 1500 bytes and IPv4: 1500 - 20 (IP) - 8 (UDP) - 8 (Geneve) - 14
+# (inner Ethernet).  The agent derives the real value from the uplink's MTU.
+DEFAULT_TUNNEL_MTU = 1450
+
 
 @dataclass(frozen=True)
 class Ports:
@@ -105,3 +110,4 @@ class NodeView:
     held: tuple[HeldEip, ...] = ()
     return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)
     pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs (replies to the host)
+    tunnel_mtu: int = DEFAULT_TUNNEL_MTU  # the largest IP packet its Geneve tunnels carry whole

@@ -133,6 +133,14 @@ def ofports(api, bridge: str, timeout: float = 10.0) -> dict[str, int]:
         time.sleep(0.05)
 
 
+def iface_mtu(api, name: str) -> int | None:
+    """The MTU Open vSwitch reports for an interface (None: not known)."""
+    mtu = api.db_get("Interface", name, "mtu").execute(check_error=True)
+    if isinstance(mtu, list):
+        mtu = mtu[0] if mtu else None
+    return int(mtu) if mtu else None
+
+
 def iface_mac(api, name: str, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while True:

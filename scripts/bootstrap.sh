@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 
-debs=(openvswitch-switch openvswitch-common iproute2 iptables ethtool tcpdump procps iputils-ping python3 python3-venv python3-pip)
+debs=(openvswitch-switch openvswitch-common iproute2 iptables ethtool tcpdump procps iputils-ping iperf3 python3 python3-venv python3-pip)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

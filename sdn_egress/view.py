@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.view import EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
+from flows.view import DEFAULT_TUNNEL_MTU, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
 
@@ -34,6 +34,7 @@ class NodeFacts:
     egw_mac: str
     brex_mac: str
     next_hop_macs: tuple[tuple[str, str], ...] = ()  # EIP (str) -> next hop MAC
+    tunnel_mtu: int = DEFAULT_TUNNEL_MTU  # the largest IP packet this node's tunnels carry whole
 
     def next_hop_mac(self, eip: netaddr.IPAddress) -> str | None:
         return dict(self.next_hop_macs).get(str(eip))
@@ -127,6 +128,7 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
         brex_mac=facts.brex_mac, steers=tuple(steers), eip_routes=tuple(eip_routes), held=held,
         return_routes=return_routes,
         pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4),
+        tunnel_mtu=facts.tunnel_mtu,
     )
 
 

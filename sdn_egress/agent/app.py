@@ -2,6 +2,7 @@
 message to :mod:`sdn_egress.agent.core`; no flow is decided here."""
 from __future__ import annotations
 
+import functools
 import logging
 
 from os_ken.base import app_manager
@@ -14,6 +15,21 @@ from os_ken.ofproto import ofproto_v1_4
 from sdn_egress.agent.switch import Switch
 
 LOG = logging.getLogger(__name__)
+
+
+def guarded(handler):
+    """An event handler that never lets an exception out.  With os-ken's
+    native-threads hub ``hub.TaskExit`` is ``Exception``, so the app's event
+    loop re-raises whatever a handler raises and dies without a word: every
+    later reply, packet-in and port event would be lost (the agent then
+    waits for flow dumps that never come)."""
+    @functools.wraps(handler)
+    def run(self, ev):
+        try:
+            handler(self, ev)
+        except Exception:  # noqa: BLE001 - see above
+            LOG.exception("%s failed on %s; the agent goes on", handler.__name__, type(ev).__name__)
+    return run
 
 
 class EgressAgentApp(app_manager.OSKenApp):
@@ -30,6 +46,7 @@ class EgressAgentApp(app_manager.OSKenApp):
         return thread
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @guarded
     def _state_change(self, ev):
         dp = ev.datapath
         if dp.id is None:
@@ -53,18 +70,29 @@ class EgressAgentApp(app_manager.OSKenApp):
             switch.on_reply(ev.msg, more=more)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _flow_stats(self, ev):
         self._deliver(ev, more=bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE))
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @guarded
     def _barrier(self, ev):
         self._deliver(ev)
 
     @set_ev_cls(ofp_event.EventOFPBundleCtrlMsg, MAIN_DISPATCHER)
+    @guarded
     def _bundle(self, ev):
         self._deliver(ev)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @guarded
+    def _packet_in(self, ev):
+        switch = self._switches.get(ev.msg.datapath.id)
+        if switch is not None:
+            self.core.packet_in(switch, ev.msg.cookie, bytes(ev.msg.data))
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    @guarded
     def _error(self, ev):
         msg = ev.msg
         switch = self._switches.get(msg.datapath.id)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
 import flows
 from flows.records import Flow
-from flows.tables import table_names
+from flows.tables import table_id, table_names
 from flows.view import NODE_IP_PORTS, NodeView, Ports
+from sdn_egress.agent import pmtu
 from sdn_egress.agent.liveness import Liveness
-from sdn_egress.agent.routing import HostRouting, resolve_next_hop_mac
+from sdn_egress.agent.routing import HostRouting, address_mtu, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
 from sdn_egress.allocation import Allocation, AllocationStore
 from sdn_egress.model import ClusterState
@@ -47,6 +49,7 @@ class AgentConfig:
     poll_interval: float = 0.05  # how often BFD state and the sources are looked at
     bfd: dict | None = None  # Interface.bfd of the tunnels to gateways; None: no BFD
     bfd_grace: float = 10.0  # a peer never seen up counts as dead only after this
+    tunnel_mtu: int | None = None  # None: derived from the underlay's MTU (pmtu.tunnel_mtu)
 
 
 def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]:
@@ -109,6 +112,8 @@ class AgentCore:
         self._isolated = False
         self._ports_reserved = False
         self._recorded: dict | None = None
+        self._tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
+        self.oversized = {"icmp": 0, "fragmented": 0, "dropped": 0}  # packet-ins of uplink_mtu
         self.last_good: tuple[ClusterState, Allocation] | None = None
         self.last_result = PassResult()
         self.passes = 0
@@ -287,7 +292,7 @@ class AgentCore:
             self._recorded = desired
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
-        self.routing.sync(view.steers)
+        self.routing.sync(view.steers, view.tunnel_mtu)
         if any(h.node_ip for h in view.held) and not self._ports_reserved:
             self.routing.reserve_ports(*NODE_IP_PORTS)
             self._ports_reserved = True
@@ -397,8 +402,70 @@ class AgentCore:
                 hops[key] = mac
         self._next_hops = hops
         self._unresolved = unresolved
+        if refresh or self._tunnel_mtu is None:
+            self._tunnel_mtu = self._find_tunnel_mtu(state, ports_ex, uplink)
         return NodeFacts(ports=ports, egw_mac=egw_mac, brex_mac=brex_mac,
-                         next_hop_macs=tuple(sorted(hops.items())))
+                         next_hop_macs=tuple(sorted(hops.items())), tunnel_mtu=self._tunnel_mtu[0])
+
+    def _find_tunnel_mtu(self, state: ClusterState, ports_ex: dict, uplink: int) -> tuple[int, str]:
+        """The tunnel MTU: the agent's --tunnel-mtu, else the underlay's MTU
+        (the smaller of the uplink's and that of the interface holding the
+        node's address, which native tunnelling sends from) minus the Geneve
+        overhead of the node address's family."""
+        if self.config.tunnel_mtu:
+            return self.config.tunnel_mtu, "--tunnel-mtu"
+        node_ip = state.nodes[self.config.node].address(4)
+        found = []
+        if node_ip is not None:
+            mtu = address_mtu(str(node_ip))
+            if mtu:
+                found.append((mtu, f"the interface of {node_ip}"))
+        name = next((n for n, p in ports_ex.items() if p == uplink), None) if uplink else None
+        if name:
+            from ovs_setup import ovsdb
+            mtu = ovsdb.iface_mtu(self.ovs, name)
+            if mtu:
+                found.append((mtu, f"uplink {name}"))
+        family = node_ip.version if node_ip is not None else 4
+        if not found:
+            LOG.warning("tunnel MTU: cannot read the underlay's MTU; assuming 1500")
+            found = [(1500, "assumed")]
+        underlay, where = min(found)
+        mtu = pmtu.tunnel_mtu(underlay, family)
+        if self._tunnel_mtu is None or self._tunnel_mtu[0] != mtu:
+            LOG.info("tunnel MTU %d: underlay MTU %d (%s) minus %d bytes of IPv%d Geneve", mtu, underlay,
+                     where, pmtu.GENEVE_OVERHEAD[family], family)
+        return mtu, f"underlay {underlay} ({where}) - {pmtu.GENEVE_OVERHEAD[family]} (IPv{family} Geneve)"
+
+    # -- packet-ins (called from os-ken's thread) ------------------------------------
+    def packet_in(self, switch: Switch, cookie: int, data: bytes) -> None:
+        """A packet ``uplink_mtu`` sent up: too big for the tunnel.  Answer the
+        sender (ICMP frag-needed / packet too big) or send it back in
+        fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
+        from flows import cookie as C
+        view = self.last_result.view
+        if C.decode(cookie).feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
+            return
+        if not view.ports.int_patch:
+            return
+        held = frozenset(str(h.eip) for h in view.held)
+        try:
+            ans = pmtu.answer(data, view.tunnel_mtu, held)
+        except (ValueError, IndexError, struct.error) as exc:
+            ans = pmtu.Answer(dropped=f"cannot parse: {exc}")
+        if ans.dropped:
+            self.oversized["dropped"] += 1
+            LOG.debug("oversized packet dropped: %s", ans.dropped)
+            return
+        for frame in ans.to_sender:
+            switch.packet_out(frame, view.ports.int_patch)
+        if ans.to_sender:
+            self.oversized["icmp"] += 1
+        if ans.fragments:
+            self.oversized["fragmented"] += 1
+            table = table_id("br-int", "uplink_mtu")
+            for frame in ans.fragments:
+                switch.packet_out_to_table(frame, table)
 
     def _peer_of_port(self, suffix: str) -> str:
         # sync_tunnels names ports gnv-<peer> (shortened when too long); map back.
@@ -455,6 +522,10 @@ class AgentCore:
             "dead_peers": sorted(self._dead),
             "isolated": self._isolated,
             "tunnels": dict(sorted((self._peers or {}).items())),
+            "tunnel_mtu": view.tunnel_mtu if view else None,
+            "tunnel_mtu_source": self._tunnel_mtu[1] if self._tunnel_mtu else None,
+            "mss": view.tunnel_mtu - 40 if view else None,
+            "oversized": dict(self.oversized),
             "bfd": self._bfd_report(),
         }
 

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no BFD: no data-plane failover, gateways follow the controller only")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics on this port (all addresses); off by default")
+    parser.add_argument("--tunnel-mtu", type=int, metavar="BYTES",
+                        help="the largest IP packet the Geneve tunnels carry whole (default: the underlay "
+                             "MTU minus the Geneve overhead, 50 bytes over IPv4, 70 over IPv6); steered "
+                             "TCP is clamped to it, larger packets get ICMP frag-needed or fragments. Set "
+                             "it to the smallest underlay MTU minus the overhead where links differ")
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
     kube = parser.add_argument_group("Kubernetes mode")
@@ -70,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         extra = tuple(netaddr.IPNetwork(c) for c in args.cluster_cidr)
     except (netaddr.AddrFormatError, ValueError) as exc:
         LOG.error("agent: --cluster-cidr: %s", exc)
+        return 2
+    from flows.check import MAX_TUNNEL_MTU, MIN_TUNNEL_MTU
+    if args.tunnel_mtu is not None and not MIN_TUNNEL_MTU <= args.tunnel_mtu <= MAX_TUNNEL_MTU:
+        LOG.error("agent: --tunnel-mtu: %d is not an MTU in %d..%d", args.tunnel_mtu, MIN_TUNNEL_MTU,
+                  MAX_TUNNEL_MTU)
         return 2
     from ovs_setup.node import agent_socket
     from sdn_egress.agent import listen as listen_mod
@@ -114,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = AgentMetrics(args.node)
     core = AgentCore(
         AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
-                    resync_interval=args.resync_interval,
+                    resync_interval=args.resync_interval, tunnel_mtu=args.tunnel_mtu,
                     bfd=None if args.no_bfd else {
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",

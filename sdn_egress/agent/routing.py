@@ -23,6 +23,9 @@ LOG = logging.getLogger(__name__)
 STEER_TABLE = 7100  # routing table holding the route into egw0
 STEER_PRIORITY = 7100  # rule priority: before main (32766), after local (0)
 NAT_CHAIN = "SDN-EGRESS-POSTROUTING"
+MSS_CHAIN = "SDN-EGRESS-MSS"
+MSS_COMMENT = "sdn-egress: clamp the MSS of steered TCP to the tunnel MTU"
+TCP_IP_HEADERS = {4: 40, 6: 60}  # IP + TCP headers without options: MSS = MTU - this
 RTNH_F_ONLINK = 4
 
 
@@ -87,13 +90,17 @@ class HostRouting:
         self.egw = egw
         self.proc_sys_net = proc_sys_net
 
-    def sync(self, steers: tuple[Steer, ...]) -> tuple[int, int]:
-        """Make the rules exactly those the steers ask for; returns (added, removed)."""
+    def sync(self, steers: tuple[Steer, ...], tunnel_mtu: int) -> tuple[int, int]:
+        """Make the rules exactly those the steers ask for; returns (added,
+        removed).  The steering route carries ``tunnel_mtu``: the kernel
+        answers a DF packet that does not fit with ICMP "fragmentation
+        needed" to the pod and fragments the others; the MSS of TCP SYNs in
+        both directions through egw0 is clamped to fit."""
         from pyroute2 import IPRoute
 
         want = desired_rules(steers)
         with IPRoute() as ipr:
-            self._ensure_link(ipr)
+            self._ensure_link(ipr, tunnel_mtu)
             have = current_rules(ipr)
             for rule in sorted(have - want):
                 _rule(ipr, "del", rule)
@@ -102,6 +109,7 @@ class HostRouting:
                 _rule(ipr, "add", rule)
                 LOG.info("routing: added rule %s", rule)
         self._ensure_nat_bypass()
+        self._ensure_mss_clamp(tunnel_mtu - TCP_IP_HEADERS[4])
         return len(want - have), len(have - want)
 
     def reserve_ports(self, lo: int, hi: int, path: str | None = None) -> bool:
@@ -125,7 +133,7 @@ class HostRouting:
         LOG.info("routing: reserved local ports %d-%d for the SNAT to this node's address", lo, hi)
         return True
 
-    def _ensure_link(self, ipr) -> None:
+    def _ensure_link(self, ipr, tunnel_mtu: int) -> None:
         idx = ipr.link_lookup(ifname=self.egw)
         if not idx:
             raise RuntimeError(f"interface {self.egw} does not exist (is br-int set up?)")
@@ -133,8 +141,11 @@ class HostRouting:
         ipr.link("set", index=idx, state="up")
         ipr.neigh("replace", dst=str(GW_NEXTHOP_V4), lladdr=GW_MAC, ifindex=idx,
                   state=0x80)  # NUD_PERMANENT
+        # The route's MTU, not egw0's: the host stack holds steered packets to
+        # it (ICMP frag-needed to the pod, or fragments), while egw0 itself
+        # still takes replies of any size from br-int.
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(GW_NEXTHOP_V4), oif=idx,
-                  table=STEER_TABLE, flags=RTNH_F_ONLINK)
+                  table=STEER_TABLE, flags=RTNH_F_ONLINK, metrics={"mtu": tunnel_mtu})
         # Replies come back in on egw0 from addresses routed via the uplink:
         # strict reverse-path filtering would drop them.
         for name in (self.egw, "all"):
@@ -164,6 +175,30 @@ class HostRouting:
         if ipt("-C", *jump, check=False).returncode != 0:
             ipt("-I", *jump)
 
+    def _ensure_mss_clamp(self, mss: int) -> None:
+        """TCP SYNs leaving through egw0 (a pod's) and arriving from it (the
+        SYN-ACK of an outside server) announce at most ``mss``: neither end
+        then sends a segment the tunnel cannot carry.  Our chain in mangle
+        FORWARD holds exactly the two rules for the current MSS."""
+        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+            return subprocess.run(["iptables", "-w", "-t", "mangle", *args], capture_output=True,
+                                  text=True, check=check)
+
+        want = [[direction, self.egw, "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
+                 "-j", "TCPMSS", "--set-mss", str(mss)] for direction in ("-o", "-i")]
+        if ipt("-nL", MSS_CHAIN, check=False).returncode != 0:
+            ipt("-N", MSS_CHAIN)
+        listed = ipt("-S", MSS_CHAIN).stdout.splitlines()
+        have = [line.split()[2:] for line in listed if line.startswith(f"-A {MSS_CHAIN} ")]
+        if [_mss_rule_key(h) for h in have] != [_mss_rule_key(w) for w in want]:
+            ipt("-F", MSS_CHAIN)
+            for rule in want:
+                ipt("-A", MSS_CHAIN, *rule)
+            LOG.info("routing: TCP MSS through %s clamped to %d", self.egw, mss)
+        jump = ["FORWARD", "-m", "comment", "--comment", MSS_COMMENT, "-j", MSS_CHAIN]
+        if ipt("-C", *jump, check=False).returncode != 0:
+            ipt("-I", *jump)
+
     def remove_all(self) -> None:
         """Remove every rule, route and NAT bypass the agent made (teardown)."""
         from pyroute2 import IPRoute
@@ -180,6 +215,30 @@ class HostRouting:
                        capture_output=True)
         subprocess.run(["iptables", "-w", "-t", "nat", "-F", NAT_CHAIN], capture_output=True)
         subprocess.run(["iptables", "-w", "-t", "nat", "-X", NAT_CHAIN], capture_output=True)
+
+
+def _mss_rule_key(words: list[str]) -> tuple:
+    """What decides a clamp rule, as ``iptables -S`` prints it or we write it:
+    direction, interface and the MSS value."""
+    try:
+        return (words[0], words[1], words[words.index("--set-mss") + 1])
+    except (ValueError, IndexError):
+        return tuple(words)
+
+
+def address_mtu(ip: str) -> int | None:
+    """The MTU of the interface that holds address ``ip`` on this host (None:
+    no interface has it)."""
+    from pyroute2 import IPRoute
+
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=family):
+            if addr.get_attr("IFA_ADDRESS") == ip or addr.get_attr("IFA_LOCAL") == ip:
+                links = ipr.get_links(addr["index"])
+                if links:
+                    return links[0].get_attr("IFLA_MTU")
+    return None
 
 
 def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:

@@ -18,6 +18,8 @@ from flows.records import Flow
 
 LOG = logging.getLogger(__name__)
 
+NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16-bit port numbers of Nicira's resubmit
+
 REQUEST_TIMEOUT = 10.0
 
 
@@ -145,6 +147,18 @@ class Switch:
         self.dp.send_msg(parser.OFPPacketOut(self.dp, buffer_id=ofp.OFP_NO_BUFFER,
                                              in_port=ofp.OFPP_CONTROLLER,
                                              actions=[parser.OFPActionOutput(port, 0)], data=data))
+
+    def packet_out_to_table(self, data: bytes, table_id: int) -> None:
+        """Hand ``data`` back to the pipeline at ``table_id``
+        (``resubmit(,table)``), coming from the controller.  Never with a
+        patch port as in_port: a patch port has no datapath port, and the
+        userspace datapath then loses the packet at its first ct()
+        recirculation (seen on OVS 3.1)."""
+        parser, ofp = self.dp.ofproto_parser, self.dp.ofproto
+        self.dp.send_msg(parser.OFPPacketOut(
+            self.dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+            actions=[parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=table_id)],
+            data=data))
 
     def announce(self, ip: str, mac: str, port: int,
                  schedule: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)) -> None:

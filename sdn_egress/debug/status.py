@@ -46,7 +46,8 @@ def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, env=
         entry = {"node": node, "report_age_s": round(now - r.get("time", 0), 1),
                  "passes": r.get("passes"), "error": r.get("error"),
                  "switches": r.get("switches", {}), "held_eips": r.get("held_eips", []),
-                 "tunnels": r.get("tunnels", {})}
+                 "tunnels": r.get("tunnels", {}), "tunnel_mtu": r.get("tunnel_mtu"),
+                 "mss": r.get("mss"), "oversized": r.get("oversized", {})}
         if env is not None:
             entry["agent_alive"] = env.agent_alive(node, r)
             entry["bfd"] = env.bfd(node, r)
@@ -73,14 +74,20 @@ def render(st: dict) -> str:
             if c["status"] != "True":
                 lines.append(f"    {c['type']}={c['status']} {c['reason']}: {c['message']}")
     lines.append("")
-    lines.append("NODE       AGENT         SWITCHES (flows)                 HELD EIPS        BFD")
+    lines.append("NODE       AGENT         SWITCHES (flows)                 TUNNEL MTU/MSS  HELD EIPS        BFD")
     for n in st["nodes"]:
         sw = ", ".join(f"{b} {'up' if s.get('connected') else 'DOWN'} ({s.get('flows')})"
                        for b, s in sorted(n["switches"].items()))
         bfd = ", ".join(f"{k}={v}" for k, v in sorted(n.get("bfd", {}).items())) or "-"
         alive = {True: "up", False: "DOWN", None: "?"}[n.get("agent_alive")]
         alive += f" ({_age(n['report_age_s'])})"
-        lines.append(f"{n['node']:<10} {alive:<13} {sw:<32} {','.join(n['held_eips']) or '-':<16} {bfd}")
+        mtu = f"{n['tunnel_mtu']}/{n['mss']}" if n.get("tunnel_mtu") else "-"
+        lines.append(f"{n['node']:<10} {alive:<13} {sw:<32} {mtu:<15} {','.join(n['held_eips']) or '-':<16} {bfd}")
+        big = n.get("oversized") or {}
+        if any(big.values()):
+            lines.append(f"    too big for the tunnel, from the uplink: {big.get('icmp', 0)} answered with "
+                         f"ICMP frag-needed, {big.get('fragmented', 0)} fragmented, "
+                         f"{big.get('dropped', 0)} dropped")
         if n.get("error"):
             lines.append(f"    error: {n['error']}")
     if st["cluster_cidrs"]:

@@ -39,7 +39,7 @@ NODE_LABEL = "sdn-egress.io/node"
 PROMPT = ("held_eips", "dead_peers", "isolated", "error")
 # switches, bfd: what `sdn-egress status` shows per node, from anywhere (no
 # other node's OVSDB is reachable on a real cluster).
-KEPT = PROMPT + ("passes", "pid", "tunnels", "switches", "bfd")
+KEPT = PROMPT + ("passes", "pid", "tunnels", "tunnel_mtu", "mss", "oversized", "switches", "bfd")
 
 
 def lease_name(node: str) -> str:

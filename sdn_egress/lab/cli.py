@@ -56,9 +56,9 @@ def _print_status(st: dict) -> None:
     for p in st["pods"]:
         print(f"{p['namespace'] + '/' + p['name']:<20} {p['ip']:<15} {p['node']:<10} "
               f"{','.join(f'{k}={v}' for k, v in p['labels'].items())}")
-    print("\nEXTERNAL   IP")
+    print("\nEXTERNAL   IP              MTU")
     for x in st["externals"]:
-        print(f"{x['name']:<10} {x['ip']}")
+        print(f"{x['name']:<10} {x['ip']:<15} {x.get('mtu', 1500)}")
     policies = (st.get("allocation") or {}).get("policies") or {}
     if policies:
         print("\nPOLICY               EIP              GATEWAY NODE  READY")

@@ -6,10 +6,16 @@ demo can ask "which source did the outside world see?".
 TCP: the address is sent on connect and again for every line received, so one
 connection can be asked repeatedly (an established connection surviving a
 change is visible).
+
+Bulk TCP on port 8081, to move real amounts of data (full-size segments) and
+check they arrive intact: a client sends ``PUT N`` and then N bytes, and gets
+back ``SHA256 SRC`` of what arrived; or sends ``GET N SEED`` and receives the
+N bytes of :func:`stream` (SEED) and then the connection closes.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +35,54 @@ class Recorder:
         entry["t"] = time.time()
         with _lock:
             self.f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+BULK_PORT = 8081
+CHUNK = 65536
+
+
+def stream(seed: str, n: int):
+    """N deterministic bytes in chunks (SHA-256 in counter mode over
+    ``seed``): both ends can compute the digest without storing the data."""
+    i, left = 0, n
+    while left > 0:
+        block = b"".join(hashlib.sha256(f"{seed}:{i}:{j}".encode()).digest() for j in range(CHUNK // 32))
+        i += 1
+        yield block[:left]
+        left -= len(block[:left])
+
+
+def serve_bulk(port: int, record: Recorder) -> socketserver.ThreadingTCPServer:
+    class Bulk(socketserver.StreamRequestHandler):
+        def handle(self):
+            src = self.client_address[0]
+            try:
+                words = self.rfile.readline(200).decode(errors="replace").split()
+                if len(words) == 2 and words[0] == "PUT" and words[1].isdigit():
+                    n, digest, got = int(words[1]), hashlib.sha256(), 0
+                    while got < n:
+                        data = self.rfile.read1(min(CHUNK, n - got))
+                        if not data:
+                            break
+                        digest.update(data)
+                        got += len(data)
+                    record(proto="tcp", event="bulk-put", src=src, sport=self.client_address[1], bytes=got)
+                    self.wfile.write(f"{digest.hexdigest()} {src} {got}\n".encode())
+                elif len(words) == 3 and words[0] == "GET" and words[1].isdigit():
+                    record(proto="tcp", event="bulk-get", src=src, sport=self.client_address[1],
+                           bytes=int(words[1]))
+                    for block in stream(words[2], int(words[1])):
+                        self.wfile.write(block)
+                else:
+                    self.wfile.write(b"usage: PUT N | GET N SEED\n")
+            except OSError:
+                pass
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    return Server(("0.0.0.0", port), Bulk)
 
 
 def serve(port: int, record: Recorder) -> list[threading.Thread]:
@@ -73,7 +127,9 @@ def serve(port: int, record: Recorder) -> list[threading.Thread]:
             if icmp_type == 8:  # echo request (the kernel answers it)
                 record(proto="icmp", src=src, id=ident, seq=seq, data=pkt[ihl + 8:ihl + 8 + 64].hex())
 
+    bulk = serve_bulk(BULK_PORT, record)
     threads = [threading.Thread(target=tcp.serve_forever, daemon=True),
+               threading.Thread(target=bulk.serve_forever, daemon=True),
                threading.Thread(target=udp_loop, daemon=True),
                threading.Thread(target=icmp_loop, daemon=True)]
     for t in threads:

@@ -236,9 +236,20 @@ class Lab(Traffic):
 
         for x in topo.externals:
             ns = self._netns(self.ns_external(x.index))
-            self._veth(ns, "eth0", fab, f"x{x.index}")
-            nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
-            nsx(ns, "ip", "addr", "add", f"{x.ip}/24", "dev", "eth0")
+            if x.mtu is None:
+                self._veth(ns, "eth0", fab, f"x{x.index}")
+                nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
+                nsx(ns, "ip", "addr", "add", f"{x.ip}/24", "dev", "eth0")
+            else:
+                # A link of its own to the router, narrow at both ends: the
+                # router answers ICMP frag-needed for what does not fit.
+                self._veth(ns, "eth0", rtr, f"h{x.index}")
+                for where, dev in ((ns, "eth0"), (rtr, f"h{x.index}")):
+                    nsx(where, "ip", "link", "set", dev, "mtu", str(x.mtu))
+                nsx(ns, "ip", "addr", "add", f"{x.ip}/32", "dev", "eth0")
+                nsx(ns, "ip", "route", "add", topo_mod.ROUTER_EXTERNAL_IP, "dev", "eth0", "scope", "link")
+                nsx(rtr, "ip", "route", "add", f"{x.ip}/32", "dev", f"h{x.index}", "src",
+                    topo_mod.ROUTER_EXTERNAL_IP)
             nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_EXTERNAL_IP)
             self._start_echo(x)
 
@@ -695,7 +706,8 @@ class Lab(Traffic):
             out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip, "node": p.node,
                                 "labels": labels, "netns": self.ns_pod(p.index)})
         for x in topo.externals:
-            out["externals"].append({"name": x.name, "ip": x.ip, "netns": self.ns_external(x.index)})
+            out["externals"].append({"name": x.name, "ip": x.ip, "netns": self.ns_external(x.index),
+                                     "mtu": x.mtu or 1500})
         for key, fname in (("allocation", "allocation.json"), ("errors", "errors.json")):
             try:
                 with open(os.path.join(self.status_dir, fname)) as f:

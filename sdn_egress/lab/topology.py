@@ -61,8 +61,13 @@ class LabPod:
 
 @dataclass(frozen=True)
 class LabExternal:
+    """An external host.  With ``mtu`` it hangs off the router by a link of
+    its own with that MTU (both ends), so a path from the cluster to it
+    narrows past the gateway, as the Internet's paths do; without, it sits on
+    the external LAN."""
     name: str
     index: int
+    mtu: int | None = None
 
     @property
     def ip(self) -> str:
@@ -89,6 +94,11 @@ def _labels(value, where: str) -> dict:
             raise TopologyError(f"{where}.labels.{k}: label values must be strings "
                                 f"(quote them: {k}: \"{v}\")")
     return dict(value)
+
+
+# An external link narrower than the lab's 1500-byte links, down to IPv4's
+# minimum datagram every host must take (RFC 791).
+MIN_EXTERNAL_MTU, MAX_EXTERNAL_MTU = 576, 1500
 
 
 def _entries(doc: dict, key: str, allowed: set[str], required: set[str]) -> list[dict]:
@@ -142,7 +152,7 @@ def parse(doc) -> Topology:
         pods.append(LabPod(p["namespace"], p["name"], p["node"], i, f"203.0.113.{32 * node.index + 2 + k}",
                            _labels(p.get("labels"), f"pods[{i}]")))
     externals = []
-    raw_ext = _entries(doc, "externals", {"name"}, {"name"})
+    raw_ext = _entries(doc, "externals", {"name", "mtu"}, {"name"})
     if len(raw_ext) > MAX_EXTERNALS:
         raise TopologyError(f"externals: at most {MAX_EXTERNALS}")
     names = set(seen)
@@ -150,7 +160,12 @@ def parse(doc) -> Topology:
         if x["name"] in names or x["name"] == "router":
             raise TopologyError(f"externals[{i}].name: {x['name']!r} is already a node or external name")
         names.add(x["name"])
-        externals.append(LabExternal(x["name"], i))
+        mtu = x.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
+                                or not MIN_EXTERNAL_MTU <= mtu <= MAX_EXTERNAL_MTU):
+            raise TopologyError(f"externals[{i}].mtu: {mtu!r} is not an MTU in "
+                                f"{MIN_EXTERNAL_MTU}..{MAX_EXTERNAL_MTU}")
+        externals.append(LabExternal(x["name"], i, mtu))
     return Topology(tuple(nodes), tuple(pods), tuple(externals))
 
 

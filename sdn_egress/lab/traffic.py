@@ -31,6 +31,41 @@ s.sendto((peer[0] + "\n").encode(), peer)
 print(peer[0], flush=True)
 """
 
+BULK_CLIENT = r"""
+import hashlib, json, socket, sys, time
+from sdn_egress.lab.echo import BULK_PORT, stream
+ip, n, direction, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+seed = f"{time.time_ns()}"
+want = hashlib.sha256()
+for block in stream(seed, n):
+    want.update(block)
+start = time.monotonic()
+s = socket.create_connection((ip, BULK_PORT), timeout=timeout)
+out = {"direction": direction, "bytes": 0, "intact": False}
+try:
+    if direction == "upload":
+        s.sendall(f"PUT {n}\n".encode())
+        for block in stream(seed, n):
+            s.sendall(block)
+        digest, src, got = s.makefile().readline().split()
+        out.update(bytes=int(got), intact=digest == want.hexdigest() and int(got) == n, src=src)
+    else:
+        s.sendall(f"GET {n} {seed}\n".encode())
+        got, digest = 0, hashlib.sha256()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += len(data)
+            digest.update(data)
+        out.update(bytes=got, intact=digest.hexdigest() == want.hexdigest() and got == n)
+except OSError as exc:
+    out["error"] = str(exc)
+out["seconds"] = round(time.monotonic() - start, 3)
+s.close()
+print(json.dumps(out))
+"""
+
 TCP_SESSION = r"""
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
@@ -97,6 +132,23 @@ class Traffic:
                     return entry["src"]
             time.sleep(0.05)
         return None
+
+    def bulk(self, pod: str, ip: str, nbytes: int, direction: str = "download",
+             timeout: float = 20.0) -> dict:
+        """Move ``nbytes`` over one TCP connection between ``pod`` and the bulk
+        service of the external host at ``ip`` ("upload": pod -> host,
+        "download": host -> pod).  Returns ``bytes`` (that arrived),
+        ``intact`` (their SHA-256 matched what was sent), ``seconds``, and
+        for an upload ``src`` (the source address the host saw), or
+        ``error`` (a socket timeout: a stalled transfer)."""
+        import json
+        if direction not in ("upload", "download"):
+            raise ValueError(f"bulk: direction must be upload or download, not {direction!r}")
+        proc = self.exec(pod, [sys.executable, "-c", BULK_CLIENT, ip, str(nbytes), direction, str(timeout)],
+                         check=False, timeout=timeout * 4 + 10)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bulk client in {pod} failed: {proc.stderr.strip()[-500:]}")
+        return json.loads(proc.stdout)
 
     def ping(self, pod: str, ip: str, timeout: float = 2.0) -> bool:
         return self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), ip], check=False,

@@ -260,3 +260,31 @@ def test_a_planned_move_keeps_the_eip_and_announces_it(lab):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert f"charlie is not a gateway node of EIP {eip}" in bad.stderr
+
+
+def test_after_a_failover_during_a_bulk_download_new_connections_move_full_size_data(lab):
+    """A 64 MB download is running when the active gateway dies.  That
+    connection's conntrack entry died with the gateway, so it may stall (it is
+    never corrupted); a new connection through the standby moves 16 MB each
+    way intact: the standby's path clamps and fragments the same way."""
+    import threading
+    eip, pod = "192.0.2.201", "shop/cart-0"
+    converged(lab)
+    victim = active(lab, eip)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(lab.bulk(pod, EXT, 64 << 20, "download", timeout=5)))
+    worker.start()
+    time.sleep(0.5)
+    lab.kill(victim)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert result["intact"] or result["bytes"] < 64 << 20 or "error" in result, result
+    survivor = "bravo" if victim == "alpha" else "alpha"
+    wait_for(lambda: lab.udp_source(pod, EXT) == eip, "traffic on the standby")
+    for direction in ("download", "upload"):
+        moved = lab.bulk(pod, EXT, 16 << 20, direction)
+        assert moved["intact"], (direction, moved)
+    assert eip in lab.agent_status(survivor).get("held_eips", [])
+    lab.exec("ext-1", ["ip", "route", "flush", "cache"])
+    out = lab.exec(pod, ["ping", "-c", "2", "-W", "2", "-M", "dont", "-s", "1472", EXT], check=False)
+    assert " 2 received" in out.stdout, out.stdout

@@ -180,10 +180,19 @@ def test_agent_installs_exactly_the_pipeline_and_keeps_it(node):
     rules = sh("ip", "rule", ns=node.ns)
     assert re.search(r"from 203\.0\.113\.2 to 198\.51\.100\.0/24 lookup 7100", rules), rules
     assert not re.search(r"from 203\.0\.113\.3\b", rules)
+    # Full-size packets: the steering route carries the tunnel MTU (the
+    # uplink's 1500 - 50 of IPv4 Geneve), the MSS of TCP through egw0 is
+    # clamped both ways, and the agent reports both.
+    assert "mtu 1450" in sh("ip", "route", "show", "table", "7100", ns=node.ns)
+    assert (node.agent_status()["tunnel_mtu"], node.agent_status()["mss"]) == (1450, 1410)
     # A later pass finds nothing to change.
     passes = node.agent_status()["passes"]
     wait_for(lambda: node.agent_status()["passes"] >= passes + 2, "two more passes")
     assert node.flows() == dump
+    clamp = [line for line in sh("iptables", "-t", "mangle", "-S", "SDN-EGRESS-MSS", ns=node.ns).splitlines()
+             if line.startswith("-A")]
+    assert sorted(line.split()[2] for line in clamp) == ["-i", "-o"], clamp  # once each, after many passes
+    assert all("--set-mss 1410" in line and "egw0" in line for line in clamp), clamp
 
     # Drift: a flow injected by hand is removed at the next full resync (1 s).
     node.ovs.ofctl("-O", "OpenFlow14", "add-flow", "br-int", "table=0,priority=5000,cookie=0x99,ip,nw_dst=198.51.100.99,actions=drop")

@@ -26,6 +26,7 @@ class Clock:
 def status(*held: str, dead=(), passes: int = 1) -> dict:
     return {"node": "ignored", "held_eips": list(held), "dead_peers": list(dead), "isolated": False,
             "error": None, "passes": passes, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}},
+            "tunnel_mtu": 1450, "mss": 1410, "oversized": {"icmp": 1, "fragmented": 0, "dropped": 0},
             "bfd": {"gnv-bravo": "up"}, "steers": 3}
 
 
@@ -53,7 +54,8 @@ def test_the_agent_report_reaches_the_controller_through_the_nodes_lease(emu, ap
     report = json.loads(lease["metadata"]["annotations"][REPORT])
     # What the controller needs, and what `sdn-egress status` shows per node (its switches, BFD per tunnel).
     assert report == {"held_eips": ["192.0.2.200"], "dead_peers": ["bravo"], "isolated": False, "error": None,
-                      "passes": 1, "pid": 4242, "tunnels": {}, "switches": {"br-int": {}},
+                      "passes": 1, "pid": 4242, "tunnels": {}, "tunnel_mtu": 1450, "mss": 1410,
+                      "oversized": {"icmp": 1, "fragmented": 0, "dropped": 0}, "switches": {"br-int": {}},
                       "bfd": {"gnv-bravo": "up"}}
     # A failover is written at once, not at the next heartbeat...
     reporter.report(status(passes=2))

@@ -132,11 +132,12 @@ def views() -> dict[str, NodeView]:
 
 
 def make_fabric(node_views: dict[str, NodeView] | None = None) -> Fabric:
-    """The three nodes wired together, each holding ``flows.build`` of its view."""
-    node_views = node_views or views()
+    """The three nodes wired together, each holding ``flows.build`` of its view
+    (``node_views`` replaces some of the lab's)."""
+    node_views = {**views(), **(node_views or {})}
     nodes = []
     for name, v in sorted(node_views.items()):
-        node = FakeNode(name, v.node_ip, v.ports)
+        node = FakeNode(name, v.node_ip, v.ports, tunnel_mtu=v.tunnel_mtu)
         node.sync(flows.build(v))
         nodes.append(node)
     return Fabric(nodes)

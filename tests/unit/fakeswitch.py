@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import netaddr
 
 from flows import fields as F
-from flows.records import (CT, Bundle, Drop, Flow, Goto, InPort, Load, Move, Normal, Output, SetField,
+from flows.records import (CT, Bundle, CheckLarger, Controller, Drop, Flow, Goto, InPort, Load, Move, Normal, Output, SetField,
                            Unknown)
 from flows.tables import bridge as bridge_tables
-from flows.view import Ports
+from flows.view import DEFAULT_TUNNEL_MTU, Ports
 
 ZERO_FIELDS = ("tunnel_id", "ct_state", "ct_zone", "ct_mark") + tuple(f"reg{i}" for i in range(16))
 TUNNEL_FIELDS = ("tunnel_id", "tun_ipv4_src", "tun_ipv4_dst", "tun_ipv6_src", "tun_ipv6_dst")
@@ -251,6 +251,11 @@ class FakeBridge:
                     out.append(Emitted(live[0], dict(pkt)))
             elif isinstance(a, InPort):
                 out.append(Emitted(pkt["in_port"], dict(pkt)))
+            elif isinstance(a, Controller):
+                out.append(Emitted("CONTROLLER", dict(pkt)))
+            elif isinstance(a, CheckLarger):
+                larger = int(frame_len(pkt) > a.length)
+                pkt[a.field] = (pkt.get(a.field, 0) & ~(1 << a.bit)) | (larger << a.bit)
             elif isinstance(a, Normal):
                 out.append(Emitted("NORMAL", dict(pkt)))
             elif isinstance(a, (SetField, Load)):
@@ -293,10 +298,11 @@ class Exit:
 
 
 class FakeNode:
-    def __init__(self, name: str, ip, ports: Ports):
+    def __init__(self, name: str, ip, ports: Ports, tunnel_mtu: int = DEFAULT_TUNNEL_MTU):
         self.name = name
         self.ip = netaddr.IPAddress(ip)
         self.ports = ports
+        self.tunnel_mtu = tunnel_mtu  # its tunnels drop larger IP packets, as a real underlay does
         self.conntrack = Conntrack()
         self.bridges = {b: FakeBridge(b, self.conntrack) for b in ("br-int", "br-ex")}
 
@@ -360,6 +366,8 @@ class Fabric:
 
         if e.port == "NORMAL":
             return leave("NORMAL")
+        if e.port == "CONTROLLER":
+            return leave("controller")
         if e.port == pkt["in_port"]:
             return leave("in_port")
         if br == "br-ex":
@@ -383,6 +391,8 @@ class Fabric:
             return leave(f"dropped: br-int port {e.port} is not wired")
         if remote is None:
             return leave("dropped: tunnel to nowhere")
+        if frame_len(pkt) - F.ETH_HLEN > n.tunnel_mtu:
+            return leave("dropped: too big for the tunnel")
         rx = remote.ports.tunnel(n.name) or remote.ports.tun_flow
         tun = {"tunnel_id": pkt.get("tunnel_id", 0), "tun_ipv4_src": str(n.ip),
                "tun_ipv4_dst": str(remote.ip)}
@@ -391,13 +401,23 @@ class Fabric:
 
 # -- packets ------------------------------------------------------------------------
 
+DEFAULT_FRAME_LEN = 98  # a small packet, unless a test says how long its frame is
+
+
+def frame_len(pkt: dict) -> int:
+    """The frame's length in bytes, Ethernet header included (``frame_len``)."""
+    return pkt.get("frame_len", DEFAULT_FRAME_LEN)
+
+
 def ip_packet(in_port: int, src, dst, *, proto: int = 6, sport: int = 40001, dport: int = 80,
-              eth_src: str = "02:00:00:00:aa:01", eth_dst: str = "02:00:00:00:aa:02") -> dict:
+              eth_src: str = "02:00:00:00:aa:01", eth_dst: str = "02:00:00:00:aa:02",
+              frame_len: int = DEFAULT_FRAME_LEN) -> dict:
     """A TCP (6), UDP (17) or ICMP echo (1/58: ``sport`` is the echo id) packet."""
     v6 = netaddr.IPAddress(src).version == 6
     pkt = {"in_port": in_port, "eth_src": eth_src, "eth_dst": eth_dst,
            "eth_type": F.ETH_IPV6 if v6 else F.ETH_IP, "ip_proto": proto,
-           ("ipv6_src" if v6 else "ipv4_src"): str(src), ("ipv6_dst" if v6 else "ipv4_dst"): str(dst)}
+           ("ipv6_src" if v6 else "ipv4_src"): str(src), ("ipv6_dst" if v6 else "ipv4_dst"): str(dst),
+           "frame_len": frame_len}
     fs, fd = L4[proto]
     pkt[fs] = sport
     if fd != fs:
@@ -405,11 +425,13 @@ def ip_packet(in_port: int, src, dst, *, proto: int = 6, sport: int = 40001, dpo
     return pkt
 
 
-def reply_to(pkt: dict, in_port: int, eth_src: str, eth_dst: str) -> dict:
+def reply_to(pkt: dict, in_port: int, eth_src: str, eth_dst: str,
+             frame_len: int = DEFAULT_FRAME_LEN) -> dict:
     """The reply to ``pkt`` as its destination would send it."""
     src, dst = _addr_fields(pkt)
     out = {"in_port": in_port, "eth_src": eth_src, "eth_dst": eth_dst,
-           "eth_type": pkt["eth_type"], "ip_proto": pkt["ip_proto"], src: pkt[dst], dst: pkt[src]}
+           "eth_type": pkt["eth_type"], "ip_proto": pkt["ip_proto"], src: pkt[dst], dst: pkt[src],
+           "frame_len": frame_len}
     fs, fd = L4[pkt["ip_proto"]]
     out[fs] = pkt[fd]
     if fd != fs:

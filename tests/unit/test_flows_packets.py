@@ -9,6 +9,7 @@ import netaddr
 import flows
 from fakeswitch import Fabric, FakeNode, arp_request, ip_packet, reply_to
 from flows import cookie as C
+from flows.records import Controller
 from flows.view import GW_MAC, EipRoute, HeldEip, ReturnRoute, Steer
 
 HOST_MAC = "02:00:00:00:01:aa"  # the node's host side sending into egw0
@@ -20,9 +21,9 @@ def from_pod(lab, node: str, pod_ip, dst=None, **kw) -> dict:
                      eth_dst=GW_MAC, **kw)
 
 
-def from_uplink(lab, node: str, pkt: dict) -> dict:
+def from_uplink(lab, node: str, pkt: dict, **kw) -> dict:
     """``pkt``'s reply as the router delivers it to ``node``'s uplink."""
-    return reply_to(pkt, lab.PORTS[node].uplink, eth_src=lab.ROUTER_MAC, eth_dst=lab.BREX_MAC[node])
+    return reply_to(pkt, lab.PORTS[node].uplink, eth_src=lab.ROUTER_MAC, eth_dst=lab.BREX_MAC[node], **kw)
 
 
 def only(exits):
@@ -377,3 +378,43 @@ def test_fabric_wiring_sanity(lab):
     fabric = Fabric(nodes)
     assert fabric.send("n1", "br-int", from_pod(lab, "n1", lab.POD_A)) == []
     assert netaddr.IPAddress(fabric.node_by_ip("192.0.2.11").ip) == lab.NODE_IP["n0"]
+
+
+# -- full-size packets -------------------------------------------------------------------
+
+def test_a_reply_that_fits_the_tunnel_reaches_the_pod(lab, fabric):
+    gone = only(fabric.send("n1", "br-int", from_pod(lab, "n1", lab.POD_A)))
+    # 1450 bytes of IP: exactly what the tunnel carries
+    back = only(fabric.send("n0", "br-ex", from_uplink(lab, "n0", gone.packet, frame_len=1450 + 14)))
+    assert (back.node, back.where) == ("n1", "egw")
+
+
+def test_a_reply_too_big_for_the_tunnel_goes_to_the_agent_as_sent(lab, fabric):
+    """Never silently lost in the tunnel: the agent gets it, before the
+    de-NAT, to answer frag-needed or cut it."""
+    gone = only(fabric.send("n1", "br-int", from_pod(lab, "n1", lab.POD_A)))
+    back = only(fabric.send("n0", "br-ex", from_uplink(lab, "n0", gone.packet, frame_len=1514)))
+    assert (back.node, back.where) == ("n0", "controller")
+    assert back.packet["ipv4_dst"] == str(lab.EIP)  # as the outside sender sent it
+    assert back.packet["eth_src"] == lab.ROUTER_MAC
+    punt = [f for f in flows.build(lab.view_n0())["br-int"] if Controller() in f.actions]
+    assert [C.decode(f.cookie).feature for f in punt] == [C.Feature.MTU]
+
+
+def test_without_the_size_check_the_tunnel_would_drop_it(lab, fabric):
+    """The fake fabric's tunnels drop what does not fit, as the underlay
+    does: the check above is what saves the packet."""
+    gone = only(fabric.send("n1", "br-int", from_pod(lab, "n1", lab.POD_A)))
+    n0 = fabric.nodes["n0"]
+    view = lab.view_n0(tunnel_mtu=1500)  # a gateway that thinks its tunnel takes 1500 bytes
+    n0.sync(flows.build(view))
+    back = only(fabric.send("n0", "br-ex", from_uplink(lab, "n0", gone.packet, frame_len=1514)))
+    assert back.where == "dropped: too big for the tunnel"
+
+
+def test_the_threshold_follows_the_views_tunnel_mtu(lab):
+    fabric = lab.make_fabric({"n0": lab.view_n0(tunnel_mtu=1400)})
+    gone = only(fabric.send("n1", "br-int", from_pod(lab, "n1", lab.POD_A)))
+    for size, where in ((1400, "egw"), (1401, "controller")):
+        back = only(fabric.send("n0", "br-ex", from_uplink(lab, "n0", gone.packet, frame_len=size + 14)))
+        assert back.where == where, size

@@ -74,9 +74,9 @@ def test_action_rules():
 def test_table_ids_follow_declaration_order():
     assert tables.table_names("br-int") == {
         0: "classify", 1: "eip_out", 2: "snat", 3: "snat_out", 4: "from_uplink",
-        5: "reply_route", 6: "to_host"}
+        5: "uplink_mtu", 6: "reply_route", 7: "to_host"}
     assert tables.table_names("br-ex") == {0: "classify"}
-    assert tables.table_id("br-int", "to_host") == 6
+    assert tables.table_id("br-int", "to_host") == 7
     assert tables.table_id("br-int", "table42") == 42  # a stale table seen on a switch
     assert tables.bridge("br-int").name(42) == "table42"
 
