@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol
@@ -26,6 +28,7 @@ from sdn_egress.manifests import (
     is_relevant,
     parse_object,
     quote,
+    ref_of,
 )
 from sdn_egress.model import (
     ClusterState,
@@ -39,6 +42,8 @@ from sdn_egress.model import (
     Pod,
 )
 
+LOG = logging.getLogger(__name__)
+
 SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.2
 # A file whose mtime is this close to the moment it was read may change again
@@ -46,6 +51,12 @@ POLL_INTERVAL = 0.2
 RACY_WINDOW_NS = 2_000_000_000
 KEPT_NOTE = "; its last valid version stays in force"
 FILE_KEPT_NOTE = "; the last valid objects it held stay in force"
+# What one manifest file may cost; beyond, the file is refused as a whole (and
+# only it): a bad file must not stop the reading of the others.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DOCUMENTS = 10_000  # YAML documents in one file
+MAX_DEPTH = 64  # lists and mappings nested in one another (real objects: about 12)
+MAX_ALIAS_NODES = 100_000  # values YAML aliases may add, expanded, in one file
 
 
 class StateSource(Protocol):
@@ -216,19 +227,30 @@ def _json_pairs(pairs):
 
 def load_documents(data: bytes, name: str) -> list[Any]:
     """Every document of a YAML (multi-document) or JSON file; raises
-    :class:`FileError` naming the line when the file is not valid."""
+    :class:`FileError` naming the line when the file is not valid, or when it
+    costs more than one file may (:data:`MAX_FILE_BYTES`,
+    :data:`MAX_DOCUMENTS`, :data:`MAX_DEPTH`, :data:`MAX_ALIAS_NODES`)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise FileError(WHOLE_DOCUMENT, f"is {len(data)} bytes long; a manifest file may hold at most "
+                                        f"{MAX_FILE_BYTES} bytes: split it")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not UTF-8 text (byte {exc.start})") from None
     if name.lower().endswith(".json"):
         try:
-            return [json.loads(text, object_pairs_hook=_json_pairs)] if text.strip() else []
+            docs = [json.loads(text, object_pairs_hook=_json_pairs)] if text.strip() else []
         except json.JSONDecodeError as exc:
             raise FileError(f"line {exc.lineno}, column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep") from None
         except ValueError as exc:
             raise FileError(WHOLE_DOCUMENT, f"not valid JSON: {exc}") from None
+        if docs and _depth(docs[0]) > MAX_DEPTH:
+            raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep")
+        return docs
     try:
+        _check_yaml_cost(text)
         return list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -236,6 +258,119 @@ def load_documents(data: bytes, name: str) -> list[Any]:
         raise FileError(where, f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not valid YAML: {exc}") from None
+    except RecursionError:  # a guard: _check_yaml_cost bounds the nesting before this
+        raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and mappings nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            return level
+        todo.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _check_yaml_cost(text: str) -> None:
+    """Refuse, from the YAML event stream and before anything is built, a file
+    that nests too deep, holds too many documents, or whose aliases expand to
+    too much (a "billion laughs" file is a few hundred bytes)."""
+    loader = _StrictLoader(text)
+    try:
+        documents = 0
+        anchors: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, height) of what it names
+        open_: list[list] = []  # [anchor, nodes, height] of the collections being read
+        expanded = 0  # nodes added by aliases
+        while loader.check_event():
+            ev = loader.get_event()
+            if isinstance(ev, yaml.DocumentStartEvent):
+                documents += 1
+                anchors = {}
+                if documents > MAX_DOCUMENTS:
+                    raise _cost_error(ev, f"holds more than {MAX_DOCUMENTS} documents: split it")
+                continue
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_.append([ev.anchor, 1, 1])
+                if len(open_) > MAX_DEPTH:
+                    raise _cost_error(ev, f"nested more than {MAX_DEPTH} levels deep")
+                continue
+            if isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, nodes, height = open_.pop()
+            elif isinstance(ev, yaml.ScalarEvent):
+                anchor, nodes, height = ev.anchor, 1, 0
+            elif isinstance(ev, yaml.AliasEvent):
+                anchor = None
+                nodes, height = anchors.get(ev.anchor, (1, 0))
+                expanded += nodes
+                if expanded > MAX_ALIAS_NODES:
+                    raise _cost_error(ev, f"its aliases expand to more than {MAX_ALIAS_NODES} values")
+                if len(open_) + height > MAX_DEPTH:
+                    raise _cost_error(ev, f"nested more than {MAX_DEPTH} levels deep (through the alias "
+                                          f"*{ev.anchor})")
+            else:
+                continue
+            if anchor:
+                anchors[anchor] = (nodes, height)
+            if open_:
+                parent = open_[-1]
+                parent[1] += nodes
+                parent[2] = max(parent[2], height + 1)
+    finally:
+        loader.dispose()
+
+
+def _cost_error(ev, what: str) -> FileError:
+    mark = ev.start_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else WHOLE_DOCUMENT
+    return FileError(where, f"not accepted: {what}")
+
+
+def read_manifest(path: str) -> bytes:
+    """The bytes of one manifest file.  Refuses (:class:`FileError`) what is
+    not a regular file (a FIFO would block the reader, ``/dev/zero`` never
+    ends) and a file longer than :data:`MAX_FILE_BYTES`, without reading more
+    than that.  Raises OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(WHOLE_DOCUMENT, f"is not a regular file ({_file_type(st.st_mode)}): "
+                                            "only regular files are read")
+        if st.st_size > MAX_FILE_BYTES:
+            raise FileError(WHOLE_DOCUMENT, f"is {st.st_size} bytes long; a manifest file may hold at most "
+                                            f"{MAX_FILE_BYTES} bytes: split it")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_FILE_BYTES:
+            raise FileError(WHOLE_DOCUMENT, f"grew past {MAX_FILE_BYTES} bytes while read: a manifest file "
+                                            f"may hold at most {MAX_FILE_BYTES} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _file_type(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
 
 
 @dataclass(frozen=True)
@@ -319,8 +454,8 @@ class ManifestDirSource:
                     fst = os.stat(full)
                 except OSError:
                     continue  # vanished, or a dangling link
-                if not os.path.isfile(full):
-                    continue
+                # Not only regular files: a FIFO or a device by a manifest's
+                # name is reported (read_manifest refuses it), not skipped unseen.
                 found[os.path.relpath(full, self.path)] = _Stamp.of(fst)
         return found
 
@@ -338,7 +473,7 @@ class ManifestDirSource:
             if seen.racy:
                 try:
                     digest = _digest(self._read(rel))
-                except OSError:
+                except (OSError, FileError):
                     return True
                 if digest != seen.digest:
                     return True
@@ -358,8 +493,7 @@ class ManifestDirSource:
 
     # -- reading -------------------------------------------------------------------------------------
     def _read(self, rel: str) -> bytes:
-        with open(os.path.join(self.path, rel), "rb") as f:
-            return f.read()
+        return read_manifest(os.path.join(self.path, rel))
 
     def _display(self, rel: str) -> str:
         return os.path.join(self.path, rel)
@@ -387,6 +521,11 @@ class ManifestDirSource:
             run.failed_files[shown] = len(run.errors)
             run.errors.append(ObjectError(ObjectRef("File", "", shown), WHOLE_DOCUMENT,
                                           f"cannot be read: {exc.strerror or exc}"))
+            return
+        except FileError as exc:
+            run.seen[rel] = _Seen(stamp, "", racy=False)
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
             return
         read_at = time.time_ns()
         run.seen[rel] = _Seen(stamp, _digest(data), racy=read_at <= stamp.mtime_ns + RACY_WINDOW_NS)
@@ -494,9 +633,18 @@ class _Pass:
         try:
             obj = parse_object(doc, source)
         except InvalidObject as exc:
-            if exc.error.ref.name != UNNAMED:
-                self.refused.setdefault(exc.error.ref, len(self.errors))
-            self.errors.append(exc.error)
+            error = exc.error
+        except Exception as exc:  # noqa: BLE001 - a parser bug must cost only this object
+            LOG.exception("%s: cannot be parsed", source)
+            error = ObjectError(ref_of(doc), WHOLE_DOCUMENT,
+                                f"cannot be parsed ({type(exc).__name__}: {exc}); this is a bug of "
+                                "sdn-egress, please report it", source)
+        else:
+            error = None
+        if error is not None:
+            if error.ref.name != UNNAMED:
+                self.refused.setdefault(error.ref, len(self.errors))
+            self.errors.append(error)
             return
         if obj is None:
             return

@@ -10,6 +10,7 @@ reported, each as (field path, message).
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Iterator, Mapping
 
@@ -19,10 +20,21 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "object": ("a mapping", lambda v: isinstance(v, Mapping)),
     "array": ("a list", lambda v: isinstance(v, list)),
     "string": ("a string", lambda v: isinstance(v, str)),
-    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    # 1.0 is an integer to the API server (JSON has one number type)
+    "integer": ("an integer", lambda v: (isinstance(v, int) and not isinstance(v, bool))
+                or (isinstance(v, float) and v.is_integer())),
     "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "boolean": ("a boolean", lambda v: isinstance(v, bool)),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _pattern(pattern: str) -> re.Pattern:
+    """A schema pattern as the API server reads it (Go RE2): "$" matches only
+    at the very end, where Python's also matches before a final newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
 
 def _join(path: str, key: str) -> str:
@@ -50,7 +62,7 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
     if "enum" in schema and value not in schema["enum"]:
         yield where, f"{quote(value)} is not allowed; allowed: {', '.join(map(str, schema['enum']))}"
     if kind == "string":
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             what = meaning.get(schema["pattern"])
             yield where, (f"{quote(value)} is not {what}" if what else
                           f"{quote(value)} does not match the pattern {schema['pattern']}")

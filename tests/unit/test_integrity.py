@@ -1,0 +1,267 @@
+"""Issue 11: no tenant, bad file or restart changes another tenant's egress IP.
+
+Regression tests, one or more per item: a bad object or file costs only
+itself (item 3), what one file may cost is bounded (item 4), ``validate``
+agrees with the API server (item 5).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import netaddr
+import pytest
+import yaml
+
+from sdn_egress.cli import main
+from sdn_egress.manifests import parse_object
+from sdn_egress.model import InvalidObject
+from sdn_egress.source import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, ManifestDirSource
+
+GATEWAY = {
+    "apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
+    "spec": {"nodeSelector": {}, "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}},
+}
+POLICY = {
+    "apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy",
+    "metadata": {"name": "billing", "namespace": "shop"},
+    "spec": {"egressGatewayName": "edge", "egressIP": {"ipv4": "192.0.2.205"},
+             "appliedTo": {"podSelector": {"matchLabels": {"app": "billing"}}}},
+}
+NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "alpha"},
+        "spec": {"podCIDR": "203.0.113.0/27"}, "status": {"addresses": [{"type": "InternalIP",
+                                                                           "address": "192.0.2.11"}]}}
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "billing-1", "namespace": "shop",
+                                                       "labels": {"app": "billing"}},
+       "spec": {"nodeName": "alpha"}, "status": {"podIP": "203.0.113.2"}}
+
+
+def write(path, name: str, docs) -> str:
+    full = os.path.join(str(path), name)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        if isinstance(docs, str):
+            f.write(docs)
+        else:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+    return full
+
+
+@pytest.fixture
+def mdir(tmp_path):
+    write(tmp_path, "a/cluster.yaml", [NODE, POD, GATEWAY, POLICY])
+    return tmp_path
+
+
+def valid_part_intact(state) -> None:
+    """The objects of ``mdir`` all survived, unchanged."""
+    assert list(state.nodes) == ["alpha"] and list(state.pods) == ["shop/billing-1"]
+    assert list(state.gateways) == ["edge"]
+    assert state.policies["shop/billing"].eip_v4 == netaddr.IPAddress("192.0.2.205")
+
+
+def refusal(doc) -> str:
+    with pytest.raises(InvalidObject) as info:
+        parse_object(doc, "f.yaml")
+    return str(info.value.error)
+
+
+def edited(doc: dict, path: str, value) -> dict:
+    import copy
+
+    doc = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    target = doc
+    for p in parents:
+        target = target.setdefault(p, {})
+    target[last] = value
+    return doc
+
+
+# -- item 3: one object stops nothing -----------------------------------------------------------------
+
+@pytest.mark.parametrize("doc, field", [
+    (edited(POD, "status.podIP", "fe80::1%eth0"), "status.podIP"),
+    (edited(NODE, "status.addresses", [{"type": "InternalIP", "address": "fe80::1%eth0"}]),
+     "status.addresses[0].address"),
+    (edited(NODE, "spec.podCIDR", "fe80::%eth0/64"), "spec.podCIDR"),
+    (edited(GATEWAY, "spec.ippools", {"ipv6": ["2001:db8::1%eth0"]}), "spec.ippools.ipv6[0]"),
+    (edited(POLICY, "spec.egressIP", {"ipv6": "2001:db8::1%1"}), "spec.egressIP.ipv6"),
+])
+def test_a_zone_index_is_refused_by_field_and_costs_only_its_object(mdir, doc, field):
+    doc = edited(doc, "metadata.name", "other")
+    message = refusal(doc)
+    assert f": {field}: " in message and "a zone index (%...) is not allowed" in message
+    write(mdir, "b/bad.yaml", [doc])
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert [e.field for e in state.errors] == [field]
+    valid_part_intact(state)
+
+
+def test_deep_nesting_is_refused_and_the_other_files_are_read(mdir):
+    write(mdir, "b/deep.json", "[" * 1000 + "]" * 1000)
+    write(mdir, "b/deep.yaml", "{a: " * 300 + "1" + "}" * 300)
+    write(mdir, "b/deep-block.yaml", "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + "  " * 200 + "x\n")
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert sorted((os.path.basename(e.ref.name), e.message) for e in state.errors) == [
+        ("deep-block.yaml", f"not accepted: nested more than {MAX_DEPTH} levels deep"),
+        ("deep.json", f"not accepted: nested more than {MAX_DEPTH} levels deep"),
+        ("deep.yaml", f"not accepted: nested more than {MAX_DEPTH} levels deep"),
+    ]
+    valid_part_intact(state)
+
+
+def test_a_parser_failure_is_the_objects_error_not_the_snapshots(mdir, monkeypatch):
+    """Whatever goes wrong inside a parser is one object's error: the rest is reconciled."""
+    import sdn_egress.source as source
+
+    real = source.parse_object
+
+    def flaky(doc, where=""):
+        if isinstance(doc, dict) and doc.get("metadata", {}).get("name") == "boom":
+            raise ValueError("unexpected")
+        return real(doc, where)
+
+    monkeypatch.setattr(source, "parse_object", flaky)
+    write(mdir, "b/boom.yaml", [edited(POLICY, "metadata.name", "boom")])
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert [(str(e.ref), e.field) for e in state.errors] == [("EgressPolicy shop/boom", "(document)")]
+    assert "cannot be parsed (ValueError: unexpected)" in state.errors[0].message
+    valid_part_intact(state)
+
+
+# -- item 4: bombs and special files ------------------------------------------------------------------
+
+def laughs(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nkind: List\napiVersion: v1\nitems: *a{levels - 1}\n"
+
+
+def test_an_alias_bomb_is_refused_quickly_and_costs_only_its_file(mdir):
+    write(mdir, "b/bomb.yaml", laughs())
+    started = time.monotonic()
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert time.monotonic() - started < 5
+    assert [e.message for e in state.errors] == [
+        f"not accepted: its aliases expand to more than {MAX_ALIAS_NODES} values"]
+    valid_part_intact(state)
+
+
+def test_many_aliases_to_one_selector_are_bounded(mdir):
+    items = "".join(f"- {{apiVersion: sdn-egress.io/v1alpha1, kind: EgressPolicy, metadata: {{name: p{i}, "
+                    f"namespace: shop}}, spec: {{appliedTo: {{podSelector: *sel}}}}}}\n" for i in range(10_000))
+    sel = "{matchExpressions: [" + ", ".join(f"{{key: k{i}, operator: Exists}}" for i in range(20)) + "]}"
+    write(mdir, "b/aliases.yaml", f"apiVersion: v1\nkind: List\nsel: &sel {sel}\nitems:\n{items}")
+    started = time.monotonic()
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert time.monotonic() - started < 10
+    assert [e.message for e in state.errors] == [
+        f"not accepted: its aliases expand to more than {MAX_ALIAS_NODES} values"]
+    valid_part_intact(state)
+
+
+def test_fifos_devices_and_huge_files_are_refused_never_read_forever(mdir, capsys):
+    os.mkfifo(os.path.join(str(mdir), "b-fifo.yaml"))
+    os.symlink("/dev/zero", os.path.join(str(mdir), "b-zero.yaml"))
+    with open(os.path.join(str(mdir), "b-huge.yaml"), "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert sorted((os.path.basename(e.ref.name), e.message) for e in state.errors) == [
+        ("b-fifo.yaml", "is not a regular file (a FIFO): only regular files are read"),
+        ("b-huge.yaml", f"is {MAX_FILE_BYTES + 1} bytes long; a manifest file may hold at most "
+                        f"{MAX_FILE_BYTES} bytes: split it"),
+        ("b-zero.yaml", "is not a regular file (a character device): only regular files are read"),
+    ]
+    valid_part_intact(state)
+    code = main(["validate", str(mdir)])
+    out, _ = capsys.readouterr()
+    assert code == 1 and len(out.splitlines()) == 3
+
+
+def test_validate_of_a_fifo_named_directly_is_a_problem_not_valid(tmp_path, capsys):
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    code = main(["validate", str(fifo)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == [f"File {fifo}: (document): is not a regular file (a FIFO): only regular "
+                                "files are read"]
+    assert "1 problem" in err
+
+
+def test_too_many_documents(mdir):
+    write(mdir, "b/many.yaml", "---\n{}\n" * 10_001)
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert [e.message for e in state.errors] == ["not accepted: holds more than 10000 documents: split it"]
+    valid_part_intact(state)
+
+
+# -- item 5: validate says what the API server says ----------------------------------------------------
+
+def validate_docs(tmp_path, capsys, docs) -> tuple[int, list[str]]:
+    path = write(tmp_path, "v.yaml", docs)
+    code = main(["validate", "--partial", path])
+    return code, capsys.readouterr()[0].splitlines()
+
+
+@pytest.mark.parametrize("path, value, field", [
+    ("metadata.name", "billing\n", "metadata.name"),
+    ("spec.egressIP", {"ipv4": "192.0.2.205\n"}, "spec.egressIP.ipv4"),
+    ("spec.destSubnet", ["198.51.100.0/24\n"], "spec.destSubnet[0]"),
+    ("spec.egressGatewayName", "edge\n", "spec.egressGatewayName"),
+    ("metadata.labels", {"team": "a\n"}, "metadata.labels.team"),
+    ("metadata.labels", {"bad key": "a"}, "metadata.labels"),
+    ("metadata.annotations", {"note": 5}, "metadata.annotations.note"),
+    ("metadata.colour", "blue", "metadata.colour"),
+])
+def test_what_the_api_server_refuses_validate_refuses(tmp_path, capsys, path, value, field):
+    code, out = validate_docs(tmp_path, capsys, [edited(POLICY, path, value)])
+    assert code == 1
+    assert out and all(f": {field}: " in line for line in out), out
+
+
+@pytest.mark.parametrize("doc", [
+    edited(edited(GATEWAY, "metadata.name", "edge2"), "metadata.namespace", "shop"),  # dropped: cluster-scoped
+    edited(POLICY, "metadata.namespace", ""),  # the default namespace
+    edited(POLICY, "spec.priority", 1.0),
+    edited(POLICY, "metadata.labels", {"team": None}),
+    edited(POLICY, "metadata", {"name": "billing", "namespace": "shop", "uid": "u", "resourceVersion": "1",
+                                "generation": 2, "finalizers": ["x/y"], "annotations": {"a": "b"}}),
+])
+def test_what_the_api_server_accepts_validate_accepts(tmp_path, capsys, doc):
+    code, out = validate_docs(tmp_path, capsys, [GATEWAY, doc])
+    assert (code, out) == (0, [])
+
+
+def test_an_integral_priority_is_that_integer_and_a_fraction_is_refused():
+    assert parse_object(edited(POLICY, "spec.priority", 7.0)).priority == 7
+    assert refusal(edited(POLICY, "spec.priority", 1.5)) == (
+        "EgressPolicy shop/billing: spec.priority: must be an integer, not a number (f.yaml)")
+
+
+@pytest.mark.parametrize("pool, bad", [
+    ("0.0.0.0/0", "0.0.0.0/8 (this network)"),
+    ("127.0.0.1", "127.0.0.0/8 (loopback)"),
+    ("224.0.0.0/24", "224.0.0.0/4 (multicast)"),
+    ("::/0", "::/128 (unspecified)"),
+    ("fe80::1-fe80::9", "fe80::/10 (link-local)"),
+])
+def test_pools_that_would_hand_out_unusable_addresses_are_refused(pool, bad):
+    version = 6 if ":" in pool else 4
+    doc = edited(GATEWAY, "spec.ippools", {f"ipv{version}": [pool]})
+    assert refusal(doc) == (f'EgressGateway edge: spec.ippools.ipv{version}[0]: "{pool}" includes {bad}, which '
+                            "cannot be an egress IP: leave those addresses out of the pool (f.yaml)")
+
+
+def test_validate_exits_2_when_it_fails_itself(tmp_path, capsys, monkeypatch):
+    import sdn_egress.validate as validate
+
+    def broken(paths, partial=False):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(validate, "validate", broken)
+    code = main(["validate", str(write(tmp_path, "v.yaml", [GATEWAY]))])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "could not check the manifests (RuntimeError: disk on fire)" in err and not err.rstrip().endswith("valid")
