@@ -60,6 +60,7 @@ from sdn_egress.model import (
 
 TUNNEL_KEY_MIN = 1
 TUNNEL_KEY_MAX = 2**24 - 1
+MAX_LISTED = 20  # names one message lists before "and N more"
 
 # Condition types and reasons, as they appear in status.
 IP_ALLOCATED = "IPAllocated"
@@ -668,7 +669,7 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
             else:
                 ready = Condition(READY, "True", GATEWAY_NODE_SELECTED, "; ".join(
                     f"EIP {ip} on node {by_ip[ip].nodes[0]}"
-                    + (f" (standby: {', '.join(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
+                    + (f" (standby: {listing(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
                     for ip in mine))
             active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
         statuses[p.key] = PolicyStatus(
@@ -737,7 +738,7 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
     used = {v: sum(1 for a in mine if a.ip.version == v and gw.in_pool(a.ip)) for v in (4, 6)}
     ready_nodes = [n.name for n in nodes if n.ready]
     if ready_nodes:
-        ready = Condition(READY, "True", NODES_SELECTED, f"ready nodes: {', '.join(ready_nodes)}")
+        ready = Condition(READY, "True", NODES_SELECTED, f"ready nodes: {listing(ready_nodes)}")
     else:
         ready = Condition(READY, "False", NO_GATEWAY_NODE,
                           f"no ready node matches the nodeSelector ({gw.node_selector})")
@@ -745,7 +746,7 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
         pool = Condition(POOL_VALID, "False", problems[0].reason, "; ".join(p.message for p in problems))
     else:
         pool = Condition(POOL_VALID, "True", VALID, f"{gw.pool_text(4)}; {gw.pool_text(6)}")
-    names = ", ".join(str(state.policies[k].ref) for k in users)
+    names = listing([str(state.policies[k].ref) for k in users])
     if gw.deleting and users:
         in_use = Condition(IN_USE, "True", DELETION_BLOCKED,
                            f"deletion waits for {names}: delete them or point them at another gateway")
@@ -756,6 +757,17 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
     return GatewayStatus(nodes=nodes, ipv4_total=gw.pool_size(4), ipv4_free=gw.pool_size(4) - used[4],
                          ipv6_total=gw.pool_size(6), ipv6_free=gw.pool_size(6) - used[6], policies=users,
                          conditions=(ready, pool, in_use))
+
+
+def listing(names: Iterable[str], limit: int | None = None) -> str:
+    """``a, b, c``; beyond ``limit`` names (:data:`MAX_LISTED`), the first ones
+    and how many more: a message names what a reader can take in, and stays
+    far below what a condition may hold (1,200 standby nodes, 1,000 policies)."""
+    names = list(names)
+    limit = MAX_LISTED if limit is None else limit
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 def _tunnel_keys(ips: list[netaddr.IPAddress], previous: Allocation) -> dict[netaddr.IPAddress, int]:

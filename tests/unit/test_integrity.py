@@ -265,3 +265,104 @@ def test_validate_exits_2_when_it_fails_itself(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert "could not check the manifests (RuntimeError: disk on fire)" in err and not err.rstrip().endswith("valid")
+
+
+# -- item 6: status the API server takes, one status never stops another ------------------------------
+
+def _state(nodes: int = 3, v6_pool: str | None = None, policies: int = 1):
+    from sdn_egress.model import ClusterState
+
+    gw_doc = edited(GATEWAY, "spec.ippools", {"ipv4": ["198.18.0.0/22"]})
+    if v6_pool:
+        gw_doc = edited(edited(gw_doc, "metadata.name", "big"), "spec.ippools", {"ipv6": [v6_pool]})
+    gateways = [parse_object(gw_doc)]
+    node_objs = [parse_object(edited(edited(NODE, "metadata.name", f"n{i:04d}"), "status.addresses",
+                                     [{"type": "InternalIP", "address": str(netaddr.IPAddress("10.0.0.1") + i)}]))
+                 for i in range(nodes)]
+    pols = [parse_object(edited(edited(edited(POLICY, "metadata.name", f"p{i:04d}"), "spec.egressIP", None),
+                                "spec.egressGatewayName", gateways[0].name)) for i in range(policies)]
+    return ClusterState(nodes={n.name: n for n in node_objs}, gateways={g.name: g for g in gateways},
+                        policies={p.key: p for p in pols})
+
+
+def test_long_lists_in_messages_are_summarized():
+    from sdn_egress.allocation import allocate
+
+    alloc = allocate(_state(nodes=1200, policies=100))
+    ready = alloc.policies["shop/p0000"].condition("Ready").message
+    standby = ready.split("(standby: ")[1]
+    assert ready.startswith("EIP 198.18.0.0 on node n0000 (standby: ")
+    assert len(standby.split(", ")) == 20 and standby.endswith(" and 1179 more)")
+    gw = alloc.gateways["edge"]
+    assert gw.condition("InUse").message.endswith("EgressPolicy shop/p0019 and 80 more")
+    assert gw.condition("Ready").message.endswith("n0019 and 1180 more")
+    assert len(gw.nodes) == 1200  # the list itself stays whole
+
+
+class _FakeSource:
+    def __init__(self, objects):
+        self.objects = objects
+
+    def raw_items(self, kind):
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def raw(self, ref):
+        return None
+
+
+class _Events:
+    def __init__(self):
+        self.recorded = []
+
+    def record(self, obj, type_, reason, message):
+        self.recorded.append((obj["metadata"]["name"], reason))
+        return True
+
+
+def test_a_status_the_api_server_refuses_stops_no_other_and_counts_stay_exact_json():
+    from kubernetes.client.rest import ApiException
+
+    from sdn_egress.allocation import allocate
+    from sdn_egress.kube.status import MAX_COUNT, MAX_MESSAGE, StatusPublisher
+
+    state = _state(nodes=2, v6_pool="2001:db8::/64")
+    edge = parse_object(edited(GATEWAY, "spec.ippools", {"ipv4": ["192.0.2.200-192.0.2.201"]}))
+    state = type(state)(nodes=state.nodes, policies={}, gateways={**state.gateways, "edge": edge})
+    alloc = allocate(state)
+    raw = [{"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway",
+            "metadata": {"name": name, "resourceVersion": "1", "finalizers": ["sdn-egress.io/gateway-in-use"]}}
+           for name in ("big", "edge")]
+    written = {}
+
+    class Publisher(StatusPublisher):
+        def _replace(self, res, obj, status):
+            usage = (obj.get("status") or {}).get("ipUsage", {})
+            if any(v > MAX_COUNT for v in usage.values()) or any(
+                    len(c["message"]) > MAX_MESSAGE for c in (obj.get("status") or {}).get("conditions", [])):
+                raise ApiException(status=422, reason="Unprocessable Entity")
+            if obj["metadata"]["name"] == "big" and self.refuse_big:
+                raise ApiException(status=422, reason="Unprocessable Entity")
+            written[obj["metadata"]["name"]] = obj["status"]
+            return obj
+
+    pub = Publisher(None, _FakeSource(raw), _Events())
+    pub.refuse_big = False
+    pub.publish(state, alloc, None)
+    assert written["big"]["ipUsage"] == {"ipv4Total": 0, "ipv4Free": 0, "ipv6Total": MAX_COUNT,
+                                         "ipv6Free": MAX_COUNT}
+    assert alloc.gateways["big"].ipv6_total == 2**64  # the allocation keeps the exact count
+    # The API server refuses the first gateway's status: the next one is written all the same.
+    written.clear()
+    pub.refuse_big = True
+    pub.publish(state, alloc, None)
+    assert list(written) == ["edge"] and pub.failures == 1
+
+
+def test_condition_messages_are_cut_to_what_the_crd_allows():
+    from sdn_egress.allocation import Condition
+    from sdn_egress.kube.status import MAX_MESSAGE, _conditions
+
+    long = "x" * 100_000
+    (item,) = _conditions((Condition("PoolValid", "False", "InUseAddressRemoved", long),), [], None)
+    assert len(item["message"]) <= MAX_MESSAGE
+    assert item["message"].endswith(f"... ({100_000 - MAX_MESSAGE} more characters)")
