@@ -224,7 +224,8 @@ class AgentCore:
             return {}
         from ovs_setup import ovsdb
         status = ovsdb.bfd_status(self.ovs, "br-int")
-        return {peer: status.get(ovsdb.tunnel_port_name(peer), {}) for peer in self._peers}
+        names = ovsdb.tunnel_port_names(self._peers)
+        return {peer: status.get(names[peer], {}) for peer in self._peers}
 
     def _liveness_changed(self) -> bool:
         try:
@@ -401,10 +402,10 @@ class AgentCore:
                          next_hop_macs=tuple(sorted(hops.items())))
 
     def _peer_of_port(self, suffix: str) -> str:
-        # sync_tunnels names ports gnv-<peer> (shortened when too long); map back.
-        for peer in self._peers or {}:
-            from ovs_setup import ovsdb
-            if ovsdb.tunnel_port_name(peer) == f"gnv-{suffix}":
+        # sync_tunnels names ports gnv-<peer> (hashed when that cannot be); map back.
+        from ovs_setup import ovsdb
+        for peer, name in ovsdb.tunnel_port_names(self._peers or {}).items():
+            if name == f"gnv-{suffix}":
                 return peer
         return suffix
 

@@ -133,7 +133,8 @@ def trace(lab, src: str, dst: str, proto: str = "tcp", node: str | None = None) 
         out["hops"].append({"where": f"{gw} (gateway)", "route": "",
                             "explain": f"cannot trace on {gw}: its OVS does not answer ({exc})"})
         return out
-    in_port = f"gnv-{node}" if f"gnv-{node}" in ports else "gnv-flow"
+    from ovs_setup.ovsdb import FLOW_PORT, tunnel_port_name
+    in_port = tunnel_port_name(node) if tunnel_port_name(node) in ports else FLOW_PORT
     flow = (f"in_port={in_port},tun_id={key:#x},tun_src={lab.address(node)},tun_dst={lab.address(gw)},"
             f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, int(port) if port else None))
     second = parse_trace(gw_ovs.appctl("ofproto/trace", "br-int", flow), owners(gw))
