@@ -50,6 +50,7 @@ import netaddr
 
 from sdn_egress.model import (
     ALLOCATOR_RR,
+    Accepted,
     DEFAULT_GATEWAY_LABEL,
     ClusterState,
     EgressGateway,
@@ -163,6 +164,9 @@ class Allocation:
     # Per gateway and family ("edge", 4): the last address handed out from the
     # pool, where round-robin allocation goes on from.
     rr_last: Mapping[tuple[str, int], netaddr.IPAddress] = field(default_factory=dict)
+    # str(ObjectRef) -> what decided incumbency (the state's ``accepted``): a
+    # restarted controller hands it to its source, so a restart changes nothing.
+    accepted: Mapping[str, Accepted] = field(default_factory=dict)
 
     def eip(self, ip: netaddr.IPAddress | str) -> EipAssignment | None:
         ip = netaddr.IPAddress(str(ip))
@@ -200,6 +204,12 @@ class Allocation:
             },
             "rr_last": rr,
             "errors": [e.to_dict() for e in self.errors],
+            "accepted": {
+                ref: {k: v for k, v in (("source", a.source), ("gateway", a.gateway),
+                                        ("eip_v4", _str_or_none(a.eip_v4)), ("eip_v6", _str_or_none(a.eip_v6)),
+                                        ("clusterDefault", a.cluster_default)) if v}
+                for ref, a in sorted(self.accepted.items())
+            },
         }
 
     def to_json(self) -> str:
@@ -208,7 +218,7 @@ class Allocation:
     @classmethod
     def from_dict(cls, data: Any) -> "Allocation":
         r = _Reader()
-        top = r.mapping(data, "", ("eips", "policies", "gateways", "rr_last", "errors"))
+        top = r.mapping(data, "", ("eips", "policies", "gateways", "rr_last", "errors", "accepted"))
         eips = []
         for i, a in enumerate(r.seq(top.get("eips"), "eips")):
             p = f"eips[{i}]"
@@ -281,8 +291,23 @@ class Allocation:
                  ("kind", "namespace", "name", "field", "message", "source")}
             errors.append(ObjectError(ObjectRef(v["kind"], v["namespace"], v["name"]), v["field"],
                                       v["message"], v["source"]))
+        accepted = {}
+        raw = top.get("accepted") or {}
+        if not isinstance(raw, dict):
+            r.fail("accepted", "must be a mapping")
+        for ref, a in raw.items():
+            p = f"accepted[{ref}]"
+            a = r.mapping(a, p, ("source", "gateway", "eip_v4", "eip_v6", "clusterDefault"))
+            if not isinstance(a.get("clusterDefault", False), bool):
+                r.fail(f"{p}.clusterDefault", "must be a boolean")
+            accepted[ref] = Accepted(
+                source=r.text(a.get("source", ""), f"{p}.source"), gateway=r.text(a.get("gateway", ""),
+                                                                                  f"{p}.gateway"),
+                eip_v4=None if a.get("eip_v4") is None else r.ip(a["eip_v4"], f"{p}.eip_v4", 4),
+                eip_v6=None if a.get("eip_v6") is None else r.ip(a["eip_v6"], f"{p}.eip_v6", 6),
+                cluster_default=a.get("clusterDefault", False))
         return cls(eips=tuple(eips), policies=policies, errors=tuple(errors), gateways=gateways,
-                   rr_last=rr_last)
+                   rr_last=rr_last, accepted=accepted)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Allocation":
@@ -682,7 +707,8 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
     for name, probs in sorted(gateway_problems.items()):
         errors.extend(ObjectError(state.gateways[name].ref, pr.field, pr.message) for pr in probs)
     return Allocation(eips=eips, policies=statuses, errors=tuple(state.errors) + tuple(errors),
-                      gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())))
+                      gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())),
+                      accepted=dict(sorted(state.accepted.items())))
 
 
 def _node_ip_assignments(state: ClusterState, node_ip_nodes: Mapping[str, str],

@@ -31,6 +31,7 @@ from sdn_egress.manifests import (
     ref_of,
 )
 from sdn_egress.model import (
+    Accepted,
     ClusterState,
     EgressGateway,
     EgressPolicy,
@@ -50,6 +51,7 @@ POLL_INTERVAL = 0.2
 # without its mtime moving (timestamps are coarse): compare its content too.
 RACY_WINDOW_NS = 2_000_000_000
 KEPT_NOTE = "; its last valid version stays in force"
+STORED_NOTE = "; the value accepted before stays in force"
 FILE_KEPT_NOTE = "; the last valid objects it held stay in force"
 # What one manifest file may cost; beyond, the file is refused as a whole (and
 # only it): a bad file must not stop the reading of the others.
@@ -145,15 +147,19 @@ def check_policies(
 
 
 def check_gateways(gateways: Mapping[str, EgressGateway],
-                   sources: Mapping[str, str] | None = None
+                   sources: Mapping[str, str] | None = None, incumbent: str | None = None
                    ) -> tuple[dict[str, EgressGateway], list[ObjectError]]:
-    """Only one gateway may be the cluster default: the first by name stays
-    it, the others lose the flag (with an error)."""
+    """Only one gateway may be the cluster default: the ``incumbent`` (the one
+    that already was) while it still asks to be, else the first by name; the
+    others lose the flag (with an error)."""
     sources = sources or {}
     out: dict[str, EgressGateway] = {}
     errors: list[ObjectError] = []
-    default = None
+    default = incumbent if incumbent in gateways and gateways[incumbent].cluster_default else None
     for name, gw in sorted(gateways.items()):
+        if name == default:
+            out[name] = gw
+            continue
         if gw.cluster_default:
             if default is None:
                 default = name
@@ -166,11 +172,13 @@ def check_gateways(gateways: Mapping[str, EgressGateway],
     return out, errors
 
 
-def check_update(old: Object, new: Object, source: str = "") -> ObjectError | None:
+def check_update(old: Object | Accepted, new: Object, source: str = "") -> ObjectError | None:
     """Fields that may not change once set: a policy's explicit EIPs and the
     gateway it names.  (Kubernetes refuses such an update by the CRD's CEL
-    rules; the sources refuse it too, so the manifest directory behaves alike.)"""
-    if not (isinstance(old, EgressPolicy) and isinstance(new, EgressPolicy)):
+    rules; the sources refuse it too, so the manifest directory behaves alike.)
+    ``old``: the last accepted version, or what the stored allocation
+    recorded of it (:class:`~sdn_egress.model.Accepted`)."""
+    if not (isinstance(old, (EgressPolicy, Accepted)) and isinstance(new, EgressPolicy)):
         return None
     for path, before, after in (("spec.egressGatewayName", old.gateway, new.gateway),
                                 ("spec.egressIP.ipv4", old.eip_v4, new.eip_v4),
@@ -430,6 +438,10 @@ class ManifestDirSource:
         self._seen: dict[str, _Seen] | None = None  # None: no snapshot yet
         self._history = Assembler()
 
+    def remember(self, accepted: Mapping[str, Accepted]) -> None:
+        """Incumbency from the stored allocation (see :class:`Assembler`)."""
+        self._history.remember(accepted)
+
     # -- change detection ---------------------------------------------------------------------------
     def _files(self) -> dict[str, _Stamp]:
         """Relative path -> stamp of every manifest file, now."""
@@ -555,27 +567,70 @@ class Assembler:
     """One pass's parsed objects -> the parts of a :class:`ClusterState`, by
     the rules every source shares: a refused new version (or one that changes
     an immutable field) keeps the last valid version, as do the objects of a
-    file that no longer parses; then the cross-object checks."""
+    file that no longer parses; then the cross-object checks.
+
+    Incumbency (which of two duplicates is the newcomer, who holds a claimed
+    explicit EIP, what an immutable field was, which gateway is the cluster
+    default) is decided by :attr:`accepted`: what the last pass accepted, or,
+    in a new process, what the stored allocation recorded (:meth:`remember`),
+    never by the order in which objects happen to be read.  So a restart, or a
+    new leader, changes nothing."""
 
     def __init__(self) -> None:
         self.kept: dict[ObjectRef, _Kept] = {}  # the last valid version of every object
+        self.accepted: dict[str, Accepted] = {}  # str(ref) -> incumbency
+
+    def remember(self, accepted: Mapping[str, Accepted]) -> None:
+        """Incumbency as the stored allocation records it (its ``accepted``)."""
+        self.accepted = dict(accepted)
 
     def finish(self, run: "_Pass") -> dict[str, dict[str, Any]]:
+        self._settle_duplicates(run)
         self._keep_last_valid(run)
         self._refuse_immutable_changes(run)
         by_kind = self._check(run)
         self.kept = run.chosen
+        self.accepted = by_kind["accepted"] = self._incumbency(run, by_kind)
         return by_kind
+
+    def _settle_duplicates(self, run: "_Pass") -> None:
+        """Of two objects of one kind, namespace and name, the one from the
+        file (or API path) it was accepted from stays; the other is refused.
+        Neither known: the first in path order."""
+        for ref, others in run.duplicates.items():
+            candidates = [run.chosen[ref], *others]
+            known = self.kept.get(ref)
+            home = known.file if known is not None else getattr(self.accepted.get(str(ref)), "source", None)
+            winner = next((c for c in candidates if c.file == home), candidates[0])
+            run.chosen[ref] = winner
+            for c in candidates:
+                if c is not winner:
+                    run.errors.append(ObjectError(ref, "metadata.name",
+                                                  f"duplicate: {ref} is already defined in {winner.source}",
+                                                  c.source))
 
     def _refuse_immutable_changes(self, run: "_Pass") -> None:
         for ref, new in list(run.chosen.items()):
             old = self.kept.get(ref)
-            if old is None or old is new:
+            if old is not None:
+                if old is new:
+                    continue
+                err = check_update(old.obj, new.obj, new.source)
+                if err is not None:
+                    run.errors.append(replace(err, message=err.message + KEPT_NOTE))
+                    run.chosen[ref] = old
                 continue
-            err = check_update(old.obj, new.obj, new.source)
+            # A new process: the last version is not known, what was accepted of it is.
+            record = self.accepted.get(str(ref))
+            err = check_update(record, new.obj, new.source) if record is not None else None
             if err is not None:
-                run.errors.append(replace(err, message=err.message + KEPT_NOTE))
-                run.chosen[ref] = old
+                p = new.obj
+                pinned = replace(p, gateway=record.gateway or p.gateway, eip_v4=record.eip_v4 or p.eip_v4,
+                                 eip_v6=record.eip_v6 or p.eip_v6)
+                if pinned.eip_v4 or pinned.eip_v6:
+                    pinned = replace(pinned, use_node_ip=False)
+                run.errors.append(replace(err, message=err.message + STORED_NOTE))
+                run.chosen[ref] = replace(new, obj=pinned)
 
     def _keep_last_valid(self, run: "_Pass") -> None:
         """A refused new version, or a file that no longer parses, keeps the
@@ -598,17 +653,21 @@ class Assembler:
             for cls, attr in _KINDS:
                 if isinstance(kept.obj, cls):
                     by_kind[attr][ref.key] = kept.obj
+        default = next((name for name, gw in by_kind["gateways"].items()
+                        if getattr(self.accepted.get(str(gw.ref)), "cluster_default", False)), None)
         gateways, errors = check_gateways(
             by_kind["gateways"], {ref.key: k.source for ref, k in run.chosen.items()
-                                  if isinstance(k.obj, EgressGateway)})
+                                  if isinstance(k.obj, EgressGateway)}, incumbent=default)
         run.errors.extend(errors)
         by_kind["gateways"] = gateways
         candidates = by_kind["policies"]
         fallbacks = {ref.key: (k.obj, k.source) for ref, k in self.kept.items()
                      if isinstance(k.obj, EgressPolicy)}
+        incumbents = {p.key: self.accepted[str(p.ref)] for p in candidates.values()
+                      if str(p.ref) in self.accepted}
         policies, errors = check_policies(
             by_kind["gateways"], [(p, run.chosen[p.ref].source) for p in candidates.values()],
-            incumbents={key: pair[0] for key, pair in fallbacks.items()}, fallbacks=fallbacks)
+            incumbents=incumbents, fallbacks=fallbacks)
         run.errors.extend(errors)
         for key, policy in policies.items():
             if policy is not candidates.get(key):  # a last valid version stayed
@@ -617,6 +676,17 @@ class Assembler:
             run.chosen.pop(candidates[key].ref, None)
         by_kind["policies"] = dict(sorted(policies.items()))
         return by_kind
+
+    @staticmethod
+    def _incumbency(run: "_Pass", by_kind: Mapping[str, Any]) -> dict[str, Accepted]:
+        """What this pass accepted, as the next one (or the next process) needs it."""
+        out: dict[str, Accepted] = {}
+        for gw in by_kind["gateways"].values():
+            out[str(gw.ref)] = Accepted(source=run.chosen[gw.ref].file, cluster_default=gw.cluster_default)
+        for p in by_kind["policies"].values():
+            out[str(p.ref)] = Accepted(source=run.chosen[p.ref].file, gateway=p.gateway, eip_v4=p.eip_v4,
+                                       eip_v6=p.eip_v6)
+        return dict(sorted(out.items()))
 
 
 @dataclass
@@ -628,6 +698,7 @@ class _Pass:
     chosen: dict[ObjectRef, _Kept] = field(default_factory=dict)
     refused: dict[ObjectRef, int] = field(default_factory=dict)  # ref -> index of its error
     failed_files: dict[str, int] = field(default_factory=dict)  # file -> index of its error
+    duplicates: dict[ObjectRef, list[_Kept]] = field(default_factory=dict)  # ref -> the later copies
 
     def add(self, doc: Any, source: str, file: str) -> None:
         try:
@@ -648,11 +719,8 @@ class _Pass:
             return
         if obj is None:
             return
-        first = self.chosen.get(obj.ref)
-        if first is not None:
-            self.errors.append(ObjectError(obj.ref, "metadata.name",
-                                           f"duplicate: {obj.ref} is already defined in {first.source}",
-                                           source))
+        if obj.ref in self.chosen:  # which copy stays is the Assembler's call (incumbency)
+            self.duplicates.setdefault(obj.ref, []).append(_Kept(obj, source, file))
             return
         self.chosen[obj.ref] = _Kept(obj, source, file)
 

@@ -238,9 +238,11 @@ class AgentCore:
             if not getattr(what, "synced", True):
                 raise NotReady(f"waiting for the first answer of the API server ({type(what).__name__}); "
                                "the switches keep the flows they have, plus the tables' miss flows")
-        state = self.source.snapshot()
         self._alloc_changed()
         alloc = self.store.load() or Allocation()
+        if hasattr(self.source, "remember"):  # the controller's incumbency, not this agent's memory
+            self.source.remember(alloc.accepted)
+        state = self.source.snapshot()
         if state.errors != self._logged_errors:
             for err in set(state.errors) - set(self._logged_errors):
                 LOG.warning("invalid object ignored: %s", err)

@@ -366,3 +366,100 @@ def test_condition_messages_are_cut_to_what_the_crd_allows():
     (item,) = _conditions((Condition("PoolValid", "False", "InUseAddressRemoved", long),), [], None)
     assert len(item["message"]) <= MAX_MESSAGE
     assert item["message"].endswith(f"... ({100_000 - MAX_MESSAGE} more characters)")
+
+
+# -- item 1: incumbency from the stored allocation; a restart changes nothing ---------------------------
+
+class Process:
+    """One controller process: its own source and memory, the shared status directory."""
+
+    def __init__(self, manifests, status):
+        from sdn_egress.allocation import AllocationStore
+        from sdn_egress.controller import Controller
+
+        self.source = ManifestDirSource(str(manifests))
+        self.controller = Controller(self.source, AllocationStore(str(status)))
+
+    def run(self):
+        alloc = self.controller.reconcile()
+        return alloc, {str(e.ref): e for e in alloc.errors}
+
+
+def eips(alloc) -> dict[str, str | None]:
+    return {k: str(s.eip_v4) if s.eip_v4 else None for k, s in alloc.policies.items()}
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    manifests, status = tmp_path / "m", tmp_path / "s"
+    write(manifests, "cluster.yaml", [NODE, GATEWAY, POLICY])
+    return manifests, status
+
+
+def test_a_refused_claim_on_an_explicit_eip_stays_refused_after_a_restart(dirs):
+    manifests, status = dirs
+    live = Process(*dirs)
+    assert eips(live.run()[0]) == {"shop/billing": "192.0.2.205"}
+    claimer = edited(edited(POLICY, "metadata.name", "x"), "metadata.namespace", "aaa")  # sorts first
+    write(manifests, "claim.yaml", [claimer])
+    alloc, errors = live.run()
+    assert eips(alloc) == {"shop/billing": "192.0.2.205"}
+    assert errors["EgressPolicy aaa/x"].message == (
+        '"192.0.2.205" is already the egress IP of EgressPolicy shop/billing')
+    for _ in range(2):  # a restart, then another
+        alloc, errors = Process(*dirs).run()
+        assert eips(alloc) == {"shop/billing": "192.0.2.205"}
+        assert errors["EgressPolicy aaa/x"].field == "spec.egressIP.ipv4"
+
+
+@pytest.mark.parametrize("path, value, field, kept", [
+    ("spec.egressIP", {"ipv4": "192.0.2.206"}, "spec.egressIP.ipv4", "192.0.2.205"),
+    ("spec.egressGatewayName", "west", "spec.egressGatewayName", "192.0.2.205"),
+])
+def test_an_immutable_field_changed_while_the_controller_was_down_is_refused(dirs, path, value, field, kept):
+    manifests, status = dirs
+    west = edited(edited(GATEWAY, "metadata.name", "west"), "spec.ippools", {"ipv4": ["192.0.2.205-192.0.2.206"]})
+    write(manifests, "west.yaml", [west])
+    assert eips(Process(*dirs).run()[0]) == {"shop/billing": kept}
+    write(manifests, "cluster.yaml", [NODE, GATEWAY, edited(POLICY, path, value)])  # while it is down
+    alloc, errors = Process(*dirs).run()
+    assert eips(alloc) == {"shop/billing": kept} and alloc.policies["shop/billing"].gateway == "edge"
+    err = errors["EgressPolicy shop/billing"]
+    assert err.field == field and "is immutable once set" in err.message
+    assert err.message.endswith("; the value accepted before stays in force")
+
+
+def test_a_second_default_gateway_that_sorts_first_takes_nothing_after_a_restart(dirs):
+    manifests, status = dirs
+    write(manifests, "cluster.yaml", [NODE, edited(GATEWAY, "spec.clusterDefault", True), POLICY])
+    live = Process(*dirs)
+    live.run()
+    rival = edited(edited(edited(GATEWAY, "metadata.name", "aaa"), "spec.clusterDefault", True),
+                   "spec.ippools", {"ipv4": ["198.18.0.1-198.18.0.9"]})
+    write(manifests, "rival.yaml", [rival])
+    newcomer = edited(edited(edited(POLICY, "metadata.name", "new"), "spec.egressGatewayName", None),
+                      "spec.egressIP", None)
+    for proc in (live, Process(*dirs)):
+        write(manifests, "new.yaml", [])
+        proc.run()
+        write(manifests, "new.yaml", [newcomer])  # a policy that names no gateway, after the rival came
+        alloc, errors = proc.run()
+        assert alloc.policies["shop/new"].gateway == "edge"
+        assert errors["EgressGateway aaa"].field == "spec.clusterDefault"
+        assert proc.source.snapshot().gateways["edge"].cluster_default
+
+
+def test_a_duplicate_in_an_earlier_file_never_replaces_the_object_live_or_after_a_restart(dirs):
+    manifests, status = dirs
+    live = Process(*dirs)
+    live.run()
+    impostor = edited(POLICY, "spec.appliedTo", {"podSelector": {"matchLabels": {"app": "intruder"}}})
+    write(manifests, "0-first.yaml", [impostor])
+    for proc in (live, Process(*dirs)):
+        alloc, errors = proc.run()
+        policy = proc.source.snapshot().policies["shop/billing"]
+        assert dict(policy.pod_selector.match_labels) == {"app": "billing"}
+        assert eips(alloc) == {"shop/billing": "192.0.2.205"}
+        err = errors["EgressPolicy shop/billing"]
+        assert err.source == str(manifests / "0-first.yaml")
+        assert err.message == f"duplicate: EgressPolicy shop/billing is already defined in {manifests / 'cluster.yaml'}, document 3"
