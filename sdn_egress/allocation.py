@@ -77,6 +77,7 @@ NO_GATEWAY_NODE = "NoGatewayNode"
 IP_NOT_ALLOCATED = "IPNotAllocated"
 GATEWAY_DELETING = "GatewayDeleting"
 NOT_PAIRED = "NotPaired"
+NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 NODE_IP = "NodeIP"
 # Gateway conditions.
 NODES_SELECTED = "NodesSelected"
@@ -476,10 +477,19 @@ def _resolve(state: ClusterState, p: EgressPolicy, previous: Allocation
         if not name:
             return None, _Problem(GATEWAY_NOT_FOUND, "spec.egressGatewayName", why)
     gw = state.gateways[name]
+    if not p.cluster and not gw.serves_namespace(state.namespace_labels(p.namespace)):
+        return None, _Problem(NAMESPACE_NOT_ALLOWED, "spec.egressGatewayName",
+                              namespace_refusal(gw, p.namespace))
     if gw.deleting and (old is None or old.gateway != name):
         return None, _Problem(GATEWAY_DELETING, "spec.egressGatewayName",
                               f"EgressGateway {name} is being deleted: it takes no new policies")
     return gw, None
+
+
+def namespace_refusal(gw: EgressGateway, namespace: str) -> str:
+    return (f"EgressGateway {gw.name} does not serve namespace {namespace}: its namespaceSelector "
+            f"({gw.namespace_selector}) does not match the namespace's labels; ask the gateway's owner, or "
+            "name a gateway that serves this namespace")
 
 
 class _Ledger:

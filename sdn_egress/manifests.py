@@ -64,7 +64,7 @@ LABEL_KEY_RULE = ('an optional DNS subdomain prefix and "/", then a name of at m
 LABEL_VALUE_RULE = ('empty, or at most 63 letters, digits, "-", "_" or ".", starting and ending '
                     'with a letter or digit')
 
-_GATEWAY_SPEC_KEYS = ("clusterDefault", "ippools", "nodeSelector")
+_GATEWAY_SPEC_KEYS = ("clusterDefault", "ippools", "namespaceSelector", "nodeSelector")
 _POLICY_SPEC_KEYS = ("appliedTo", "destSubnet", "egressGatewayName", "egressIP", "excludeSubnet",
                      "priority")
 _EGRESS_IP_KEYS = ("allocatorPolicy", "ipv4", "ipv6", "useNodeIP")
@@ -492,8 +492,11 @@ def parse_gateway(doc: Mapping[str, Any], source: str = "") -> EgressGateway:
         by_version[version] = tuple(sorted(ranges, key=lambda r: r.first))
     if not by_version[4] and not by_version[6]:
         ctx.fail("spec.ippools", "must hold at least one address in ipv4 or ipv6")
+    namespaces = None
+    if spec.get("namespaceSelector") is not None:
+        namespaces = parse_selector(ctx, spec["namespaceSelector"], "spec.namespaceSelector")
     gw = EgressGateway(name=ctx.ref.name, node_selector=selector, pool_v4=by_version[4],
-                       pool_v6=by_version[6],
+                       pool_v6=by_version[6], namespace_selector=namespaces,
                        cluster_default=_boolean(ctx, spec.get("clusterDefault"), "spec.clusterDefault"),
                        deleting=bool(meta.get("deletionTimestamp")))
     if gw.dual_stack and gw.pool_size(4) != gw.pool_size(6):

@@ -209,6 +209,12 @@ class EgressGateway:
     pool_v6: tuple[netaddr.IPRange, ...] = ()
     cluster_default: bool = False  # serves policies that name no gateway (after a namespace default)
     deleting: bool = False  # deletion requested (Kubernetes: deletionTimestamp set, finalizer held)
+    # The namespaces whose EgressPolicies it serves; None: every namespace.
+    # (EgressClusterPolicies, cluster-scoped and so an administrator's, are always served.)
+    namespace_selector: LabelSelector | None = None
+
+    def serves_namespace(self, labels: Mapping[str, str] | tuple) -> bool:
+        return self.namespace_selector is None or self.namespace_selector.matches(labels)
 
     @property
     def ref(self) -> ObjectRef:

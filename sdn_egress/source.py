@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import netaddr
 import yaml
@@ -75,8 +75,9 @@ class StateSource(Protocol):
 def check_policies(
     gateways: Mapping[str, EgressGateway],
     policies: Iterable[tuple[EgressPolicy, str]],
-    incumbents: Mapping[str, EgressPolicy] | None = None,
+    incumbents: Mapping[str, EgressPolicy | Accepted] | None = None,
     fallbacks: Mapping[str, tuple[EgressPolicy, str]] | None = None,
+    namespace_labels: Callable[[str], Mapping[str, str]] | None = None,
 ) -> tuple[dict[str, EgressPolicy], list[ObjectError]]:
     """Checks that span objects; a policy that fails one is dropped alone.
 
@@ -87,7 +88,9 @@ def check_policies(
     one that already held the claim in ``incumbents`` (the last accepted
     versions) keeps it; otherwise the first by key.  ``fallbacks`` are last
     valid versions to keep, in place of a refused new version, when they still
-    pass.  A policy that names no gateway is checked against its default
+    pass.  A namespaced policy that names a gateway whose namespaceSelector
+    does not match its namespace (``namespace_labels``) claims nothing, so it
+    cannot stand in anyone's way.  A policy that names no gateway is checked against its default
     gateway by the allocation, which resolves it.  Returns the accepted
     policies by key and the errors.
     """
@@ -99,6 +102,13 @@ def check_policies(
         return old is not None and any(
             ip is not None and ip == old_ip
             for ip, old_ip in ((p.eip_v4, old.eip_v4), (p.eip_v6, old.eip_v6)))
+
+    def allowed(p: EgressPolicy) -> bool:
+        """A namespaced policy of a gateway that does not serve its namespace
+        claims nothing (the allocation refuses it: NamespaceNotAllowed)."""
+        gw = gateways.get(p.gateway) if p.gateway else None
+        return (gw is None or p.cluster or namespace_labels is None
+                or gw.serves_namespace(namespace_labels(p.namespace)))
 
     ordered = sorted(policies, key=lambda ps: (not held_claim(ps[0]), ps[0].key))
     accepted: dict[str, EgressPolicy] = {}
@@ -118,7 +128,7 @@ def check_policies(
                 return ObjectError(p.ref, path, f"{quote(str(ip))} is not in the pool of EgressGateway "
                                                 f"{gw.name} ({gw.pool_text(version)})", source)
             holder = claims.get(ip)
-            if holder is not None and holder.key != p.key:
+            if holder is not None and holder.key != p.key and allowed(p):
                 return ObjectError(p.ref, path, f"{quote(str(ip))} is already the egress IP of {holder.ref}",
                                    source)
         if gw is not None and gw.dual_stack and p.eip_v4 and p.eip_v6 and gw.pair_of(p.eip_v4) != p.eip_v6:
@@ -141,7 +151,7 @@ def check_policies(
         if chosen is not None:
             accepted[chosen.key] = chosen
             for ip in (chosen.eip_v4, chosen.eip_v6):
-                if ip is not None:
+                if ip is not None and allowed(chosen):
                     claims[ip] = chosen
     return accepted, errors
 
@@ -667,7 +677,8 @@ class Assembler:
                       if str(p.ref) in self.accepted}
         policies, errors = check_policies(
             by_kind["gateways"], [(p, run.chosen[p.ref].source) for p in candidates.values()],
-            incumbents=incumbents, fallbacks=fallbacks)
+            incumbents=incumbents, fallbacks=fallbacks,
+            namespace_labels=ClusterState(namespaces=by_kind["namespaces"]).namespace_labels)
         run.errors.extend(errors)
         for key, policy in policies.items():
             if policy is not candidates.get(key):  # a last valid version stayed

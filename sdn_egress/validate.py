@@ -95,14 +95,18 @@ def validate(paths: list[str], partial: bool = False) -> Report:
     sources = {ref: kept.source for ref, kept in run.chosen.items()}
     trial = [replace(e, source=e.source or sources.get(e.ref, "")) for e in allocate(state).errors
              if e not in run.errors]
-    report.errors = [e for e in run.errors + trial if not (partial and _names_what_is_elsewhere(e))]
+    report.errors = [e for e in run.errors + trial if not (partial and _names_what_is_elsewhere(e, state))]
     return report
 
 
-def _names_what_is_elsewhere(err: ObjectError) -> bool:
-    """An error about a gateway (or a default gateway) that is not among the files."""
-    return err.field == "spec.egressGatewayName" and any(
-        s in err.message for s in ("no EgressGateway named", "no default gateway", "as its default"))
+def _names_what_is_elsewhere(err: ObjectError, state: ClusterState) -> bool:
+    """An error about a gateway (or a default gateway) that is not among the
+    files, or about a namespace whose labels are not (no Namespace object)."""
+    if err.field != "spec.egressGatewayName":
+        return False
+    if "does not serve namespace" in err.message:
+        return err.ref.namespace not in state.namespaces
+    return any(s in err.message for s in ("no EgressGateway named", "no default gateway", "as its default"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

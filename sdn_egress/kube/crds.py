@@ -130,6 +130,9 @@ GATEWAY_SPEC = {
         "clusterDefault": {"type": "boolean", "default": False,
                            "description": "serve the policies that name no gateway and whose namespace has "
                                           "no default gateway"},
+        "namespaceSelector": label_selector("the namespaces whose EgressPolicies may use this gateway (its "
+                                            "nodes and its pool); absent: every namespace. EgressClusterPolicies "
+                                            "are always served"),
     },
 }
 GATEWAY_STATUS = {

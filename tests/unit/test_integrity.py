@@ -18,6 +18,7 @@ from sdn_egress.manifests import parse_object
 from sdn_egress.model import InvalidObject
 from sdn_egress.source import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, ManifestDirSource
 
+API = "sdn-egress.io/v1alpha1"
 GATEWAY = {
     "apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
     "spec": {"nodeSelector": {}, "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}},
@@ -463,3 +464,54 @@ def test_a_duplicate_in_an_earlier_file_never_replaces_the_object_live_or_after_
         err = errors["EgressPolicy shop/billing"]
         assert err.source == str(manifests / "0-first.yaml")
         assert err.message == f"duplicate: EgressPolicy shop/billing is already defined in {manifests / 'cluster.yaml'}, document 3"
+
+
+# -- item 2: an EgressGateway says which namespaces may use it ------------------------------------------
+
+TENANT_GW = edited(edited(GATEWAY, "spec.namespaceSelector", {"matchLabels": {"tenant": "shop"}}),
+                   "spec.clusterDefault", True)
+NAMESPACES = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"tenant": "shop"}}},
+              {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "evil"}}]
+
+
+def test_a_namespace_the_gateway_does_not_serve_gets_nothing_and_blocks_nobody(tmp_path):
+    grab = edited(edited(POLICY, "metadata.namespace", "evil"), "metadata.name", "grab")  # sorts first, same EIP
+    sneak = edited(edited(edited(POLICY, "metadata.namespace", "evil"), "metadata.name", "sneak"),
+                   "spec.egressGatewayName", None)  # through the cluster default
+    sneak = edited(sneak, "spec.egressIP", None)
+    cluster = {"apiVersion": API, "kind": "EgressClusterPolicy", "metadata": {"name": "admin"},
+               "spec": {"egressGatewayName": "edge", "appliedTo": {"podSelector": {}}}}
+    write(tmp_path, "m.yaml", [NODE, *NAMESPACES, TENANT_GW, grab, sneak, POLICY, cluster])
+    alloc, errors = Process(tmp_path, tmp_path / "s").run()
+    assert eips(alloc) == {"admin": "192.0.2.200", "evil/grab": None, "evil/sneak": None,
+                           "shop/billing": "192.0.2.205"}
+    for key in ("evil/grab", "evil/sneak"):
+        cond = alloc.policies[key].condition("IPAllocated")
+        assert (cond.status, cond.reason) == ("False", "NamespaceNotAllowed")
+        assert cond.message == ("EgressGateway edge does not serve namespace evil: its namespaceSelector "
+                                "(tenant=shop) does not match the namespace's labels; ask the gateway's owner, "
+                                "or name a gateway that serves this namespace")
+        assert alloc.policies[key].condition("Ready").status == "False"
+    assert "EgressPolicy shop/billing" not in errors  # the claim of evil/grab stood in nobody's way
+
+
+def test_validate_reports_a_namespace_the_gateway_does_not_serve_unless_it_is_elsewhere(tmp_path, capsys):
+    other = edited(edited(edited(POLICY, "metadata.namespace", "evil"), "metadata.name", "grab"),
+                   "spec.egressIP", None)
+    path = write(tmp_path, "v.yaml", [TENANT_GW, other])
+    assert main(["validate", "--partial", path]) == 0  # evil's labels live in the cluster
+    capsys.readouterr()
+    path = write(tmp_path, "v.yaml", [*NAMESPACES, TENANT_GW, other])
+    assert main(["validate", "--partial", path]) == 1
+    (line,) = capsys.readouterr()[0].splitlines()
+    assert line.startswith("EgressPolicy evil/grab: spec.egressGatewayName: EgressGateway edge does not serve "
+                           "namespace evil")
+
+
+def test_the_crd_takes_the_namespace_selector():
+    from sdn_egress.validate import schema_errors
+
+    assert schema_errors(TENANT_GW) == []
+    assert parse_object(TENANT_GW).namespace_selector is not None
+    bad = edited(TENANT_GW, "spec.namespaceSelector", {"matchLabels": {"tenant": True}})
+    assert refusal(bad).startswith("EgressGateway edge: spec.namespaceSelector.matchLabels.tenant: must be a string")

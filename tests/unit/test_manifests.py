@@ -184,7 +184,7 @@ def test_selector_expressions():
     (edited(GATEWAY, "spec.ippools", {"ipv4": [], "ipv6": []}),
      "EgressGateway edge: spec.ippools: must hold at least one address in ipv4 or ipv6 (f.yaml)"),
     (edited(GATEWAY, "spec.ippool", {}),
-     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: clusterDefault, ippools, nodeSelector '
+     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: clusterDefault, ippools, namespaceSelector, nodeSelector '
      "(f.yaml)"),
     (edited(NODE, "spec.podCIDR", "203.0.113.0/99"),
      'Node alpha: spec.podCIDR: "203.0.113.0/99" is not a CIDR (f.yaml)'),
