@@ -50,6 +50,7 @@ EGRESS_KINDS = ("EgressClusterPolicy", "EgressGateway", "EgressPolicy")
 NAMESPACED = {"Pod", "EgressPolicy"}
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
+MAX_STEERING_CIDRS = 512  # per address family and policy: see _bound_steering
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_LABEL_RE = re.compile(rf"^{_DNS_LABEL}$")
@@ -515,6 +516,29 @@ def _subnets(ctx: _Ctx, value: Any, path: str) -> tuple[netaddr.IPNetwork, ...]:
     return tuple(nets)
 
 
+def steering_cidrs(dest: tuple[netaddr.IPNetwork, ...], exclude: tuple[netaddr.IPNetwork, ...],
+                   version: int) -> int:
+    """How many CIDRs a policy's destinations make once its exclusions are
+    taken out: each is one steering entry (flow, ip rule) per selected pod."""
+    wanted = netaddr.IPSet([d for d in dest if d.version == version]
+                           or ["0.0.0.0/0" if version == 4 else "::/0"])
+    region = wanted - netaddr.IPSet([x for x in exclude if x.version == version])
+    return sum(1 for _ in region.iter_cidrs())
+
+
+def _bound_steering(ctx: _Ctx, dest, exclude) -> None:
+    """One policy's cost on a node is bounded: scattered exclusions split the
+    destinations into many CIDRs (256 scattered /32 exclusions of 0.0.0.0/0:
+    5,712), each one entry per selected pod."""
+    for version in (4, 6):
+        n = steering_cidrs(dest, exclude, version)
+        if n > MAX_STEERING_CIDRS:
+            field = "spec.excludeSubnet" if any(x.version == version for x in exclude) else "spec.destSubnet"
+            ctx.fail(field, f"the destinations minus the exclusions make {n} IPv{version} CIDRs, each one steering "
+                            f"entry per selected pod; at most {MAX_STEERING_CIDRS}: exclude fewer, wider ranges, or "
+                            "steer narrower destinations")
+
+
 def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
     """An EgressPolicy, or an EgressClusterPolicy (by ``kind``)."""
     cluster = doc.get("kind") == "EgressClusterPolicy"
@@ -575,6 +599,7 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
 
     dest = _subnets(ctx, spec.get("destSubnet"), "spec.destSubnet")
     exclude = _subnets(ctx, spec.get("excludeSubnet"), "spec.excludeSubnet")
+    _bound_steering(ctx, dest, exclude)
 
     priority = spec.get("priority", 0)
     if priority is None:

@@ -515,3 +515,45 @@ def test_the_crd_takes_the_namespace_selector():
     assert parse_object(TENANT_GW).namespace_selector is not None
     bad = edited(TENANT_GW, "spec.namespaceSelector", {"matchLabels": {"tenant": True}})
     assert refusal(bad).startswith("EgressGateway edge: spec.namespaceSelector.matchLabels.tenant: must be a string")
+
+
+# -- item 7: one policy's cost on a node is bounded ------------------------------------------------------
+
+def scattered(n: int, seed: int = 7) -> list[str]:
+    import random
+
+    rnd = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        out.add(f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+    return sorted(out)
+
+
+def test_scattered_exclusions_beyond_the_bound_are_refused_and_the_last_version_stays(mdir):
+    from sdn_egress.manifests import MAX_STEERING_CIDRS
+
+    costly = edited(POLICY, "spec.excludeSubnet", scattered(256))
+    message = refusal(costly)
+    assert message.startswith("EgressPolicy shop/billing: spec.excludeSubnet: the destinations minus the "
+                              "exclusions make ")
+    assert f"IPv4 CIDRs, each one steering entry per selected pod; at most {MAX_STEERING_CIDRS}" in message
+    src = ManifestDirSource(str(mdir))
+    src.snapshot()
+    write(mdir, "a/cluster.yaml", [NODE, POD, GATEWAY, costly])
+    state = src.snapshot()
+    assert state.policies["shop/billing"].exclude_subnets == ()  # the last valid version
+    assert [e.field for e in state.errors] == ["spec.excludeSubnet"]
+
+
+def test_a_long_but_cheap_policy_is_accepted_and_steers_what_it_says():
+    from sdn_egress.allocation import allocate
+    from sdn_egress.model import ClusterState
+    from sdn_egress.view import pod_steers
+
+    dests = [f"198.18.{i}.0/24" for i in range(0, 256, 2)]  # 128 disjoint CIDRs
+    policy = parse_object(edited(edited(POLICY, "spec.destSubnet", dests), "spec.excludeSubnet",
+                                 ["198.18.0.0/25"]))
+    state = ClusterState(nodes={"alpha": parse_object(NODE)}, pods={"shop/billing-1": parse_object(POD)},
+                         gateways={"edge": parse_object(GATEWAY)}, policies={policy.key: policy})
+    steers = pod_steers(state, allocate(state), state.pods["shop/billing-1"])
+    assert len(steers) == 128 and netaddr.IPNetwork("198.18.0.128/25") in {s.dest for s in steers}
