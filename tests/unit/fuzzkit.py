@@ -323,22 +323,22 @@ def _schema_and_cel(doc: dict) -> list[str]:
     return found
 
 
-_CEL = None
+
 
 
 def cel_violations(new, schema, path="") -> list[str]:
-    global _CEL
+    """The CRD's CEL rules (transition rules aside), as the API server runs them."""
     import celpy
 
-    if _CEL is None:
-        _CEL = celpy.Environment()
+    import k8scel
+
     out = []
     if new is None:
         return out
     for rule in schema.get("x-kubernetes-validations", ()):
         if "oldSelf" in rule["rule"]:
             continue
-        if not _CEL.program(_CEL.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(new)}):
+        if not k8scel.evaluate(rule["rule"], {"self": celpy.json_to_cel(new)}):
             out.append(f"{path or '<root>'}: {rule['message']}")
     for key, sub in (schema.get("properties") or {}).items():
         if isinstance(new, dict) and key in new:
