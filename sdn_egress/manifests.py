@@ -103,7 +103,10 @@ def quote(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
-        return repr(value)
+        try:
+            return repr(value)
+        except ValueError:  # an integer too long to print (Python's 4,300-digit limit)
+            return f"<{describe(value)}>"
 
 
 def describe(value: Any) -> str:
@@ -253,6 +256,14 @@ UNUSABLE = {
 def _yaml_scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    return shown_number(value) if isinstance(value, int) else str(value)
+
+
+def shown_number(value: int | float) -> str:
+    """A number as messages show it; one too long to print (Python refuses to
+    print an integer of more than 4,300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"a number of {value.bit_length()} bits"
     return str(value)
 
 
@@ -609,7 +620,7 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
     if isinstance(priority, bool) or not isinstance(priority, int):
         ctx.fail("spec.priority", f"must be an integer, not {describe(priority)}")
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        ctx.fail("spec.priority", f"{priority} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}")
+        ctx.fail("spec.priority", f"{shown_number(priority)} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}")
 
     return EgressPolicy(namespace=ctx.ref.namespace, name=ctx.ref.name, gateway=gateway,
                         pod_selector=selector, eip_v4=eip_v4, eip_v6=eip_v6,

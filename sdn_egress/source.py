@@ -276,6 +276,10 @@ def load_documents(data: bytes, name: str) -> list[Any]:
         raise FileError(where, f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not valid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # YAML's own constructors: an integer of 5,000 digits, a timestamp of
+        # month 99, ... raise these rather than a YAMLError.
+        raise FileError(WHOLE_DOCUMENT, f"not valid YAML: a value cannot be read ({exc})") from None
     except RecursionError:  # a guard: _check_yaml_cost bounds the nesting before this
         raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep") from None
 
@@ -556,6 +560,13 @@ class ManifestDirSource:
         except FileError as exc:
             run.failed_files[shown] = len(run.errors)
             run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
+            return
+        except Exception as exc:  # noqa: BLE001 - a reader bug must cost only this file
+            LOG.exception("%s: cannot be read", shown)
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), WHOLE_DOCUMENT,
+                                          f"cannot be read ({type(exc).__name__}: {exc}); this is a bug of "
+                                          "sdn-egress, please report it"))
             return
         for item, source in relevant_items(docs, shown):
             run.add(item, source, shown)

@@ -14,7 +14,7 @@ import functools
 import re
 from typing import Any, Callable, Iterator, Mapping
 
-from sdn_egress.manifests import describe, quote
+from sdn_egress.manifests import describe, quote, shown_number
 
 _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "object": ("a mapping", lambda v: isinstance(v, Mapping)),
@@ -56,7 +56,7 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
         if not ok(value):
             hint = ""
             if kind == "string" and isinstance(value, (bool, int, float)):
-                hint = f' (quote it: "{str(value).lower() if isinstance(value, bool) else value}")'
+                hint = f' (quote it: "{str(value).lower() if isinstance(value, bool) else shown_number(value)}")'
             yield where, f"must be {what}, not {describe(value)}{hint}"
             return
     if "enum" in schema and value not in schema["enum"]:
@@ -74,7 +74,7 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
     elif kind in ("integer", "number"):
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            yield where, f"{value} is out of range {lo if lo is not None else ''}..{hi if hi is not None else ''}"
+            yield where, f"{shown_number(value)} is out of range {lo if lo is not None else ''}..{hi if hi is not None else ''}"
     elif kind == "array":
         if "minItems" in schema and len(value) < schema["minItems"]:
             yield where, (f"must list at least {schema['minItems']} "

@@ -233,10 +233,17 @@ def invalid_objects(draw) -> tuple[dict, str]:
 
 # -- hostile values ---------------------------------------------------------------------------------------
 
+def _too_long_to_print() -> int:
+    """An integer Python refuses to print (more than 4,300 digits): YAML reads
+    one from ``0xfff...``, which has no digit limit."""
+    return int("f" * 5000, 16)
+
+
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
               st.text(max_size=20), st.sampled_from(["fe80::1%eth0", "0.0.0.0/0", "192.0.2.1\n", "::",
-                                                      "192.0.2.200-192.0.2.1", "a" * 300, ""])),
+                                                      "192.0.2.200-192.0.2.1", "a" * 300, "", 1e308 * 10]),
+              st.builds(_too_long_to_print)),
     lambda children: st.one_of(st.lists(children, max_size=4),
                                st.dictionaries(st.one_of(st.text(max_size=10),
                                                          st.sampled_from(["spec", "metadata", "kind", "ippools",
@@ -276,6 +283,12 @@ def hostile_objects(draw) -> dict:
     return doc
 
 
+NASTY_SCALARS = ["1" * 5000, "0x" + "f" * 5000, "0o" + "7" * 5000, "-" + "9" * 4400, "1" + "_0" * 4400,
+                 "!!timestamp 2001-99-99", "2001-02-30", "!!float 1e999999", "!!binary '@@@'", "!!int x",
+                 "!!python/object:os.system x", "!!set {a: 1}", "!!omap [a, b]", "!!pairs [[a]]", "? [a, b]\n: c",
+                 "1:2:3:4:5:6:7:8:9:" + "0" * 4400, "!!str [a]", "&a [*a]", "!!null x", "!!bool maybe"]
+
+
 def _bomb(levels: int) -> str:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
@@ -285,7 +298,7 @@ def _bomb(levels: int) -> str:
 @st.composite
 def hostile_texts(draw) -> tuple[str, bytes]:
     """(file name, content) of a file nobody should trust."""
-    kind = draw(st.sampled_from(["mangled", "bomb", "deep", "random", "documents", "object"]))
+    kind = draw(st.sampled_from(["mangled", "bomb", "deep", "random", "documents", "object", "scalar"]))
     name = draw(st.sampled_from(["0-first.yaml", "zz-last.yaml", "m.json", "n.yml"]))
     if kind == "bomb":
         return name.replace(".json", ".yaml"), _bomb(draw(st.integers(3, 9))).encode()
@@ -296,8 +309,15 @@ def hostile_texts(draw) -> tuple[str, bytes]:
         return name, draw(st.binary(max_size=200))
     if kind == "documents":
         return name.replace(".json", ".yaml"), b"---\n{}\n" * draw(st.integers(1, 12000))
+    if kind == "scalar":  # values YAML's own constructors choke on
+        value = draw(st.sampled_from(NASTY_SCALARS))
+        key = draw(st.sampled_from(["spec", "metadata", "priority", "a"]))
+        return name.replace(".json", ".yaml"), f"apiVersion: v1\nkind: Pod\n{key}: {value}\n".encode()
     if kind == "object":
-        return name.replace(".json", ".yaml"), yaml.safe_dump(draw(hostile_objects())).encode()
+        try:
+            return name.replace(".json", ".yaml"), yaml.safe_dump(draw(hostile_objects())).encode()
+        except ValueError:  # an integer too long to print: written the way YAML reads it back
+            return name.replace(".json", ".yaml"), b"apiVersion: v1\nkind: Pod\nspec: {priority: 0x" + b"f" * 5000 + b"}\n"
     text = yaml.safe_dump_all([draw(policies(gateway=draw(gateways(name="edge")))), draw(gateways())])
     for _ in range(draw(st.integers(1, 5))):
         if not text:

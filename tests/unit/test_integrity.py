@@ -577,3 +577,19 @@ def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order
     state, alloc = agent.snapshot()
     assert sorted(state.policies) == ["shop/billing"]
     assert str(alloc.policies["shop/billing"].eip_v4) == "192.0.2.205"
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "!!timestamp 2001-99-99", "!!int x"])
+def test_a_value_yamls_own_constructors_choke_on_costs_only_its_file(mdir, value):
+    write(mdir, "b/odd.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: shop}}\nx: {value}\n")
+    state = ManifestDirSource(str(mdir)).snapshot()
+    assert [(os.path.basename(e.ref.name), e.message.split(" (")[0]) for e in state.errors] == [
+        ("odd.yaml", "not valid YAML: a value cannot be read")]
+    valid_part_intact(state)
+
+
+def test_an_integer_too_long_to_print_is_refused_by_field_not_a_crash():
+    huge = int("f" * 5000, 16)  # YAML reads 0xfff... (hexadecimal has no digit limit)
+    assert refusal(edited(POLICY, "spec.priority", huge)) == (
+        "EgressPolicy shop/billing: spec.priority: a number of 20000 bits is out of range 0..1000 (f.yaml)")
+    assert "must be a string" in refusal(edited(POLICY, "metadata.labels", {"team": huge}))
