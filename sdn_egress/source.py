@@ -276,7 +276,7 @@ def load_documents(data: bytes, name: str) -> list[Any]:
         raise FileError(where, f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not valid YAML: {exc}") from None
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError, IndexError) as exc:
         # YAML's own constructors: an integer of 5,000 digits, a timestamp of
         # month 99, ... raise these rather than a YAMLError.
         raise FileError(WHOLE_DOCUMENT, f"not valid YAML: a value cannot be read ({exc})") from None

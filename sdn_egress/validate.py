@@ -83,6 +83,11 @@ def validate(paths: list[str], partial: bool = False) -> Report:
             except FileError as exc:
                 run.errors.append(ObjectError(ObjectRef("File", "", name), exc.where, exc.message))
                 continue
+            except Exception as exc:  # noqa: BLE001 - as in the source: a reader bug costs only its file
+                run.errors.append(ObjectError(ObjectRef("File", "", name), WHOLE_DOCUMENT,
+                                              f"cannot be read ({type(exc).__name__}: {exc}); this is a bug of "
+                                              "sdn-egress, please report it"))
+                continue
             for item, source in relevant_items(docs, name):
                 report.objects += 1
                 found = schema_errors(item, source) if isinstance(item, dict) else []

@@ -579,7 +579,7 @@ def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order
     assert str(alloc.policies["shop/billing"].eip_v4) == "192.0.2.205"
 
 
-@pytest.mark.parametrize("value", ["1" * 5000, "!!timestamp 2001-99-99", "!!int x"])
+@pytest.mark.parametrize("value", ["1" * 5000, "!!timestamp 2001-99-99", "!!int x", "!!bool maybe"])
 def test_a_value_yamls_own_constructors_choke_on_costs_only_its_file(mdir, value):
     write(mdir, "b/odd.yaml", f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: shop}}\nx: {value}\n")
     state = ManifestDirSource(str(mdir)).snapshot()
