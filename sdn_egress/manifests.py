@@ -559,9 +559,13 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
     _metadata(ctx, doc, kind)
     spec = ctx.mapping(ctx.required(doc, "spec", "spec", "appliedTo (and egressGatewayName)"), "spec")
     ctx.strict_keys(spec, "spec", _POLICY_SPEC_KEYS)
+    # An empty string is not "absent" to the API server (the CRD refuses it):
+    # not here either.
     gateway = ""
-    if spec.get("egressGatewayName") not in (None, ""):
+    if spec.get("egressGatewayName") is not None:
         gateway = ctx.string(spec["egressGatewayName"], "spec.egressGatewayName", "the name of an EgressGateway")
+        if gateway == "":
+            ctx.fail("spec.egressGatewayName", "must not be empty: leave it out to use the default gateway")
         if not is_dns_subdomain(gateway):
             ctx.fail("spec.egressGatewayName", f"{quote(gateway)} is not a valid name: {SUBDOMAIN_RULE}")
 
@@ -569,9 +573,9 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
                       "a mapping with ipv4, ipv6, useNodeIP and/or allocatorPolicy")
     ctx.strict_keys(eip, "spec.egressIP", _EGRESS_IP_KEYS)
     eip_v4 = eip_v6 = None
-    if eip.get("ipv4") not in (None, ""):
+    if eip.get("ipv4") is not None:
         eip_v4 = ctx.ip(eip["ipv4"], "spec.egressIP.ipv4", 4)
-    if eip.get("ipv6") not in (None, ""):
+    if eip.get("ipv6") is not None:
         eip_v6 = ctx.ip(eip["ipv6"], "spec.egressIP.ipv6", 6)
     use_node_ip = _boolean(ctx, eip.get("useNodeIP"), "spec.egressIP.useNodeIP")
     if use_node_ip and (eip_v4 or eip_v6):
@@ -579,7 +583,7 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
         ctx.fail("spec.egressIP.useNodeIP", f"cannot be combined with an explicit egress IP ({given}): "
                                             "give one or the other")
     allocator = eip.get("allocatorPolicy")
-    if allocator in (None, ""):
+    if allocator is None:
         allocator = ALLOCATORS[0]
     allocator = ctx.string(allocator, "spec.egressIP.allocatorPolicy")
     if allocator not in ALLOCATORS:

@@ -193,7 +193,8 @@ POLICY_MUTATIONS = [
     ("spec.appliedTo", {"podSubnet": []}), ("spec.appliedTo", {"podSelector": {"matchLabels": {"a": True}}}),
     ("spec.appliedTo", {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
     ("spec.appliedTo", {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}),
-    ("spec.egressGatewayName", "Edge"), ("spec.egressGatewayName", ["edge"]),
+    ("spec.egressGatewayName", "Edge"), ("spec.egressGatewayName", ["edge"]), ("spec.egressGatewayName", ""),
+    ("spec.egressIP", {"ipv4": ""}), ("spec.egressIP", {"allocatorPolicy": ""}),
     ("spec.colour", "blue"), ("apiVersion", "sdn-egress.io/v1"),
 ]
 GATEWAY_MUTATIONS = [

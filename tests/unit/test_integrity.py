@@ -593,3 +593,16 @@ def test_an_integer_too_long_to_print_is_refused_by_field_not_a_crash():
     assert refusal(edited(POLICY, "spec.priority", huge)) == (
         "EgressPolicy shop/billing: spec.priority: a number of 20000 bits is out of range 0..1000 (f.yaml)")
     assert "must be a string" in refusal(edited(POLICY, "metadata.labels", {"team": huge}))
+
+
+@pytest.mark.parametrize("path, value, field", [
+    ("spec.egressGatewayName", "", "spec.egressGatewayName"),
+    ("spec.egressIP", {"ipv4": ""}, "spec.egressIP.ipv4"),
+    ("spec.egressIP", {"allocatorPolicy": ""}, "spec.egressIP.allocatorPolicy"),
+])
+def test_an_empty_string_the_crd_refuses_is_not_taken_for_absent(tmp_path, capsys, path, value, field):
+    """Found by bench/fuzz: the parser read "" as "not given" where the API server refuses it."""
+    doc = edited(POLICY, path, value)
+    assert f": {field}: " in refusal(doc)
+    code, out = validate_docs(tmp_path, capsys, [GATEWAY, doc])
+    assert code == 1 and out and all(f": {field}: " in line for line in out)
