@@ -78,13 +78,54 @@ def ensure_uplink_port(api, bridge: str, nic: str, ofport_request: int | None = 
 
 
 def tunnel_port_name(peer: str, prefix: str = TUNNEL_PREFIX) -> str:
-    """``gnv-<peer>``; a peer name too long for an interface name (15 bytes)
-    is shortened to a stable hash: ``gnv-`` + 8 hex digits + first letters."""
-    name = f"{prefix}{peer}"
-    if len(name) <= IFNAMSIZ:
-        return name
-    digest = hashlib.sha256(peer.encode()).hexdigest()[:6]
-    return f"{prefix}{peer[:IFNAMSIZ - len(prefix) - 7]}-{digest}"
+    """The port of one peer; see :func:`tunnel_port_names` (which also settles
+    a collision between two hashed names)."""
+    return tunnel_port_names([peer], prefix)[peer]
+
+
+_HASH_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _hashed_name(peer: str, prefix: str, salt: int) -> str:
+    """``prefix`` + 11 capital letters (about 52 bits) from a hash of the peer
+    name.  Node names are lowercase, so no hashed name is ever another
+    peer's readable one, nor the flow port's."""
+    n = int.from_bytes(hashlib.sha256(f"{salt}:{peer}".encode()).digest()[:8], "big")
+    letters = []
+    for _ in range(IFNAMSIZ - len(prefix)):
+        n, r = divmod(n, len(_HASH_ALPHABET))
+        letters.append(_HASH_ALPHABET[r])
+    return prefix + "".join(letters)
+
+
+def tunnel_port_names(peers, prefix: str = TUNNEL_PREFIX, flow_port: str = FLOW_PORT) -> dict[str, str]:
+    """Peer -> tunnel port name, unique by construction within ``peers`` and
+    never the flow port's name.
+
+    ``gnv-<peer>`` when that fits an interface name (15 bytes), is not the flow
+    port (a node named ``flow``) and the peer name is lowercase, as node names
+    are; otherwise ``gnv-`` and 11 capital letters from a hash of the name.
+    Readable and hashed names cannot meet (lowercase vs capitals); two hashed
+    names that collide (about 2^-52 per pair) are told apart by the peer order:
+    the first by name keeps its hash, the next takes the hash of a salted name.
+    """
+    out: dict[str, str] = {}
+    hashed = []
+    for peer in sorted(set(peers)):
+        readable = f"{prefix}{peer}"
+        if len(readable.encode()) <= IFNAMSIZ and readable != flow_port and peer == peer.lower() \
+                and "/" not in peer and peer.isprintable() and " " not in peer:
+            out[peer] = readable
+        else:
+            hashed.append(peer)
+    taken = set(out.values()) | {flow_port}
+    for peer in hashed:
+        salt = 0
+        while (name := _hashed_name(peer, prefix, salt)) in taken:
+            salt += 1
+        out[peer] = name
+        taken.add(name)
+    return out
 
 
 def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNEL_PREFIX,
@@ -92,7 +133,8 @@ def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNE
                  flow_ofport_request: int | None = None) -> dict[str, str]:
     """One Geneve port per peer (fixed ``remote_ip``, ``key=flow``), one
     flow-based port, nothing else with ``prefix``.  Returns peer -> port name."""
-    wanted = {tunnel_port_name(peer, prefix): (peer, ip) for peer, ip in peers.items()}
+    names = tunnel_port_names(peers, prefix, flow_port)
+    wanted = {names[peer]: (peer, ip) for peer, ip in peers.items()}
     existing = {p for p in api.list_ports(bridge).execute(check_error=True) if p.startswith(prefix)}
     with api.transaction(check_error=True) as txn:
         txn.add(api.add_port(bridge, flow_port, may_exist=True))

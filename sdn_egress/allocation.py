@@ -50,6 +50,7 @@ import netaddr
 
 from sdn_egress.model import (
     ALLOCATOR_RR,
+    Accepted,
     DEFAULT_GATEWAY_LABEL,
     ClusterState,
     EgressGateway,
@@ -60,6 +61,7 @@ from sdn_egress.model import (
 
 TUNNEL_KEY_MIN = 1
 TUNNEL_KEY_MAX = 2**24 - 1
+MAX_LISTED = 20  # names one message lists before "and N more"
 
 # Condition types and reasons, as they appear in status.
 IP_ALLOCATED = "IPAllocated"
@@ -75,6 +77,7 @@ NO_GATEWAY_NODE = "NoGatewayNode"
 IP_NOT_ALLOCATED = "IPNotAllocated"
 GATEWAY_DELETING = "GatewayDeleting"
 NOT_PAIRED = "NotPaired"
+NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 NODE_IP = "NodeIP"
 # Gateway conditions.
 NODES_SELECTED = "NodesSelected"
@@ -162,6 +165,9 @@ class Allocation:
     # Per gateway and family ("edge", 4): the last address handed out from the
     # pool, where round-robin allocation goes on from.
     rr_last: Mapping[tuple[str, int], netaddr.IPAddress] = field(default_factory=dict)
+    # str(ObjectRef) -> what decided incumbency (the state's ``accepted``): a
+    # restarted controller hands it to its source, so a restart changes nothing.
+    accepted: Mapping[str, Accepted] = field(default_factory=dict)
 
     def eip(self, ip: netaddr.IPAddress | str) -> EipAssignment | None:
         ip = netaddr.IPAddress(str(ip))
@@ -199,6 +205,12 @@ class Allocation:
             },
             "rr_last": rr,
             "errors": [e.to_dict() for e in self.errors],
+            "accepted": {
+                ref: {k: v for k, v in (("source", a.source), ("gateway", a.gateway),
+                                        ("eip_v4", _str_or_none(a.eip_v4)), ("eip_v6", _str_or_none(a.eip_v6)),
+                                        ("clusterDefault", a.cluster_default)) if v}
+                for ref, a in sorted(self.accepted.items())
+            },
         }
 
     def to_json(self) -> str:
@@ -207,7 +219,7 @@ class Allocation:
     @classmethod
     def from_dict(cls, data: Any) -> "Allocation":
         r = _Reader()
-        top = r.mapping(data, "", ("eips", "policies", "gateways", "rr_last", "errors"))
+        top = r.mapping(data, "", ("eips", "policies", "gateways", "rr_last", "errors", "accepted"))
         eips = []
         for i, a in enumerate(r.seq(top.get("eips"), "eips")):
             p = f"eips[{i}]"
@@ -280,8 +292,23 @@ class Allocation:
                  ("kind", "namespace", "name", "field", "message", "source")}
             errors.append(ObjectError(ObjectRef(v["kind"], v["namespace"], v["name"]), v["field"],
                                       v["message"], v["source"]))
+        accepted = {}
+        raw = top.get("accepted") or {}
+        if not isinstance(raw, dict):
+            r.fail("accepted", "must be a mapping")
+        for ref, a in raw.items():
+            p = f"accepted[{ref}]"
+            a = r.mapping(a, p, ("source", "gateway", "eip_v4", "eip_v6", "clusterDefault"))
+            if not isinstance(a.get("clusterDefault", False), bool):
+                r.fail(f"{p}.clusterDefault", "must be a boolean")
+            accepted[ref] = Accepted(
+                source=r.text(a.get("source", ""), f"{p}.source"), gateway=r.text(a.get("gateway", ""),
+                                                                                  f"{p}.gateway"),
+                eip_v4=None if a.get("eip_v4") is None else r.ip(a["eip_v4"], f"{p}.eip_v4", 4),
+                eip_v6=None if a.get("eip_v6") is None else r.ip(a["eip_v6"], f"{p}.eip_v6", 6),
+                cluster_default=a.get("clusterDefault", False))
         return cls(eips=tuple(eips), policies=policies, errors=tuple(errors), gateways=gateways,
-                   rr_last=rr_last)
+                   rr_last=rr_last, accepted=accepted)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Allocation":
@@ -450,10 +477,19 @@ def _resolve(state: ClusterState, p: EgressPolicy, previous: Allocation
         if not name:
             return None, _Problem(GATEWAY_NOT_FOUND, "spec.egressGatewayName", why)
     gw = state.gateways[name]
+    if not p.cluster and not gw.serves_namespace(state.namespace_labels(p.namespace)):
+        return None, _Problem(NAMESPACE_NOT_ALLOWED, "spec.egressGatewayName",
+                              namespace_refusal(gw, p.namespace))
     if gw.deleting and (old is None or old.gateway != name):
         return None, _Problem(GATEWAY_DELETING, "spec.egressGatewayName",
                               f"EgressGateway {name} is being deleted: it takes no new policies")
     return gw, None
+
+
+def namespace_refusal(gw: EgressGateway, namespace: str) -> str:
+    return (f"EgressGateway {gw.name} does not serve namespace {namespace}: its namespaceSelector "
+            f"({gw.namespace_selector}) does not match the namespace's labels; ask the gateway's owner, or "
+            "name a gateway that serves this namespace")
 
 
 class _Ledger:
@@ -668,7 +704,7 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
             else:
                 ready = Condition(READY, "True", GATEWAY_NODE_SELECTED, "; ".join(
                     f"EIP {ip} on node {by_ip[ip].nodes[0]}"
-                    + (f" (standby: {', '.join(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
+                    + (f" (standby: {listing(by_ip[ip].nodes[1:])})" if len(by_ip[ip].nodes) > 1 else "")
                     for ip in mine))
             active = next((by_ip[ip].active for ip in mine if by_ip[ip].active), None)
         statuses[p.key] = PolicyStatus(
@@ -681,7 +717,8 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
     for name, probs in sorted(gateway_problems.items()):
         errors.extend(ObjectError(state.gateways[name].ref, pr.field, pr.message) for pr in probs)
     return Allocation(eips=eips, policies=statuses, errors=tuple(state.errors) + tuple(errors),
-                      gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())))
+                      gateways=gateway_statuses, rr_last=dict(sorted(rr_last.items())),
+                      accepted=dict(sorted(state.accepted.items())))
 
 
 def _node_ip_assignments(state: ClusterState, node_ip_nodes: Mapping[str, str],
@@ -737,7 +774,7 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
     used = {v: sum(1 for a in mine if a.ip.version == v and gw.in_pool(a.ip)) for v in (4, 6)}
     ready_nodes = [n.name for n in nodes if n.ready]
     if ready_nodes:
-        ready = Condition(READY, "True", NODES_SELECTED, f"ready nodes: {', '.join(ready_nodes)}")
+        ready = Condition(READY, "True", NODES_SELECTED, f"ready nodes: {listing(ready_nodes)}")
     else:
         ready = Condition(READY, "False", NO_GATEWAY_NODE,
                           f"no ready node matches the nodeSelector ({gw.node_selector})")
@@ -745,7 +782,7 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
         pool = Condition(POOL_VALID, "False", problems[0].reason, "; ".join(p.message for p in problems))
     else:
         pool = Condition(POOL_VALID, "True", VALID, f"{gw.pool_text(4)}; {gw.pool_text(6)}")
-    names = ", ".join(str(state.policies[k].ref) for k in users)
+    names = listing([str(state.policies[k].ref) for k in users])
     if gw.deleting and users:
         in_use = Condition(IN_USE, "True", DELETION_BLOCKED,
                            f"deletion waits for {names}: delete them or point them at another gateway")
@@ -756,6 +793,17 @@ def _gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str,
     return GatewayStatus(nodes=nodes, ipv4_total=gw.pool_size(4), ipv4_free=gw.pool_size(4) - used[4],
                          ipv6_total=gw.pool_size(6), ipv6_free=gw.pool_size(6) - used[6], policies=users,
                          conditions=(ready, pool, in_use))
+
+
+def listing(names: Iterable[str], limit: int | None = None) -> str:
+    """``a, b, c``; beyond ``limit`` names (:data:`MAX_LISTED`), the first ones
+    and how many more: a message names what a reader can take in, and stays
+    far below what a condition may hold (1,200 standby nodes, 1,000 policies)."""
+    names = list(names)
+    limit = MAX_LISTED if limit is None else limit
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 def _tunnel_keys(ips: list[netaddr.IPAddress], previous: Allocation) -> dict[netaddr.IPAddress, int]:

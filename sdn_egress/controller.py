@@ -111,6 +111,11 @@ class Controller:
                 bad = self.store.set_aside()
                 LOG.error("%s; allocating afresh (the unreadable allocation is kept as %s)", exc, bad)
                 self.current = None
+            # Incumbency is the stored allocation's, not this process's memory:
+            # a restart or a new leader decides as the last pass did.
+            remember = getattr(self.source, "remember", None)
+            if remember is not None and self.current is not None:
+                remember(self.current.accepted)
         return self.current
 
     def reconcile(self) -> Allocation:

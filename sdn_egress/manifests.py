@@ -50,6 +50,7 @@ EGRESS_KINDS = ("EgressClusterPolicy", "EgressGateway", "EgressPolicy")
 NAMESPACED = {"Pod", "EgressPolicy"}
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
+MAX_STEERING_CIDRS = 512  # per address family and policy: see _bound_steering
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_LABEL_RE = re.compile(rf"^{_DNS_LABEL}$")
@@ -64,7 +65,7 @@ LABEL_KEY_RULE = ('an optional DNS subdomain prefix and "/", then a name of at m
 LABEL_VALUE_RULE = ('empty, or at most 63 letters, digits, "-", "_" or ".", starting and ending '
                     'with a letter or digit')
 
-_GATEWAY_SPEC_KEYS = ("clusterDefault", "ippools", "nodeSelector")
+_GATEWAY_SPEC_KEYS = ("clusterDefault", "ippools", "namespaceSelector", "nodeSelector")
 _POLICY_SPEC_KEYS = ("appliedTo", "destSubnet", "egressGatewayName", "egressIP", "excludeSubnet",
                      "priority")
 _EGRESS_IP_KEYS = ("allocatorPolicy", "ipv4", "ipv6", "useNodeIP")
@@ -75,23 +76,26 @@ Object = Node | Namespace | Pod | EgressGateway | EgressPolicy  # EgressPolicy: 
 
 # -- syntax checks shared with other modules ------------------------------------------------------
 
+# fullmatch, never match: Python's "$" also matches before a final newline,
+# the API server's (Go) patterns do not.
+
 def is_dns_subdomain(s: str) -> bool:
-    return len(s) <= 253 and bool(_DNS_SUBDOMAIN_RE.match(s))
+    return len(s) <= 253 and bool(_DNS_SUBDOMAIN_RE.fullmatch(s))
 
 
 def is_dns_label(s: str) -> bool:
-    return len(s) <= 63 and bool(_DNS_LABEL_RE.match(s))
+    return len(s) <= 63 and bool(_DNS_LABEL_RE.fullmatch(s))
 
 
 def is_label_key(s: str) -> bool:
     prefix, slash, name = s.rpartition("/")
     if slash and not (prefix and is_dns_subdomain(prefix)):
         return False
-    return len(name) <= 63 and bool(_LABEL_NAME_RE.match(name))
+    return len(name) <= 63 and bool(_LABEL_NAME_RE.fullmatch(name))
 
 
 def is_label_value(s: str) -> bool:
-    return s == "" or (len(s) <= 63 and bool(_LABEL_NAME_RE.match(s)))
+    return s == "" or (len(s) <= 63 and bool(_LABEL_NAME_RE.fullmatch(s)))
 
 
 def quote(value: Any) -> str:
@@ -99,7 +103,10 @@ def quote(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
-        return repr(value)
+        try:
+            return repr(value)
+        except ValueError:  # an integer too long to print (Python's 4,300-digit limit)
+            return f"<{describe(value)}>"
 
 
 def describe(value: Any) -> str:
@@ -171,8 +178,15 @@ class _Ctx:
         return value
 
     # -- addresses ----------------------------------------------------------------------------
+    def no_zone(self, s: str, path: str, what: str) -> None:
+        """``fe80::1%eth0``: Python's ipaddress takes a zone index, netaddr and
+        the API server do not, and no egress address or CIDR has one."""
+        if "%" in s:
+            self.fail(path, f"{quote(s)} is not {what}: a zone index (%...) is not allowed")
+
     def ip(self, value: Any, path: str, version: int | None = None) -> netaddr.IPAddress:
-        s = self.string(value, path, "an IP address string").strip()
+        s = self.string(value, path, "an IP address string")
+        self.no_zone(s, path, "an IP address")
         try:
             addr = ipaddress.ip_address(s)
         except ValueError:
@@ -182,7 +196,8 @@ class _Ctx:
         return netaddr.IPAddress(str(addr))
 
     def cidr(self, value: Any, path: str, version: int | None = None) -> netaddr.IPNetwork:
-        s = self.string(value, path, "a CIDR string").strip()
+        s = self.string(value, path, "a CIDR string")
+        self.no_zone(s, path, "a CIDR")
         try:
             net = ipaddress.ip_network(s, strict=False)
         except ValueError:
@@ -195,7 +210,8 @@ class _Ctx:
 
     def pool_entry(self, value: Any, path: str, version: int) -> netaddr.IPRange:
         what = f"an IPv{version} address, range (first-last) or CIDR"
-        s = self.string(value, path, f"a string: {what}").strip()
+        s = self.string(value, path, f"a string: {what}")
+        self.no_zone(s, path, what)
         if "/" in s:
             try:
                 net = ipaddress.ip_network(s, strict=False)
@@ -209,20 +225,45 @@ class _Ctx:
             if len(ends) > 2:
                 self.fail(path, f"{quote(s)} is not {what}")
             try:
-                first = ipaddress.ip_address(ends[0].strip())
-                last = ipaddress.ip_address(ends[-1].strip())
+                first = ipaddress.ip_address(ends[0])
+                last = ipaddress.ip_address(ends[-1])
             except ValueError:
                 self.fail(path, f"{quote(s)} is not {what}")
         if first.version != version or last.version != version:
             self.fail(path, f"{quote(s)} is not {what}")
         if last < first:
             self.fail(path, f"{quote(s)} is not a range: {last} comes before {first}")
-        return netaddr.IPRange(str(first), str(last))
+        pool = netaddr.IPRange(str(first), str(last))
+        for bad, why in UNUSABLE[version]:
+            if pool.first <= bad.last and bad.first <= pool.last:
+                self.fail(path, f"{quote(s)} includes {bad} ({why}), which cannot be an egress IP: "
+                                "leave those addresses out of the pool")
+        return pool
+
+
+# Addresses that can never be an egress IP: a pool that includes them would
+# hand them out (a pool of 0.0.0.0/0 starts with 0.0.0.0).
+UNUSABLE = {
+    4: tuple((netaddr.IPNetwork(n), why) for n, why in (
+        ("0.0.0.0/8", "this network"), ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"), ("255.255.255.255/32", "broadcast"))),
+    6: tuple((netaddr.IPNetwork(n), why) for n, why in (
+        ("::/128", "unspecified"), ("::1/128", "loopback"), ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"))),
+}
 
 
 def _yaml_scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    return shown_number(value) if isinstance(value, int) else str(value)
+
+
+def shown_number(value: int | float) -> str:
+    """A number as messages show it; one too long to print (Python refuses to
+    print an integer of more than 4,300 digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"a number of {value.bit_length()} bits"
     return str(value)
 
 
@@ -238,15 +279,30 @@ def ref_of(doc: Any, default_kind: str = "Object") -> ObjectRef:
         meta = doc.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         if isinstance(meta.get("name"), str) and meta["name"]:
-            name = meta["name"]
+            # a name with a newline or another control character is shown quoted,
+            # so one error stays one line
+            name = meta["name"] if meta["name"].isprintable() else quote(meta["name"])
         if kind in NAMESPACED:
             ns = meta.get("namespace")
             namespace = ns if isinstance(ns, str) and ns else "default"
+            namespace = namespace if namespace.isprintable() else quote(namespace)
     return ObjectRef(kind, namespace, name)
+
+
+# The fields of a Kubernetes ObjectMeta: the API server refuses any other
+# under metadata (strict field validation), so our kinds refuse them too.
+OBJECT_META_KEYS = ("annotations", "creationTimestamp", "deletionGracePeriodSeconds", "deletionTimestamp",
+                    "finalizers", "generateName", "generation", "labels", "managedFields", "name", "namespace",
+                    "ownerReferences", "resourceVersion", "selfLink", "uid")
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # the API server's limit on all annotations of an object
 
 
 def _metadata(ctx: _Ctx, doc: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     meta = ctx.mapping(doc.get("metadata"), "metadata")
+    if kind in EGRESS_KINDS:
+        ctx.strict_keys(meta, "metadata", OBJECT_META_KEYS)
+        _labels(ctx, meta.get("labels"), "metadata.labels")
+        _annotations(ctx, meta.get("annotations"), "metadata.annotations")
     name = meta.get("name")
     if name is None or name == "":
         ctx.fail("metadata.name", "is required")
@@ -257,21 +313,24 @@ def _metadata(ctx: _Ctx, doc: Mapping[str, Any], kind: str) -> Mapping[str, Any]
     elif not is_dns_subdomain(name):
         ctx.fail("metadata.name", f"{quote(name)} is not a valid name: {SUBDOMAIN_RULE}")
     ns = meta.get("namespace")
-    if kind in NAMESPACED:
-        if ns is not None:
-            ns = ctx.string(ns, "metadata.namespace")
-            if not is_dns_label(ns):
-                ctx.fail("metadata.namespace", f"{quote(ns)} is not a valid namespace name: {DNS_LABEL_RULE}")
-    elif ns not in (None, ""):
-        ctx.fail("metadata.namespace", f"{kind} is cluster-scoped: remove the namespace")
+    # A namespace on a cluster-scoped kind is dropped, as the API server drops
+    # it; "" on a namespaced kind means the default namespace, as with kubectl.
+    if kind in NAMESPACED and ns not in (None, ""):
+        ns = ctx.string(ns, "metadata.namespace")
+        if not is_dns_label(ns):
+            ctx.fail("metadata.namespace", f"{quote(ns)} is not a valid namespace name: {DNS_LABEL_RULE}")
+    elif kind not in NAMESPACED and ns is not None:
+        ctx.string(ns, "metadata.namespace")
     return meta
 
 
 def _labels(ctx: _Ctx, value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    labels = ctx.mapping(value, path, "a mapping of label keys to string values")
+    labels = dict(ctx.mapping(value, path, "a mapping of label keys to string values"))
     for k, v in labels.items():
         if not is_label_key(k):
             ctx.fail(path, f"{quote(k)} is not a valid label key: {LABEL_KEY_RULE}")
+        if v is None:  # the API server reads a null string as ""
+            labels[k] = v = ""
         v = ctx.string(v, f"{path}.{k}")
         if not is_label_value(v):
             ctx.fail(f"{path}.{k}", f"{quote(v)} is not a valid label value: {LABEL_VALUE_RULE}")
@@ -279,11 +338,16 @@ def _labels(ctx: _Ctx, value: Any, path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _annotations(ctx: _Ctx, value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    annotations = ctx.mapping(value, path, "a mapping of annotation keys to string values")
+    annotations = dict(ctx.mapping(value, path, "a mapping of annotation keys to string values"))
+    size = 0
     for k, v in annotations.items():
         if not is_label_key(k):
             ctx.fail(path, f"{quote(k)} is not a valid annotation key: {LABEL_KEY_RULE}")
-        ctx.string(v, f"{path}.{k}")
+        if v is None:
+            annotations[k] = v = ""
+        size += len(k) + len(ctx.string(v, f"{path}.{k}"))
+    if size > MAX_ANNOTATIONS_BYTES:
+        ctx.fail(path, f"must hold at most {MAX_ANNOTATIONS_BYTES} bytes in all (keys and values), not {size}")
     return frozen_labels(annotations)
 
 
@@ -440,8 +504,11 @@ def parse_gateway(doc: Mapping[str, Any], source: str = "") -> EgressGateway:
         by_version[version] = tuple(sorted(ranges, key=lambda r: r.first))
     if not by_version[4] and not by_version[6]:
         ctx.fail("spec.ippools", "must hold at least one address in ipv4 or ipv6")
+    namespaces = None
+    if spec.get("namespaceSelector") is not None:
+        namespaces = parse_selector(ctx, spec["namespaceSelector"], "spec.namespaceSelector")
     gw = EgressGateway(name=ctx.ref.name, node_selector=selector, pool_v4=by_version[4],
-                       pool_v6=by_version[6],
+                       pool_v6=by_version[6], namespace_selector=namespaces,
                        cluster_default=_boolean(ctx, spec.get("clusterDefault"), "spec.clusterDefault"),
                        deleting=bool(meta.get("deletionTimestamp")))
     if gw.dual_stack and gw.pool_size(4) != gw.pool_size(6):
@@ -460,6 +527,29 @@ def _subnets(ctx: _Ctx, value: Any, path: str) -> tuple[netaddr.IPNetwork, ...]:
     return tuple(nets)
 
 
+def steering_cidrs(dest: tuple[netaddr.IPNetwork, ...], exclude: tuple[netaddr.IPNetwork, ...],
+                   version: int) -> int:
+    """How many CIDRs a policy's destinations make once its exclusions are
+    taken out: each is one steering entry (flow, ip rule) per selected pod."""
+    wanted = netaddr.IPSet([d for d in dest if d.version == version]
+                           or ["0.0.0.0/0" if version == 4 else "::/0"])
+    region = wanted - netaddr.IPSet([x for x in exclude if x.version == version])
+    return sum(1 for _ in region.iter_cidrs())
+
+
+def _bound_steering(ctx: _Ctx, dest, exclude) -> None:
+    """One policy's cost on a node is bounded: scattered exclusions split the
+    destinations into many CIDRs (256 scattered /32 exclusions of 0.0.0.0/0:
+    5,712), each one entry per selected pod."""
+    for version in (4, 6):
+        n = steering_cidrs(dest, exclude, version)
+        if n > MAX_STEERING_CIDRS:
+            field = "spec.excludeSubnet" if any(x.version == version for x in exclude) else "spec.destSubnet"
+            ctx.fail(field, f"the destinations minus the exclusions make {n} IPv{version} CIDRs, each one steering "
+                            f"entry per selected pod; at most {MAX_STEERING_CIDRS}: exclude fewer, wider ranges, or "
+                            "steer narrower destinations")
+
+
 def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
     """An EgressPolicy, or an EgressClusterPolicy (by ``kind``)."""
     cluster = doc.get("kind") == "EgressClusterPolicy"
@@ -469,9 +559,13 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
     _metadata(ctx, doc, kind)
     spec = ctx.mapping(ctx.required(doc, "spec", "spec", "appliedTo (and egressGatewayName)"), "spec")
     ctx.strict_keys(spec, "spec", _POLICY_SPEC_KEYS)
+    # An empty string is not "absent" to the API server (the CRD refuses it):
+    # not here either.
     gateway = ""
-    if spec.get("egressGatewayName") not in (None, ""):
+    if spec.get("egressGatewayName") is not None:
         gateway = ctx.string(spec["egressGatewayName"], "spec.egressGatewayName", "the name of an EgressGateway")
+        if gateway == "":
+            ctx.fail("spec.egressGatewayName", "must not be empty: leave it out to use the default gateway")
         if not is_dns_subdomain(gateway):
             ctx.fail("spec.egressGatewayName", f"{quote(gateway)} is not a valid name: {SUBDOMAIN_RULE}")
 
@@ -479,9 +573,9 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
                       "a mapping with ipv4, ipv6, useNodeIP and/or allocatorPolicy")
     ctx.strict_keys(eip, "spec.egressIP", _EGRESS_IP_KEYS)
     eip_v4 = eip_v6 = None
-    if eip.get("ipv4") not in (None, ""):
+    if eip.get("ipv4") is not None:
         eip_v4 = ctx.ip(eip["ipv4"], "spec.egressIP.ipv4", 4)
-    if eip.get("ipv6") not in (None, ""):
+    if eip.get("ipv6") is not None:
         eip_v6 = ctx.ip(eip["ipv6"], "spec.egressIP.ipv6", 6)
     use_node_ip = _boolean(ctx, eip.get("useNodeIP"), "spec.egressIP.useNodeIP")
     if use_node_ip and (eip_v4 or eip_v6):
@@ -489,7 +583,7 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
         ctx.fail("spec.egressIP.useNodeIP", f"cannot be combined with an explicit egress IP ({given}): "
                                             "give one or the other")
     allocator = eip.get("allocatorPolicy")
-    if allocator in (None, ""):
+    if allocator is None:
         allocator = ALLOCATORS[0]
     allocator = ctx.string(allocator, "spec.egressIP.allocatorPolicy")
     if allocator not in ALLOCATORS:
@@ -520,14 +614,17 @@ def parse_policy(doc: Mapping[str, Any], source: str = "") -> EgressPolicy:
 
     dest = _subnets(ctx, spec.get("destSubnet"), "spec.destSubnet")
     exclude = _subnets(ctx, spec.get("excludeSubnet"), "spec.excludeSubnet")
+    _bound_steering(ctx, dest, exclude)
 
     priority = spec.get("priority", 0)
     if priority is None:
         priority = 0
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)  # 1.0: the API server takes an integral number as an integer
     if isinstance(priority, bool) or not isinstance(priority, int):
         ctx.fail("spec.priority", f"must be an integer, not {describe(priority)}")
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        ctx.fail("spec.priority", f"{priority} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}")
+        ctx.fail("spec.priority", f"{shown_number(priority)} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}")
 
     return EgressPolicy(namespace=ctx.ref.namespace, name=ctx.ref.name, gateway=gateway,
                         pod_selector=selector, eip_v4=eip_v4, eip_v6=eip_v6,

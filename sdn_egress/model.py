@@ -74,6 +74,22 @@ class ObjectError:
         }
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What decides incumbency for one accepted object, kept with the stored
+    allocation so that a restarted controller (or a new leader) decides as
+    the last one did: the file or API path the object came from (a duplicate
+    elsewhere is the newcomer), a policy's immutable fields as accepted (its
+    ``spec.egressGatewayName`` and explicit EIPs), whether a gateway is the
+    cluster default."""
+
+    source: str = ""
+    gateway: str = ""
+    eip_v4: netaddr.IPAddress | None = None
+    eip_v6: netaddr.IPAddress | None = None
+    cluster_default: bool = False
+
+
 class InvalidObject(ValueError):
     """Raised by parsers; carries the :class:`ObjectError`."""
 
@@ -193,6 +209,12 @@ class EgressGateway:
     pool_v6: tuple[netaddr.IPRange, ...] = ()
     cluster_default: bool = False  # serves policies that name no gateway (after a namespace default)
     deleting: bool = False  # deletion requested (Kubernetes: deletionTimestamp set, finalizer held)
+    # The namespaces whose EgressPolicies it serves; None: every namespace.
+    # (EgressClusterPolicies, cluster-scoped and so an administrator's, are always served.)
+    namespace_selector: LabelSelector | None = None
+
+    def serves_namespace(self, labels: Mapping[str, str] | tuple) -> bool:
+        return self.namespace_selector is None or self.namespace_selector.matches(labels)
 
     @property
     def ref(self) -> ObjectRef:
@@ -309,6 +331,8 @@ class ClusterState:
     policies: Mapping[str, EgressPolicy] = field(default_factory=dict)  # key ns/name; cluster policies: name
     errors: tuple[ObjectError, ...] = ()
     extra_cluster_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # service CIDR and configured extras
+    # str(ObjectRef) -> what decided incumbency, of every accepted gateway and policy
+    accepted: Mapping[str, "Accepted"] = field(default_factory=dict)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         """A namespace's labels, with the name label Kubernetes always sets

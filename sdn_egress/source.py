@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import netaddr
 import yaml
@@ -26,8 +28,10 @@ from sdn_egress.manifests import (
     is_relevant,
     parse_object,
     quote,
+    ref_of,
 )
 from sdn_egress.model import (
+    Accepted,
     ClusterState,
     EgressGateway,
     EgressPolicy,
@@ -39,13 +43,22 @@ from sdn_egress.model import (
     Pod,
 )
 
+LOG = logging.getLogger(__name__)
+
 SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.2
 # A file whose mtime is this close to the moment it was read may change again
 # without its mtime moving (timestamps are coarse): compare its content too.
 RACY_WINDOW_NS = 2_000_000_000
 KEPT_NOTE = "; its last valid version stays in force"
+STORED_NOTE = "; the value accepted before stays in force"
 FILE_KEPT_NOTE = "; the last valid objects it held stay in force"
+# What one manifest file may cost; beyond, the file is refused as a whole (and
+# only it): a bad file must not stop the reading of the others.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DOCUMENTS = 10_000  # YAML documents in one file
+MAX_DEPTH = 64  # lists and mappings nested in one another (real objects: about 12)
+MAX_ALIAS_NODES = 100_000  # values YAML aliases may add, expanded, in one file
 
 
 class StateSource(Protocol):
@@ -62,8 +75,9 @@ class StateSource(Protocol):
 def check_policies(
     gateways: Mapping[str, EgressGateway],
     policies: Iterable[tuple[EgressPolicy, str]],
-    incumbents: Mapping[str, EgressPolicy] | None = None,
+    incumbents: Mapping[str, EgressPolicy | Accepted] | None = None,
     fallbacks: Mapping[str, tuple[EgressPolicy, str]] | None = None,
+    namespace_labels: Callable[[str], Mapping[str, str]] | None = None,
 ) -> tuple[dict[str, EgressPolicy], list[ObjectError]]:
     """Checks that span objects; a policy that fails one is dropped alone.
 
@@ -74,7 +88,9 @@ def check_policies(
     one that already held the claim in ``incumbents`` (the last accepted
     versions) keeps it; otherwise the first by key.  ``fallbacks`` are last
     valid versions to keep, in place of a refused new version, when they still
-    pass.  A policy that names no gateway is checked against its default
+    pass.  A namespaced policy that names a gateway whose namespaceSelector
+    does not match its namespace (``namespace_labels``) claims nothing, so it
+    cannot stand in anyone's way.  A policy that names no gateway is checked against its default
     gateway by the allocation, which resolves it.  Returns the accepted
     policies by key and the errors.
     """
@@ -86,6 +102,13 @@ def check_policies(
         return old is not None and any(
             ip is not None and ip == old_ip
             for ip, old_ip in ((p.eip_v4, old.eip_v4), (p.eip_v6, old.eip_v6)))
+
+    def allowed(p: EgressPolicy) -> bool:
+        """A namespaced policy of a gateway that does not serve its namespace
+        claims nothing (the allocation refuses it: NamespaceNotAllowed)."""
+        gw = gateways.get(p.gateway) if p.gateway else None
+        return (gw is None or p.cluster or namespace_labels is None
+                or gw.serves_namespace(namespace_labels(p.namespace)))
 
     ordered = sorted(policies, key=lambda ps: (not held_claim(ps[0]), ps[0].key))
     accepted: dict[str, EgressPolicy] = {}
@@ -105,7 +128,7 @@ def check_policies(
                 return ObjectError(p.ref, path, f"{quote(str(ip))} is not in the pool of EgressGateway "
                                                 f"{gw.name} ({gw.pool_text(version)})", source)
             holder = claims.get(ip)
-            if holder is not None and holder.key != p.key:
+            if holder is not None and holder.key != p.key and allowed(p):
                 return ObjectError(p.ref, path, f"{quote(str(ip))} is already the egress IP of {holder.ref}",
                                    source)
         if gw is not None and gw.dual_stack and p.eip_v4 and p.eip_v6 and gw.pair_of(p.eip_v4) != p.eip_v6:
@@ -128,21 +151,25 @@ def check_policies(
         if chosen is not None:
             accepted[chosen.key] = chosen
             for ip in (chosen.eip_v4, chosen.eip_v6):
-                if ip is not None:
+                if ip is not None and allowed(chosen):
                     claims[ip] = chosen
     return accepted, errors
 
 
 def check_gateways(gateways: Mapping[str, EgressGateway],
-                   sources: Mapping[str, str] | None = None
+                   sources: Mapping[str, str] | None = None, incumbent: str | None = None
                    ) -> tuple[dict[str, EgressGateway], list[ObjectError]]:
-    """Only one gateway may be the cluster default: the first by name stays
-    it, the others lose the flag (with an error)."""
+    """Only one gateway may be the cluster default: the ``incumbent`` (the one
+    that already was) while it still asks to be, else the first by name; the
+    others lose the flag (with an error)."""
     sources = sources or {}
     out: dict[str, EgressGateway] = {}
     errors: list[ObjectError] = []
-    default = None
+    default = incumbent if incumbent in gateways and gateways[incumbent].cluster_default else None
     for name, gw in sorted(gateways.items()):
+        if name == default:
+            out[name] = gw
+            continue
         if gw.cluster_default:
             if default is None:
                 default = name
@@ -155,11 +182,13 @@ def check_gateways(gateways: Mapping[str, EgressGateway],
     return out, errors
 
 
-def check_update(old: Object, new: Object, source: str = "") -> ObjectError | None:
+def check_update(old: Object | Accepted, new: Object, source: str = "") -> ObjectError | None:
     """Fields that may not change once set: a policy's explicit EIPs and the
     gateway it names.  (Kubernetes refuses such an update by the CRD's CEL
-    rules; the sources refuse it too, so the manifest directory behaves alike.)"""
-    if not (isinstance(old, EgressPolicy) and isinstance(new, EgressPolicy)):
+    rules; the sources refuse it too, so the manifest directory behaves alike.)
+    ``old``: the last accepted version, or what the stored allocation
+    recorded of it (:class:`~sdn_egress.model.Accepted`)."""
+    if not (isinstance(old, (EgressPolicy, Accepted)) and isinstance(new, EgressPolicy)):
         return None
     for path, before, after in (("spec.egressGatewayName", old.gateway, new.gateway),
                                 ("spec.egressIP.ipv4", old.eip_v4, new.eip_v4),
@@ -216,19 +245,30 @@ def _json_pairs(pairs):
 
 def load_documents(data: bytes, name: str) -> list[Any]:
     """Every document of a YAML (multi-document) or JSON file; raises
-    :class:`FileError` naming the line when the file is not valid."""
+    :class:`FileError` naming the line when the file is not valid, or when it
+    costs more than one file may (:data:`MAX_FILE_BYTES`,
+    :data:`MAX_DOCUMENTS`, :data:`MAX_DEPTH`, :data:`MAX_ALIAS_NODES`)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise FileError(WHOLE_DOCUMENT, f"is {len(data)} bytes long; a manifest file may hold at most "
+                                        f"{MAX_FILE_BYTES} bytes: split it")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not UTF-8 text (byte {exc.start})") from None
     if name.lower().endswith(".json"):
         try:
-            return [json.loads(text, object_pairs_hook=_json_pairs)] if text.strip() else []
+            docs = [json.loads(text, object_pairs_hook=_json_pairs)] if text.strip() else []
         except json.JSONDecodeError as exc:
             raise FileError(f"line {exc.lineno}, column {exc.colno}", f"not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep") from None
         except ValueError as exc:
             raise FileError(WHOLE_DOCUMENT, f"not valid JSON: {exc}") from None
+        if docs and _depth(docs[0]) > MAX_DEPTH:
+            raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep")
+        return docs
     try:
+        _check_yaml_cost(text)
         return list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -236,6 +276,123 @@ def load_documents(data: bytes, name: str) -> list[Any]:
         raise FileError(where, f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise FileError(WHOLE_DOCUMENT, f"not valid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError, IndexError) as exc:
+        # YAML's own constructors: an integer of 5,000 digits, a timestamp of
+        # month 99, ... raise these rather than a YAMLError.
+        raise FileError(WHOLE_DOCUMENT, f"not valid YAML: a value cannot be read ({exc})") from None
+    except RecursionError:  # a guard: _check_yaml_cost bounds the nesting before this
+        raise FileError(WHOLE_DOCUMENT, f"not accepted: nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and mappings nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            return level
+        todo.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _check_yaml_cost(text: str) -> None:
+    """Refuse, from the YAML event stream and before anything is built, a file
+    that nests too deep, holds too many documents, or whose aliases expand to
+    too much (a "billion laughs" file is a few hundred bytes)."""
+    loader = _StrictLoader(text)
+    try:
+        documents = 0
+        anchors: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, height) of what it names
+        open_: list[list] = []  # [anchor, nodes, height] of the collections being read
+        expanded = 0  # nodes added by aliases
+        while loader.check_event():
+            ev = loader.get_event()
+            if isinstance(ev, yaml.DocumentStartEvent):
+                documents += 1
+                anchors = {}
+                if documents > MAX_DOCUMENTS:
+                    raise _cost_error(ev, f"holds more than {MAX_DOCUMENTS} documents: split it")
+                continue
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_.append([ev.anchor, 1, 1])
+                if len(open_) > MAX_DEPTH:
+                    raise _cost_error(ev, f"nested more than {MAX_DEPTH} levels deep")
+                continue
+            if isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, nodes, height = open_.pop()
+            elif isinstance(ev, yaml.ScalarEvent):
+                anchor, nodes, height = ev.anchor, 1, 0
+            elif isinstance(ev, yaml.AliasEvent):
+                anchor = None
+                nodes, height = anchors.get(ev.anchor, (1, 0))
+                expanded += nodes
+                if expanded > MAX_ALIAS_NODES:
+                    raise _cost_error(ev, f"its aliases expand to more than {MAX_ALIAS_NODES} values")
+                if len(open_) + height > MAX_DEPTH:
+                    raise _cost_error(ev, f"nested more than {MAX_DEPTH} levels deep (through the alias "
+                                          f"*{ev.anchor})")
+            else:
+                continue
+            if anchor:
+                anchors[anchor] = (nodes, height)
+            if open_:
+                parent = open_[-1]
+                parent[1] += nodes
+                parent[2] = max(parent[2], height + 1)
+    finally:
+        loader.dispose()
+
+
+def _cost_error(ev, what: str) -> FileError:
+    mark = ev.start_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else WHOLE_DOCUMENT
+    return FileError(where, f"not accepted: {what}")
+
+
+def read_manifest(path: str) -> bytes:
+    """The bytes of one manifest file.  Refuses (:class:`FileError`) what is
+    not a regular file (a FIFO would block the reader, ``/dev/zero`` never
+    ends) and a file longer than :data:`MAX_FILE_BYTES`, without reading more
+    than that.  Raises OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError(WHOLE_DOCUMENT, f"is not a regular file ({_file_type(st.st_mode)}): "
+                                            "only regular files are read")
+        if st.st_size > MAX_FILE_BYTES:
+            raise FileError(WHOLE_DOCUMENT, f"is {st.st_size} bytes long; a manifest file may hold at most "
+                                            f"{MAX_FILE_BYTES} bytes: split it")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_FILE_BYTES:
+            raise FileError(WHOLE_DOCUMENT, f"grew past {MAX_FILE_BYTES} bytes while read: a manifest file "
+                                            f"may hold at most {MAX_FILE_BYTES} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _file_type(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
 
 
 @dataclass(frozen=True)
@@ -295,6 +452,10 @@ class ManifestDirSource:
         self._seen: dict[str, _Seen] | None = None  # None: no snapshot yet
         self._history = Assembler()
 
+    def remember(self, accepted: Mapping[str, Accepted]) -> None:
+        """Incumbency from the stored allocation (see :class:`Assembler`)."""
+        self._history.remember(accepted)
+
     # -- change detection ---------------------------------------------------------------------------
     def _files(self) -> dict[str, _Stamp]:
         """Relative path -> stamp of every manifest file, now."""
@@ -319,8 +480,8 @@ class ManifestDirSource:
                     fst = os.stat(full)
                 except OSError:
                     continue  # vanished, or a dangling link
-                if not os.path.isfile(full):
-                    continue
+                # Not only regular files: a FIFO or a device by a manifest's
+                # name is reported (read_manifest refuses it), not skipped unseen.
                 found[os.path.relpath(full, self.path)] = _Stamp.of(fst)
         return found
 
@@ -338,7 +499,7 @@ class ManifestDirSource:
             if seen.racy:
                 try:
                     digest = _digest(self._read(rel))
-                except OSError:
+                except (OSError, FileError):
                     return True
                 if digest != seen.digest:
                     return True
@@ -358,8 +519,7 @@ class ManifestDirSource:
 
     # -- reading -------------------------------------------------------------------------------------
     def _read(self, rel: str) -> bytes:
-        with open(os.path.join(self.path, rel), "rb") as f:
-            return f.read()
+        return read_manifest(os.path.join(self.path, rel))
 
     def _display(self, rel: str) -> str:
         return os.path.join(self.path, rel)
@@ -388,6 +548,11 @@ class ManifestDirSource:
             run.errors.append(ObjectError(ObjectRef("File", "", shown), WHOLE_DOCUMENT,
                                           f"cannot be read: {exc.strerror or exc}"))
             return
+        except FileError as exc:
+            run.seen[rel] = _Seen(stamp, "", racy=False)
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
+            return
         read_at = time.time_ns()
         run.seen[rel] = _Seen(stamp, _digest(data), racy=read_at <= stamp.mtime_ns + RACY_WINDOW_NS)
         try:
@@ -395,6 +560,13 @@ class ManifestDirSource:
         except FileError as exc:
             run.failed_files[shown] = len(run.errors)
             run.errors.append(ObjectError(ObjectRef("File", "", shown), exc.where, exc.message))
+            return
+        except Exception as exc:  # noqa: BLE001 - a reader bug must cost only this file
+            LOG.exception("%s: cannot be read", shown)
+            run.failed_files[shown] = len(run.errors)
+            run.errors.append(ObjectError(ObjectRef("File", "", shown), WHOLE_DOCUMENT,
+                                          f"cannot be read ({type(exc).__name__}: {exc}); this is a bug of "
+                                          "sdn-egress, please report it"))
             return
         for item, source in relevant_items(docs, shown):
             run.add(item, source, shown)
@@ -416,27 +588,70 @@ class Assembler:
     """One pass's parsed objects -> the parts of a :class:`ClusterState`, by
     the rules every source shares: a refused new version (or one that changes
     an immutable field) keeps the last valid version, as do the objects of a
-    file that no longer parses; then the cross-object checks."""
+    file that no longer parses; then the cross-object checks.
+
+    Incumbency (which of two duplicates is the newcomer, who holds a claimed
+    explicit EIP, what an immutable field was, which gateway is the cluster
+    default) is decided by :attr:`accepted`: what the last pass accepted, or,
+    in a new process, what the stored allocation recorded (:meth:`remember`),
+    never by the order in which objects happen to be read.  So a restart, or a
+    new leader, changes nothing."""
 
     def __init__(self) -> None:
         self.kept: dict[ObjectRef, _Kept] = {}  # the last valid version of every object
+        self.accepted: dict[str, Accepted] = {}  # str(ref) -> incumbency
+
+    def remember(self, accepted: Mapping[str, Accepted]) -> None:
+        """Incumbency as the stored allocation records it (its ``accepted``)."""
+        self.accepted = dict(accepted)
 
     def finish(self, run: "_Pass") -> dict[str, dict[str, Any]]:
+        self._settle_duplicates(run)
         self._keep_last_valid(run)
         self._refuse_immutable_changes(run)
         by_kind = self._check(run)
         self.kept = run.chosen
+        self.accepted = by_kind["accepted"] = self._incumbency(run, by_kind)
         return by_kind
+
+    def _settle_duplicates(self, run: "_Pass") -> None:
+        """Of two objects of one kind, namespace and name, the one from the
+        file (or API path) it was accepted from stays; the other is refused.
+        Neither known: the first in path order."""
+        for ref, others in run.duplicates.items():
+            candidates = [run.chosen[ref], *others]
+            known = self.kept.get(ref)
+            home = known.file if known is not None else getattr(self.accepted.get(str(ref)), "source", None)
+            winner = next((c for c in candidates if c.file == home), candidates[0])
+            run.chosen[ref] = winner
+            for c in candidates:
+                if c is not winner:
+                    run.errors.append(ObjectError(ref, "metadata.name",
+                                                  f"duplicate: {ref} is already defined in {winner.source}",
+                                                  c.source))
 
     def _refuse_immutable_changes(self, run: "_Pass") -> None:
         for ref, new in list(run.chosen.items()):
             old = self.kept.get(ref)
-            if old is None or old is new:
+            if old is not None:
+                if old is new:
+                    continue
+                err = check_update(old.obj, new.obj, new.source)
+                if err is not None:
+                    run.errors.append(replace(err, message=err.message + KEPT_NOTE))
+                    run.chosen[ref] = old
                 continue
-            err = check_update(old.obj, new.obj, new.source)
+            # A new process: the last version is not known, what was accepted of it is.
+            record = self.accepted.get(str(ref))
+            err = check_update(record, new.obj, new.source) if record is not None else None
             if err is not None:
-                run.errors.append(replace(err, message=err.message + KEPT_NOTE))
-                run.chosen[ref] = old
+                p = new.obj
+                pinned = replace(p, gateway=record.gateway or p.gateway, eip_v4=record.eip_v4 or p.eip_v4,
+                                 eip_v6=record.eip_v6 or p.eip_v6)
+                if pinned.eip_v4 or pinned.eip_v6:
+                    pinned = replace(pinned, use_node_ip=False)
+                run.errors.append(replace(err, message=err.message + STORED_NOTE))
+                run.chosen[ref] = replace(new, obj=pinned)
 
     def _keep_last_valid(self, run: "_Pass") -> None:
         """A refused new version, or a file that no longer parses, keeps the
@@ -459,17 +674,22 @@ class Assembler:
             for cls, attr in _KINDS:
                 if isinstance(kept.obj, cls):
                     by_kind[attr][ref.key] = kept.obj
+        default = next((name for name, gw in by_kind["gateways"].items()
+                        if getattr(self.accepted.get(str(gw.ref)), "cluster_default", False)), None)
         gateways, errors = check_gateways(
             by_kind["gateways"], {ref.key: k.source for ref, k in run.chosen.items()
-                                  if isinstance(k.obj, EgressGateway)})
+                                  if isinstance(k.obj, EgressGateway)}, incumbent=default)
         run.errors.extend(errors)
         by_kind["gateways"] = gateways
         candidates = by_kind["policies"]
         fallbacks = {ref.key: (k.obj, k.source) for ref, k in self.kept.items()
                      if isinstance(k.obj, EgressPolicy)}
+        incumbents = {p.key: self.accepted[str(p.ref)] for p in candidates.values()
+                      if str(p.ref) in self.accepted}
         policies, errors = check_policies(
             by_kind["gateways"], [(p, run.chosen[p.ref].source) for p in candidates.values()],
-            incumbents={key: pair[0] for key, pair in fallbacks.items()}, fallbacks=fallbacks)
+            incumbents=incumbents, fallbacks=fallbacks,
+            namespace_labels=ClusterState(namespaces=by_kind["namespaces"]).namespace_labels)
         run.errors.extend(errors)
         for key, policy in policies.items():
             if policy is not candidates.get(key):  # a last valid version stayed
@@ -478,6 +698,17 @@ class Assembler:
             run.chosen.pop(candidates[key].ref, None)
         by_kind["policies"] = dict(sorted(policies.items()))
         return by_kind
+
+    @staticmethod
+    def _incumbency(run: "_Pass", by_kind: Mapping[str, Any]) -> dict[str, Accepted]:
+        """What this pass accepted, as the next one (or the next process) needs it."""
+        out: dict[str, Accepted] = {}
+        for gw in by_kind["gateways"].values():
+            out[str(gw.ref)] = Accepted(source=run.chosen[gw.ref].file, cluster_default=gw.cluster_default)
+        for p in by_kind["policies"].values():
+            out[str(p.ref)] = Accepted(source=run.chosen[p.ref].file, gateway=p.gateway, eip_v4=p.eip_v4,
+                                       eip_v6=p.eip_v6)
+        return dict(sorted(out.items()))
 
 
 @dataclass
@@ -489,22 +720,29 @@ class _Pass:
     chosen: dict[ObjectRef, _Kept] = field(default_factory=dict)
     refused: dict[ObjectRef, int] = field(default_factory=dict)  # ref -> index of its error
     failed_files: dict[str, int] = field(default_factory=dict)  # file -> index of its error
+    duplicates: dict[ObjectRef, list[_Kept]] = field(default_factory=dict)  # ref -> the later copies
 
     def add(self, doc: Any, source: str, file: str) -> None:
         try:
             obj = parse_object(doc, source)
         except InvalidObject as exc:
-            if exc.error.ref.name != UNNAMED:
-                self.refused.setdefault(exc.error.ref, len(self.errors))
-            self.errors.append(exc.error)
+            error = exc.error
+        except Exception as exc:  # noqa: BLE001 - a parser bug must cost only this object
+            LOG.exception("%s: cannot be parsed", source)
+            error = ObjectError(ref_of(doc), WHOLE_DOCUMENT,
+                                f"cannot be parsed ({type(exc).__name__}: {exc}); this is a bug of "
+                                "sdn-egress, please report it", source)
+        else:
+            error = None
+        if error is not None:
+            if error.ref.name != UNNAMED:
+                self.refused.setdefault(error.ref, len(self.errors))
+            self.errors.append(error)
             return
         if obj is None:
             return
-        first = self.chosen.get(obj.ref)
-        if first is not None:
-            self.errors.append(ObjectError(obj.ref, "metadata.name",
-                                           f"duplicate: {obj.ref} is already defined in {first.source}",
-                                           source))
+        if obj.ref in self.chosen:  # which copy stays is the Assembler's call (incumbency)
+            self.duplicates.setdefault(obj.ref, []).append(_Kept(obj, source, file))
             return
         self.chosen[obj.ref] = _Kept(obj, source, file)
 

@@ -8,7 +8,11 @@ across objects (gateway references, explicit EIPs in their pool and claimed
 once, dual-stack pairs, one cluster default) and a trial allocation (pool
 exhaustion, default gateways).  Documents of other kinds are skipped.  Each
 problem is one line naming the object, the field and what is allowed; the exit
-status is 1 when there is any, 2 when a path does not exist.
+status is 1 when there is any, 2 when a path does not exist or the check itself
+failed.  What one file may cost is bounded as in the manifest directory
+(:func:`sdn_egress.source.read_manifest`, :func:`~sdn_egress.source.load_documents`):
+a FIFO, a device, a huge or deeply nested file or an alias bomb is a problem of
+its own, never a hang.
 """
 from __future__ import annotations
 
@@ -46,8 +50,8 @@ def schema_errors(doc, source: str = "") -> list[ObjectError]:
 def _files(path: str) -> list[str]:
     from sdn_egress.source import SUFFIXES
 
-    if os.path.isfile(path):
-        return [path]
+    if not os.path.isdir(path):
+        return [path]  # named directly: read it, whatever it is (a FIFO is refused, not skipped)
     found = []
     for root, dirs, names in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -61,7 +65,7 @@ def validate(paths: list[str], partial: bool = False) -> Report:
     the set is part of a larger one (a cluster): a reference to a gateway or
     a default that is not among the files is no error."""
     from sdn_egress.allocation import allocate
-    from sdn_egress.source import Assembler, FileError, _Pass, load_documents, relevant_items
+    from sdn_egress.source import Assembler, FileError, _Pass, load_documents, read_manifest, relevant_items
 
     report = Report()
     run = _Pass()
@@ -71,14 +75,18 @@ def validate(paths: list[str], partial: bool = False) -> Report:
         for name in _files(path):
             report.files += 1
             try:
-                with open(name, "rb") as f:
-                    docs = load_documents(f.read(), name)
+                docs = load_documents(read_manifest(name), name)
             except OSError as exc:
                 run.errors.append(ObjectError(ObjectRef("File", "", name), WHOLE_DOCUMENT,
                                               f"cannot be read: {exc.strerror or exc}"))
                 continue
             except FileError as exc:
                 run.errors.append(ObjectError(ObjectRef("File", "", name), exc.where, exc.message))
+                continue
+            except Exception as exc:  # noqa: BLE001 - as in the source: a reader bug costs only its file
+                run.errors.append(ObjectError(ObjectRef("File", "", name), WHOLE_DOCUMENT,
+                                              f"cannot be read ({type(exc).__name__}: {exc}); this is a bug of "
+                                              "sdn-egress, please report it"))
                 continue
             for item, source in relevant_items(docs, name):
                 report.objects += 1
@@ -92,14 +100,18 @@ def validate(paths: list[str], partial: bool = False) -> Report:
     sources = {ref: kept.source for ref, kept in run.chosen.items()}
     trial = [replace(e, source=e.source or sources.get(e.ref, "")) for e in allocate(state).errors
              if e not in run.errors]
-    report.errors = [e for e in run.errors + trial if not (partial and _names_what_is_elsewhere(e))]
+    report.errors = [e for e in run.errors + trial if not (partial and _names_what_is_elsewhere(e, state))]
     return report
 
 
-def _names_what_is_elsewhere(err: ObjectError) -> bool:
-    """An error about a gateway (or a default gateway) that is not among the files."""
-    return err.field == "spec.egressGatewayName" and any(
-        s in err.message for s in ("no EgressGateway named", "no default gateway", "as its default"))
+def _names_what_is_elsewhere(err: ObjectError, state: ClusterState) -> bool:
+    """An error about a gateway (or a default gateway) that is not among the
+    files, or about a namespace whose labels are not (no Namespace object)."""
+    if err.field != "spec.egressGatewayName":
+        return False
+    if "does not serve namespace" in err.message:
+        return err.ref.namespace not in state.namespaces
+    return any(s in err.message for s in ("no EgressGateway named", "no default gateway", "as its default"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         report = validate(args.paths, partial=args.partial)
     except FileNotFoundError as exc:
         print(f"validate: {exc.args[0]}: no such file or directory", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - our own failure: say so, and never "valid"
+        print(f"validate: could not check the manifests ({type(exc).__name__}: {exc}); this is a bug "
+              "of sdn-egress, please report it", file=sys.stderr)
         return 2
     for err in report.errors:
         print(err)

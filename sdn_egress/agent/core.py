@@ -229,7 +229,8 @@ class AgentCore:
             return {}
         from ovs_setup import ovsdb
         status = ovsdb.bfd_status(self.ovs, "br-int")
-        return {peer: status.get(ovsdb.tunnel_port_name(peer), {}) for peer in self._peers}
+        names = ovsdb.tunnel_port_names(self._peers)
+        return {peer: status.get(names[peer], {}) for peer in self._peers}
 
     def _liveness_changed(self) -> bool:
         try:
@@ -242,9 +243,11 @@ class AgentCore:
             if not getattr(what, "synced", True):
                 raise NotReady(f"waiting for the first answer of the API server ({type(what).__name__}); "
                                "the switches keep the flows they have, plus the tables' miss flows")
-        state = self.source.snapshot()
         self._alloc_changed()
         alloc = self.store.load() or Allocation()
+        if hasattr(self.source, "remember"):  # the controller's incumbency, not this agent's memory
+            self.source.remember(alloc.accepted)
+        state = self.source.snapshot()
         if state.errors != self._logged_errors:
             for err in set(state.errors) - set(self._logged_errors):
                 LOG.warning("invalid object ignored: %s", err)
@@ -468,10 +471,10 @@ class AgentCore:
                 switch.packet_out_to_table(frame, table)
 
     def _peer_of_port(self, suffix: str) -> str:
-        # sync_tunnels names ports gnv-<peer> (shortened when too long); map back.
-        for peer in self._peers or {}:
-            from ovs_setup import ovsdb
-            if ovsdb.tunnel_port_name(peer) == f"gnv-{suffix}":
+        # sync_tunnels names ports gnv-<peer> (hashed when that cannot be); map back.
+        from ovs_setup import ovsdb
+        for peer, name in ovsdb.tunnel_port_names(self._peers or {}).items():
+            if name == f"gnv-{suffix}":
                 return peer
         return suffix
 

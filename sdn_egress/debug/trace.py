@@ -174,7 +174,8 @@ def _gateway(env, out: dict, gw: str, node: str, key: int, proto: str, pod_ip: s
         out["hops"].append({"where": f"{gw} (gateway)", "route": "",
                             "explain": f"cannot trace on {gw}: its OVS does not answer ({exc})"})
         return
-    in_port = f"gnv-{node}" if f"gnv-{node}" in ports else "gnv-flow"
+    from ovs_setup.ovsdb import FLOW_PORT, tunnel_port_name
+    in_port = tunnel_port_name(node) if tunnel_port_name(node) in ports else FLOW_PORT
     flow = (f"in_port={in_port},tun_id={key:#x},tun_src={env.address(node)},tun_dst={env.address(gw)},"
             f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, dport))
     second = parse_trace(gw_ovs.appctl("ofproto/trace", "br-int", flow), owners(gw))

@@ -41,6 +41,53 @@ PATTERN_MEANING = {
 MAX_LIST = 256
 PRIORITY_MAX = 1000
 
+# CEL rules on addresses, with Kubernetes' IP and CIDR libraries (1.31+) and the
+# strings extension: what the patterns cannot say, so the API server refuses at
+# the door what the controller would refuse (host bits, reversed IPv4 ranges,
+# addresses that cannot be an EIP).  Every rule is guarded so that it never
+# fails to evaluate on a string the pattern let through.
+_NET = "(isCIDR(self) && cidr(self) == cidr(self).masked())"
+CIDR_RULE = {
+    "rule": f"self.contains('/') ? {_NET} : isIP(self)",
+    "message": "must be an address or a CIDR with no host bits set (198.51.100.0/24, not 198.51.100.7/24)",
+}
+_ENDS = "(size(self.split('-')) == 2 && isIP(self.split('-')[0]) && isIP(self.split('-')[1]))"
+POOL_FORM_RULE = {
+    "rule": f"self.contains('/') ? {_NET} : self.contains('-') ? {_ENDS} : isIP(self)",
+    "message": "must be an address, a range first-last or a CIDR with no host bits set",
+}
+
+
+def _v4_value(s: str) -> str:
+    return " + ".join(f"int({s}.split('.')[{i}]) * {256 ** (3 - i)}" for i in range(4))
+
+
+_FIRST, _LAST = "self.split('-')[0]", "self.split('-')[1]"
+POOL4_ORDER_RULE = {
+    "rule": (f"!self.contains('-') || self.contains(':') || !{_ENDS} || "
+             f"{_v4_value(_FIRST)} <= {_v4_value(_LAST)}"),
+    "message": "a range must go from its first address to its last (first <= last)",
+}
+# The controller's list (sdn_egress.manifests.UNUSABLE); a range is judged by its ends here.
+_UNUSABLE = {4: ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"),
+             6: ("::/128", "::1/128", "fe80::/10", "ff00::/8")}
+
+
+def _usable_rule(version: int) -> dict:
+    def clear_of(bad: str) -> str:
+        first = bad.split("/")[0]
+        return (f"(self.contains('/') ? !(cidr(self).containsIP('{first}') || cidr('{bad}').containsCIDR(self)) : "
+                f"self.contains('-') ? !(cidr('{bad}').containsIP(self.split('-')[0]) || "
+                f"cidr('{bad}').containsIP(self.split('-')[1])) : !cidr('{bad}').containsIP(self))")
+    checks = " && ".join(clear_of(b) for b in _UNUSABLE[version])
+    return {"rule": f"!({POOL_FORM_RULE['rule']}) || ({checks})",
+            "message": "must not include an address that cannot be an egress IP (" + ", ".join(_UNUSABLE[version])
+                       + ")"}
+
+
+def _ruled(schema: dict, *rules: dict) -> dict:
+    return {**schema, "x-kubernetes-validations": list(rules)}
+
 
 def _string(pattern: str, description: str, max_length: int = 100) -> dict:
     return {"type": "string", "pattern": pattern, "maxLength": max_length, "description": description}
@@ -117,10 +164,13 @@ GATEWAY_SPEC = {
             "description": ("the EIP pool. In a dual-stack gateway both lists hold as many addresses, and the "
                             "n-th IPv4 address pairs with the n-th IPv6 address"),
             "properties": {
-                "ipv4": _list(_string(POOL4_PATTERN, "an address, a range first-last or a CIDR (every "
-                                                     "address of it)", 40), "IPv4 pool entries; no overlaps"),
-                "ipv6": _list(_string(POOL6_PATTERN, "an address, a range first-last or a CIDR (every "
-                                                     "address of it)", 100), "IPv6 pool entries; no overlaps"),
+                "ipv4": _list(_ruled(_string(POOL4_PATTERN, "an address, a range first-last or a CIDR (every "
+                                                            "address of it)", 40),
+                                     POOL_FORM_RULE, POOL4_ORDER_RULE, _usable_rule(4)),
+                              "IPv4 pool entries; no overlaps"),
+                "ipv6": _list(_ruled(_string(POOL6_PATTERN, "an address, a range first-last or a CIDR (every "
+                                                            "address of it)", 100),
+                                     POOL_FORM_RULE, _usable_rule(6)), "IPv6 pool entries; no overlaps"),
             },
             "x-kubernetes-validations": [{
                 "rule": "(has(self.ipv4) && size(self.ipv4) > 0) || (has(self.ipv6) && size(self.ipv6) > 0)",
@@ -130,6 +180,9 @@ GATEWAY_SPEC = {
         "clusterDefault": {"type": "boolean", "default": False,
                            "description": "serve the policies that name no gateway and whose namespace has "
                                           "no default gateway"},
+        "namespaceSelector": label_selector("the namespaces whose EgressPolicies may use this gateway (its "
+                                            "nodes and its pool); absent: every namespace. EgressClusterPolicies "
+                                            "are always served"),
     },
 }
 GATEWAY_STATUS = {
@@ -163,7 +216,7 @@ def _policy_spec(cluster: bool) -> dict:
         "podSelector": label_selector("the pods this policy applies to" +
                                       (" (with namespaceSelector)" if cluster else
                                        ", in the policy's namespace ({} selects all of them)")),
-        "podSubnet": _list(_string(CIDR_PATTERN, "a CIDR", 50), "the pods whose address lies in one of these "
+        "podSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE), "the pods whose address lies in one of these "
                            "CIDRs", min_items=1),
     }
     if cluster:
@@ -204,9 +257,9 @@ def _policy_spec(cluster: bool) -> dict:
                     "message": "appliedTo needs exactly one of podSelector and podSubnet",
                 }],
             },
-            "destSubnet": _list(_string(CIDR_PATTERN, "a CIDR", 50),
+            "destSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE),
                                 "destinations steered to the EIP; empty: everything outside the cluster"),
-            "excludeSubnet": _list(_string(CIDR_PATTERN, "a CIDR", 50), "destinations never steered"),
+            "excludeSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE), "destinations never steered"),
             "priority": {"type": "integer", "minimum": 0, "maximum": PRIORITY_MAX, "default": 0,
                          "description": "where policies overlap for a pod, the higher wins"},
         },

@@ -10,19 +10,31 @@ reported, each as (field path, message).
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Iterator, Mapping
 
-from sdn_egress.manifests import describe, quote
+from sdn_egress.manifests import describe, quote, shown_number
 
 _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "object": ("a mapping", lambda v: isinstance(v, Mapping)),
     "array": ("a list", lambda v: isinstance(v, list)),
     "string": ("a string", lambda v: isinstance(v, str)),
-    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    # 1.0 is an integer to the API server (JSON has one number type)
+    "integer": ("an integer", lambda v: (isinstance(v, int) and not isinstance(v, bool))
+                or (isinstance(v, float) and v.is_integer())),
     "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "boolean": ("a boolean", lambda v: isinstance(v, bool)),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _pattern(pattern: str) -> re.Pattern:
+    """A schema pattern as the API server reads it (Go RE2): "$" matches only
+    at the very end, where Python's also matches before a final newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
 
 def _join(path: str, key: str) -> str:
@@ -44,13 +56,13 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
         if not ok(value):
             hint = ""
             if kind == "string" and isinstance(value, (bool, int, float)):
-                hint = f' (quote it: "{str(value).lower() if isinstance(value, bool) else value}")'
+                hint = f' (quote it: "{str(value).lower() if isinstance(value, bool) else shown_number(value)}")'
             yield where, f"must be {what}, not {describe(value)}{hint}"
             return
     if "enum" in schema and value not in schema["enum"]:
         yield where, f"{quote(value)} is not allowed; allowed: {', '.join(map(str, schema['enum']))}"
     if kind == "string":
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
             what = meaning.get(schema["pattern"])
             yield where, (f"{quote(value)} is not {what}" if what else
                           f"{quote(value)} does not match the pattern {schema['pattern']}")
@@ -62,7 +74,7 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
     elif kind in ("integer", "number"):
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            yield where, f"{value} is out of range {lo if lo is not None else ''}..{hi if hi is not None else ''}"
+            yield where, f"{shown_number(value)} is out of range {lo if lo is not None else ''}..{hi if hi is not None else ''}"
     elif kind == "array":
         if "minItems" in schema and len(value) < schema["minItems"]:
             yield where, (f"must list at least {schema['minItems']} "

@@ -73,6 +73,11 @@ class KubeSource:
                     return False
         return True
 
+    def remember(self, accepted) -> None:
+        """Incumbency from the stored allocation (see :class:`sdn_egress.source.Assembler`)."""
+        with self._lock:
+            self._history.remember(accepted)
+
     # -- StateSource --------------------------------------------------------------------------------------
     def wait_for_change(self, timeout: float) -> bool:
         return self._changed.wait(max(timeout, 0.0))

@@ -50,6 +50,24 @@ FINALIZER = f"{API_GROUP}/gateway-in-use"
 ACCEPTED = "Accepted"
 INVALID = "Invalid"
 ATTEMPTS = 5
+# What the CRD lets a status hold: a condition message of 32,768 characters
+# (crds.CONDITIONS); a count the API server and every JSON reader keep exact.
+MAX_MESSAGE = 32768
+MAX_COUNT = 2**53 - 1
+
+
+def capped_message(message: str) -> str:
+    """A condition message the API server takes: cut, saying how much was cut."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    tail = f" ... ({len(message) - MAX_MESSAGE} more characters)"
+    return message[:MAX_MESSAGE - len(tail) - 10] + tail
+
+
+def capped_count(n: int) -> int:
+    """An address count: beyond 2^53 - 1 (an IPv6 pool of a /75 or larger), that
+    bound, which reads "at least this many"."""
+    return min(n, MAX_COUNT)
 
 
 def _now() -> str:
@@ -64,7 +82,7 @@ def _conditions(conditions: tuple[Condition, ...], current: list, generation) ->
     for c in conditions:
         old = before.get(c.type) or {}
         since = old.get("lastTransitionTime") if old.get("status") == c.status else None
-        item = {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+        item = {"type": c.type, "status": c.status, "reason": c.reason, "message": capped_message(c.message),
                 "lastTransitionTime": since or _now()}
         if generation is not None:
             item["observedGeneration"] = generation
@@ -100,8 +118,8 @@ def gateway_status(g: GatewayStatus | None, refused: ObjectError | None) -> tupl
         return {}, (Condition(READY, "False", INVALID, why),)
     body = {
         "nodes": [{"name": n.name, "ready": n.ready, "eips": [str(ip) for ip in n.eips]} for n in g.nodes],
-        "ipUsage": {"ipv4Total": g.ipv4_total, "ipv4Free": g.ipv4_free, "ipv6Total": g.ipv6_total,
-                    "ipv6Free": g.ipv6_free},
+        "ipUsage": {k: capped_count(v) for k, v in (("ipv4Total", g.ipv4_total), ("ipv4Free", g.ipv4_free),
+                                                    ("ipv6Total", g.ipv6_total), ("ipv6Free", g.ipv6_free))},
     }
     conditions = g.conditions
     if refused is not None:
@@ -128,6 +146,7 @@ class StatusPublisher:
         self.events = events if events is not None else EventRecorder(api_client)
         self.writes = 0  # status writes that went through
         self.conflicts = 0  # 409s met (and retried)
+        self.failures = 0  # objects whose status could not be written in the last pass
 
     # -- the pass -----------------------------------------------------------------------------------------
     def publish(self, state: ClusterState, alloc: Allocation, previous: Allocation | None) -> None:
@@ -137,32 +156,54 @@ class StatusPublisher:
             refusals.setdefault(e.ref, e)
         old_errors = set(previous.errors)
         self._released(alloc, previous)  # first: a gateway may go once its finalizer does
+        self.failures = 0
         for kind in ("EgressPolicy", "EgressClusterPolicy"):
             for obj in self.source.raw_items(kind):
-                key, ref = _key_of(obj), _ref_of(obj)
-                s, refused = alloc.policies.get(key), refusals.get(ref)
-                if s is None and refused is None:
-                    continue  # arrived after the snapshot: the next pass sees it
-                body, conditions = policy_status(s, refused)
-                self._write_status(BY_KIND[kind], obj, body, conditions)
-                if refused is not None and refused not in old_errors:
-                    self.events.record(obj, WARNING, INVALID, f"{refused.field}: {refused.message}")
-                if s is not None:
-                    self._policy_events(obj, s, previous.policies.get(key))
+                self._isolated(obj, self._publish_policy, BY_KIND[kind], obj, alloc, previous, refusals,
+                               old_errors)
         for obj in self.source.raw_items("EgressGateway"):
-            name, ref = obj["metadata"]["name"], _ref_of(obj)
-            g, refused = alloc.gateways.get(name), refusals.get(ref)
-            if g is not None or refused is not None:
-                body, conditions = gateway_status(g, refused)
-                written = self._write_status(GATEWAYS, obj, body, conditions)
-                if refused is not None and refused not in old_errors:
-                    self.events.record(obj, WARNING, INVALID, f"{refused.field}: {refused.message}")
-                if written is None:
-                    continue  # gone
-                obj = written
-            self._finalize(obj, g)
-            if g is not None:
-                self._gateway_events(obj, g, previous.gateways.get(name))
+            self._isolated(obj, self._publish_gateway, obj, alloc, previous, refusals, old_errors)
+        if self.failures:
+            LOG.warning("status: %d object(s) could not be written this pass; the others were", self.failures)
+
+    def _isolated(self, obj: dict, publish, *args) -> None:
+        """One object's status: a write the API server refuses (or any other
+        failure) is logged and costs only that object, never the others."""
+        try:
+            publish(*args)
+        except Exception as exc:  # noqa: BLE001 - one object's failure stops no other
+            self.failures += 1
+            LOG.warning("%s %s: status not written: %s", obj.get("kind", "object"), _key_of(obj),
+                        getattr(exc, "reason", None) or exc)
+
+    def _publish_policy(self, res: Resource, obj: dict, alloc: Allocation, previous: Allocation,
+                        refusals: dict, old_errors: set) -> None:
+        key, ref = _key_of(obj), _ref_of(obj)
+        s, refused = alloc.policies.get(key), refusals.get(ref)
+        if s is None and refused is None:
+            return  # arrived after the snapshot: the next pass sees it
+        body, conditions = policy_status(s, refused)
+        self._write_status(res, obj, body, conditions)
+        if refused is not None and refused not in old_errors:
+            self.events.record(obj, WARNING, INVALID, f"{refused.field}: {refused.message}")
+        if s is not None:
+            self._policy_events(obj, s, previous.policies.get(key))
+
+    def _publish_gateway(self, obj: dict, alloc: Allocation, previous: Allocation, refusals: dict,
+                         old_errors: set) -> None:
+        name, ref = obj["metadata"]["name"], _ref_of(obj)
+        g, refused = alloc.gateways.get(name), refusals.get(ref)
+        if g is not None or refused is not None:
+            body, conditions = gateway_status(g, refused)
+            written = self._write_status(GATEWAYS, obj, body, conditions)
+            if refused is not None and refused not in old_errors:
+                self.events.record(obj, WARNING, INVALID, f"{refused.field}: {refused.message}")
+            if written is None:
+                return  # gone
+            obj = written
+        self._finalize(obj, g)
+        if g is not None:
+            self._gateway_events(obj, g, previous.gateways.get(name))
 
     # -- writing --------------------------------------------------------------------------------------------
     def _custom(self):

@@ -389,6 +389,11 @@ class Lab(Traffic):
         self.stop_agent(node)
         return self.start_agent(node)
 
+    def restart_controller(self) -> None:
+        """A new controller process: of the old one only the stored allocation remains."""
+        _kill(self.load()["pids"].get("controller"))
+        self._start_controller()
+
     # -- failures --------------------------------------------------------------------
     def kill(self, node: str) -> None:
         """Power cut: the node's agent, ovs-vswitchd and ovsdb-server die at

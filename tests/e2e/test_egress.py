@@ -285,3 +285,37 @@ def test_trace_explains_in_policy_terms(lab, policies):
     t = trace("shop/cart-0", "192.0.2.77", "tcp")
     assert "policy shop/cart selects the pod but 192.0.2.77 is outside its destSubnet 198.51.100.0/24" \
         in t["policy"]["reasons"]
+
+
+def controller_passes() -> float:
+    import urllib.request
+
+    from sdn_egress.lab.lab import CONTROLLER_METRICS_PORT
+    text = urllib.request.urlopen(f"http://127.0.0.1:{CONTROLLER_METRICS_PORT}/metrics", timeout=5).read().decode()
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("sdn_egress_controller_reconcile_seconds_count")), 0.0)
+
+
+def test_a_controller_restart_gives_no_explicit_eip_to_a_refused_claimant(lab, policies):
+    """Issue 11, item 1: other/x (sorts first) claims shop/billing's explicit EIP
+    and is refused; after a restart of the controller and the agents the
+    external host still sees the EIP from the incumbent's pod only."""
+    policies.apply("egressgateway.yaml", policy_doc("billing", "shop", eip="192.0.2.205"))
+    eip = policies.eip("shop/billing")
+    assert eip == "192.0.2.205"
+    converge(lab, "shop/cart-0", eip)
+    policies.apply(policy_doc("x", "other", eip="192.0.2.205"))
+    wait_for(lambda: [e for e in lab.status().get("errors", []) if e.get("name") == "x"], "the claim refused")
+    lab.restart_controller()
+    wait_for(lambda: controller_passes() >= 1, "the new controller's first pass")
+    for node in ("alpha", "bravo", "charlie"):
+        lab.restart_agent(node)
+    wait_for(lambda: all(lab.agent_passes(n) > 0 for n in ("alpha", "bravo", "charlie")),
+             "the restarted agents' first pass")
+    for _ in range(5):
+        assert lab.tcp_source("shop/cart-0", EXT1) == eip
+        assert lab.udp_source("other/cart-0", EXT1) == node_ip(lab, "charlie")
+    status = lab.status()
+    assert "other/x" not in status["allocation"]["policies"]  # refused by the source, again
+    assert [e["message"] for e in status["errors"] if e.get("name") == "x"] == [
+        '"192.0.2.205" is already the egress IP of EgressPolicy shop/billing']

@@ -292,3 +292,32 @@ def test_flows_trace_and_status_as_on_a_real_cluster_say_what_the_lab_says(lab):
     for node in ("alpha", "bravo", "charlie"):
         assert real[node]["bfd"] == ref[node]["bfd"] and ref[node]["bfd"], (node, real[node], ref[node])
         assert set(real[node]["bfd"].values()) == {"up"}
+
+
+def test_a_leader_change_gives_no_explicit_eip_to_a_refused_claimant(lab, tmp_path):
+    """Issue 11, item 1, in Kubernetes mode: shop/aaa (sorts before shop/cart)
+    claims cart's explicit EIP for etl-0 and is refused; a new controller
+    process takes the Lease (and every agent restarts): the external host still
+    sees the EIP from cart-0 only."""
+    path = tmp_path / "claim.yaml"
+    path.write_text(yaml.safe_dump(policy_doc("aaa", "shop", eip=EIP, selector={"app": "etl"})))
+    lab.apply(str(path))
+    try:
+        wait_for(lambda: conditions(policy_status(lab, "aaa")).get("IPAllocated") == ("False", "Invalid"),
+                 "the claim refused", timeout=30)
+        lab.restart_controller()  # SIGTERM releases the Lease; the new process takes it
+        metrics = "http://127.0.0.1:9101/metrics"
+        wait_for(lambda: scrape(lab, "router", metrics).get("sdn_egress_controller_reconcile_seconds_count", 0) >= 1,
+                 "the new leader's first pass", timeout=60)
+        for node in NODE_IP:
+            lab.restart_agent(node)
+        wait_for(lambda: all(lab.agent_passes(n) > 0 for n in NODE_IP), "the restarted agents' first pass",
+                 timeout=60)
+        for _ in range(5):
+            assert lab.udp_source("shop/cart-0", EXT) == EIP
+            assert lab.udp_source("shop/etl-0", EXT) == NODE_IP["charlie"]
+        aaa = policy_status(lab, "aaa")
+        assert conditions(aaa)["IPAllocated"] == ("False", "Invalid") and "eip" not in aaa
+        assert policy_status(lab)["eip"] == {"ipv4": EIP}
+    finally:
+        lab.delete(str(path))

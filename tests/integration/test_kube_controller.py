@@ -168,3 +168,30 @@ def test_a_new_replica_keeps_the_eips_from_the_configmap(emu, api, replica):
         assert emu.get("EgressPolicy", "zeta", "shop")["status"]["eip"] == {"ipv4": "192.0.2.201"}
     finally:
         fresh.stop()
+
+
+def test_a_new_leader_keeps_the_incumbent_of_an_explicit_eip(api, emu):
+    """Issue 11, item 1: the claimant that sorts first was refused by the old
+    leader; a new leader (its own informers, the same ConfigMap) refuses it too."""
+    for obj in (node("alpha", 0), gateway(), policy("billing", egressIP={"ipv4": "192.0.2.205"})):
+        emu.apply(obj)
+    old = Running(api, emu)
+    try:
+        old.settle()
+        emu.apply(policy("x", ns="aaa", egressIP={"ipv4": "192.0.2.205"}))
+        old.settle()
+    finally:
+        old.stop()
+    assert conditions(emu.get("EgressPolicy", "x", "aaa"))["IPAllocated"] == ("False", "Invalid")
+    new = Running(api, emu)
+    try:
+        new.controller.forget()  # what a new term does
+        alloc = new.settle()
+    finally:
+        new.stop()
+    assert str(alloc.policies["shop/billing"].eip_v4) == "192.0.2.205"
+    assert emu.get("EgressPolicy", "billing", "shop")["status"]["eip"] == {"ipv4": "192.0.2.205"}
+    x = emu.get("EgressPolicy", "x", "aaa")
+    assert conditions(x)["IPAllocated"] == ("False", "Invalid") and "eip" not in x["status"]
+    assert x["status"]["conditions"][0]["message"] == (
+        'spec.egressIP.ipv4: "192.0.2.205" is already the egress IP of EgressPolicy shop/billing')

@@ -84,6 +84,10 @@ def test_reconcile_writes_the_expected_allocation(dirs, caplog):
                 {"type": "InUse", "status": "True", "reason": "PoliciesUse", "message": "used by EgressPolicy shop/cart"}]}},
         "rr_last": {"edge": {"ipv4": "192.0.2.200"}},
         "errors": [],
+        # What decides incumbency after a restart (issue 11): where each object came from, its
+        # immutable fields as accepted, which gateway is the cluster default.
+        "accepted": {"EgressGateway edge": {"source": str(manifests / "egressgateway.yaml")},
+                     "EgressPolicy shop/cart": {"gateway": "edge", "source": str(manifests / "egresspolicy.yaml")}},
     }
     assert read_json(status / "errors.json") == []
     assert "policy shop/cart: EIP 192.0.2.200 on node alpha" in caplog.messages

@@ -183,10 +183,8 @@ def test_selector_expressions():
      "or CIDR (f.yaml)"),
     (edited(GATEWAY, "spec.ippools", {"ipv4": [], "ipv6": []}),
      "EgressGateway edge: spec.ippools: must hold at least one address in ipv4 or ipv6 (f.yaml)"),
-    (edited(GATEWAY, "metadata.namespace", "shop"),
-     "EgressGateway edge: metadata.namespace: EgressGateway is cluster-scoped: remove the namespace (f.yaml)"),
     (edited(GATEWAY, "spec.ippool", {}),
-     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: clusterDefault, ippools, nodeSelector '
+     'EgressGateway edge: spec.ippool: unknown key "ippool"; allowed: clusterDefault, ippools, namespaceSelector, nodeSelector '
      "(f.yaml)"),
     (edited(NODE, "spec.podCIDR", "203.0.113.0/99"),
      'Node alpha: spec.podCIDR: "203.0.113.0/99" is not a CIDR (f.yaml)'),
@@ -401,8 +399,6 @@ def test_cluster_policy_pod_subnet_and_egress_ip_options():
 
 
 @pytest.mark.parametrize("doc, expected", [
-    (edited(CLUSTER_POLICY, "metadata.namespace", "shop"),
-     "EgressClusterPolicy prod: metadata.namespace: EgressClusterPolicy is cluster-scoped: remove the namespace"),
     (edited(POLICY, "spec.appliedTo", {"podSubnet": []}),
      "EgressPolicy shop/cart: spec.appliedTo.podSubnet: must list at least one CIDR"),
     (edited(POLICY, "spec.egressIP", {"useNodeIP": "yes"}),
