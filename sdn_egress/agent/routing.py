@@ -41,8 +41,9 @@ HOLD_PRIORITY = 7220
 PRIORITIES = {STEER_PRIORITY: STEER_TABLE, RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE,
               HOLD_PRIORITY: 0}
 ANY = netaddr.IPNetwork("0.0.0.0/0")
-# Never held whatever the cluster: this host, link-local, multicast, broadcast.
-NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+# Never held whatever the cluster: loopback, link-local, multicast, broadcast (0.0.0.0/8
+# is never forwarded, and the kernel takes no rule to it).
+NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
                                                    "255.255.255.255/32"))
 
 
