@@ -300,7 +300,9 @@ class Lab(Traffic):
         nsx(ns, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
         nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
         nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1")
+        # Calico's settings: proxy ARP for the pod's gateway, answered at once
+        # (the kernel's default proxy_delay holds answers up to 0.8 s).
+        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1", f"net.ipv4.neigh.{host_if}.proxy_delay=0")
         nsx(node_ns, "ip", "route", "add", f"{pod.ip}/32", "dev", host_if)
 
     # -- processes ----------------------------------------------------------------------
