@@ -43,6 +43,8 @@ while time.monotonic() - t0 < limit:
         s.sendto(f"p{n}\n".encode(), (dst, 8080)); n += 1
     except OSError:
         pass
+    if n == 1:
+        print("sending", flush=True)
     try:
         while True:
             data = s.recvfrom(100)[0].decode().strip()
@@ -140,6 +142,7 @@ def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: s
     pod = lab.add_pod(key, node, labels, ip=ip, publish=False)
     pods.append(key)
     sender = lab.popen(key, [sys.executable, "-c", SENDER, EXT, want, "20"])
+    assert sender.stdout.readline().strip() == "sending"  # its first packet is out
     time.sleep(delay)
     lab.publish_pod(key)
     out, err = sender.communicate(timeout=30)
@@ -198,27 +201,31 @@ CHURN_PODS = int(os.environ.get("SDN_EGRESS_CHURN_PODS", "100"))  # the issue's 
 
 
 def test_churn_leaves_no_stale_rule_route_or_flow(lab):
-    """CHURN_PODS pods (selected and not) created and deleted across the
-    nodes, a few alive at any time; afterwards every node holds rules,
-    routes and flows of its live pods only, and each live pod's source is right."""
+    """CHURN_PODS pods, selected (shop, app=cart) and not, created and
+    deleted across the nodes, a few alive at any time, addresses reused as
+    they come free; afterwards every node holds rules, routes and flows of
+    its live pods only, and each live pod's source is right."""
     rng = random.Random(13)
-    live: list[str] = []
+    live: dict[str, str] = {}  # pod -> the source the external host must see
     made = 0
     started = time.monotonic()
     try:
         while made < CHURN_PODS:
             if len(live) >= 6 or (live and rng.random() < 0.4):
-                lab.delete_pod(live.pop(rng.randrange(len(live))))
+                gone = rng.choice(sorted(live))
+                del live[gone]
+                lab.delete_pod(gone)
                 continue
-            key = f"churn{made % 3}/p-{made}"
-            lab.add_pod(key, NODES[made % 3], {"app": rng.choice(["cart", "web"])})
-            live.append(key)
+            node, app = NODES[made % 3], rng.choice(["cart", "web"])
+            key = f"shop/churn-{made}" if rng.random() < 0.7 else f"churn/p-{made}"
+            lab.add_pod(key, node, {"app": app})
+            live[key] = EIP if key.startswith("shop/") and app == "cart" else NODE_IPS[node]
             made += 1
         churn_time = time.monotonic() - started
         pods_now = {p.key: p for p in lab.pods()}
 
-        def clean() -> bool | dict:
-            stale = {}
+        def stale() -> dict:
+            out = {}
             for node in NODES:
                 ips = {p.ip for p in pods_now.values() if p.node == node}
                 rules = [r for r in lab.exec(node, ["ip", "rule"]).stdout.splitlines()
@@ -227,13 +234,11 @@ def test_churn_leaves_no_stale_rule_route_or_flow(lab):
                           if r.startswith("203.0.113.") and "/" not in r.split()[0] and r.split()[0] not in ips]
                 flows_ = [f for f in steer_flows(lab, node) if not any(f"nw_src={ip}," in f for ip in ips)]
                 if rules or routes or flows_:
-                    stale[node] = rules + routes + flows_
-            return not stale or (False, stale)
-        wait_for(lambda: clean() is True, "no stale rule, route or flow after the churn")
-        for key in live:
-            p = pods_now[key]
-            # Only shop/cart is a policy, and no churn pod is in namespace shop.
-            assert wait_for(lambda: lab.udp_source(key, EXT), f"{key} answered") == NODE_IPS[p.node], key
+                    out[node] = rules + routes + flows_
+            return out
+        wait_for(lambda: not stale(), "no stale rule, route or flow after the churn")
+        for key, want in sorted(live.items()):
+            assert wait_for(lambda: lab.udp_source(key, EXT), f"{key} answered") == want, key
         assert churn_time < 60, f"churn of {CHURN_PODS} pods took {churn_time:.0f} s"
     finally:
         for key in live:

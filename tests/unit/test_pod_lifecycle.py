@@ -131,3 +131,20 @@ def test_adding_a_pod_names_what_is_wrong(paper_lab):
         paper_lab.add_pod("ns1/b-0", "zulu")
     with pytest.raises(LabError, match="pod ns1/a-0: is on bravo already"):
         paper_lab.move_pod("ns1/a-0", "bravo")
+
+
+def test_the_lab_pod_command_names_the_pod_and_the_flag(paper_lab, capsys):
+    from sdn_egress.cli import main
+
+    state = ["lab", "--state-dir", paper_lab.state_dir, "pod"]
+    assert main(state + ["add", "ns1/b-0", "--node", "zulu"]) == 1
+    assert "sdn-egress lab pod: pod ns1/b-0: --node: no node named 'zulu'" in capsys.readouterr().err
+    assert main(state + ["add", "ns1/b-0", "--node", "bravo", "--labels", "app"]) == 1
+    assert "--labels: 'app': use KEY=VALUE" in capsys.readouterr().err
+    assert main(state + ["add", "ns1/b-0", "--node", "bravo", "--ip", "203.0.113.34"]) == 1
+    assert "--ip: 203.0.113.34 is pod ns1/a-0's address" in capsys.readouterr().err
+    assert main(state + ["move", "ns1/zz", "--node", "alpha"]) == 1
+    assert "no pod 'ns1/zz' in the lab" in capsys.readouterr().err
+    assert main(state + ["delete", "ns1/zz"]) == 1
+    # Nothing was made by the refused commands.
+    assert [p.key for p in paper_lab.pods()] == ["ns1/a-0"]
