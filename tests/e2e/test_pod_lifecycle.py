@@ -197,7 +197,7 @@ def test_an_address_reused_by_an_unselected_pod_of_another_namespace_is_never_st
     assert set(seen) == {NODE_IPS["bravo"]}
 
 
-CHURN_PODS = int(os.environ.get("SDN_EGRESS_CHURN_PODS", "100"))  # the 200: set it
+CHURN_PODS = int(os.environ.get("SDN_EGRESS_CHURN_PODS", "200"))  # the figure; ~20 s
 
 
 def test_churn_leaves_no_stale_rule_route_or_flow(lab):
