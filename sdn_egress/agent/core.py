@@ -16,13 +16,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import netaddr
+
 import flows
 from flows.records import Flow
 from flows.tables import table_id, table_names
 from flows.view import NODE_IP_PORTS, NodeView, Ports
 from sdn_egress.agent import pmtu
 from sdn_egress.agent.liveness import Liveness
-from sdn_egress.agent.routing import HostRouting, address_mtu, resolve_next_hop_mac
+from sdn_egress.agent.routing import NEVER_HELD, Hold, HostRouting, address_mtu, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
 from sdn_egress.allocation import Allocation, AllocationStore
 from sdn_egress.model import ClusterState
@@ -50,6 +52,11 @@ class AgentConfig:
     bfd: dict | None = None  # Interface.bfd of the tunnels to gateways; None: no BFD
     bfd_grace: float = 10.0  # a peer never seen up counts as dead only after this
     tunnel_mtu: int | None = None  # None: derived from the underlay's MTU (pmtu.tunnel_mtu)
+    # The new-pod hold (docs/pod-lifecycle.md): external traffic of a local pod
+    # address not classified yet is dropped for at most this many seconds
+    # (counted from when its route appeared); 0 or None: no hold.
+    new_pod_hold: float | None = 5.0
+    hold_poll: float = 0.25  # how often the pod routes are looked at for the hold's bound
 
 
 def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]:
@@ -115,6 +122,9 @@ class AgentCore:
         self._tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
         self.oversized = {"icmp": 0, "fragmented": 0, "dropped": 0}  # packet-ins of uplink_mtu
         self.last_good: tuple[ClusterState, Allocation] | None = None
+        self._local_pods: dict[str, str] = {}
+        self._hold: Hold | None = None
+        self._next_hold_check = 0.0
         self.last_result = PassResult()
         self.passes = 0
 
@@ -199,7 +209,7 @@ class AgentCore:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if not backoff and (self._liveness_changed() or self.source.wait_for_change(0)
-                                        or self._alloc_changed()):
+                                        or self._alloc_changed() or self._hold_due()):
                         break
                     if time.monotonic() >= next_full or backoff:
                         break
@@ -295,7 +305,11 @@ class AgentCore:
             self._recorded = desired
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
-        self.routing.sync(view.steers, view.tunnel_mtu)
+        self._local_pods = {str(ip): pod.key for pod in state.pods.values() if pod.node == self.config.node
+                            for ip in pod.ips if ip.version == 4}
+        self._hold = self._hold_of(state, view)
+        self.routing.sync(view.steers, view.tunnel_mtu, local_pods=self._local_pods, hold=self._hold,
+                          pod_cidrs=view.pod_cidrs)
         if any(h.node_ip for h in view.held) and not self._ports_reserved:
             self.routing.reserve_ports(*NODE_IP_PORTS)
             self._ports_reserved = True
@@ -304,6 +318,27 @@ class AgentCore:
         self.last_result = result
         self._write_status()
         return result
+
+    def _hold_of(self, state: ClusterState, view: NodeView) -> Hold | None:
+        if not self.config.new_pod_hold or not view.pod_cidrs:
+            return None
+        return Hold(pod_cidrs=tuple(view.pod_cidrs),
+                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(NEVER_HELD))),
+                    bound=self.config.new_pod_hold)
+
+    def _hold_due(self) -> bool:
+        """A held pod address has reached the hold's bound (looked at every
+        ``hold_poll`` seconds)."""
+        if self._hold is None:
+            return False
+        now = time.monotonic()
+        if now < self._next_hold_check:
+            return False
+        self._next_hold_check = now + self.config.hold_poll
+        try:
+            return self.routing.hold_due(self._hold, self._local_pods)
+        except Exception:  # noqa: BLE001 - judged again at the pass
+            return False
 
     def _bootstrap(self, bridges: dict[str, _BridgeState]) -> None:
         """Before any state: add the miss flow of every table that lacks it,
@@ -530,6 +565,8 @@ class AgentCore:
             "mss": view.tunnel_mtu - 40 if view else None,
             "oversized": dict(self.oversized),
             "bfd": self._bfd_report(),
+            "new_pod_hold": ({"bound": self._hold.bound, **getattr(self.routing, "hold_state", {})}
+                             if self._hold else None),
         }
 
     def _bfd_report(self) -> dict[str, str]:

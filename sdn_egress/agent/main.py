@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "MTU minus the Geneve overhead, 50 bytes over IPv4, 70 over IPv6); steered "
                              "TCP is clamped to it, larger packets get ICMP frag-needed or fragments. Set "
                              "it to the smallest underlay MTU minus the overhead where links differ")
+    parser.add_argument("--new-pod-hold", type=float, default=5.0, metavar="SECONDS",
+                        help="drop the external traffic of a local pod address this agent has not "
+                             "classified yet, for at most SECONDS from when its route appeared, so a new "
+                             "pod's first packets never leave with the node address (default 5; 0: no "
+                             "hold, a new pod's first packets may leave the CNI's way). "
+                             "See docs/pod-lifecycle.md")
     parser.add_argument("--cluster-cidr", action="append", default=[],
                         help="extra CIDR never steered (service CIDR and the like); repeatable")
     kube = parser.add_argument_group("Kubernetes mode")
@@ -89,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         LOG.error("agent: %s", exc)
         return 2
+    if not 0 <= args.new_pod_hold <= 300:
+        LOG.error("agent: --new-pod-hold: %s is not a number of seconds in 0..300", args.new_pod_hold)
+        return 2
     reporter = None
     started = []
     if args.manifests:
@@ -125,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     core = AgentCore(
         AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
                     resync_interval=args.resync_interval, tunnel_mtu=args.tunnel_mtu,
+                    new_pod_hold=args.new_pod_hold,
                     bfd=None if args.no_bfd else {
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",

@@ -29,36 +29,129 @@ TCP_IP_HEADERS = {4: 40, 6: 60}  # IP + TCP headers without options: MSS = MTU -
 RTNH_F_ONLINK = 4
 
 
+MAIN_TABLE = 254
+# The new-pod hold (docs/pod-lifecycle.md): after the steering rules, a
+# classified pod's own address from its own interface goes to the main table
+# (RELEASE); the node's pod CIDR to cluster destinations too (EXEMPT); any other
+# packet from the node's pod CIDR, from an address the agent has not
+# classified yet, is dropped (HOLD) instead of leaving with the node address.
+RELEASE_PRIORITY = 7200
+EXEMPT_PRIORITY = 7210
+HOLD_PRIORITY = 7220
+PRIORITIES = {STEER_PRIORITY: STEER_TABLE, RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE,
+              HOLD_PRIORITY: 0}
+ANY = netaddr.IPNetwork("0.0.0.0/0")
+# Never held whatever the cluster: loopback, link-local, multicast, broadcast (0.0.0.0/8
+# is never forwarded, and the kernel takes no rule to it).
+NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                                   "255.255.255.255/32"))
+
+
 @dataclass(frozen=True, order=True)
 class Rule:
+    """One policy-routing rule of ours.  ``table`` 0 means blackhole."""
+
+    priority: int
     src: netaddr.IPNetwork
-    dst: netaddr.IPNetwork
+    dst: netaddr.IPNetwork = ANY
+    iif: str = ""
+    table: int = STEER_TABLE
 
     def __str__(self) -> str:
-        return f"from {self.src} to {self.dst} lookup {STEER_TABLE}"
+        where = f"from {self.src}" + (f" to {self.dst}" if self.dst != ANY else "") + \
+            (f" iif {self.iif}" if self.iif else "")
+        action = "blackhole" if self.table == 0 else f"lookup {'main' if self.table == MAIN_TABLE else self.table}"
+        return f"{self.priority}: {where} {action}"
 
 
-def desired_rules(steers: tuple[Steer, ...]) -> set[Rule]:
-    return {Rule(netaddr.IPNetwork(f"{s.pod_ip}/32"), s.dest)
-            for s in steers if s.pod_ip.version == 4}
+@dataclass(frozen=True)
+class Hold:
+    """What the hold needs: the node's pod CIDRs, the destinations never
+    held (cluster CIDRs and the like), and how long an address the agent has
+    not classified is held at most (seconds from when its route appeared)."""
+
+    pod_cidrs: tuple[netaddr.IPNetwork, ...]
+    exempt: tuple[netaddr.IPNetwork, ...]
+    bound: float = 5.0
+
+
+def steer_rule(pod_ip, dest, iif: str = "") -> Rule:
+    return Rule(STEER_PRIORITY, netaddr.IPNetwork(f"{pod_ip}/32"), netaddr.IPNetwork(dest), iif, STEER_TABLE)
+
+
+def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None) -> set[Rule]:
+    """The steering rules.  ``interfaces`` (pod IP -> the host interface of
+    its /32 route, as a routed CNI makes them) binds each rule to its pod's
+    interface, so an address a deleted pod had is not steered for the next
+    pod that gets it; where the node has such routes, a pod without one (its
+    network is gone, its object not yet) gets no rule.  Without any (a
+    bridge CNI, or ``None``), rules match the address alone."""
+    if not interfaces:
+        return {steer_rule(s.pod_ip, s.dest) for s in steers if s.pod_ip.version == 4}
+    return {steer_rule(s.pod_ip, s.dest, interfaces[str(s.pod_ip)])
+            for s in steers if s.pod_ip.version == 4 and str(s.pod_ip) in interfaces}
+
+
+def hold_rules(hold: Hold, released: dict[str, str]) -> set[Rule]:
+    """``released``: local pod IP -> its interface, for the addresses whose
+    traffic the main table routes (classified pods, and those held longer
+    than the bound)."""
+    rules = {Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/32"), ANY, iif, MAIN_TABLE)
+             for ip, iif in released.items()}
+    for cidr in hold.pod_cidrs:
+        if cidr.version != 4:
+            continue
+        rules |= {Rule(EXEMPT_PRIORITY, cidr, dst, "", MAIN_TABLE) for dst in hold.exempt if dst.version == 4}
+        rules.add(Rule(HOLD_PRIORITY, cidr, ANY, "", 0))
+    return rules
 
 
 def current_rules(ipr) -> set[Rule]:
     rules = set()
     for msg in ipr.get_rules(family=socket.AF_INET):
-        if msg.get_attr("FRA_TABLE") != STEER_TABLE or msg.get_attr("FRA_PRIORITY") != STEER_PRIORITY:
+        prio = msg.get_attr("FRA_PRIORITY")
+        if prio not in PRIORITIES:
+            continue
+        table = 0 if msg["action"] == 6 else (msg.get_attr("FRA_TABLE") or msg["table"])
+        if table != PRIORITIES[prio]:
             continue
         src = msg.get_attr("FRA_SRC") or "0.0.0.0"
         dst = msg.get_attr("FRA_DST") or "0.0.0.0"
-        rules.add(Rule(netaddr.IPNetwork(f"{src}/{msg['src_len']}"),
-                       netaddr.IPNetwork(f"{dst}/{msg['dst_len']}")))
+        rules.add(Rule(prio, netaddr.IPNetwork(f"{src}/{msg['src_len']}"),
+                       netaddr.IPNetwork(f"{dst}/{msg['dst_len']}"), msg.get_attr("FRA_IIFNAME") or "", table))
     return rules
 
 
 def _rule(ipr, cmd: str, rule: Rule) -> None:
-    ipr.rule(cmd, family=socket.AF_INET, table=STEER_TABLE, priority=STEER_PRIORITY,
-             src=str(rule.src.ip), src_len=rule.src.prefixlen,
-             dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
+    kw = dict(family=socket.AF_INET, priority=rule.priority, src=str(rule.src.ip), src_len=rule.src.prefixlen)
+    if rule.dst.prefixlen:
+        kw.update(dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
+    if rule.iif:
+        kw["iifname"] = rule.iif
+    if rule.table == 0:
+        kw["action"] = "FR_ACT_BLACKHOLE"
+    else:
+        kw["table"] = rule.table
+    ipr.rule(cmd, **kw)
+
+
+def pod_interfaces(ipr, cidrs) -> dict[str, str]:
+    """Address -> host interface of every /32 route of the main table inside
+    ``cidrs``: the local pods' routes a routed CNI (Calico style) makes."""
+    nets = [c for c in cidrs if c.version == 4]
+    if not nets:
+        return {}
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    out = {}
+    for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        dst = r.get_attr("RTA_DST")
+        if r["dst_len"] != 32 or dst is None or r.get_attr("RTA_GATEWAY"):
+            continue
+        if any(netaddr.IPAddress(dst) in c for c in nets):
+            name = names.get(r.get_attr("RTA_OIF"))
+            if name:
+                out[dst] = name
+    return out
 
 
 PROC_SYS_NET = "/proc/sys/net"
@@ -86,31 +179,95 @@ class HostRouting:
     where the host's ``/proc/sys/net`` is (in the DaemonSet a writable hostPath
     mount, the container's own being read-only)."""
 
-    def __init__(self, egw: str = "egw0", proc_sys_net: str = PROC_SYS_NET):
+    def __init__(self, egw: str = "egw0", proc_sys_net: str = PROC_SYS_NET, clock=None):
+        import time
+
         self.egw = egw
         self.proc_sys_net = proc_sys_net
+        self.clock = clock or time.monotonic
+        self.first_seen: dict[tuple[str, str], float] = {}  # (pod address, interface) -> its route appeared
+        self.expired: set[tuple[str, str]] = set()  # held longer than the bound: released unclassified
+        self.hold_state: dict = {}
 
-    def sync(self, steers: tuple[Steer, ...], tunnel_mtu: int) -> tuple[int, int]:
-        """Make the rules exactly those the steers ask for; returns (added,
-        removed).  The steering route carries ``tunnel_mtu``: the kernel
-        answers a DF packet that does not fit with ICMP "fragmentation
-        needed" to the pod and fragments the others; the MSS of TCP SYNs in
-        both directions through egw0 is clamped to fit."""
+    def sync(self, steers: tuple[Steer, ...], tunnel_mtu: int, local_pods: dict[str, str] | None = None,
+             hold: Hold | None = None, pod_cidrs: tuple = ()) -> tuple[int, int]:
+        """Make the rules exactly those the steers ask for (and, with
+        ``hold``, the new-pod hold for the node's pod CIDRs, ``local_pods``
+        being the local pod addresses the agent has classified: IP -> pod);
+        returns (added, removed).  The steering route carries ``tunnel_mtu``:
+        the kernel answers a DF packet that does not fit with ICMP
+        "fragmentation needed" to the pod and fragments the others; the MSS
+        of TCP SYNs in both directions through egw0 is clamped to fit."""
         from pyroute2 import IPRoute
 
-        want = desired_rules(steers)
         with IPRoute() as ipr:
             self._ensure_link(ipr, tunnel_mtu)
+            interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()))
+            want = desired_rules(steers, interfaces)
+            if hold is not None:
+                want |= hold_rules(hold, self._released(hold, interfaces, local_pods or {}))
+            else:
+                self.first_seen.clear()
+                self.expired.clear()
             have = current_rules(ipr)
-            for rule in sorted(have - want):
-                _rule(ipr, "del", rule)
-                LOG.info("routing: removed rule %s", rule)
+            # Adds first (the hold last of them), then deletes: no packet of a
+            # classified pod meets the hold while rules change.
             for rule in sorted(want - have):
                 _rule(ipr, "add", rule)
                 LOG.info("routing: added rule %s", rule)
+            for rule in sorted(have - want, reverse=True):
+                _rule(ipr, "del", rule)
+                LOG.info("routing: removed rule %s", rule)
         self._ensure_nat_bypass()
         self._ensure_mss_clamp(tunnel_mtu - TCP_IP_HEADERS[4])
         return len(want - have), len(have - want)
+
+    def _released(self, hold: Hold, interfaces: dict[str, str], local_pods: dict[str, str]) -> dict[str, str]:
+        """Local addresses whose other traffic the main table routes: every
+        classified pod's (bound to its interface when its route is known),
+        and every address whose route appeared longer than ``hold.bound``
+        ago without the agent classifying it (released with a warning)."""
+        now = self.clock()
+        present = set(interfaces.items())
+        for key in list(self.first_seen):
+            if key not in present:
+                del self.first_seen[key]
+                self.expired.discard(key)
+        released = {}
+        for ip, iif in interfaces.items():
+            self.first_seen.setdefault((ip, iif), now)
+            if ip in local_pods:
+                released[ip] = iif
+            elif (ip, iif) in self.expired or now - self.first_seen[(ip, iif)] >= hold.bound:
+                if (ip, iif) not in self.expired:
+                    LOG.warning("hold: %s (interface %s) not classified within %.1f s; its traffic now "
+                                "leaves the CNI's way (the node address)", ip, iif, hold.bound)
+                    self.expired.add((ip, iif))
+                released[ip] = iif
+        if not interfaces:  # no per-pod routes (a bridge CNI): the addresses alone
+            released.update({ip: "" for ip in local_pods
+                             if any(netaddr.IPAddress(ip) in c for c in hold.pod_cidrs)})
+        held = sorted(ip for ip, _ in present if ip not in released)
+        self.hold_state = {"held": held, "released_unclassified": sorted(ip for ip, _ in self.expired)}
+        return released
+
+    def hold_due(self, hold: Hold | None, local_pods: dict[str, str]) -> bool:
+        """True when a held address has passed the bound since its route
+        appeared (the next pass releases it).  Records routes it sees for
+        the first time, so the bound counts from about when they appeared."""
+        if hold is None or not hold.pod_cidrs:
+            return False
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            interfaces = pod_interfaces(ipr, hold.pod_cidrs)
+        now = self.clock()
+        due = False
+        for ip, iif in interfaces.items():
+            seen = self.first_seen.setdefault((ip, iif), now)
+            if ip not in local_pods and (ip, iif) not in self.expired and now - seen >= hold.bound:
+                due = True
+        return due
 
     def reserve_ports(self, lo: int, hi: int, path: str | None = None) -> bool:
         """Add ``lo-hi`` to the kernel's reserved local ports (never handed
@@ -204,7 +361,7 @@ class HostRouting:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            for rule in current_rules(ipr):
+            for rule in sorted(current_rules(ipr), reverse=True):
                 _rule(ipr, "del", rule)
             try:
                 ipr.route("del", dst="0.0.0.0/0", table=STEER_TABLE)

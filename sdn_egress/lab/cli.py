@@ -38,6 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ("heal", "bring a cut node's underlay link back")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("node")
+    p = sub.add_parser("pod", help="pods come and go: add, delete, move (reschedule) a pod")
+    podsub = p.add_subparsers(dest="pod_command", metavar="ACTION")
+    podsub.required = True
+    q = podsub.add_parser("add", help="create a pod: its network, then its Pod object with its IP")
+    q.add_argument("pod", metavar="NS/NAME")
+    q.add_argument("--node", required=True)
+    q.add_argument("--labels", default="", metavar="K=V,...")
+    q.add_argument("--ip", help="the pod's address (default: the lowest free one of the node's pod CIDR)")
+    q = podsub.add_parser("delete", help="delete a pod: its network, then its Pod object")
+    q.add_argument("pod", metavar="NS/NAME")
+    q = podsub.add_parser("move", help="reschedule: delete, then create on NODE with the same name and "
+                                       "labels and a new IP")
+    q.add_argument("pod", metavar="NS/NAME")
+    q.add_argument("--node", required=True)
     p = sub.add_parser("label", help="set (KEY=VALUE) or remove (KEY-) a pod label")
     p.add_argument("pod")
     p.add_argument("label")
@@ -108,6 +122,17 @@ def run(args: argparse.Namespace) -> int:
                 raise LabError(f"{cmd}: no node named {args.node!r}")
             getattr(lab, cmd)(args.node)
             print(f"{cmd}: {args.node}")
+        elif cmd == "pod":
+            from sdn_egress.lab.lab import parse_labels
+            if args.pod_command == "add":
+                pod = lab.add_pod(args.pod, args.node, parse_labels(args.labels), ip=args.ip)
+                print(f"pod {pod.key}: {pod.ip} on {pod.node}")
+            elif args.pod_command == "delete":
+                lab.delete_pod(args.pod)
+                print(f"pod {args.pod}: deleted")
+            else:
+                pod = lab.move_pod(args.pod, args.node)
+                print(f"pod {pod.key}: {pod.ip} on {pod.node}")
         elif cmd == "label":
             if args.label.endswith("-") and "=" not in args.label:
                 lab.label(args.pod, args.label[:-1], None)

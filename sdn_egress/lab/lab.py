@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,7 +191,9 @@ class Lab(Traffic):
         for d in ("manifests/cluster", "manifests/user", "status", "nodes", "externals"):
             os.makedirs(os.path.join(self.state_dir, d), exist_ok=True)
         self._state = {"prefix": self.prefix, "topology": raw, "pids": {}, "agents": agents,
-                       "namespaces": [], "started": time.time(), "kube": kube}
+                       "namespaces": [], "started": time.time(), "kube": kube,
+                       "pods": [_pod_record(p) for p in topo.pods], "next_pod_index": len(topo.pods),
+                       "agent_args": []}
         self._save()
         try:
             self._build(topo, agents)
@@ -289,13 +292,18 @@ class Lab(Traffic):
             ovs.ofctl("add-flow", "br-ex", "priority=0,actions=NORMAL")
 
     def _build_pod(self, pod, node_ns: str) -> None:
+        """The pod's network as the lab's CNI (Calico style) sets it up: its
+        namespace, a veth with the /32 on the pod's end, proxy ARP and the /32
+        route on the node's end."""
         ns = self._netns(self.ns_pod(pod.index))
         host_if = f"cali{pod.index}"
         self._veth(ns, "eth0", node_ns, host_if)
         nsx(ns, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
         nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
         nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1")
+        # Calico's settings: proxy ARP for the pod's gateway, answered at once
+        # (the kernel's default proxy_delay holds answers up to 0.8 s).
+        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1", f"net.ipv4.neigh.{host_if}.proxy_delay=0")
         nsx(node_ns, "ip", "route", "add", f"{pod.ip}/32", "dev", host_if)
 
     # -- processes ----------------------------------------------------------------------
@@ -349,7 +357,8 @@ class Lab(Traffic):
         return self._spawn(f"agent:{node}", self.ns_node(node),
                            [_bin("sdn-egress"), "agent", "--node", node, *self._state_args(),
                             "--status", self.status_dir, "--ovs-db", ovs.db_target,
-                            "--ovs-rundir", ovs.rundir, "--metrics-port", str(AGENT_METRICS_PORT)],
+                            "--ovs-rundir", ovs.rundir, "--metrics-port", str(AGENT_METRICS_PORT),
+                            *self.load().get("agent_args", [])],
                            os.path.join(self.node_dir(node), "agent.log"))
 
     def start_kube_api(self, timeout: float = 15.0) -> int:
@@ -393,6 +402,15 @@ class Lab(Traffic):
         """A new controller process: of the old one only the stored allocation remains."""
         _kill(self.load()["pids"].get("controller"))
         self._start_controller()
+
+    def set_agent_args(self, args: list[str]) -> None:
+        """Extra command-line arguments of every agent (e.g. ``--new-pod-hold
+        0``); the agents are restarted with them."""
+        self.load()["agent_args"] = list(args)
+        self._save()
+        for n in self.topology().nodes:
+            if self.agent_pid(n.name):
+                self.restart_agent(n.name)
 
     # -- failures --------------------------------------------------------------------
     def kill(self, node: str) -> None:
@@ -498,8 +516,19 @@ class Lab(Traffic):
         else:
             self._write(self._pod_file(pod), [obj])
 
+    def pods(self) -> list:
+        """The lab's live pods: the topology's, then those ``add_pod`` made,
+        without those ``delete_pod`` removed."""
+        from sdn_egress.lab.topology import LabPod
+
+        st = self.load()
+        if "pods" not in st:  # a lab brought up before pods came and went
+            return list(self.topology().pods)
+        return [LabPod(p["namespace"], p["name"], p["node"], p["index"], p["ip"], dict(p["labels"]))
+                for p in st["pods"]]
+
     def pod(self, name: str):
-        pods = self.topology().pods
+        pods = self.pods()
         matches = [p for p in pods if p.key == name] or [p for p in pods if p.name == name]
         if not matches:
             raise LabError(f"no pod {name!r} in the lab (pods: {', '.join(p.key for p in pods)})")
@@ -527,6 +556,119 @@ class Lab(Traffic):
         else:
             labels[key] = value
         self._write_pod(pod, labels)
+        st = self.load()
+        for rec in st.get("pods", []):
+            if f"{rec['namespace']}/{rec['name']}" == pod.key:
+                rec["labels"] = dict(labels)
+        self._save()
+
+    # -- pods come and go ----------------------------------------------------------------
+    def add_pod(self, key: str, node: str, labels: dict | None = None, ip: str | None = None,
+                publish: bool = True):
+        """Create pod ``NS/NAME`` on ``node`` the way a kubelet and the CNI do:
+        first its network (namespace, veth, /32 route; the address is the
+        lowest free one of the node's pod CIDR, or ``ip``), then, once that
+        is up, the Pod object with its IP (``publish=False`` leaves that to
+        :meth:`publish_pod`: the window between the two is where a new pod's
+        first packets go).  Returns the pod."""
+        from sdn_egress.lab.topology import LabPod
+
+        st = self.load()
+        namespace, name = _split_key(key)
+        if any(p.key == f"{namespace}/{name}" for p in self.pods()):
+            raise LabError(f"pod {namespace}/{name}: exists already (lab pod delete, or lab pod move)")
+        topo = self.topology()
+        if node not in {n.name for n in topo.nodes}:
+            raise LabError(f"pod {namespace}/{name}: --node: no node named {node!r} "
+                           f"(nodes: {', '.join(n.name for n in topo.nodes)})")
+        labels = _check_labels(f"pod {namespace}/{name}", labels or {})
+        n = topo.node(node)
+        ip = self._pod_address(f"pod {namespace}/{name}", n, ip)
+        pod = LabPod(namespace, name, node, st.get("next_pod_index", len(st.get("pods", []))), ip, labels)
+        st["next_pod_index"] = pod.index + 1
+        st.setdefault("pods", [_pod_record(p) for p in topo.pods]).append(_pod_record(pod))
+        self._save()
+        self._build_pod(pod, self.ns_node(node))
+        if publish:
+            self.publish_pod(pod.key)
+        return pod
+
+    def _pod_address(self, what: str, node, ip: str | None) -> str:
+        import netaddr
+
+        cidr = netaddr.IPNetwork(node.pod_cidr)
+        # .0 is the network, .1 is kept (a CNI's gateway address), the last is broadcast.
+        usable = [str(a) for a in list(cidr)[2:-1]]
+        used = {p.ip for p in self.pods()}
+        if ip is None:
+            free = [a for a in usable if a not in used]
+            if not free:
+                raise LabError(f"{what}: node {node.name} has no free address in {node.pod_cidr}")
+            return free[0]
+        try:
+            addr = str(netaddr.IPAddress(ip, 4))
+        except (netaddr.AddrFormatError, ValueError):
+            raise LabError(f"{what}: --ip: {ip!r} is not an IPv4 address") from None
+        if addr not in usable:
+            raise LabError(f"{what}: --ip: {addr} is not a pod address of node {node.name} "
+                           f"({usable[0]}-{usable[-1]} of {node.pod_cidr})")
+        holder = next((p.key for p in self.pods() if p.ip == addr), None)
+        if holder:
+            raise LabError(f"{what}: --ip: {addr} is pod {holder}'s address")
+        return addr
+
+    def publish_pod(self, key: str) -> None:
+        """The Pod object appears (status.podIP set): what the kubelet
+        reports once the CNI is done.  A namespace the lab does not have yet
+        is created first."""
+        pod = self.pod(key)
+        self._ensure_namespace(pod.namespace)
+        self._write_pod(pod, pod.labels)
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        if self.kube:
+            api = self.kube_api()
+            if api.get("Namespace", namespace) is None:
+                api.apply(obj)
+            return
+        path = os.path.join(self.manifests, "cluster", "namespaces.yaml")
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        if namespace not in {d["metadata"]["name"] for d in docs}:
+            self._write(path, docs + [obj])
+
+    def delete_pod(self, key: str) -> None:
+        """Delete a pod the way a kubelet does: its processes and network go
+        (the CNI's DEL: the veth and the /32 route go with the namespace),
+        then the Pod object."""
+        pod = self.pod(key)
+        st = self.load()
+        ns = self.ns_pod(pod.index)
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            _kill(int(pid), timeout=2)
+        sh("ip", "netns", "del", ns, check=False)
+        if ns in st["namespaces"]:
+            st["namespaces"].remove(ns)
+        nsx(self.ns_node(pod.node), "ip", "route", "del", f"{pod.ip}/32", check=False)
+        st["pods"] = [p for p in st.get("pods", []) if f"{p['namespace']}/{p['name']}" != pod.key]
+        self._save()
+        if self.kube:
+            self.kube_api().delete("Pod", pod.name, pod.namespace)
+        elif os.path.exists(self._pod_file(pod)):
+            os.unlink(self._pod_file(pod))
+
+    def move_pod(self, key: str, node: str):
+        """Reschedule: delete the pod, then create it on ``node`` with the
+        same name and labels and a new address, as a StatefulSet's pod is."""
+        pod = self.pod(key)
+        if node not in {n.name for n in self.topology().nodes}:
+            raise LabError(f"pod {pod.key}: --node: no node named {node!r}")
+        if node == pod.node:
+            raise LabError(f"pod {pod.key}: is on {node} already")
+        labels = self.pod_labels(pod.key)
+        self.delete_pod(pod.key)
+        return self.add_pod(pod.key, node, labels)
 
     def _yaml_files(self, path: str) -> list[str]:
         if os.path.isdir(path):
@@ -703,7 +845,7 @@ class Lab(Traffic):
                                  "agent": {"alive": _alive(st["pids"].get(f"agent:{n.name}")),
                                            "passes": agent.get("passes", 0), "error": agent.get("error"),
                                            "switches": agent.get("switches", {})}})
-        for p in topo.pods:
+        for p in self.pods():
             try:
                 labels = self.pod_labels(p.key)
             except (OSError, LabError):
@@ -748,6 +890,47 @@ class Lab(Traffic):
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self._state = None
+
+
+def _pod_record(pod) -> dict:
+    return {"namespace": pod.namespace, "name": pod.name, "node": pod.node, "index": pod.index,
+            "ip": pod.ip, "labels": dict(pod.labels)}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    from sdn_egress.lab.topology import NAME_RE
+
+    namespace, sep, name = key.partition("/")
+    if not sep:
+        raise LabError(f"pod {key!r}: give it as NAMESPACE/NAME")
+    for what, value in (("namespace", namespace), ("name", name)):
+        if not NAME_RE.match(value) or len(value) > 63:
+            raise LabError(f"pod {key!r}: {what} {value!r} is not a lower-case DNS label")
+    return namespace, name
+
+
+LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def _check_labels(what: str, labels: dict) -> dict:
+    for k, v in labels.items():
+        if not isinstance(k, str) or not LABEL_KEY_RE.match(k) or len(k.rpartition("/")[2]) > 63:
+            raise LabError(f"{what}: labels: {k!r} is not a label key")
+        if not isinstance(v, str) or not LABEL_VALUE_RE.match(v) or len(v) > 63:
+            raise LabError(f"{what}: labels.{k}: {v!r} is not a label value")
+    return dict(labels)
+
+
+def parse_labels(text: str | None, what: str = "--labels") -> dict:
+    """``k=v,k2=v2`` -> a dict; an entry without ``=`` is an error naming it."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise LabError(f"{what}: {part!r}: use KEY=VALUE")
+        out[k.strip()] = v.strip()
+    return out
 
 
 def _ident(doc: dict) -> tuple[str, str, str]:

@@ -179,7 +179,11 @@ def test_agent_installs_exactly_the_pipeline_and_keeps_it(node):
     # Steering rule in the node's kernel.
     rules = sh("ip", "rule", ns=node.ns)
     assert re.search(r"from 203\.0\.113\.2 to 198\.51\.100\.0/24 lookup 7100", rules), rules
-    assert not re.search(r"from 203\.0\.113\.3\b", rules)
+    assert not re.search(r"from 203\.0\.113\.3\b.*lookup 7100", rules)
+    # The new-pod hold: both classified pods released to the main table (by
+    # address: this node has no per-pod routes), the rest of the CIDR held.
+    assert re.search(r"7200:\s+from 203\.0\.113\.3 lookup main", rules), rules
+    assert re.search(r"7220:\s+from 203\.0\.113\.0/27 blackhole", rules), rules
     # Full-size packets: the steering route carries the tunnel MTU (the
     # uplink's 1500 - 50 of IPv4 Geneve), the MSS of TCP through egw0 is
     # clamped both ways, and the agent reports both.

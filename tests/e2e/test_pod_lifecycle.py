@@ -1,0 +1,245 @@
+"""Pods come and go while a policy is in force (issue 13), with real packets
+and what the external host captured: a new selected pod's first packet leaves
+with the EIP, a rescheduled pod keeps its EIP and its old node keeps nothing
+of its old address, an address a selected pod had is never steered for the
+unselected pod of another namespace that gets it next, and after churn no
+node keeps a stale rule or flow.  Both state modes: one lab each."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from .conftest import lab_up, policy_doc, wait_for
+
+EXT = "198.51.100.10"
+EIP = "192.0.2.205"
+NODE_IPS = {"alpha": "192.0.2.11", "bravo": "192.0.2.12", "charlie": "192.0.2.13"}
+NODES = tuple(NODE_IPS)
+TOPOLOGY = {
+    "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo"}, {"name": "charlie"}],
+    "pods": [{"name": "idle-0", "namespace": "shop", "node": "bravo", "labels": {"app": "idle"}}],
+    "externals": [{"name": "ext-1"}],
+}
+GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
+           "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                    "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}}
+
+# A pod's traffic from its first packet: a UDP datagram to the echo service
+# every 10 ms (sequence numbered); prints the first answer naming argv[2].
+SENDER = r"""
+import socket, sys, time
+dst, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
+t0, n, got = time.monotonic(), 0, None
+while time.monotonic() - t0 < limit:
+    try:
+        s.sendto(f"p{n}\n".encode(), (dst, 8080)); n += 1
+    except OSError:
+        pass
+    if n == 1:
+        print("sending", flush=True)
+    try:
+        while True:
+            data = s.recvfrom(100)[0].decode().strip()
+            if got is None and data == want:
+                got = time.monotonic() - t0
+                print(f"{got:.3f}", flush=True)
+    except (socket.timeout, OSError):
+        pass
+    if got is not None and time.monotonic() - t0 > got + 0.3:
+        break
+print("done" if got is not None else "timeout", flush=True)
+"""
+
+
+@pytest.fixture(scope="module", params=["manifests", "kube"])
+def lab(request, tmp_path_factory):
+    with lab_up(TOPOLOGY, "sepl", kube=request.param == "kube") as lab:
+        docs = tmp_path_factory.mktemp("pl") / "objects.yaml"
+        docs.write_text(yaml.safe_dump_all([GATEWAY, policy_doc("cart", "shop", eip=EIP, dest=["198.51.100.0/24"])]))
+        lab.apply(str(docs))
+        wait_for(lambda: (lab.status().get("allocation") or {}).get("policies", {}).get("shop/cart", {}).get("node"),
+                 "the policy's EIP on a gateway", timeout=60)
+        wait_for(lambda: all(lab.agent_passes(n) for n in NODES), "every agent's first pass", timeout=60)
+        wait_for(lab.bfd_sessions_up, "BFD up on every tunnel", timeout=60)
+        yield lab
+
+
+@pytest.fixture
+def pods(lab):
+    """The pods a test adds, deleted afterwards (also on failure)."""
+    made: list[str] = []
+    yield made
+    live = {p.key for p in lab.pods()}
+    for key in made:
+        if key in live:
+            lab.delete_pod(key)
+
+
+class Capture:
+    """tcpdump on the external host's eth0: every packet to the echo service."""
+
+    def __init__(self, lab, path: str):
+        self.path = path
+        # Immediate mode: every packet written as it arrives, none left in a
+        # kernel buffer block when the capture stops.
+        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host_ns("ext-1"), "tcpdump", "-Z", "root",
+                                      "-i", "eth0", "-n", "-U", "--immediate-mode", "-w", path,
+                                      "dst", "port", "8080"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on eth0 ...": capturing from now on
+        assert "listening" in line, line
+
+    def sources(self) -> list[str]:
+        """Source address of each captured packet, in order."""
+        time.sleep(0.2)  # the last answers' requests are on the wire already; let them land
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        out = subprocess.run(["tcpdump", "-Z", "root", "-n", "-r", self.path], capture_output=True, text=True,
+                             check=True).stdout
+        return [line.split()[2].rsplit(".", 1)[0] for line in out.splitlines() if " IP " in line]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def capture(lab, tmp_path):
+    caps = []
+
+    def start():
+        caps.append(Capture(lab, str(tmp_path / f"cap{len(caps)}.pcap")))
+        return caps[-1]
+    yield start
+    for c in caps:
+        c.close()
+
+
+def node_rules(lab, node: str) -> list[str]:
+    return [l for l in lab.exec(node, ["ip", "rule"]).stdout.splitlines() if l.split(":")[0] in
+            ("7100", "7200")]
+
+
+def steer_flows(lab, node: str) -> list[str]:
+    return [l for l in lab.ovs(node).ofctl("dump-flows", "br-int", "--no-stats").splitlines() if "nw_src=" in l]
+
+
+def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: str, ip: str | None = None,
+                  delay: float = 0.3) -> tuple[list[str], str]:
+    """Create pod ``key``: its network, a sender in it from its first packet
+    on, and only ``delay`` later its Pod object (the kubelet's report), as
+    in a cluster.  Returns the sources the external host saw and the pod's IP."""
+    cap = capture()
+    pod = lab.add_pod(key, node, labels, ip=ip, publish=False)
+    pods.append(key)
+    sender = lab.popen(key, [sys.executable, "-c", SENDER, EXT, want, "20"])
+    assert sender.stdout.readline().strip() == "sending"  # its first packet is out
+    time.sleep(delay)
+    lab.publish_pod(key)
+    out, err = sender.communicate(timeout=30)
+    assert out.split()[-1] == "done", f"{key} never got an answer naming {want}: {out} {err}"
+    return cap.sources(), pod.ip
+
+
+def test_a_new_selected_pods_first_packet_leaves_with_the_eip(lab, capture, pods):
+    seen, _ = first_packets(lab, capture, pods, "shop/cart-new", "charlie", {"app": "cart"}, EIP)
+    assert EIP in seen
+    # Not one packet with a node address, from the very first one on.
+    assert not set(seen) & set(NODE_IPS.values()), sorted(set(seen))
+    assert set(seen) == {EIP}
+
+
+def test_a_new_unselected_pod_leaves_the_cnis_way_once_classified(lab, capture, pods):
+    seen, _ = first_packets(lab, capture, pods, "shop/web-new", "charlie", {"app": "web"}, NODE_IPS["charlie"])
+    assert set(seen) == {NODE_IPS["charlie"]}  # never the EIP
+
+
+def test_a_rescheduled_pod_keeps_its_eip_and_its_old_node_keeps_nothing_of_it(lab, pods):
+    pods.append("shop/cart-s")
+    old = lab.add_pod("shop/cart-s", "bravo", {"app": "cart"})
+    wait_for(lambda: lab.udp_source("shop/cart-s", EXT) == EIP, "cart-s on bravo out with its EIP")
+    assert any(f"from {old.ip} " in r for r in node_rules(lab, "bravo"))
+    new = lab.move_pod("shop/cart-s", "charlie")
+    assert new.ip != old.ip and new.node == "charlie"
+    wait_for(lambda: lab.udp_source("shop/cart-s", EXT) == EIP, "cart-s on charlie out with its EIP")
+    # The old node: no rule, no flow of the old address.
+    wait_for(lambda: not [r for r in node_rules(lab, "bravo") if old.ip in r]
+             and not [f for f in steer_flows(lab, "bravo") if f"nw_src={old.ip}," in f],
+             "bravo forgets the old address")
+    assert [r.split(":", 1)[1].split() for r in node_rules(lab, "charlie") if f"from {new.ip} " in r] == [
+        ["from", new.ip, "to", "198.51.100.0/24", "iif", f"cali{new.index}", "lookup", "7100"],
+        ["from", new.ip, "iif", f"cali{new.index}", "lookup", "main"]]
+    st = {p["namespace"] + "/" + p["name"]: p for p in lab.status()["pods"]}
+    assert (st["shop/cart-s"]["node"], st["shop/cart-s"]["ip"]) == ("charlie", new.ip)
+
+
+def test_an_address_reused_by_an_unselected_pod_of_another_namespace_is_never_steered(lab, capture, pods):
+    pods.append("shop/cart-r")
+    old = lab.add_pod("shop/cart-r", "bravo", {"app": "cart"})
+    wait_for(lambda: lab.udp_source("shop/cart-r", EXT) == EIP, "cart-r out with its EIP")
+    # Deleted, and its address given at once to another namespace's pod,
+    # which sends from its first moment: the agent may not have seen the
+    # deletion yet.  Labels app=cart, but policy shop/cart is not its namespace's.
+    lab.delete_pod("shop/cart-r")
+    seen, ip = first_packets(lab, capture, pods, "other/reuse", "bravo", {"app": "cart"}, NODE_IPS["bravo"],
+                             ip=old.ip, delay=0.0)
+    assert ip == old.ip
+    assert EIP not in seen, "the new pod's packets left with the old pod's EIP"
+    assert set(seen) == {NODE_IPS["bravo"]}
+
+
+CHURN_PODS = int(os.environ.get("SDN_EGRESS_CHURN_PODS", "200"))  # the issue's figure; ~20 s
+
+
+def test_churn_leaves_no_stale_rule_route_or_flow(lab):
+    """CHURN_PODS pods, selected (shop, app=cart) and not, created and
+    deleted across the nodes, a few alive at any time, addresses reused as
+    they come free; afterwards every node holds rules, routes and flows of
+    its live pods only, and each live pod's source is right."""
+    rng = random.Random(13)
+    live: dict[str, str] = {}  # pod -> the source the external host must see
+    made = 0
+    started = time.monotonic()
+    try:
+        while made < CHURN_PODS:
+            if len(live) >= 6 or (live and rng.random() < 0.4):
+                gone = rng.choice(sorted(live))
+                del live[gone]
+                lab.delete_pod(gone)
+                continue
+            node, app = NODES[made % 3], rng.choice(["cart", "web"])
+            key = f"shop/churn-{made}" if rng.random() < 0.7 else f"churn/p-{made}"
+            lab.add_pod(key, node, {"app": app})
+            live[key] = EIP if key.startswith("shop/") and app == "cart" else NODE_IPS[node]
+            made += 1
+        churn_time = time.monotonic() - started
+        pods_now = {p.key: p for p in lab.pods()}
+
+        def stale() -> dict:
+            out = {}
+            for node in NODES:
+                ips = {p.ip for p in pods_now.values() if p.node == node}
+                rules = [r for r in lab.exec(node, ["ip", "rule"]).stdout.splitlines()
+                         if r.split(":")[0] in ("7100", "7200") and r.split()[2] not in ips]
+                routes = [r for r in lab.exec(node, ["ip", "route"]).stdout.splitlines()
+                          if r.startswith("203.0.113.") and "/" not in r.split()[0] and r.split()[0] not in ips]
+                flows_ = [f for f in steer_flows(lab, node) if not any(f"nw_src={ip}," in f for ip in ips)]
+                if rules or routes or flows_:
+                    out[node] = rules + routes + flows_
+            return out
+        wait_for(lambda: not stale(), "no stale rule, route or flow after the churn")
+        for key, want in sorted(live.items()):
+            assert wait_for(lambda: lab.udp_source(key, EXT), f"{key} answered") == want, key
+        assert churn_time < 60, f"churn of {CHURN_PODS} pods took {churn_time:.0f} s"
+    finally:
+        for key in live:
+            lab.delete_pod(key)
