@@ -33,6 +33,14 @@ def datapath_id(bridge: str) -> str:
     return hashlib.sha256(bridge.encode()).hexdigest()[:16]
 
 
+# Packet-ins per second (and burst) a bridge may send its agent, per reason
+# class: OVS queues the rest per port and drops what overflows.  The agent
+# takes packet-ins only for packets to an EIP too big for the tunnel (TCP
+# never: its MSS is clamped); the limit keeps a flood of them from starving
+# the OpenFlow channel the agent programs the switch over.
+PACKET_IN_RATE, PACKET_IN_BURST = 1000, 250
+
+
 def ensure_bridge(api, name: str, *, datapath_type: str = "netdev",
                   controller: str | None = None,
                   protocols=("OpenFlow13", "OpenFlow14"), fail_mode: str = "secure",
@@ -48,6 +56,12 @@ def ensure_bridge(api, name: str, *, datapath_type: str = "netdev",
             txn.add(api.set_controller(name, [controller]))
         else:
             txn.add(api.del_controller(name))
+    if controller:
+        rows = api.db_find("Controller", ("target", "=", controller)).execute(check_error=True)
+        with api.transaction(check_error=True) as txn:
+            for row in rows:
+                txn.add(api.db_set("Controller", row["_uuid"], ("controller_rate_limit", PACKET_IN_RATE),
+                                   ("controller_burst_limit", PACKET_IN_BURST)))
 
 
 def ensure_internal_port(api, bridge: str, name: str, ofport_request: int | None = None) -> None:

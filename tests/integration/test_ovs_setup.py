@@ -63,6 +63,11 @@ def test_setup_creates_the_bridges_and_is_idempotent(node):
         # The agent's Unix socket in the OVS run directory, not TCP.
         assert ovs.vsctl("get-controller", br).strip() == f"unix:{ovs.rundir}/sdn-egress.sock"
     assert ovs.vsctl("get", "Interface", "gnv-flow", "options").strip() == '{key=flow, remote_ip=flow}'
+    # Packet-ins to the agent are rate-limited on both bridges (oversized
+    # packets to an EIP are the only ones it takes).
+    limits = json.loads(ovs.vsctl("--format=json", "--columns=controller_rate_limit,controller_burst_limit",
+                                  "list", "Controller"))["data"]
+    assert limits == [[1000, 250], [1000, 250]], limits
     assert ovs.vsctl("get", "Interface", "egw0", "ofport").strip() == "1"
     # Same rows, same uuids: nothing was recreated.
     assert json.loads(ovs.vsctl("--format=json", "list", "Interface"))["data"].__len__() == \
