@@ -182,7 +182,10 @@ class HostRouting:
 
         with IPRoute() as ipr:
             self._ensure_link(ipr, tunnel_mtu)
-            interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()))
+            # The node's pod CIDRs, and every steered address (a CNI's IPAM
+            # may give pods addresses outside the Node's podCIDR).
+            interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()) + tuple(
+                netaddr.IPNetwork(f"{s.pod_ip}/32") for s in steers if s.pod_ip.version == 4))
             want = desired_rules(steers, interfaces)
             if hold is not None:
                 want |= hold_rules(hold, self._released(hold, interfaces, local_pods or {}))

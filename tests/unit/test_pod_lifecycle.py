@@ -148,3 +148,34 @@ def test_the_lab_pod_command_names_the_pod_and_the_flag(paper_lab, capsys):
     assert main(state + ["delete", "ns1/zz"]) == 1
     # Nothing was made by the refused commands.
     assert [p.key for p in paper_lab.pods()] == ["ns1/a-0"]
+
+
+class Msg(dict):
+    def __init__(self, fields: dict, attrs: dict):
+        super().__init__(fields)
+        self.attrs = attrs
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+class FakeIpr:
+    def get_links(self):
+        return [Msg({"index": i}, {"IFLA_IFNAME": n}) for i, n in ((2, "eth0"), (7, "cali7"), (9, "cali9"))]
+
+    def get_routes(self, family, table):
+        return [Msg({"dst_len": 32}, {"RTA_DST": "203.0.113.34", "RTA_OIF": 7}),
+                Msg({"dst_len": 32}, {"RTA_DST": "198.51.100.77", "RTA_OIF": 9}),  # outside the podCIDR
+                Msg({"dst_len": 32}, {"RTA_DST": "203.0.113.40", "RTA_OIF": 2, "RTA_GATEWAY": "192.0.2.1"}),
+                Msg({"dst_len": 27}, {"RTA_DST": "203.0.113.64", "RTA_OIF": 2}),
+                Msg({"dst_len": 0}, {"RTA_OIF": 2, "RTA_GATEWAY": "192.0.2.1"})]
+
+
+def test_a_pods_interface_is_that_of_its_own_route():
+    from sdn_egress.agent.routing import pod_interfaces
+
+    assert pod_interfaces(FakeIpr(), (POD_CIDR,)) == {"203.0.113.34": "cali7"}
+    # An address outside the Node's podCIDR (a CNI's own IPAM) is found by its /32.
+    assert pod_interfaces(FakeIpr(), (POD_CIDR, N("198.51.100.77/32"))) == {
+        "203.0.113.34": "cali7", "198.51.100.77": "cali9"}
+    assert pod_interfaces(FakeIpr(), ()) == {}
