@@ -305,8 +305,8 @@ class AgentCore:
             self._recorded = desired
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
-        self._local_pods = {str(ip): pod.key for pod in state.pods.values() if pod.node == self.config.node
-                            for ip in pod.ips if ip.version == 4}
+        self._local_pods = {pod.key: str(v4[0]) for pod in state.pods.values() if pod.node == self.config.node
+                            if (v4 := [ip for ip in pod.ips if ip.version == 4])}
         self._hold = self._hold_of(state, view)
         self.routing.sync(view.steers, view.tunnel_mtu, local_pods=self._local_pods, hold=self._hold,
                           pod_cidrs=view.pod_cidrs)

@@ -41,6 +41,7 @@ HOLD_PRIORITY = 7220
 PRIORITIES = {STEER_PRIORITY: STEER_TABLE, RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE,
               HOLD_PRIORITY: 0}
 ANY = netaddr.IPNetwork("0.0.0.0/0")
+DEFAULT_REBIND = 5.0  # seconds, without the hold: see HostRouting.bind
 # Never held whatever the cluster: loopback, link-local, multicast, broadcast (0.0.0.0/8
 # is never forwarded, and the kernel takes no rule to it).
 NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
@@ -79,25 +80,30 @@ def steer_rule(pod_ip, dest, iif: str = "") -> Rule:
     return Rule(STEER_PRIORITY, netaddr.IPNetwork(f"{pod_ip}/32"), netaddr.IPNetwork(dest), iif, STEER_TABLE)
 
 
-def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None) -> set[Rule]:
+def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None,
+                  bound: dict[str, str] | None = None) -> set[Rule]:
     """The steering rules.  ``interfaces`` (pod IP -> the host interface of
     its /32 route, as a routed CNI makes them) binds each rule to its pod's
     interface, so an address a deleted pod had is not steered for the next
     pod that gets it; where the node has such routes, a pod without one (its
-    network is gone, its object not yet) gets no rule.  Without any (a
-    bridge CNI, or ``None``), rules match the address alone."""
+    network is gone, its object not yet) gets no rule.  ``bound`` (pod ->
+    interface, :meth:`HostRouting.bind`) names the interface each pod was
+    classified with, where that is known; a pod not in it gets no rule.
+    Without any routes (a bridge CNI, or ``None``), rules match the address
+    alone."""
     if not interfaces:
         return {steer_rule(s.pod_ip, s.dest) for s in steers if s.pod_ip.version == 4}
-    return {steer_rule(s.pod_ip, s.dest, interfaces[str(s.pod_ip)])
-            for s in steers if s.pod_ip.version == 4 and str(s.pod_ip) in interfaces}
+    if bound is None:
+        bound = {s.pod: interfaces[str(s.pod_ip)] for s in steers if str(s.pod_ip) in interfaces}
+    return {steer_rule(s.pod_ip, s.dest, bound[s.pod]) for s in steers if s.pod_ip.version == 4 and s.pod in bound}
 
 
-def hold_rules(hold: Hold, released: dict[str, str]) -> set[Rule]:
-    """``released``: local pod IP -> its interface, for the addresses whose
-    traffic the main table routes (classified pods, and those held longer
-    than the bound)."""
-    rules = {Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/32"), ANY, iif, MAIN_TABLE)
-             for ip, iif in released.items()}
+def hold_rules(hold: Hold, released) -> set[Rule]:
+    """``released``: (local pod IP, its interface) pairs (or a dict of them)
+    whose traffic the main table routes (classified pods, and those held
+    longer than the bound)."""
+    pairs = released.items() if isinstance(released, dict) else released
+    rules = {Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/32"), ANY, iif, MAIN_TABLE) for ip, iif in pairs}
     for cidr in hold.pod_cidrs:
         if cidr.version != 4:
             continue
@@ -187,27 +193,34 @@ class HostRouting:
         self.clock = clock or time.monotonic
         self.first_seen: dict[tuple[str, str], float] = {}  # (pod address, interface) -> its route appeared
         self.expired: set[tuple[str, str]] = set()  # held longer than the bound: released unclassified
+        self.bindings: dict[str, tuple[str, str]] = {}  # pod -> (address, interface) it was classified with
+        self._released_pairs: set[tuple[str, str]] = set()
         self.hold_state: dict = {}
 
     def sync(self, steers: tuple[Steer, ...], tunnel_mtu: int, local_pods: dict[str, str] | None = None,
              hold: Hold | None = None, pod_cidrs: tuple = ()) -> tuple[int, int]:
         """Make the rules exactly those the steers ask for (and, with
         ``hold``, the new-pod hold for the node's pod CIDRs, ``local_pods``
-        being the local pod addresses the agent has classified: IP -> pod);
+        being the local pods the agent has classified: pod -> IPv4 address);
         returns (added, removed).  The steering route carries ``tunnel_mtu``:
         the kernel answers a DF packet that does not fit with ICMP
         "fragmentation needed" to the pod and fragments the others; the MSS
         of TCP SYNs in both directions through egw0 is clamped to fit."""
         from pyroute2 import IPRoute
 
+        local_pods = local_pods or {}
         with IPRoute() as ipr:
             self._ensure_link(ipr, tunnel_mtu)
-            interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()))
-            want = desired_rules(steers, interfaces)
+            # The node's pod CIDRs, and every steered address (a CNI's IPAM
+            # may give pods addresses outside the Node's podCIDR).
+            interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()) + tuple(
+                netaddr.IPNetwork(f"{s.pod_ip}/32") for s in steers if s.pod_ip.version == 4))
+            bound = self.bind(interfaces, {**{s.pod: str(s.pod_ip) for s in steers if s.pod_ip.version == 4},
+                                           **local_pods}, hold.bound if hold else DEFAULT_REBIND)
+            want = desired_rules(steers, interfaces, bound)
             if hold is not None:
-                want |= hold_rules(hold, self._released(hold, interfaces, local_pods or {}))
+                want |= hold_rules(hold, self._released(hold, interfaces, local_pods, bound))
             else:
-                self.first_seen.clear()
                 self.expired.clear()
             have = current_rules(ipr)
             # Adds first (the hold last of them), then deletes: no packet of a
@@ -222,39 +235,78 @@ class HostRouting:
         self._ensure_mss_clamp(tunnel_mtu - TCP_IP_HEADERS[4])
         return len(want - have), len(have - want)
 
-    def _released(self, hold: Hold, interfaces: dict[str, str], local_pods: dict[str, str]) -> dict[str, str]:
-        """Local addresses whose other traffic the main table routes: every
-        classified pod's (bound to its interface when its route is known),
-        and every address whose route appeared longer than ``hold.bound``
-        ago without the agent classifying it (released with a warning)."""
-        now = self.clock()
+    def _seen(self, interfaces: dict[str, str], now: float) -> None:
+        """Note when each (address, interface) route first appeared; forget those gone."""
         present = set(interfaces.items())
         for key in list(self.first_seen):
             if key not in present:
                 del self.first_seen[key]
                 self.expired.discard(key)
-        released = {}
-        for ip, iif in interfaces.items():
-            self.first_seen.setdefault((ip, iif), now)
-            if ip in local_pods:
-                released[ip] = iif
-            elif (ip, iif) in self.expired or now - self.first_seen[(ip, iif)] >= hold.bound:
-                if (ip, iif) not in self.expired:
-                    LOG.warning("hold: %s (interface %s) not classified within %.1f s; its traffic now "
-                                "leaves the CNI's way (the node address)", ip, iif, hold.bound)
-                    self.expired.add((ip, iif))
-                released[ip] = iif
+        for key in present:
+            self.first_seen.setdefault(key, now)
+
+    def bind(self, interfaces: dict[str, str], pods: dict[str, str], rebind_after: float) -> dict[str, str]:
+        """pod -> the interface its rules name.  A pod is bound to the
+        interface its address's route had when the agent first classified
+        it.  Its address on another interface later is another pod's (the
+        old one's object still there, its network gone): the pod is then
+        neither steered nor released (the new one is held) until that route
+        is ``rebind_after`` seconds old, when it is taken as the pod's own
+        (a pod recreated under the same name the agent never saw go)."""
+        now = self.clock()
+        self._seen(interfaces, now)
+        for key in list(self.bindings):
+            if key not in pods:
+                del self.bindings[key]
+        out = {}
+        for key, ip in pods.items():
+            cur = interfaces.get(ip)
+            if cur is None:
+                continue
+            old = self.bindings.get(key)
+            if old is None or old[0] != ip or old[1] == cur:
+                self.bindings[key] = (ip, cur)
+                out[key] = cur
+            elif now - self.first_seen[(ip, cur)] >= rebind_after:
+                LOG.warning("routing: %s's address %s is on %s now (was %s) for %.1f s; taken as its own",
+                            key, ip, cur, old[1], rebind_after)
+                self.bindings[key] = (ip, cur)
+                out[key] = cur
+        return out
+
+    def _released(self, hold: Hold, interfaces: dict[str, str], local_pods: dict[str, str],
+                  bound: dict[str, str] | None = None) -> set[tuple[str, str]]:
+        """(address, interface) pairs whose other traffic the main table
+        routes: every classified pod's, on the interface it is bound to, and
+        every address whose route appeared longer than ``hold.bound`` ago
+        without the agent classifying it (released with a warning)."""
+        now = self.clock()
+        self._seen(interfaces, now)
+        if bound is None:
+            bound = {k: interfaces[ip] for k, ip in local_pods.items() if ip in interfaces}
         if not interfaces:  # no per-pod routes (a bridge CNI): the addresses alone
-            released.update({ip: "" for ip in local_pods
-                             if any(netaddr.IPAddress(ip) in c for c in hold.pod_cidrs)})
-        held = sorted(ip for ip, _ in present if ip not in released)
-        self.hold_state = {"held": held, "released_unclassified": sorted(ip for ip, _ in self.expired)}
+            return {(ip, "") for ip in local_pods.values()
+                    if any(netaddr.IPAddress(ip) in c for c in hold.pod_cidrs)}
+        released = {(local_pods[k], iif) for k, iif in bound.items() if k in local_pods}
+        for pair in interfaces.items():
+            if pair in released:
+                continue
+            if pair in self.expired or now - self.first_seen[pair] >= hold.bound:
+                if pair not in self.expired:
+                    LOG.warning("hold: %s (interface %s) not classified within %.1f s; its traffic now "
+                                "leaves the CNI's way (the node address)", pair[0], pair[1], hold.bound)
+                    self.expired.add(pair)
+                released.add(pair)
+        self._released_pairs = released
+        self.hold_state = {"held": sorted(ip for ip, iif in interfaces.items() if (ip, iif) not in released),
+                           "released_unclassified": sorted(ip for ip, _ in self.expired)}
         return released
 
     def hold_due(self, hold: Hold | None, local_pods: dict[str, str]) -> bool:
-        """True when a held address has passed the bound since its route
-        appeared (the next pass releases it).  Records routes it sees for
-        the first time, so the bound counts from about when they appeared."""
+        """True when a held address (or one waiting to be bound anew) has
+        passed the bound since its route appeared: the next pass releases
+        or binds it.  Records routes it sees for the first time, so the
+        bound counts from about when they appeared."""
         if hold is None or not hold.pod_cidrs:
             return False
         from pyroute2 import IPRoute
@@ -262,12 +314,9 @@ class HostRouting:
         with IPRoute() as ipr:
             interfaces = pod_interfaces(ipr, hold.pod_cidrs)
         now = self.clock()
-        due = False
-        for ip, iif in interfaces.items():
-            seen = self.first_seen.setdefault((ip, iif), now)
-            if ip not in local_pods and (ip, iif) not in self.expired and now - seen >= hold.bound:
-                due = True
-        return due
+        self._seen(interfaces, now)
+        return any(pair not in self._released_pairs and pair not in self.expired
+                   and now - self.first_seen[pair] >= hold.bound for pair in interfaces.items())
 
     def reserve_ports(self, lo: int, hi: int, path: str | None = None) -> bool:
         """Add ``lo-hi`` to the kernel's reserved local ports (never handed

@@ -638,10 +638,12 @@ class Lab(Traffic):
         if namespace not in {d["metadata"]["name"] for d in docs}:
             self._write(path, docs + [obj])
 
-    def delete_pod(self, key: str) -> None:
+    def delete_pod(self, key: str, object_too: bool = True) -> None:
         """Delete a pod the way a kubelet does: its processes and network go
-        (the CNI's DEL: the veth and the /32 route go with the namespace),
-        then the Pod object."""
+        (the CNI's DEL: the veth and the /32 route go with the namespace; its
+        address is free again), then the Pod object.  ``object_too=False``
+        leaves the object (a pod terminating, its object not yet gone) for
+        :meth:`delete_pod_object`."""
         pod = self.pod(key)
         st = self.load()
         ns = self.ns_pod(pod.index)
@@ -653,10 +655,18 @@ class Lab(Traffic):
         nsx(self.ns_node(pod.node), "ip", "route", "del", f"{pod.ip}/32", check=False)
         st["pods"] = [p for p in st.get("pods", []) if f"{p['namespace']}/{p['name']}" != pod.key]
         self._save()
+        if object_too:
+            self.delete_pod_object(pod.key)
+
+    def delete_pod_object(self, key: str) -> None:
+        """The Pod object goes (the pod's network may be gone already)."""
+        namespace, name = _split_key(key)
         if self.kube:
-            self.kube_api().delete("Pod", pod.name, pod.namespace)
-        elif os.path.exists(self._pod_file(pod)):
-            os.unlink(self._pod_file(pod))
+            self.kube_api().delete("Pod", name, namespace)
+            return
+        path = os.path.join(self.manifests, "cluster", "pods", f"{namespace}--{name}.yaml")
+        if os.path.exists(path):
+            os.unlink(path)
 
     def move_pod(self, key: str, node: str):
         """Reschedule: delete the pod, then create it on ``node`` with the

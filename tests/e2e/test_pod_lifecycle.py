@@ -81,6 +81,8 @@ def pods(lab):
     for key in made:
         if key in live:
             lab.delete_pod(key)
+        else:
+            lab.delete_pod_object(key)  # its network went already; its object may not have
 
 
 class Capture:
@@ -134,7 +136,7 @@ def steer_flows(lab, node: str) -> list[str]:
 
 
 def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: str, ip: str | None = None,
-                  delay: float = 0.3) -> tuple[list[str], str]:
+                  delay: float = 0.3, before_publish=None) -> tuple[list[str], str]:
     """Create pod ``key``: its network, a sender in it from its first packet
     on, and only ``delay`` later its Pod object (the kubelet's report), as
     in a cluster.  Returns the sources the external host saw and the pod's IP."""
@@ -144,6 +146,8 @@ def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: s
     sender = lab.popen(key, [sys.executable, "-c", SENDER, EXT, want, "20"])
     assert sender.stdout.readline().strip() == "sending"  # its first packet is out
     time.sleep(delay)
+    if before_publish:
+        before_publish()
     lab.publish_pod(key)
     out, err = sender.communicate(timeout=30)
     assert out.split()[-1] == "done", f"{key} never got an answer naming {want}: {out} {err}"
@@ -186,12 +190,13 @@ def test_an_address_reused_by_an_unselected_pod_of_another_namespace_is_never_st
     pods.append("shop/cart-r")
     old = lab.add_pod("shop/cart-r", "bravo", {"app": "cart"})
     wait_for(lambda: lab.udp_source("shop/cart-r", EXT) == EIP, "cart-r out with its EIP")
-    # Deleted, and its address given at once to another namespace's pod,
-    # which sends from its first moment: the agent may not have seen the
-    # deletion yet.  Labels app=cart, but policy shop/cart is not its namespace's.
-    lab.delete_pod("shop/cart-r")
+    # Its network goes, its address is given at once to another namespace's
+    # pod, which sends from its first moment, while the old pod's object is
+    # still there (terminating): the agent still steers the address.  Labels
+    # app=cart, but policy shop/cart is not its namespace's.
+    lab.delete_pod("shop/cart-r", object_too=False)
     seen, ip = first_packets(lab, capture, pods, "other/reuse", "bravo", {"app": "cart"}, NODE_IPS["bravo"],
-                             ip=old.ip, delay=0.0)
+                             ip=old.ip, delay=0.5, before_publish=lambda: lab.delete_pod_object("shop/cart-r"))
     assert ip == old.ip
     assert EIP not in seen, "the new pod's packets left with the old pod's EIP"
     assert set(seen) == {NODE_IPS["bravo"]}
