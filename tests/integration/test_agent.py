@@ -299,8 +299,11 @@ def test_refused_sysctl_writes_are_reported_and_the_flows_stay(node):
          'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"', "sh", *agent],
         stdout=node.log, stderr=subprocess.STDOUT)
     want = "cannot write 2 to /proc/sys/net/ipv4/conf/egw0/rp_filter (Read-only file system)"
-    status = wait_for(lambda: want in (node.agent_status().get("error") or "") and node.agent_status(),
-                      "the refused write in the agent's report")
+    # The first report may come before the bridges have connected: wait for
+    # a report with both the refused write and br-int connected.
+    status = wait_for(lambda: (lambda st: st if want in (st.get("error") or "")
+                               and st["switches"]["br-int"]["connected"] else None)(node.agent_status()),
+                      "the refused write in the report of an agent with br-int connected")
     assert status["switches"]["br-int"]["connected"]
     wait_for(lambda: any("nw_src=203.0.113.2" in f and "nw_dst=198.51.100.0/24" in f for f in node.flows()),
              "the policy's flows on br-int")
