@@ -41,13 +41,13 @@ import dataclasses
 import ipaddress
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import netaddr
 
+from sdn_egress.fileio import write_atomic
 from sdn_egress.model import (
     ALLOCATOR_RR,
     Accepted,
@@ -930,25 +930,4 @@ class AllocationStore:
 
 
 def _write_if_changed(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-    except FileNotFoundError:
-        pass
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return True
+    return write_atomic(path, data, only_if_changed=True)

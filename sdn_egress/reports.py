@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+from sdn_egress.fileio import write_json_atomic
+
 FRESH = 30.0  # seconds: an older report (a dead or stuck agent) claims nothing
 
 
@@ -82,10 +84,7 @@ def request_move(status_dir: str, eip: str, node: str) -> None:
     path = os.path.join(status_dir, MOVES)
     moves = read_moves(status_dir)
     moves[eip] = node
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(moves, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, moves, sort_keys=True)
 
 
 def read_moves(status_dir: str) -> dict[str, str]:
@@ -101,9 +100,6 @@ def finish_moves(status_dir: str, done: set[str]) -> None:
     moves = {k: v for k, v in read_moves(status_dir).items() if k not in done}
     path = os.path.join(status_dir, MOVES)
     if moves:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(moves, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomic(path, moves, sort_keys=True)
     elif os.path.exists(path):
         os.unlink(path)

@@ -8,7 +8,6 @@ it did not finish and is retried; the switch keeps the last good flows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -26,6 +25,7 @@ from sdn_egress.agent import pmtu
 from sdn_egress.agent.liveness import Liveness
 from sdn_egress.agent.routing import NEVER_HELD, Hold, HostRouting, address_mtu, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
+from sdn_egress.fileio import write_json_atomic
 from sdn_egress.allocation import Allocation, AllocationStore
 from sdn_egress.model import ClusterState
 from sdn_egress.source import StateSource
@@ -586,9 +586,4 @@ class AgentCore:
             self.reporter.report(self.status())
         if not self.config.status_dir:
             return
-        path = os.path.join(self.config.status_dir, "nodes")
-        os.makedirs(path, exist_ok=True)
-        tmp = os.path.join(path, f".{self.config.node}.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.status(), f, indent=1)
-        os.replace(tmp, os.path.join(path, f"{self.config.node}.json"))
+        write_json_atomic(os.path.join(self.config.status_dir, "nodes", f"{self.config.node}.json"), self.status())

@@ -8,6 +8,7 @@ import os
 import re
 
 from flows import cookie as C
+from sdn_egress.fileio import write_json_atomic
 from flows.render import describe, to_ofctl
 from flows.tables import table_names
 
@@ -79,12 +80,8 @@ def record_desired(status_dir: str, node: str, desired: dict, view) -> None:
     for b in bridges.values():
         for e in b["flows"]:
             owners[e["cookie"]] = e["owner"]
-    path = os.path.join(status_dir, "nodes")
-    os.makedirs(path, exist_ok=True)
-    tmp = os.path.join(path, f".{node}.flows.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"node": node, "bridges": bridges, "owners": owners}, fh, indent=1)
-    os.replace(tmp, os.path.join(path, f"{node}.flows.json"))
+    write_json_atomic(os.path.join(status_dir, "nodes", f"{node}.flows.json"),
+                      {"node": node, "bridges": bridges, "owners": owners})
 
 
 def load_desired(status_dir: str, node: str) -> dict:

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from sdn_egress.fileio import write_json_atomic
+
 # (group, version, plural) -> (kind, namespaced, has a status subresource)
 RESOURCES = {
     ("", "v1", "nodes"): ("Node", False, False),
@@ -219,10 +221,7 @@ class KubeEmulator:
         data = {"resourceVersion": self.rv,
                 "objects": [{"res": list(r), "namespace": ns, "name": n, "object": o}
                             for (r, ns, n), o in sorted(self.objects.items(), key=lambda kv: kv[0][1:])]}
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, data, indent=None)
 
     # -- test controls ----------------------------------------------------------------------------------
     def apply(self, obj: dict) -> dict:

@@ -34,6 +34,7 @@ from sdn_egress.kube.heartbeat import NAMESPACE as AGENT_LEASE_NAMESPACE
 from sdn_egress.lab import topology as topo_mod
 from sdn_egress.lab.topology import Topology
 from sdn_egress.lab.traffic import Traffic
+from sdn_egress.fileio import write_atomic, write_json_atomic
 
 DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 
@@ -165,10 +166,7 @@ class Lab(Traffic):
         return self._state
 
     def _save(self) -> None:
-        tmp = self.state_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self._state, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, self._state, sort_keys=True)
 
     def topology(self) -> Topology:
         return topo_mod.parse(self.load()["topology"])
@@ -475,11 +473,7 @@ class Lab(Traffic):
 
     # -- manifests -----------------------------------------------------------------------
     def _write(self, path: str, docs: list[dict]) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-        with open(tmp, "w") as f:
-            yaml.safe_dump_all(docs, f, sort_keys=False)
-        os.replace(tmp, path)
+        write_atomic(path, yaml.safe_dump_all(docs, sort_keys=False))
 
     def _write_cluster_manifests(self, topo: Topology) -> None:
         nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
