@@ -77,7 +77,8 @@ def main() -> int:
             want = eip or "192.0.2.200"
             proc = lab.popen(pod, [sys.executable, "-c", PROBE, ext, want, str(args.limit)])
             assert proc.stdout.readline().strip() == "ready"
-            proc.stdin.write("go\n"); proc.stdin.flush()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
             lab.apply(policy_src)
             out = proc.stdout.readline().strip()
             proc.wait()

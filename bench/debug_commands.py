@@ -28,7 +28,8 @@ TOPOLOGY = {"nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": 
 OBJECTS = [{"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
             "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
                      "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}},
-           {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy", "metadata": {"name": "cart", "namespace": "shop"},
+           {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": "cart", "namespace": "shop"},
             "spec": {"egressGatewayName": "edge", "egressIP": {"ipv4": EIP},
                      "appliedTo": {"podSelector": {"matchLabels": {"app": "cart"}}}}}]
 EXE = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
@@ -70,7 +71,8 @@ def main() -> int:
             ("`trace` on the pod's node, as on a cluster (kernel, br-int)", lambda: on_node("charlie", *trace)),
             ("`trace --gateway-hop` on the gateway, as on a cluster", lambda: on_node(holder, *trace, "--gateway-hop")),
             ("`flows --node charlie`, lab mode", lambda: local("flows", "--node", "charlie")),
-            ("`flows --node charlie` on charlie, as on a cluster", lambda: on_node("charlie", "flows", "--node", "charlie")),
+            ("`flows --node charlie` on charlie, as on a cluster",
+             lambda: on_node("charlie", "flows", "--node", "charlie")),
             ("`status`, lab mode", lambda: local("status")),
             ("`status --kubeconfig` (objects, ConfigMap, Leases)",
              lambda: lab.exec("router", [EXE, "status", "--kubeconfig", lab.kubeconfig], check=False)),

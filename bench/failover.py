@@ -114,17 +114,20 @@ def main() -> int:
             victim = active(lab)
             t_kill = time.time()
             lab.kill(victim)
-            tcp.stdin.write("go\n"); tcp.stdin.flush()
+            tcp.stdin.write("go\n")
+            tcp.stdin.flush()
             tcp_ok = tcp.stdout.readline().strip()
             time.sleep(1.0)
-            udp.kill(); udp.wait(); tcp.wait()
+            udp.kill()
+            udp.wait()
+            tcp.wait()
             seen = [e for e in lab.echo_seen("ext-1")
                     if e.get("proto") == "udp" and e.get("data", "").startswith(tag + " ")]
             leaks += sum(e["src"] != EIP for e in seen)
             # The kill lands a little after t_kill (signals, reaping): the
             # outage is the longest silence around it, between two datagrams.
             ts = sorted(e["t"] for e in seen if t_kill - 0.5 <= e["t"] <= t_kill + 5)
-            before, after = max(zip(ts, ts[1:]), key=lambda p: p[1] - p[0])
+            before, after = max(zip(ts, ts[1:], strict=False), key=lambda p: p[1] - p[0])
             outages.append(after - before)
             if tcp_ok:
                 tcp_after.append(float(tcp_ok) - t_kill)

@@ -18,7 +18,8 @@ def main() -> int:
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "bootstrap.sh"), "test", "-q"],
                           cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - t0
-    summary = next((l for l in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed)", l)),
+    summary = next((line for line in reversed(proc.stdout.splitlines())
+                    if re.search(r"\d+ (passed|failed)", line)),
                    "no pytest summary")
     line = f"| whole suite (`bash scripts/bootstrap.sh test`) | {wall:.0f} s | {summary.strip('= ')} |"
     print(line)

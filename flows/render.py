@@ -6,8 +6,8 @@ import netaddr
 
 from flows import cookie as C
 from flows import fields as F
-from flows.records import (CT, Bundle, CheckLarger, Controller, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal, Output,
-                           SetField, Unknown)
+from flows.records import (CT, Bundle, CheckLarger, Controller, Drop, Flow, Goto, InPort, Load, Move, Nat, Normal,
+                           Output, SetField, Unknown)
 from flows.tables import table_id
 
 _PROTO = {F.ETH_IP: "ip", F.ETH_ARP: "arp", F.ETH_IPV6: "ipv6"}

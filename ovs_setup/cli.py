@@ -40,8 +40,8 @@ def show(api) -> dict:
         for iface in sorted(api.list_ifaces(br).execute(check_error=True)):
             row = api.db_find("Interface", ("name", "=", iface),
                               columns=["type", "ofport", "options", "bfd_status"]).execute(check_error=True)[0]
-            bridge["ports"][iface] = {"type": row["type"] or "system",
-                                      "ofport": row["ofport"][0] if isinstance(row["ofport"], list) and row["ofport"] else row["ofport"],
+            ofport = row["ofport"][0] if isinstance(row["ofport"], list) and row["ofport"] else row["ofport"]
+            bridge["ports"][iface] = {"type": row["type"] or "system", "ofport": ofport,
                                       "options": dict(row["options"]), "bfd": dict(row["bfd_status"])}
         out[br] = bridge
     return out

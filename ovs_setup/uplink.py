@@ -50,7 +50,7 @@ def _index(ipr, name: str) -> int:
 
 def _move(ipr, src: int, dst: int, addrs, routes) -> None:
     ipr.link("set", index=dst, state="up")
-    for addr, plen, family in addrs:
+    for addr, plen, _family in addrs:
         ipr.addr("del", index=src, address=addr, prefixlen=plen)
         try:
             ipr.addr("add", index=dst, address=addr, prefixlen=plen)
@@ -110,7 +110,7 @@ def restore_uplink(api, nic: str, bridge: str) -> None:
             _move(ipr, dsts[0], src, [tuple(a) for a in record["addresses"]], [])
         else:
             ipr.link("set", index=src, state="up")
-            for addr, plen, family in record["addresses"]:
+            for addr, plen, _family in record["addresses"]:
                 ipr.addr("replace", index=src, address=addr, prefixlen=plen)
         for r in record["routes"]:
             kw = {k: v for k, v in r.items() if v is not None}

@@ -205,5 +205,5 @@ def _describe_error(msg) -> str:
         from os_ken.ofproto import ofproto_v1_4 as ofp
         types = {v: k for k, v in vars(ofp).items() if k.startswith("OFPET_")}
         return f"{types.get(msg.type, msg.type)} code {msg.code}"
-    except Exception:  # pragma: no cover - description only
+    except Exception:  # noqa: BLE001 - description only  # pragma: no cover
         return f"type {getattr(msg, 'type', '?')} code {getattr(msg, 'code', '?')}"

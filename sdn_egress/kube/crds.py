@@ -216,7 +216,8 @@ def _policy_spec(cluster: bool) -> dict:
         "podSelector": label_selector("the pods this policy applies to" +
                                       (" (with namespaceSelector)" if cluster else
                                        ", in the policy's namespace ({} selects all of them)")),
-        "podSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE), "the pods whose address lies in one of these "
+        "podSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE),
+                           "the pods whose address lies in one of these "
                            "CIDRs", min_items=1),
     }
     if cluster:
@@ -259,7 +260,8 @@ def _policy_spec(cluster: bool) -> dict:
             },
             "destSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE),
                                 "destinations steered to the EIP; empty: everything outside the cluster"),
-            "excludeSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE), "destinations never steered"),
+            "excludeSubnet": _list(_ruled(_string(CIDR_PATTERN, "a CIDR", 50), CIDR_RULE),
+                                   "destinations never steered"),
             "priority": {"type": "integer", "minimum": 0, "maximum": PRIORITY_MAX, "default": 0,
                          "description": "where policies overlap for a pod, the higher wins"},
         },

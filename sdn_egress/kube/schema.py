@@ -74,7 +74,8 @@ def violations(value: Any, schema: Mapping[str, Any], path: str = "",
     elif kind in ("integer", "number"):
         lo, hi = schema.get("minimum"), schema.get("maximum")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            yield where, f"{shown_number(value)} is out of range {lo if lo is not None else ''}..{hi if hi is not None else ''}"
+            low, high = "" if lo is None else lo, "" if hi is None else hi
+            yield where, f"{shown_number(value)} is out of range {low}..{high}"
     elif kind == "array":
         if "minItems" in schema and len(value) < schema["minItems"]:
             yield where, (f"must list at least {schema['minItems']} "

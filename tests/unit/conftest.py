@@ -27,10 +27,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import flows  # noqa: E402
-from fakeswitch import Fabric, FakeNode  # noqa: E402
-
-from flows.view import EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
+import flows  # noqa: E402 - after the sys.path line above
+from fakeswitch import Fabric, FakeNode  # noqa: E402 - after the sys.path line above
+from flows.view import EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer  # noqa: E402 - same
 
 IP = netaddr.IPAddress
 NET = netaddr.IPNetwork

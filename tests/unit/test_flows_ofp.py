@@ -74,7 +74,7 @@ def test_ovs_reads_every_message_as_the_ofctl_text_says(lab, dp, ovs_ofctl, tmp_
     assert "error" not in ours.stdout + ours.stderr
     got, want = ovs_lines(ours.stdout), ovs_lines(text.stdout)
     assert len(got) == len(want) == len(fl)
-    for g, w, f in zip(got, want, fl):
+    for g, w, f in zip(got, want, fl, strict=True):
         assert g == w, render.describe(f)
     # and OVS understood what we meant: spot-check the interesting ones
     joined = "\n".join(got)
