@@ -17,7 +17,8 @@ setup(
         "PyYAML>=6",
         "prometheus-client>=0.17",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-asyncio>=0.23", "kmock>=0.8", "cel-python>=0.5", "wheel>=0.40",
-                             "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=7", "cel-python>=0.5", "wheel>=0.40",
+                             "hypothesis>=6.100",
+                             "ruff>=0.8", "import-linter>=2.0"]},
     entry_points={"console_scripts": ["sdn-egress = sdn_egress.cli:main"]},
 )

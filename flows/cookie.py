@@ -1,8 +1,10 @@
 """Flow cookies: ``generation(8) | feature(8) | object(48)``.
 
 * **generation** -- :data:`GENERATION`, the pipeline's shape version.  Bump
-  it whenever tables, priorities or matches change meaning; an agent then
-  deletes an older generation's flows with ``select(generation=old)``.
+  it whenever tables, priorities or matches change meaning.  An older
+  generation's flows need no clean-up of their own: the agent's diff removes
+  every flow of the switch that the desired set does not hold, whatever its
+  cookie; the generation tells a reader of a dump which pipeline made a flow.
 * **feature** -- which part of the pipeline made the flow (:class:`Feature`).
 * **object** -- a stable hash of the object the flow serves (an EIP, a node,
   a pod CIDR); for STEER flows ``hash24(policy) << 24 | hash24(pod)``, so a
@@ -110,23 +112,6 @@ def decode(value: int) -> Cookie:
     except ValueError:
         pass
     return Cookie(value >> GENERATION_SHIFT, feature, value & OBJECT_MASK)
-
-
-def select(generation: int | None = None, feature: Feature | None = None,
-           obj: int | None = None) -> tuple[int, int]:
-    """``(cookie, cookie_mask)`` selecting flows by any of the three parts,
-    for a flow-mod/flow-stats request (``cookie & mask == value & mask``)."""
-    value = mask = 0
-    if generation is not None:
-        value |= (generation & 0xFF) << GENERATION_SHIFT
-        mask |= GENERATION_MASK
-    if feature is not None:
-        value |= int(feature) << FEATURE_SHIFT
-        mask |= FEATURE_MASK
-    if obj is not None:
-        value |= obj & OBJECT_MASK
-        mask |= OBJECT_MASK
-    return value, mask
 
 
 class Legend:

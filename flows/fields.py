@@ -55,7 +55,6 @@ _FIELDS = [
 ] + [Field(f"reg{i}", INT, 32, f"reg{i}", f"NXM_NX_REG{i}") for i in range(16)]
 
 FIELDS: dict[str, Field] = {f.name: f for f in _FIELDS}
-BY_OFCTL: dict[str, Field] = {f.ofctl: f for f in _FIELDS}
 
 
 def field(name: str) -> Field:
@@ -85,8 +84,6 @@ REG_FLAGS = Register("reg1", "one-bit verdicts of the packet's way through the p
 FLAG_LARGER = 0
 """Bit of REG_FLAGS: the frame is longer than the tunnel carries (its IP packet
 exceeds the node's tunnel MTU)."""
-
-REGISTERS = (REG_EIP, REG_FLAGS)
 
 ETH_HLEN = 14
 """Ethernet header bytes: check_pkt_larger measures the whole frame, the MTU

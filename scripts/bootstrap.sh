@@ -45,6 +45,10 @@ case "$what" in
     demo)
         exec "$venv/bin/sdn-egress" demo "$@" ;;
     test)
+        # The documented architecture is the enforced one (docs/architecture.md):
+        # lint and the import layers first, then the suite.
+        "$venv/bin/ruff" check --no-cache .
+        "$venv/bin/lint-imports" --no-cache
         exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@" tests ;;
     setup)
         echo "bootstrap.sh: ready: $venv/bin/sdn-egress" ;;

@@ -48,7 +48,6 @@ class LeaderElector:
         self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
         self.clock = clock
         self.is_leader = False
-        self.transitions_seen = 0  # how often this candidate became the leader
         self._observed: tuple | None = None
         self._observed_at = 0.0
 
@@ -115,7 +114,6 @@ class LeaderElector:
 
     def _became(self, leader: bool) -> bool:
         if leader and not self.is_leader:
-            self.transitions_seen += 1
             LOG.info("%s: became the leader (lease %s/%s)", self.identity, self.namespace, self.name)
         self.is_leader = leader
         return leader

@@ -148,17 +148,6 @@ def test_cookie_object_ids_are_stable_across_processes():
     assert C.object_id("") == 0
 
 
-def test_cookie_selection_masks():
-    value, mask = C.select(generation=3)
-    assert (C.encode(C.Feature.SNAT, 5, generation=3) & mask) == value
-    assert (C.encode(C.Feature.SNAT, 5, generation=4) & mask) != value
-    value, mask = C.select(generation=C.GENERATION, feature=C.Feature.SNAT)
-    assert (C.encode(C.Feature.SNAT, 99) & mask) == value
-    assert (C.encode(C.Feature.DENAT, 99) & mask) != value
-    value, mask = C.select(feature=C.Feature.EIP_OUT, obj=C.object_id(C.eip_key("192.0.2.200")))
-    assert C.encode(C.Feature.EIP_OUT, C.object_id("eip:192.0.2.200")) & mask == value
-
-
 def test_cookie_refuses_overflow_and_decodes_unknown_features():
     with pytest.raises(ValueError):
         C.encode(C.Feature.STEER, 1 << 48)
