@@ -9,7 +9,7 @@ from sdn_egress.controller import Controller
 from sdn_egress.kube.events import EventRecorder
 from sdn_egress.kube.source import KubeSource
 from sdn_egress.kube.status import FINALIZER, StatusPublisher
-from sdn_egress.kube.store import ConfigMapAllocationStore
+from sdn_egress.allocation.store_kube import KubeAllocationStore
 
 from .kubeemu import api, emu, gateway, node, policy  # noqa: F401 - fixtures
 
@@ -23,7 +23,7 @@ class Running:
         self.emu = emu
         self.source = KubeSource(api_client).start()
         assert self.source.wait_synced(timeout=20)
-        self.store = ConfigMapAllocationStore(api_client, NS)
+        self.store = KubeAllocationStore(api_client, NS)
         self.publisher = StatusPublisher(api_client, self.source, EventRecorder(api_client, instance="test"))
         self.controller = Controller(self.source, self.store, publisher=self.publisher)
 

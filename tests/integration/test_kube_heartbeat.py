@@ -8,7 +8,7 @@ import pytest
 
 from sdn_egress.allocation import Allocation
 from sdn_egress.kube.heartbeat import REPORT, LeaseReporter, LeaseReports, lease_name
-from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
+from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
 
 from .kubeemu import api, emu  # noqa: F401 - fixtures
 
@@ -130,8 +130,8 @@ def test_an_api_outage_is_not_taken_for_every_agent_dying(emu, api, parts):
 
 
 def test_the_agents_read_the_allocation_configmap_once_per_version(emu, api, parts):
-    writer = ConfigMapAllocationStore(api, NS)
-    reader = ConfigMapAllocationReader(api, NS)
+    writer = KubeAllocationStore(api, NS)
+    reader = KubeAllocationReader(api, NS)
     assert not reader.synced
     parts(reader)
     emu.wait_for(lambda: reader.synced)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import netaddr
 import pytest
 
-from sdn_egress.allocation import Allocation, AllocationStore, allocate
+from sdn_egress.allocation import Allocation, FileAllocationStore, allocate
 from sdn_egress.model import (
     ClusterState,
     EgressGateway,
@@ -377,7 +377,7 @@ def test_store_round_trip(tmp_path):
     err = ObjectError(ObjectRef("EgressPolicy", "shop", "bad"), "spec.priority", "must be an integer", "f.yaml")
     alloc = allocate(state([policy("a"), policy("b", eip6="2001:db8::5")],
                            [gateway(v6="2001:db8::-2001:db8::ff")], errors=[err]))
-    store = AllocationStore(str(tmp_path / "status"))
+    store = FileAllocationStore(str(tmp_path / "status"))
     assert store.load() is None
     assert store.save(alloc)
     assert store.load() == alloc
@@ -401,5 +401,5 @@ def test_store_round_trip(tmp_path):
 def test_store_refuses_a_damaged_file(tmp_path, text, message):
     (tmp_path / "allocation.json").write_text(text)
     with pytest.raises(ValueError) as info:
-        AllocationStore(str(tmp_path)).load()
+        FileAllocationStore(str(tmp_path)).load()
     assert str(info.value).startswith(f"{tmp_path / 'allocation.json'}: {message}")

@@ -4,7 +4,7 @@ The controller keeps its whole result (EIPs, tunnel keys, gateway node order,
 round-robin cursors) in ConfigMap ``sdn-egress-allocation`` of its namespace,
 under the keys ``allocation.json`` and ``errors.json``: a new leader starts
 from it, so EIPs stay where they were, and the agents watch it
-(:class:`ConfigMapAllocationReader`).  Key ``moves.json`` holds the planned
+(:class:`KubeAllocationReader`).  Key ``moves.json`` holds the planned
 moves asked for (``sdn-egress move --kubeconfig``: EIP -> node) until the
 controller sees them done.  Writes carry the resourceVersion read (a stale
 one: read again, retry) and are skipped when nothing changed.
@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 
-from sdn_egress.allocation import Allocation, AllocationStore
+from sdn_egress.allocation import Allocation, FileAllocationStore as AllocationStore
 
 LOG = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ CONFIGMAP = "sdn-egress-allocation"
 ATTEMPTS = 5
 
 
-class ConfigMapAllocationStore:
+class KubeAllocationStore:
     ALLOCATION = AllocationStore.ALLOCATION
     ERRORS = AllocationStore.ERRORS
     MOVES = "moves.json"
@@ -39,6 +39,10 @@ class ConfigMapAllocationStore:
     @property
     def where(self) -> str:
         return f"ConfigMap {self.namespace}/{self.name}"
+
+    @property
+    def status_dir(self) -> str | None:
+        return self.path
 
     def _api(self):
         from kubernetes import client
@@ -151,7 +155,7 @@ class ConfigMapAllocationStore:
         return mirrored
 
 
-class ConfigMapAllocationReader:
+class KubeAllocationReader:
     """The agents' side: the allocation ConfigMap through an informer (one
     object, by field selector), parsed once per version.  Until the first
     list, :attr:`synced` is False and the agent changes nothing; while the API
@@ -176,7 +180,7 @@ class ConfigMapAllocationReader:
     def synced(self) -> bool:
         return self.informer.synced.is_set()
 
-    def start(self) -> "ConfigMapAllocationReader":
+    def start(self) -> "KubeAllocationReader":
         self.informer.start()
         return self
 
@@ -189,11 +193,11 @@ class ConfigMapAllocationReader:
             return None
         version = str((cm.get("metadata") or {}).get("resourceVersion"))
         if self._parsed is None or self._parsed[0] != version:
-            text = (cm.get("data") or {}).get(ConfigMapAllocationStore.ALLOCATION)
+            text = (cm.get("data") or {}).get(KubeAllocationStore.ALLOCATION)
             try:
                 alloc = Allocation.from_json(text) if text is not None else None
             except ValueError as exc:
-                raise ValueError(f"{self.where}, key {ConfigMapAllocationStore.ALLOCATION}: {exc}") from None
+                raise ValueError(f"{self.where}, key {KubeAllocationStore.ALLOCATION}: {exc}") from None
             self._parsed = (version, alloc)
         return self._parsed[1]
 
