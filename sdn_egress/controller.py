@@ -309,7 +309,7 @@ def _run_kube(args: argparse.Namespace) -> int:
     from sdn_egress.kube.leader import LeaderElector
     from sdn_egress.kube.source import KubeSource
     from sdn_egress.kube.status import StatusPublisher
-    from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
+    from sdn_egress.allocation.store_kube import KubeAllocationStore, MovesWatch
 
     api = api_client_from(args, "controller")
     if api is None:
@@ -326,7 +326,7 @@ def _run_kube(args: argparse.Namespace) -> int:
     reports = LeaseReports(api, args.agent_lease_namespace or LEASE_NAMESPACE).start()
     store = KubeAllocationStore(api, namespace, mirror=FileAllocationStore(args.status) if args.status else None)
     # Its own ConfigMap, watched: a planned move asked for there wakes the controller.
-    own = KubeAllocationReader(api, namespace).start()
+    own = MovesWatch(api, namespace).start()
     publisher = StatusPublisher(api, source, EventRecorder(api, instance=identity))
     controller = Controller(source, store, publisher=publisher, reports=reports, wakers=(own,))
     _serve_metrics(controller, args)

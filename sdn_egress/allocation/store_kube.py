@@ -1,13 +1,20 @@
-"""The allocation in a ConfigMap: what ``allocation.json`` is in standalone mode.
+"""The allocation in Kubernetes: one ConfigMap per record (:mod:`.records`).
 
-The controller keeps its whole result (EIPs, tunnel keys, gateway node order,
-round-robin cursors) in ConfigMap ``sdn-egress-allocation`` of its namespace,
-under the keys ``allocation.json`` and ``errors.json``: a new leader starts
-from it, so EIPs stay where they were, and the agents watch it
-(:class:`KubeAllocationReader`).  Key ``moves.json`` holds the planned
+Every EIP has its ConfigMap ``sdn-egress-eip-v4-192-0-2-200`` (label
+``sdn-egress.io/allocation-record=eip``: what the agents watch), and every
+policy, gateway or other object the allocation speaks about has one
+``sdn-egress-egresspolicy-shop.web`` (``=object``: the controller's alone),
+each under key ``record.json`` in the controller's namespace.  A pass writes
+only the records that changed (each with the resourceVersion it read: a stale
+one, read the records again and retry) and deletes those that went; a new
+leader lists them and starts from them, so EIPs stay where they were.
+
+ConfigMap ``sdn-egress-allocation`` keeps key ``moves.json``, the planned
 moves asked for (``sdn-egress move --kubeconfig``: EIP -> node) until the
-controller sees them done.  Writes carry the resourceVersion read (a stale
-one: read again, retry) and are skipped when nothing changed.
+controller sees them done.  It held the whole allocation before
+(``allocation.json``, ``errors.json``): while that document is there it is the
+truth (an upgrade: the controller starts from it, writes the records, then
+removes the two keys, so no EIP changes), and agents read it until then.
 """
 from __future__ import annotations
 
@@ -15,78 +22,222 @@ import json
 import logging
 import threading
 
-from sdn_egress.allocation import Allocation, FileAllocationStore as AllocationStore
+from sdn_egress.allocation import codec, records
+from sdn_egress.allocation.store_file import FileAllocationStore
+from sdn_egress.allocation.types import Allocation
 
 LOG = logging.getLogger(__name__)
 
-CONFIGMAP = "sdn-egress-allocation"
+CONFIGMAP = "sdn-egress-allocation"  # planned moves; before: the whole allocation
+RECORD_LABEL = "sdn-egress.io/allocation-record"
+GATEWAY_LABEL = "sdn-egress.io/gateway"
+KEY = "record.json"
 ATTEMPTS = 5
+LEGACY_KEYS = (FileAllocationStore.ALLOCATION, FileAllocationStore.ERRORS)
+
+
+def _api(api_client):
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+def _encode(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def legacy_allocation(cm: dict | None, where: str) -> Allocation | None:
+    """The whole allocation the single ConfigMap of earlier versions held, if it still does."""
+    text = ((cm or {}).get("data") or {}).get(FileAllocationStore.ALLOCATION)
+    if text is None:
+        return None
+    try:
+        return Allocation.from_json(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}, key {FileAllocationStore.ALLOCATION}: {exc}") from None
+
+
+def parse_records(items, where: str) -> Allocation:
+    """The allocation of these record ConfigMaps (API objects)."""
+    parsed = []
+    for cm in items:
+        name = cm["metadata"]["name"]
+        try:
+            parsed.append((name, codec.loads((cm.get("data") or {}).get(KEY) or "")))
+        except ValueError as exc:
+            raise ValueError(f"{where}: ConfigMap {name}, key {KEY}: {exc}") from None
+    try:
+        return records.join(parsed)
+    except ValueError as exc:
+        raise ValueError(f"{where}: ConfigMap {exc}") from None
 
 
 class KubeAllocationStore:
-    ALLOCATION = AllocationStore.ALLOCATION
-    ERRORS = AllocationStore.ERRORS
+    """The controller's :class:`~.store.AllocationStore` in Kubernetes.
+    ``mirror``: also write the files into this status directory."""
+
     MOVES = "moves.json"
 
-    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, mirror: AllocationStore | None = None):
-        """``mirror``: also write the files into this status directory."""
+    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP,
+                 mirror: FileAllocationStore | None = None):
         self.api_client = api_client
         self.namespace = namespace
         self.name = name
         self.mirror = mirror
-        self.path = mirror.path if mirror is not None else None
+        self._known: dict[str, dict] | None = None  # record name -> the ConfigMap as last read or written
+        self._migrating = False  # the single ConfigMap still holds the allocation
+        self._unreadable: list[str] = []
+        self._moves_ready = False
+        self.bytes_written = 0  # record data written, for the measure (bench/alloc_size.py)
 
     @property
     def where(self) -> str:
-        return f"ConfigMap {self.namespace}/{self.name}"
+        return f"ConfigMaps {self.namespace}/{records.PREFIX}* (label {RECORD_LABEL})"
 
     @property
     def status_dir(self) -> str | None:
-        return self.path
+        return self.mirror.path if self.mirror is not None else None
 
-    def _api(self):
-        from kubernetes import client
+    @property
+    def moves_where(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name}"
 
-        return client.CoreV1Api(self.api_client)
+    def _ensure_moves_configmap(self) -> None:
+        """The ConfigMap planned moves are asked for in exists once a controller ran."""
+        from kubernetes.client.rest import ApiException
 
-    def _read(self) -> dict | None:
+        if self._read_legacy() is not None:
+            return
+        try:
+            _api(self.api_client).create_namespaced_config_map(self.namespace, {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": self.name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/name": "sdn-egress"}}, "data": {}},
+                _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def _read_legacy(self) -> dict | None:
         from kubernetes.client.rest import ApiException
 
         try:
-            resp = self._api().read_namespaced_config_map(self.name, self.namespace, _preload_content=False)
+            resp = _api(self.api_client).read_namespaced_config_map(self.name, self.namespace,
+                                                                    _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return json.loads(resp.data)
 
+    def _list(self) -> dict[str, dict]:
+        resp = _api(self.api_client).list_namespaced_config_map(
+            self.namespace, label_selector=RECORD_LABEL, _preload_content=False)
+        self._known = {cm["metadata"]["name"]: cm for cm in json.loads(resp.data).get("items") or ()
+                       if (cm["metadata"].get("labels") or {}).get(RECORD_LABEL) in (records.EIP, records.OBJECT)}
+        return self._known
+
     def load(self) -> Allocation | None:
-        cm = self._read()
-        text = ((cm or {}).get("data") or {}).get(self.ALLOCATION)
-        if text is None:
+        """The old single ConfigMap's allocation while it holds one, else the records'."""
+        self._unreadable = []
+        legacy = legacy_allocation(self._read_legacy(), f"ConfigMap {self.namespace}/{self.name}")
+        known = self._list()
+        self._migrating = legacy is not None
+        if legacy is not None:
+            LOG.info("ConfigMap %s/%s holds the allocation of an earlier version: starting from it; "
+                     "it moves to %s at the first write", self.namespace, self.name, self.where)
+            return legacy
+        if not known:
             return None
         try:
-            return Allocation.from_json(text)
-        except ValueError as exc:
-            raise ValueError(f"{self.where}, key {self.ALLOCATION}: {exc}") from None
+            return parse_records(known.values(), self.where)
+        except ValueError:
+            self._unreadable = sorted(known)
+            raise
 
     def set_aside(self) -> str:
-        """Keep an unreadable allocation under another key; returns where."""
-        cm = self._read() or {}
-        data = dict(cm.get("data") or {})
-        if self.ALLOCATION in data:
-            data[self.ALLOCATION + ".bad"] = data.pop(self.ALLOCATION)
-            cm["data"] = data
-            self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
-        return f"{self.where}, key {self.ALLOCATION}.bad"
+        """Unreadable records leave the allocation (label ``...=set-aside``,
+        kept for a look); the next write starts afresh."""
+        api = _api(self.api_client)
+        for name in self._unreadable:
+            cm = self._known[name]
+            cm["metadata"].setdefault("labels", {})[RECORD_LABEL] = "set-aside"
+            api.replace_namespaced_config_map(name, self.namespace, cm, _preload_content=False)
+        self._known = None
+        return f"ConfigMaps {self.namespace}/{records.PREFIX}* labelled {RECORD_LABEL}=set-aside"
+
+    def save(self, alloc: Allocation) -> bool:
+        """Write the records that changed, delete those that went; True when any did."""
+        from kubernetes.client.rest import ApiException
+
+        mirrored = self.mirror.save(alloc) if self.mirror is not None else False
+        want = records.split(alloc)
+        for attempt in range(ATTEMPTS):
+            try:
+                changed = self._write(want)
+                break
+            except ApiException as exc:
+                if exc.status not in (404, 409) or attempt == ATTEMPTS - 1:
+                    raise
+                LOG.info("%s changed under us; reading them again", self.where)
+                self._known = None
+        if self._migrating:
+            self._finish_migration()
+        elif not self._moves_ready:
+            self._ensure_moves_configmap()
+        self._moves_ready = True
+        return changed or mirrored
+
+    def _write(self, want: dict[str, records.Record]) -> bool:
+        api = _api(self.api_client)
+        known = self._known if self._known is not None else self._list()
+        changed = False
+        for name in sorted(set(known) - set(want)):
+            api.delete_namespaced_config_map(name, self.namespace, _preload_content=False)
+            del known[name]
+            changed = True
+        for name, rec in sorted(want.items(), key=lambda nr: (nr[1].part != records.OBJECT, nr[0])):
+            data = {KEY: _encode(rec.data)}
+            old = known.get(name)
+            if old is not None and (old.get("data") or {}) == data:
+                continue
+            body = {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": self.namespace, "labels": self._labels(rec)},
+                    "data": data}
+            if old is None:
+                resp = api.create_namespaced_config_map(self.namespace, body, _preload_content=False)
+            else:
+                body["metadata"]["resourceVersion"] = old["metadata"].get("resourceVersion")
+                resp = api.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False)
+            known[name] = json.loads(resp.data)
+            self.bytes_written += len(data[KEY])
+            changed = True
+        return changed
+
+    @staticmethod
+    def _labels(rec: records.Record) -> dict[str, str]:
+        labels = {"app.kubernetes.io/name": "sdn-egress", RECORD_LABEL: rec.part}
+        if rec.gateway and len(rec.gateway) <= 63:
+            labels[GATEWAY_LABEL] = rec.gateway
+        return labels
+
+    def _finish_migration(self) -> None:
+        """The records are written: the single ConfigMap keeps only the planned moves."""
+        cm = self._read_legacy()
+        if cm is not None and any(k in (cm.get("data") or {}) for k in LEGACY_KEYS):
+            cm["data"] = {k: v for k, v in (cm.get("data") or {}).items() if k not in LEGACY_KEYS}
+            _api(self.api_client).replace_namespaced_config_map(self.name, self.namespace, cm,
+                                                                _preload_content=False)
+            LOG.info("allocation moved from ConfigMap %s/%s to %s", self.namespace, self.name, self.where)
+        self._migrating = False
 
     # -- planned moves ---------------------------------------------------------------------------
     def read_moves(self) -> dict[str, str]:
-        text = ((self._read() or {}).get("data") or {}).get(self.MOVES)
+        text = ((self._read_legacy() or {}).get("data") or {}).get(self.MOVES)
         try:
             data = json.loads(text) if text else {}
         except ValueError:
-            LOG.warning("%s, key %s: not JSON; no planned move is read from it", self.where, self.MOVES)
+            LOG.warning("%s, key %s: not JSON; no planned move is read from it", self.moves_where, self.MOVES)
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
@@ -100,9 +251,9 @@ class KubeAllocationStore:
         from kubernetes.client.rest import ApiException
 
         for attempt in range(ATTEMPTS):
-            cm = self._read()
+            cm = self._read_legacy()
             if cm is None:
-                raise LookupError(f"{self.where} does not exist (is the controller running?)")
+                raise LookupError(f"{self.moves_where} does not exist (is the controller running?)")
             data = dict(cm.get("data") or {})
             try:
                 old = json.loads(data.get(self.MOVES) or "{}")
@@ -123,86 +274,99 @@ class KubeAllocationStore:
                 if exc.status != 409 or attempt == ATTEMPTS - 1:
                     raise
 
-    def save(self, alloc: Allocation) -> bool:
-        """Write the allocation; True when the ConfigMap (or the mirror) changed."""
-        from kubernetes.client.rest import ApiException
 
-        mirrored = self.mirror.save(alloc) if self.mirror is not None else False
-        data = {
-            self.ALLOCATION: alloc.to_json(),
-            self.ERRORS: json.dumps([e.to_dict() for e in alloc.errors], indent=2, sort_keys=True) + "\n",
-        }
-        for attempt in range(ATTEMPTS):
-            cm = self._read()
-            try:
-                if cm is None:
-                    self._api().create_namespaced_config_map(self.namespace, {
-                        "apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": self.name, "namespace": self.namespace,
-                                     "labels": {"app.kubernetes.io/name": "sdn-egress"}},
-                        "data": data}, _preload_content=False)
-                    return True
-                old = cm.get("data") or {}
-                if all(old.get(k) == v for k, v in data.items()):
-                    return mirrored
-                cm["data"] = {**old, **data}
-                self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
-                return True
-            except ApiException as exc:
-                if exc.status not in (409,) or attempt == ATTEMPTS - 1:
-                    raise
-                LOG.info("%s changed under us; reading it again", self.where)
-        return mirrored
+
+class _ConfigMapWatch:
+    """An informer on the single ConfigMap: the planned moves wake the
+    controller; the agents read the allocation from it until it moved."""
+
+    def __init__(self, api_client, namespace: str, name: str, on_change, backoff_max: float | None):
+        from sdn_egress.kube.informer import BACKOFF_MAX, Informer
+        from sdn_egress.kube.resources import CONFIGMAPS
+
+        self.name, self.namespace = name, namespace
+        self.informer = Informer(api_client, CONFIGMAPS, on_change=on_change, namespace=namespace,
+                                 field_selector=f"metadata.name={name}", backoff_max=backoff_max or BACKOFF_MAX)
+
+    def get(self) -> dict | None:
+        return self.informer.get(self.name, self.namespace)
+
+
+class MovesWatch:
+    """``changed()`` once after every change of the planned moves' ConfigMap (a controller's waker)."""
+
+    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP):
+        self._changed = threading.Event()
+        self._watch = _ConfigMapWatch(api_client, namespace, name, self._changed.set, None)
+
+    def start(self) -> "MovesWatch":
+        self._watch.informer.start()
+        return self
+
+    def stop(self) -> None:
+        self._watch.informer.stop()
+
+    def changed(self) -> bool:
+        if self._changed.is_set():
+            self._changed.clear()
+            return True
+        return False
 
 
 class KubeAllocationReader:
-    """The agents' side: the allocation ConfigMap through an informer (one
-    object, by field selector), parsed once per version.  Until the first
-    list, :attr:`synced` is False and the agent changes nothing; while the API
-    server is away, the last version read stays in force."""
+    """The agents' :class:`~.store.AllocationReader`: the EIP records
+    through an informer (label ``sdn-egress.io/allocation-record=eip``: an
+    agent receives no condition, gateway status or refusal), parsed once per
+    version.  Until the first list, :attr:`synced` is False and the agent
+    changes nothing; while the API server is away, the last version read
+    stays in force.  The old single ConfigMap, while it holds an allocation
+    (an upgrade, before the controller moved it), is read instead."""
 
     def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, backoff_max: float | None = None):
         from sdn_egress.kube.informer import BACKOFF_MAX, Informer
         from sdn_egress.kube.resources import CONFIGMAPS
 
         self.namespace = namespace
-        self.name = name
         self._changed = threading.Event()
         self.informer = Informer(api_client, CONFIGMAPS, on_change=self._changed.set, namespace=namespace,
-                                 field_selector=f"metadata.name={name}", backoff_max=backoff_max or BACKOFF_MAX)
-        self._parsed: tuple[str, Allocation | None] | None = None
+                                 label_selector=f"{RECORD_LABEL}={records.EIP}",
+                                 backoff_max=backoff_max or BACKOFF_MAX)
+        self._legacy = _ConfigMapWatch(api_client, namespace, name, self._changed.set, backoff_max)
+        self._parsed: tuple[tuple, Allocation | None] | None = None
 
     @property
     def where(self) -> str:
-        return f"ConfigMap {self.namespace}/{self.name}"
+        return f"ConfigMaps {self.namespace}/{records.PREFIX}eip-* (label {RECORD_LABEL}={records.EIP})"
 
     @property
     def synced(self) -> bool:
-        return self.informer.synced.is_set()
+        return self.informer.synced.is_set() and self._legacy.informer.synced.is_set()
 
     def start(self) -> "KubeAllocationReader":
         self.informer.start()
+        self._legacy.informer.start()
         return self
 
     def stop(self) -> None:
         self.informer.stop()
+        self._legacy.informer.stop()
 
     def load(self) -> Allocation | None:
-        cm = self.informer.get(self.name, self.namespace)
-        if cm is None:
-            return None
-        version = str((cm.get("metadata") or {}).get("resourceVersion"))
+        legacy = self._legacy.get()
+        if legacy is not None and FileAllocationStore.ALLOCATION in (legacy.get("data") or {}):
+            version: tuple = ("legacy", (legacy.get("metadata") or {}).get("resourceVersion"))
+            if self._parsed is None or self._parsed[0] != version:
+                self._parsed = (version, legacy_allocation(legacy, f"ConfigMap {self.namespace}/{self._legacy.name}"))
+            return self._parsed[1]
+        items = self.informer.items()
+        version = tuple(((cm.get("metadata") or {}).get("name"), (cm.get("metadata") or {}).get("resourceVersion"))
+                        for cm in items)
         if self._parsed is None or self._parsed[0] != version:
-            text = (cm.get("data") or {}).get(KubeAllocationStore.ALLOCATION)
-            try:
-                alloc = Allocation.from_json(text) if text is not None else None
-            except ValueError as exc:
-                raise ValueError(f"{self.where}, key {KubeAllocationStore.ALLOCATION}: {exc}") from None
-            self._parsed = (version, alloc)
+            self._parsed = (version, parse_records(items, self.where) if items else None)
         return self._parsed[1]
 
     def changed(self) -> bool:
-        """True once after every change of the ConfigMap."""
+        """True once after every change of the records (or of the old ConfigMap)."""
         if self._changed.is_set():
             self._changed.clear()
             return True
