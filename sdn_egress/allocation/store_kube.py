@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from sdn_egress.allocation import codec, records
 from sdn_egress.allocation.store_file import FileAllocationStore
@@ -33,6 +34,7 @@ RECORD_LABEL = "sdn-egress.io/allocation-record"
 GATEWAY_LABEL = "sdn-egress.io/gateway"
 KEY = "record.json"
 ATTEMPTS = 5
+WRITERS = 8  # requests in flight while a pass writes many records (a first write, a migration)
 LEGACY_KEYS = (FileAllocationStore.ALLOCATION, FileAllocationStore.ERRORS)
 
 
@@ -88,6 +90,7 @@ class KubeAllocationStore:
         self._migrating = False  # the single ConfigMap still holds the allocation
         self._unreadable: list[str] = []
         self._moves_ready = False
+        self._lock = threading.Lock()
         self.bytes_written = 0  # record data written, for the measure (bench/alloc_size.py)
 
     @property
@@ -189,30 +192,41 @@ class KubeAllocationStore:
         return changed or mirrored
 
     def _write(self, want: dict[str, records.Record]) -> bool:
-        api = _api(self.api_client)
+        """Deletions, then the objects' records, then the EIPs' (what agents
+        act on last); within each, the requests in parallel (WRITERS)."""
         known = self._known if self._known is not None else self._list()
-        changed = False
-        for name in sorted(set(known) - set(want)):
-            api.delete_namespaced_config_map(name, self.namespace, _preload_content=False)
-            del known[name]
-            changed = True
-        for name, rec in sorted(want.items(), key=lambda nr: (nr[1].part != records.OBJECT, nr[0])):
-            data = {KEY: _encode(rec.data)}
-            old = known.get(name)
-            if old is not None and (old.get("data") or {}) == data:
-                continue
-            body = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": name, "namespace": self.namespace, "labels": self._labels(rec)},
-                    "data": data}
-            if old is None:
-                resp = api.create_namespaced_config_map(self.namespace, body, _preload_content=False)
-            else:
-                body["metadata"]["resourceVersion"] = old["metadata"].get("resourceVersion")
-                resp = api.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False)
-            known[name] = json.loads(resp.data)
+        gone = sorted(set(known) - set(want))
+        new = {name: rec for name, rec in want.items()
+               if (known.get(name) or {}).get("data") != {KEY: _encode(rec.data)}}
+        objects = [rec for name, rec in sorted(new.items()) if rec.part == records.OBJECT]
+        eips = [rec for name, rec in sorted(new.items()) if rec.part != records.OBJECT]
+        for batch, do in ((gone, self._delete), (objects, self._put), (eips, self._put)):
+            if len(batch) == 1:
+                do(batch[0])
+            elif batch:
+                with ThreadPoolExecutor(WRITERS) as pool:
+                    list(pool.map(do, batch))  # the first failure raises here
+        return bool(gone or new)
+
+    def _delete(self, name: str) -> None:
+        _api(self.api_client).delete_namespaced_config_map(name, self.namespace, _preload_content=False)
+        self._known.pop(name, None)
+
+    def _put(self, rec: records.Record) -> None:
+        api = _api(self.api_client)
+        data = {KEY: _encode(rec.data)}
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": rec.name, "namespace": self.namespace, "labels": self._labels(rec)},
+                "data": data}
+        old = self._known.get(rec.name)
+        if old is None:
+            resp = api.create_namespaced_config_map(self.namespace, body, _preload_content=False)
+        else:
+            body["metadata"]["resourceVersion"] = old["metadata"].get("resourceVersion")
+            resp = api.replace_namespaced_config_map(rec.name, self.namespace, body, _preload_content=False)
+        with self._lock:
+            self._known[rec.name] = json.loads(resp.data)
             self.bytes_written += len(data[KEY])
-            changed = True
-        return changed
 
     @staticmethod
     def _labels(rec: records.Record) -> dict[str, str]:
