@@ -154,20 +154,25 @@ class KubeAllocationStore:
             return None
         try:
             return parse_records(known.values(), self.where)
-        except ValueError:
-            self._unreadable = sorted(known)
+        except ValueError as exc:
+            self._unreadable = [n for n in known if f"ConfigMap {n}:" in str(exc) or f"ConfigMap {n}." in str(exc)]
             raise
 
     def set_aside(self) -> str:
-        """Unreadable records leave the allocation (label ``...=set-aside``,
-        kept for a look); the next write starts afresh."""
+        """Each unreadable record leaves the allocation: copied to
+        ``NAME.bad`` (label ``...=set-aside``, kept for a look), then deleted;
+        the next write starts afresh."""
         api = _api(self.api_client)
         for name in self._unreadable:
             cm = self._known[name]
-            cm["metadata"].setdefault("labels", {})[RECORD_LABEL] = "set-aside"
-            api.replace_namespaced_config_map(name, self.namespace, cm, _preload_content=False)
+            api.create_namespaced_config_map(self.namespace, {
+                "apiVersion": "v1", "kind": "ConfigMap", "data": cm.get("data") or {},
+                "metadata": {"name": f"{name}.bad", "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/name": "sdn-egress", RECORD_LABEL: "set-aside"}}},
+                _preload_content=False)
+            api.delete_namespaced_config_map(name, self.namespace, _preload_content=False)
         self._known = None
-        return f"ConfigMaps {self.namespace}/{records.PREFIX}* labelled {RECORD_LABEL}=set-aside"
+        return ", ".join(f"ConfigMap {self.namespace}/{n}.bad" for n in self._unreadable)
 
     def save(self, alloc: Allocation) -> bool:
         """Write the records that changed, delete those that went; True when any did."""
@@ -282,7 +287,8 @@ class KubeAllocationStore:
                 data.pop(self.MOVES, None)
             cm["data"] = data
             try:
-                self._api().replace_namespaced_config_map(self.name, self.namespace, cm, _preload_content=False)
+                _api(self.api_client).replace_namespaced_config_map(self.name, self.namespace, cm,
+                                                                    _preload_content=False)
                 return
             except ApiException as exc:
                 if exc.status != 409 or attempt == ATTEMPTS - 1:

@@ -118,3 +118,35 @@ def test_a_cluster_on_the_single_configmap_moves_to_the_records_and_no_eip_chang
             reader.stop()
     finally:
         source.stop()
+
+
+def test_planned_moves_live_beside_the_records(emu, api):
+    store = KubeAllocationStore(api, NS)
+    assert store.load() is None
+    store.save(Allocation())  # a controller ran: the moves' ConfigMap is there
+    store.request_move("192.0.2.200", "beta")
+    store.request_move("192.0.2.201", "alpha")
+    assert store.read_moves() == {"192.0.2.200": "beta", "192.0.2.201": "alpha"}
+    store.finish_moves({"192.0.2.200"})
+    assert KubeAllocationStore(api, NS).read_moves() == {"192.0.2.201": "alpha"}
+    assert not _records(emu)  # an empty allocation has no record
+
+
+def test_an_unreadable_record_is_set_aside_and_allocation_starts_afresh(emu, api, caplog):
+    for obj in (node("alpha", 0), node("beta", 1), gateway(), policy("cart")):
+        emu.apply(obj)
+    source = KubeSource(api).start()
+    try:
+        assert source.wait_synced(timeout=20)
+        first = Controller(source, KubeAllocationStore(api, NS)).reconcile()
+        cm = emu.get("ConfigMap", "sdn-egress-egresspolicy-shop.cart", NS)
+        cm["data"]["record.json"] = '{"policy": {"eip_v4": "not an address"}}'
+        emu.apply(cm)
+        again = Controller(source, KubeAllocationStore(api, NS)).reconcile()
+        assert "sdn-egress-egresspolicy-shop.cart" in caplog.text and "allocating afresh" in caplog.text
+        assert again.eips == first.eips  # afresh, the same inputs give the same EIPs
+        bad = emu.get("ConfigMap", "sdn-egress-egresspolicy-shop.cart.bad", NS)
+        assert bad["metadata"]["labels"][RECORD_LABEL] == "set-aside" and "not an address" in bad["data"]["record.json"]
+        assert KubeAllocationStore(api, NS).load() == again
+    finally:
+        source.stop()
