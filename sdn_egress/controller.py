@@ -18,8 +18,8 @@ import signal
 import threading
 import time
 
-from sdn_egress.allocation import Allocation, AllocationStore, PolicyStatus, allocate
-from sdn_egress.reports import AgentReports, finish_moves, read_moves
+from sdn_egress.allocation import Allocation, AllocationStore, FileAllocationStore, PolicyStatus, allocate
+from sdn_egress.reports import AgentReports
 from sdn_egress.source import StateSource
 
 LOG = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def describe_changes(before: Allocation | None, after: Allocation) -> list[tuple
 
 
 class Controller:
-    """``store``: an :class:`AllocationStore` (status directory) or anything
-    with its ``load``/``save``/``set_aside`` (the Kubernetes ConfigMap).
+    """``store``: an :class:`AllocationStore` (standalone: a status
+    directory; Kubernetes: ConfigMaps).
     ``publisher``: told of every pass's result (Kubernetes: status and
     Events).  ``reports``: the agents' reports of held EIPs (default: the
     store's status directory, when it has one)."""
@@ -86,8 +86,8 @@ class Controller:
         self.current: Allocation | None = None  # the last allocation saved
         self._loaded = False
         self.passes = 0
-        if reports is None and getattr(store, "path", None):
-            reports = AgentReports(store.path)
+        if reports is None and store.status_dir:
+            reports = AgentReports(store.status_dir)
         self.reports = reports
         self.wakers = tuple(wakers)  # more things whose changed() is worth a pass
         self.metrics = None  # sdn_egress.metrics.ControllerMetrics, when served
@@ -139,7 +139,7 @@ class Controller:
             ready = sum(s.ready for s in alloc.policies.values())
             LOG.info("allocation: %d policies (%d ready), %d EIPs, %d errors -> %s",
                      len(alloc.policies), ready, len(alloc.eips), len(alloc.errors),
-                     getattr(self.store, "where", None) or self.store.path)
+                     self.store.where)
         self.passes += 1
         return alloc
 
@@ -150,11 +150,7 @@ class Controller:
         if not self.reports:
             return None
         held = self.reports.held()
-        path = getattr(self.store, "path", None)
-        if hasattr(self.store, "read_moves"):  # Kubernetes: in the allocation ConfigMap
-            moves, finish = self.store.read_moves(), self.store.finish_moves
-        else:
-            moves, finish = (read_moves(path) if path else {}), (lambda done: finish_moves(path, done))
+        moves, finish = self.store.read_moves(), self.store.finish_moves
         done = {eip for eip, node in moves.items() if held.get(eip) == node}
         for eip, node in moves.items():
             if eip not in done:
@@ -291,7 +287,7 @@ def _run_manifests(args: argparse.Namespace) -> int:
         return 1
     try:
         controller = Controller(ManifestDirSource(args.manifests, extra_cluster_cidrs=args.cluster_cidr),
-                                AllocationStore(args.status))
+                                FileAllocationStore(args.status))
         _serve_metrics(controller, args)
         if args.once:
             controller.reconcile()
@@ -313,7 +309,7 @@ def _run_kube(args: argparse.Namespace) -> int:
     from sdn_egress.kube.leader import LeaderElector
     from sdn_egress.kube.source import KubeSource
     from sdn_egress.kube.status import StatusPublisher
-    from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
+    from sdn_egress.allocation.store_kube import KubeAllocationStore, MovesWatch
 
     api = api_client_from(args, "controller")
     if api is None:
@@ -328,9 +324,9 @@ def _run_kube(args: argparse.Namespace) -> int:
         return 2
     source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
     reports = LeaseReports(api, args.agent_lease_namespace or LEASE_NAMESPACE).start()
-    store = ConfigMapAllocationStore(api, namespace, mirror=AllocationStore(args.status) if args.status else None)
+    store = KubeAllocationStore(api, namespace, mirror=FileAllocationStore(args.status) if args.status else None)
     # Its own ConfigMap, watched: a planned move asked for there wakes the controller.
-    own = ConfigMapAllocationReader(api, namespace).start()
+    own = MovesWatch(api, namespace).start()
     publisher = StatusPublisher(api, source, EventRecorder(api, instance=identity))
     controller = Controller(source, store, publisher=publisher, reports=reports, wakers=(own,))
     _serve_metrics(controller, args)

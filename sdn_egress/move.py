@@ -53,10 +53,10 @@ def _run_kube(args: argparse.Namespace) -> int:
     from kubernetes.client.rest import ApiException
 
     from sdn_egress.kube.client import api_client
-    from sdn_egress.kube.store import ConfigMapAllocationStore
+    from sdn_egress.allocation.store_kube import KubeAllocationStore
 
     try:
-        store = ConfigMapAllocationStore(api_client(args.kubeconfig, args.context), args.namespace)
+        store = KubeAllocationStore(api_client(args.kubeconfig, args.context), args.namespace)
         code, active = _check(store.load(), args)
         if active is None:
             return code
@@ -80,7 +80,7 @@ def _run_kube(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
     from sdn_egress.reports import AgentReports, read_moves, request_move
 
     if args.kubeconfig:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         status = lab.status_dir
     try:
-        alloc = AllocationStore(status).load()
+        alloc = FileAllocationStore(status).load()
     except ValueError as exc:
         print(f"move: {exc}", file=sys.stderr)
         return 1

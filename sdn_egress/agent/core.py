@@ -26,7 +26,7 @@ from sdn_egress.agent.liveness import Liveness
 from sdn_egress.agent.routing import NEVER_HELD, Hold, HostRouting, address_mtu, resolve_next_hop_mac
 from sdn_egress.agent.switch import Switch, SwitchError
 from sdn_egress.fileio import write_json_atomic
-from sdn_egress.allocation import Allocation, AllocationStore
+from sdn_egress.allocation import Allocation, AllocationReader
 from sdn_egress.model import ClusterState
 from sdn_egress.source import StateSource
 from sdn_egress.view import NodeFacts, build_view, tunnel_peers
@@ -90,7 +90,7 @@ class PassResult:
 
 
 class AgentCore:
-    def __init__(self, config: AgentConfig, source: StateSource, store: AllocationStore,
+    def __init__(self, config: AgentConfig, source: StateSource, store: AllocationReader,
                  routing: HostRouting | None = None, metrics=None, reporter=None):
         """``store``: the controller's allocation (a status directory, or the
         Kubernetes ConfigMap's reader).  ``reporter``: told this agent's
@@ -110,7 +110,6 @@ class AgentCore:
         self._dpids: dict[int, str] = {}
         self._peers: dict[str, str] | None = None
         self._next_hops: dict[str, str] = {}
-        self._alloc_mtime = None
         self._logged_errors: tuple = ()
         self._unresolved: list[str] = []
         self.liveness = Liveness(config.bfd_grace)
@@ -218,20 +217,7 @@ class AgentCore:
                 self._wake.wait(min(remaining, self.config.poll_interval))
 
     def _alloc_changed(self) -> bool:
-        if hasattr(self.store, "changed"):
-            return self.store.changed()  # the ConfigMap's informer tells
-        path = getattr(self.store, "path", None)
-        if path is None:
-            return False
-        try:
-            st = os.stat(os.path.join(path, "allocation.json"))
-            mtime = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            mtime = None
-        if mtime != self._alloc_mtime:
-            self._alloc_mtime = mtime
-            return True
-        return False
+        return self.store.changed()
 
     def _bfd_states(self) -> dict[str, dict]:
         """peer -> bfd_status of its tunnel port (OVSDB, from the IDL's cache)."""

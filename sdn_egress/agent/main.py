@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sdn_egress.agent.core import AgentConfig, AgentCore
     from sdn_egress.agent.routing import HostRouting
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
     from sdn_egress.source import ManifestDirSource
 
     if args.manifests and not args.status:
@@ -101,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     reporter = None
     started = []
     if args.manifests:
-        source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), AllocationStore(args.status)
+        source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), FileAllocationStore(args.status)
     else:
         from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.kube.source import KubeSource
-        from sdn_egress.kube.store import ConfigMapAllocationReader
+        from sdn_egress.allocation.store_kube import KubeAllocationReader
         from sdn_egress.model import ObjectRef
 
         api = api_client_from(args, "agent")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         # Retries at most API_BACKOFF apart: a node that lost the API (its
         # restart, a cut link) picks the state up again soon after it is back.
         source = KubeSource(api, extra_cluster_cidrs=extra, backoff_max=API_BACKOFF)
-        store = ConfigMapAllocationReader(api, namespace, backoff_max=API_BACKOFF)
+        store = KubeAllocationReader(api, namespace, backoff_max=API_BACKOFF)
         node_ref = ObjectRef("Node", "", args.node)
         from sdn_egress.kube.events import EventRecorder
         reporter = LeaseReporter(api, args.lease_namespace or LEASE_NAMESPACE, args.node,

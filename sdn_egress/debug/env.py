@@ -98,8 +98,8 @@ class LabEnv:
         return self.lab.cluster_state()
 
     def allocation(self):
-        from sdn_egress.allocation import Allocation, AllocationStore
-        return AllocationStore(self.lab.status_dir).load() or Allocation()
+        from sdn_egress.allocation import Allocation, FileAllocationStore
+        return FileAllocationStore(self.lab.status_dir).load() or Allocation()
 
     def reports(self) -> dict[str, dict]:
         from sdn_egress.reports import AgentReports
@@ -213,12 +213,12 @@ class ClusterEnv:
         from sdn_egress.allocation import Allocation
         if self._alloc is None:
             if self.api is None:
-                from sdn_egress.allocation import AllocationStore
-                self._alloc = AllocationStore(self.status_dir).load() or Allocation()
+                from sdn_egress.allocation import FileAllocationStore
+                self._alloc = FileAllocationStore(self.status_dir).load() or Allocation()
             else:
-                from sdn_egress.kube.store import ConfigMapAllocationStore
+                from sdn_egress.allocation.store_kube import KubeAllocationStore
                 with self._asking(f"ConfigMap {self.namespace}/sdn-egress-allocation"):
-                    self._alloc = ConfigMapAllocationStore(self.api, self.namespace).load() or Allocation()
+                    self._alloc = KubeAllocationStore(self.api, self.namespace).load() or Allocation()
         return self._alloc
 
     def reports(self) -> dict[str, dict]:

@@ -69,10 +69,10 @@ def test_the_state_comes_from_the_api_and_the_status_goes_back_to_it(lab):
     assert conditions(status) == {"IPAllocated": ("True", "Allocated"), "Ready": ("True", "GatewayNodeSelected")}
     gw = lab.kube_api().get("EgressGateway", "edge")
     assert {n["name"]: n["eips"] for n in gw["status"]["nodes"]}[status["node"]] == [EIP]
-    # The allocation the agents read, in its ConfigMap.
-    cm = lab.kube_api().get("ConfigMap", "sdn-egress-allocation", "sdn-egress")
-    alloc = json.loads(cm["data"]["allocation.json"])
-    assert [(a["ip"], a["nodes"][0]) for a in alloc["eips"]] == [(EIP, status["node"])]
+    # The allocation the agents read: one ConfigMap per EIP.
+    records = [json.loads(cm["data"]["record.json"]) for cm in lab.kube_api().items("ConfigMap")
+               if cm["metadata"].get("labels", {}).get("sdn-egress.io/allocation-record") == "eip"]
+    assert [(r["eip"]["ip"], r["eip"]["nodes"][0]) for r in records] == [(EIP, status["node"])]
     # Every agent reports through its Lease; the holder names the EIP.
     wait_for(lambda: lease_report(lab, status["node"]).get("held_eips") == [EIP], "the holder's Lease report")
     for node in ("alpha", "bravo", "charlie"):

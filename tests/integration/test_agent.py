@@ -87,10 +87,10 @@ class Node:
         os.unlink(self.mdir / name)
 
     def allocate(self):
-        from sdn_egress.allocation import AllocationStore
+        from sdn_egress.allocation import FileAllocationStore
         from sdn_egress.controller import Controller
         from sdn_egress.source import ManifestDirSource
-        return Controller(ManifestDirSource(str(self.mdir)), AllocationStore(str(self.sdir))).reconcile()
+        return Controller(ManifestDirSource(str(self.mdir)), FileAllocationStore(str(self.sdir))).reconcile()
 
     def start_agent(self):
         self.log = open(self.dir / "agent.log", "ab")

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from sdn_egress.allocation.store_kube import KubeAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.kube.events import EventRecorder
 from sdn_egress.kube.source import KubeSource
 from sdn_egress.kube.status import FINALIZER, StatusPublisher
-from sdn_egress.kube.store import ConfigMapAllocationStore
 
 from .kubeemu import api, emu, gateway, node, policy  # noqa: F401 - fixtures
 
@@ -23,7 +23,7 @@ class Running:
         self.emu = emu
         self.source = KubeSource(api_client).start()
         assert self.source.wait_synced(timeout=20)
-        self.store = ConfigMapAllocationStore(api_client, NS)
+        self.store = KubeAllocationStore(api_client, NS)
         self.publisher = StatusPublisher(api_client, self.source, EventRecorder(api_client, instance="test"))
         self.controller = Controller(self.source, self.store, publisher=self.publisher)
 
@@ -87,8 +87,11 @@ def test_status_finalizer_events_and_configmap(emu, replica):
     assert not emu.requests_to("PUT", r"/egresspolicies/cart$")
     assert events(emu, "EIPAllocated") == [
         ("EgressPolicy", "cart", "Normal", "EIPAllocated", "EIP 192.0.2.200 from EgressGateway edge, active on node alpha")]
-    cm = emu.get("ConfigMap", "sdn-egress-allocation", NS)
-    assert json.loads(cm["data"]["allocation.json"])["policies"]["shop/cart"]["eip_v4"] == "192.0.2.200"
+    # The allocation, one ConfigMap per EIP (the agents') and per object (the controller's).
+    cm = emu.get("ConfigMap", "sdn-egress-eip-v4-192-0-2-200", NS)
+    assert json.loads(cm["data"]["record.json"])["eip"]["policies"] == ["shop/cart"]
+    cm = emu.get("ConfigMap", "sdn-egress-egresspolicy-shop.cart", NS)
+    assert json.loads(cm["data"]["record.json"])["policy"]["eip_v4"] == "192.0.2.200"
     # A pass with nothing new writes nothing.
     before = len(emu.requests)
     replica.settle()

@@ -8,7 +8,7 @@ import pytest
 
 from sdn_egress.allocation import Allocation
 from sdn_egress.kube.heartbeat import REPORT, LeaseReporter, LeaseReports, lease_name
-from sdn_egress.kube.store import ConfigMapAllocationReader, ConfigMapAllocationStore
+from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
 
 from .kubeemu import api, emu  # noqa: F401 - fixtures
 
@@ -129,9 +129,9 @@ def test_an_api_outage_is_not_taken_for_every_agent_dying(emu, api, parts):
     assert reports.gone() == set()
 
 
-def test_the_agents_read_the_allocation_configmap_once_per_version(emu, api, parts):
-    writer = ConfigMapAllocationStore(api, NS)
-    reader = ConfigMapAllocationReader(api, NS)
+def test_the_agents_read_the_allocation_records_once_per_version(emu, api, parts):
+    writer = KubeAllocationStore(api, NS)
+    reader = KubeAllocationReader(api, NS)
     assert not reader.synced
     parts(reader)
     emu.wait_for(lambda: reader.synced)
@@ -142,11 +142,11 @@ def test_the_agents_read_the_allocation_configmap_once_per_version(emu, api, par
     emu.wait_for(lambda: reader.load() is not None)
     assert reader.changed() and not reader.changed()
     assert [(str(a.ip), a.nodes) for a in reader.load().eips] == [("192.0.2.200", ("alpha", "bravo"))]
-    cm = emu.get("ConfigMap", "sdn-egress-allocation", NS)
-    cm["data"]["allocation.json"] = "{not json"
+    cm = emu.get("ConfigMap", "sdn-egress-eip-v4-192-0-2-200", NS)
+    cm["data"]["record.json"] = "{not json"
     emu.apply(cm)
     emu.wait_for(reader.changed)
-    with pytest.raises(ValueError, match=r"ConfigMap sdn-egress/sdn-egress-allocation, key allocation.json"):
+    with pytest.raises(ValueError, match=r"ConfigMap sdn-egress-eip-v4-192-0-2-200, key record.json"):
         reader.load()
 
 

@@ -444,7 +444,7 @@ def check_interference(valid: list[dict], hostile: tuple[str, bytes]) -> list[tu
     """The valid objects alone, one controller pass; then a new controller
     process (new source, same status directory) with a hostile file beside
     them: every valid object's parsed version, EIP and gateway stay."""
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
     from sdn_egress.controller import Controller
     from sdn_egress.source import ManifestDirSource
 
@@ -455,7 +455,7 @@ def check_interference(valid: list[dict], hostile: tuple[str, bytes]) -> list[tu
         with open(os.path.join(manifests, "a-valid.yaml"), "w") as f:
             yaml.safe_dump_all(valid, f)
         first = ManifestDirSource(manifests)
-        alone = Controller(first, AllocationStore(status)).reconcile()
+        alone = Controller(first, FileAllocationStore(status)).reconcile()
         state_alone = first.snapshot()
         keys = sorted(state_alone.policies)
         gateways_alone = dict(state_alone.gateways)
@@ -463,7 +463,7 @@ def check_interference(valid: list[dict], hostile: tuple[str, bytes]) -> list[tu
         with open(os.path.join(manifests, name), "wb") as f:
             f.write(data)
         second = ManifestDirSource(manifests)  # a restarted controller
-        after = Controller(second, AllocationStore(status)).reconcile()
+        after = Controller(second, FileAllocationStore(status)).reconcile()
         state_after = second.snapshot()
         out = []
         before, now = _outcome(alone, state_alone, keys), _outcome(after, state_after, keys)

@@ -8,8 +8,9 @@ from dataclasses import replace
 import netaddr
 import pytest
 
-from sdn_egress.allocation import Allocation, AllocationStore, allocate
+from sdn_egress.allocation import Allocation, FileAllocationStore, allocate
 from sdn_egress.model import (
+    Accepted,
     ClusterState,
     EgressGateway,
     EgressPolicy,
@@ -377,7 +378,7 @@ def test_store_round_trip(tmp_path):
     err = ObjectError(ObjectRef("EgressPolicy", "shop", "bad"), "spec.priority", "must be an integer", "f.yaml")
     alloc = allocate(state([policy("a"), policy("b", eip6="2001:db8::5")],
                            [gateway(v6="2001:db8::-2001:db8::ff")], errors=[err]))
-    store = AllocationStore(str(tmp_path / "status"))
+    store = FileAllocationStore(str(tmp_path / "status"))
     assert store.load() is None
     assert store.save(alloc)
     assert store.load() == alloc
@@ -401,5 +402,71 @@ def test_store_round_trip(tmp_path):
 def test_store_refuses_a_damaged_file(tmp_path, text, message):
     (tmp_path / "allocation.json").write_text(text)
     with pytest.raises(ValueError) as info:
-        AllocationStore(str(tmp_path)).load()
+        FileAllocationStore(str(tmp_path)).load()
     assert str(info.value).startswith(f"{tmp_path / 'allocation.json'}: {message}")
+
+
+# -- the per-object records (sdn_egress.allocation.records: the Kubernetes store's shape) ---------
+
+def _rich_allocation() -> Allocation:
+    """Dual stack, useNodeIP, a cluster policy, refusals of the source and of
+    the allocation, round-robin cursors and incumbency records."""
+    err = ObjectError(ObjectRef("Pod", "shop", "web-1"), "metadata.labels", "not a label", "f.yaml")
+    dual = gateway("dual", v4="192.0.2.200-192.0.2.203", v6="2001:db8::10-2001:db8::13")
+    edge = replace(gateway("edge", v4="198.51.100.10-198.51.100.12"), cluster_default=True)
+    rr = replace(policy("rr", gw="edge"), allocator="rr")
+    cluster = replace(policy("everyone", ns="", gw=""), cluster=True)
+    pols = [policy("a", gw="dual"), policy("b", gw="dual", eip="192.0.2.202"), rr, cluster,
+            replace(policy("host", gw="edge"), use_node_ip=True), replace(policy("host2", gw="edge"), use_node_ip=True),
+            policy("taken", gw="edge", eip="198.51.100.99")]
+    s = state(pols, [dual, edge], errors=[err])
+    accepted = {str(p.ref): Accepted(source=f"/apis/{p.key}", gateway=p.gateway, eip_v4=p.eip_v4) for p in pols}
+    accepted[str(edge.ref)] = Accepted(source="/apis/edge", cluster_default=True)
+    return allocate(replace(s, accepted=accepted))
+
+
+def test_records_put_together_what_they_cut():
+    from sdn_egress.allocation import records
+
+    alloc = _rich_allocation()
+    assert alloc.errors and alloc.rr_last and any(a.node_ip for a in alloc.eips) and alloc.accepted
+    cut = records.split(alloc)
+    assert records.join((r.name, json.loads(json.dumps(r.data))) for r in cut.values()) == alloc
+    assert {r.part for r in cut.values()} == {records.EIP, records.OBJECT}
+    assert len([r for r in cut.values() if r.part == records.EIP]) == len(alloc.eips)
+    for name in cut:  # a ConfigMap's name: a DNS subdomain
+        assert len(name) <= 253 and name == name.lower() and name.replace("-", "").replace(".", "").isalnum()
+    assert "sdn-egress-eip-v6-2001-db8--10" in cut and "sdn-egress-egressclusterpolicy-everyone" in cut
+    # The agents' part (the EIP records alone) is everything their view reads.
+    part = records.join((r.name, r.data) for r in cut.values() if r.part == records.EIP)
+    assert part.eips == alloc.eips
+    assert {k: (s.eip_v4, s.eip_v6, s.gateway) for k, s in part.policies.items()} == {
+        k: (s.eip_v4, s.eip_v6, s.gateway) for k, s in alloc.policies.items() if s.eip_v4 or s.eip_v6}
+    assert set(part.accepted) == {r for r in alloc.accepted
+                                  if any(r.split(" ")[1] in a.policies or r == f"EgressGateway {a.gateway}"
+                                         for a in alloc.eips)}
+    assert not part.errors and not part.gateways and not part.rr_last  # the controller's alone
+
+
+def test_a_change_rewrites_only_its_records():
+    from sdn_egress.allocation import records
+
+    s = state([policy("a", gw="dual"), policy("b", gw="dual", eip="192.0.2.202")],
+              [gateway("dual", v4="192.0.2.200-192.0.2.203", v6="2001:db8::10-2001:db8::13")])
+    before = allocate(replace(s, policies={**s.policies, "shop/c": policy("c", gw="dual")}))
+    after = allocate(s, before)  # shop/c deleted: its two EIPs and its record go, the gateway's changes
+    old, new = records.split(before), records.split(after)
+    assert set(old) - set(new) == {"sdn-egress-egresspolicy-shop.c", "sdn-egress-eip-v4-192-0-2-201",
+                                                  "sdn-egress-eip-v6-2001-db8--11"}
+    assert [n for n in new if new[n] != old[n]] == ["sdn-egress-egressgateway-dual"]
+
+
+def test_records_name_what_cannot_be_read():
+    from sdn_egress.allocation import records
+
+    cut = records.split(_rich_allocation())
+    name = "sdn-egress-eip-v4-192-0-2-200"
+    damaged = [(n, {**r.data, "eip": {**r.data["eip"], "tunnel_key": 0}} if n == name else r.data)
+               for n, r in cut.items()]
+    with pytest.raises(ValueError, match=rf"^{name}\.eip\.tunnel_key: must be an integer in 1\.\.16777215"):
+        records.join(damaged)

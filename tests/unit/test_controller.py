@@ -15,7 +15,7 @@ import time
 import pytest
 
 from sdn_egress import controller as controller_mod
-from sdn_egress.allocation import AllocationStore
+from sdn_egress.allocation import FileAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.source import ManifestDirSource
 
@@ -61,7 +61,7 @@ def read_json(path):
 def test_reconcile_writes_the_expected_allocation(dirs, caplog):
     manifests, status = dirs
     caplog.set_level(logging.INFO, logger="sdn_egress.controller")
-    Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status))).reconcile()
+    Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status))).reconcile()
     assert read_json(status / "allocation.json") == {
         "eips": [{"ip": "192.0.2.200", "gateway": "edge", "policies": ["shop/cart"], "tunnel_key": 1,
                   "nodes": ["alpha", "beta"]}],
@@ -95,7 +95,7 @@ def test_reconcile_writes_the_expected_allocation(dirs, caplog):
 
 def test_broken_manifest_is_reported_and_changes_nothing_else(dirs, caplog):
     manifests, status = dirs
-    ctl = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status)))
+    ctl = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status)))
     before = ctl.reconcile()
     (manifests / "broken.yaml").write_text(
         "apiVersion: sdn-egress.io/v1alpha1\nkind: EgressPolicy\nmetadata: {name: web, namespace: shop}\n"
@@ -120,11 +120,11 @@ def test_broken_manifest_is_reported_and_changes_nothing_else(dirs, caplog):
 def test_restart_keeps_eips_from_the_status_directory(dirs):
     manifests, status = dirs
     (manifests / "zeta.yaml").write_text(ZETA)
-    first = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status))).reconcile()
+    first = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status))).reconcile()
     assert {k: str(s.eip_v4) for k, s in first.policies.items()} == {"shop/cart": "192.0.2.200",
                                                                      "shop/zeta": "192.0.2.201"}
     (manifests / "egresspolicy.yaml").unlink()
-    again = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status))).reconcile()
+    again = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status))).reconcile()
     assert {k: str(s.eip_v4) for k, s in again.policies.items()} == {"shop/zeta": "192.0.2.201"}
     assert again.eips[0].tunnel_key == 2
 
@@ -133,7 +133,7 @@ def test_unreadable_allocation_is_moved_aside(dirs, caplog):
     manifests, status = dirs
     status.mkdir()
     (status / "allocation.json").write_text("{half")
-    alloc = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status))).reconcile()
+    alloc = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status))).reconcile()
     assert str(alloc.policies["shop/cart"].eip_v4) == "192.0.2.200"
     assert (status / "allocation.json.bad").read_text() == "{half"
     assert any("allocating afresh" in m for m in caplog.messages)
@@ -149,7 +149,7 @@ def wait_for(predicate, what: str, limit: float = 30.0):
 
 def test_run_follows_changes_until_stopped(dirs):
     manifests, status = dirs
-    ctl = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status)))
+    ctl = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status)))
     stop = threading.Event()
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()

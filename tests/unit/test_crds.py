@@ -245,6 +245,9 @@ def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     assert allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "sdn-egress-controller")
     assert not allowed(ctl_ns, "coordination.k8s.io", "leases", "update", "someone-else")
     assert allowed(ctl_ns, "", "configmaps", "update", "sdn-egress-allocation")
+    # The allocation's records: one ConfigMap per EIP and object, listed, written and deleted.
+    assert all(allowed(ctl_ns, "", "configmaps", v, "sdn-egress-eip-v4-192-0-2-200")
+               for v in ("create", "list", "update", "delete"))
     for role in ("sdn-egress-controller", "sdn-egress-agent"):  # both detect the service CIDRs
         assert allowed(rules(objs, "ClusterRole", role), "networking.k8s.io", "servicecidrs", "watch")
     agent_cluster = rules(objs, "ClusterRole", "sdn-egress-agent")
@@ -254,6 +257,8 @@ def test_rbac_is_least_privilege_and_covers_what_the_code_calls():
     agent_ns = rules(objs, "Role", "sdn-egress-agent")  # sdn-egress: the allocation ConfigMap, read only
     assert allowed(agent_ns, "", "configmaps", "watch", "sdn-egress-allocation")
     assert not allowed(agent_ns, "", "configmaps", "update", "sdn-egress-allocation")
+    assert all(allowed(agent_ns, "", "configmaps", v, "sdn-egress-eip-v4-192-0-2-200") for v in ("list", "watch"))
+    assert {v for r in agent_ns for v in r["verbs"]} == {"get", "list", "watch"}  # the records, read only
     leases = rules(objs, "Role", "sdn-egress-agent", "sdn-egress-agents")  # its own Lease, in its own namespace
     assert all(allowed(leases, "coordination.k8s.io", "leases", v) for v in ("create", "get", "update"))
     # `sdn-egress status` in the agent's pod lists every agent's report.

@@ -375,11 +375,11 @@ class Process:
     """One controller process: its own source and memory, the shared status directory."""
 
     def __init__(self, manifests, status):
-        from sdn_egress.allocation import AllocationStore
+        from sdn_egress.allocation import FileAllocationStore
         from sdn_egress.controller import Controller
 
         self.source = ManifestDirSource(str(manifests))
-        self.controller = Controller(self.source, AllocationStore(str(status)))
+        self.controller = Controller(self.source, FileAllocationStore(str(status)))
 
     def run(self):
         alloc = self.controller.reconcile()
@@ -563,7 +563,7 @@ def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order
     """An agent is a process too: its source takes incumbency from the allocation
     it reads, so it steers the incumbent's pods, not nobody's."""
     from sdn_egress.agent.core import AgentConfig, AgentCore
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
 
     manifests, status = dirs
     write(manifests, "cluster.yaml", [NODE, POD, GATEWAY, POLICY])
@@ -573,7 +573,7 @@ def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order
     write(manifests, "claim.yaml", [claimer])
     live.run()
     agent = AgentCore(AgentConfig(node="alpha", ovs_db="unix:/nonexistent"), ManifestDirSource(str(manifests)),
-                      AllocationStore(str(status)))
+                      FileAllocationStore(str(status)))
     state, alloc = agent.snapshot()
     assert sorted(state.policies) == ["shop/billing"]
     assert str(alloc.policies["shop/billing"].eip_v4) == "192.0.2.205"

@@ -32,9 +32,9 @@ class StaticSource:
 
 
 def controller(status, reports):
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
     from sdn_egress.controller import Controller
-    return Controller(StaticSource(), AllocationStore(str(status)), reports=reports)
+    return Controller(StaticSource(), FileAllocationStore(str(status)), reports=reports)
 
 
 def report(tmp_path, node, t, held):
