@@ -69,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from os_ken.base.app_manager import AppManager
     from os_ken.lib import hub
 
+    from sdn_egress.agent.allocreader import FileAllocationReader
     from sdn_egress.agent.core import AgentConfig, AgentCore
+    from sdn_egress.agent.nodedb import OvsdbNode
     from sdn_egress.agent.routing import HostRouting
     from sdn_egress.allocation import AllocationStore
+    from sdn_egress.reports import FileStatusWriter
     from sdn_egress.source import ManifestDirSource
 
     if args.manifests and not args.status:
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     reporter = None
     started = []
     if args.manifests:
-        source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), AllocationStore(args.status)
+        source = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra)
+        store = FileAllocationReader(AllocationStore(args.status))
     else:
         from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
@@ -139,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
                         "mult": str(args.bfd_mult)}),
-        source, store, metrics=metrics, reporter=reporter,
-        routing=HostRouting(proc_sys_net=args.proc_sys_net),
+        source, store, metrics=metrics,
+        # The Lease first, then the file: as `sdn-egress status` reads them.
+        writers=[w for w in (reporter, FileStatusWriter(args.status, args.node) if args.status else None) if w],
+        routing=HostRouting(proc_sys_net=args.proc_sys_net), db=OvsdbNode(args.ovs_db),
     )
     if metrics:
         if reporter is not None:

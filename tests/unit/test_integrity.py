@@ -562,6 +562,7 @@ def test_a_long_but_cheap_policy_is_accepted_and_steers_what_it_says():
 def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order(dirs):
     """An agent is a process too: its source takes incumbency from the allocation
     it reads, so it steers the incumbent's pods, not nobody's."""
+    from sdn_egress.agent.allocreader import FileAllocationReader
     from sdn_egress.agent.core import AgentConfig, AgentCore
     from sdn_egress.allocation import AllocationStore
 
@@ -573,7 +574,7 @@ def test_a_restarted_agent_sees_the_controllers_incumbent_not_its_own_read_order
     write(manifests, "claim.yaml", [claimer])
     live.run()
     agent = AgentCore(AgentConfig(node="alpha", ovs_db="unix:/nonexistent"), ManifestDirSource(str(manifests)),
-                      AllocationStore(str(status)))
+                      FileAllocationReader(AllocationStore(str(status))))
     state, alloc = agent.snapshot()
     assert sorted(state.policies) == ["shop/billing"]
     assert str(alloc.policies["shop/billing"].eip_v4) == "192.0.2.205"
