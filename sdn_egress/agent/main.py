@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
                         "mult": str(args.bfd_mult)}),
         source, store, metrics=metrics,
-        # The Lease first, then the file: as `sdn-egress status` reads them.
-        writers=[w for w in (reporter, FileStatusWriter(args.status, args.node) if args.status else None) if w],
+        writers=[w for w in (reporter, FileStatusWriter(args.status, args.node) if args.status else None)
+                 if w is not None],
         routing=HostRouting(proc_sys_net=args.proc_sys_net), db=OvsdbNode(args.ovs_db),
     )
     if metrics:
