@@ -19,7 +19,8 @@ import threading
 import time
 
 from sdn_egress.allocation import Allocation, AllocationStore, FileAllocationStore, PolicyStatus, allocate
-from sdn_egress.reports import AgentReports
+from sdn_egress.backoff import Backoff
+from sdn_egress.reports import AgentReports, ReportsReader
 from sdn_egress.source import StateSource
 
 LOG = logging.getLogger(__name__)
@@ -75,11 +76,12 @@ class Controller:
     """``store``: an :class:`AllocationStore` (standalone: a status
     directory; Kubernetes: ConfigMaps).
     ``publisher``: told of every pass's result (Kubernetes: status and
-    Events).  ``reports``: the agents' reports of held EIPs (default: the
+    Events).  ``reports``: the agents' reports of held EIPs, a
+    :class:`~sdn_egress.reports.ReportsReader` (default: the files in the
     store's status directory, when it has one)."""
 
     def __init__(self, source: StateSource, store: AllocationStore, publisher=None,
-                 reports: AgentReports | None = None, wakers=()):
+                 reports: ReportsReader | None = None, wakers=()):
         self.source = source
         self.store = store
         self.publisher = publisher
@@ -123,7 +125,7 @@ class Controller:
         started = time.monotonic()
         previous = self.previous()
         state = self.source.snapshot()
-        if self.reports:
+        if self.reports is not None:
             state = self._without_gone_nodes(state)
         alloc = allocate(state, previous, held=self._held())
         if self.metrics:
@@ -147,7 +149,7 @@ class Controller:
         """Who holds each EIP, as the election should see it: the data plane's
         reports, except for a planned move (``sdn-egress move``), whose target
         counts as holder until it reports holding the EIP, then the move is done."""
-        if not self.reports:
+        if self.reports is None:
             return None
         held = self.reports.held()
         moves, finish = self.store.read_moves(), self.store.finish_moves
@@ -184,22 +186,22 @@ class Controller:
         """Reconcile at start, on every change of the source and every
         ``resync_interval`` seconds, until ``stop`` is set.  A failing pass is
         logged and retried with backoff; nothing stops the loop but ``stop``."""
-        backoff = 0.0
+        backoff = Backoff(most=10.0)
         while not stop.is_set():
             try:
                 self.reconcile()
-                backoff = 0.0
+                backoff.succeeded()
             except Exception:  # noqa: BLE001 - the loop must live
-                backoff = min(max(backoff * 2, 0.5), 10.0)
-                LOG.exception("reconcile failed; retrying in %.1f s", backoff)
-            deadline = time.monotonic() + (backoff or resync_interval)
+                LOG.exception("reconcile failed; retrying in %.1f s", backoff.failed())
+            deadline = time.monotonic() + (backoff.delay or resync_interval)
             while not stop.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 if backoff:
                     stop.wait(min(remaining, 0.5))
-                elif (self.source.wait_for_change(min(remaining, 0.1)) or (self.reports and self.reports.changed())
+                elif (self.source.wait_for_change(min(remaining, 0.1))
+                      or (self.reports is not None and self.reports.changed())
                       or any(w.changed() for w in self.wakers)):
                     break
 

@@ -1,16 +1,58 @@
-"""What the agents report about their data plane: each agent writes
-``STATUS/nodes/NODE.json`` after every pass (the lab's equivalent of a
-heartbeat Lease).  The controller reads which node *holds* which EIP, so an
-election follows a failover the switches already made."""
+"""What the agents report about their data plane, and how the controller reads it.
+
+Two roles, each with its standalone implementation here and its Kubernetes
+one in :mod:`sdn_egress.kube.heartbeat`:
+
+- :class:`StatusWriter`, the agent's side: told its status after every pass.
+  :class:`FileStatusWriter` writes ``STATUS/nodes/NODE.json`` (the lab's
+  equivalent of a heartbeat Lease); ``LeaseReporter`` renews the node's Lease.
+- :class:`ReportsReader`, the controller's side: which node *holds* which
+  EIP, so an election follows a failover the switches already made, and
+  which agents stopped reporting.  :class:`AgentReports` reads the files;
+  ``LeaseReports`` the Leases.
+"""
 from __future__ import annotations
 
 import json
 import os
 import time
+from typing import Protocol
 
 from sdn_egress.fileio import write_json_atomic
 
 FRESH = 30.0  # seconds: an older report (a dead or stuck agent) claims nothing
+
+
+class StatusWriter(Protocol):
+    def report(self, status: dict) -> None:
+        """The agent's status after a pass (never blocks the pass for long)."""
+
+
+class ReportsReader(Protocol):
+    fresh: float  # seconds: an older report claims nothing
+
+    def held(self) -> dict[str, str]:
+        """EIP -> the node whose fresh report says it holds it."""
+
+    def gone(self) -> set[str]:
+        """Nodes whose agent reported before but not for ``fresh`` seconds."""
+
+    def changed(self) -> bool:
+        """True when a report changed since the last call."""
+
+
+class FileStatusWriter:
+    """``STATUS/nodes/NODE.json``, replaced whole after every pass."""
+
+    def __init__(self, status_dir: str, node: str):
+        self.path = os.path.join(status_dir, "nodes", f"{node}.json")
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def report(self, status: dict) -> None:
+        write_json_atomic(self.path, status)
 
 
 class AgentReports:

@@ -69,6 +69,13 @@ class StateSource(Protocol):
         """Block up to ``timeout`` seconds; True as soon as something changed
         since the last :meth:`snapshot` (or no snapshot was taken yet)."""
 
+    def remember(self, accepted: Mapping[str, Accepted]) -> None:
+        """Incumbency from the stored allocation (the controller's, not this process's memory)."""
+
+    @property
+    def synced(self) -> bool:
+        """False until the source has a first answer (a Kubernetes API list)."""
+
 
 # -- cross-object checks ----------------------------------------------------------------------------
 
@@ -451,6 +458,8 @@ class ManifestDirSource:
         self.poll_interval = poll_interval
         self._seen: dict[str, _Seen] | None = None  # None: no snapshot yet
         self._history = Assembler()
+
+    synced = True  # the files are there or not: nothing to wait for
 
     def remember(self, accepted: Mapping[str, Accepted]) -> None:
         """Incumbency from the stored allocation (see :class:`Assembler`)."""

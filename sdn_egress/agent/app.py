@@ -74,11 +74,6 @@ class EgressAgentApp(app_manager.OSKenApp):
     def _flow_stats(self, ev):
         self._deliver(ev, more=bool(ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE))
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
-    @guarded
-    def _barrier(self, ev):
-        self._deliver(ev)
-
     @set_ev_cls(ofp_event.EventOFPBundleCtrlMsg, MAIN_DISPATCHER)
     @guarded
     def _bundle(self, ev):

@@ -1,10 +1,20 @@
 """The agent's reconcile loop, independent of os-ken's event plumbing.
 
 One pass: snapshot the state source and the allocation -> make sure the tunnel
-ports exist -> read port numbers and MACs from OVSDB -> build the node view ->
-``flows.build`` -> diff against what each connected bridge holds -> one atomic
-bundle per bridge -> policy-routing rules.  A pass that fails changes nothing
-it did not finish and is retried; the switch keeps the last good flows.
+ports exist -> judge the peers' liveness from BFD -> read port numbers and
+MACs from OVSDB -> build the node view -> ``flows.build`` -> diff against what
+each connected bridge holds -> one atomic bundle per bridge -> policy-routing
+rules -> gratuitous ARPs for EIPs just taken over -> status.  A pass that
+fails changes nothing it did not finish and is retried; the switch keeps the
+last good flows.
+
+Each step is an object of its own, and the core reaches the node only through
+small interfaces, so the unit tests run it against fakes:
+:class:`~sdn_egress.agent.nodedb.NodeDb` (the node's OVSDB),
+:class:`~sdn_egress.agent.switch.SwitchPort` (a connected bridge),
+:class:`~sdn_egress.agent.hoststep.HostRoutes` (the kernel's routing), the
+state source, the :class:`~sdn_egress.agent.allocreader.AllocationReader` and
+the :class:`~sdn_egress.reports.StatusWriter` s.
 """
 from __future__ import annotations
 
@@ -14,22 +24,25 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-
-import netaddr
+from typing import Sequence
 
 import flows
-from flows.records import Flow
-from flows.tables import table_id, table_names
-from flows.view import NODE_IP_PORTS, NodeView, Ports
+from flows.tables import table_id
+from flows.view import NodeView
 from sdn_egress.agent import pmtu
-from sdn_egress.agent.liveness import Liveness
-from sdn_egress.agent.routing import NEVER_HELD, Hold, HostRouting, address_mtu, resolve_next_hop_mac
-from sdn_egress.agent.switch import Switch, SwitchError
-from sdn_egress.fileio import write_json_atomic
+
+from sdn_egress.agent.bridges import BridgeState, Bridges
+from sdn_egress.agent.facts import NodeReader
+from sdn_egress.agent.hoststep import HostRoutes, HostStep
+from sdn_egress.agent.liveness import PeerWatch
+from sdn_egress.agent.nodedb import NodeDb, OvsdbNode
+from sdn_egress.agent.switch import SwitchPort
 from sdn_egress.allocation import Allocation, AllocationReader
+from sdn_egress.backoff import Backoff
 from sdn_egress.model import ClusterState
+from sdn_egress.reports import StatusWriter
 from sdn_egress.source import StateSource
-from sdn_egress.view import NodeFacts, build_view, tunnel_peers
+from sdn_egress.view import build_view
 
 LOG = logging.getLogger(__name__)
 
@@ -45,7 +58,7 @@ class NotReady(RuntimeError):
 class AgentConfig:
     node: str
     ovs_db: str
-    status_dir: str | None = None
+    status_dir: str | None = None  # where the desired flows are recorded for the debug commands
     egw: str = "egw0"
     resync_interval: float = 10.0  # full dump-and-diff, repairs drift
     poll_interval: float = 0.05  # how often BFD state and the sources are looked at
@@ -59,29 +72,6 @@ class AgentConfig:
     hold_poll: float = 0.25  # how often the pod routes are looked at for the hold's bound
 
 
-def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]:
-    """(adds, deletes) turning ``actual`` into ``desired``.  A flow whose
-    identity (table, priority, match) is kept but whose actions or cookie
-    changed is re-added (an add replaces in place, no gap); identities that
-    are no longer desired are deleted."""
-    want = {f.key: f for f in desired}
-    have = {f.key: f for f in actual}
-    adds = [f for k, f in want.items() if have.get(k) != f]
-    deletes = [f for k, f in have.items() if k not in want]
-    return sorted(adds, key=_order), sorted(deletes, key=_order)
-
-
-def _order(f: Flow):
-    return (f.bridge, f.table, -f.priority, str(f.match))
-
-
-@dataclass
-class _BridgeState:
-    switch: Switch
-    installed: set[Flow] | None = None  # None: unknown, dump before diffing
-    last_dump: float = 0.0
-
-
 @dataclass
 class PassResult:
     view: NodeView | None = None
@@ -91,80 +81,58 @@ class PassResult:
 
 class AgentCore:
     def __init__(self, config: AgentConfig, source: StateSource, store: AllocationReader,
-                 routing: HostRouting | None = None, metrics=None, reporter=None):
-        """``store``: the controller's allocation (a status directory, or the
-        Kubernetes ConfigMap's reader).  ``reporter``: told this agent's
-        status after every pass (Kubernetes: its Lease); in standalone mode
-        the status goes to ``STATUS/nodes/NODE.json``."""
+                 routing: HostRoutes | None = None, metrics=None, writers: Sequence[StatusWriter] = (),
+                 db: NodeDb | None = None, node: NodeReader | None = None):
+        """``store``: the controller's allocation.  ``writers``: told this
+        agent's status after every pass (standalone: ``STATUS/nodes/NODE.json``;
+        Kubernetes: its Lease).  ``db``: the node's OVSDB (default: the one
+        at ``config.ovs_db``); ``node``: what reads the node's facts through it
+        (default: with the host's next hops and MTUs)."""
+        if routing is None:
+            from sdn_egress.agent.routing import HostRouting
+            routing = HostRouting(config.egw)
         self.config = config
-        self.reporter = reporter
         self.metrics = metrics
         self.source = source
         self.store = store
-        self.routing = routing or HostRouting(config.egw)
-        self._bridges: dict[str, _BridgeState] = {}
-        self._lock = threading.RLock()
+        self.writers = tuple(writers)
+        self.db = db or OvsdbNode(config.ovs_db)
+        self.node = node or NodeReader(config.node, self.db, egw=config.egw, bfd=config.bfd,
+                                       tunnel_mtu=config.tunnel_mtu)
+        self.bridges = Bridges(metrics)
+        self.peers = PeerWatch(config.node, config.bfd_grace)
+        self.host = HostStep(config.node, routing, config.new_pod_hold, config.hold_poll)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._ovs = None
         self._dpids: dict[int, str] = {}
-        self._peers: dict[str, str] | None = None
-        self._next_hops: dict[str, str] = {}
         self._logged_errors: tuple = ()
-        self._unresolved: list[str] = []
-        self.liveness = Liveness(config.bfd_grace)
-        self._dead: frozenset[str] = frozenset()
         self._held: set[str] = set()
-        self._isolated = False
-        self._ports_reserved = False
         self._recorded: dict | None = None
-        self._tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
         self.oversized = {"icmp": 0, "fragmented": 0, "dropped": 0}  # packet-ins of uplink_mtu
-        self.last_good: tuple[ClusterState, Allocation] | None = None
-        self._local_pods: dict[str, str] = {}
-        self._hold: Hold | None = None
-        self._next_hold_check = 0.0
         self.last_result = PassResult()
         self.passes = 0
 
-    # -- OVSDB -------------------------------------------------------------------
-    @property
-    def ovs(self):
-        if self._ovs is None:
-            from ovs_setup import ovsdb
-            self._ovs = ovsdb.connect(self.config.ovs_db)
-        return self._ovs
-
+    # -- switch connections (called from os-ken's thread) --------------------
     def bridge_of(self, dpid: int) -> str | None:
         if dpid not in self._dpids:
-            from ovs_setup import ovsdb
             for br in BRIDGES:
                 try:
-                    self._dpids[ovsdb.bridge_dpid(self.ovs, br)] = br
+                    self._dpids[self.db.bridge_dpid(br)] = br
                 except Exception:  # noqa: BLE001 - bridge absent on this node
                     continue
         return self._dpids.get(dpid)
 
-    # -- switch connections (called from os-ken's thread) --------------------
-    def switch_up(self, switch: Switch) -> None:
-        with self._lock:
-            self._bridges[switch.bridge] = _BridgeState(switch)
-        if self.metrics:
-            self.metrics.switch_connected.labels(switch.bridge).set(1)
+    def switch_up(self, switch: SwitchPort) -> None:
+        self.bridges.up(switch)
         LOG.info("switch %s (dpid %016x) connected", switch.bridge, switch.dpid)
         self._wake.set()
 
     def switch_down(self, bridge: str) -> None:
-        with self._lock:
-            self._bridges.pop(bridge, None)
-        if self.metrics:
-            self.metrics.switch_connected.labels(bridge).set(0)
+        self.bridges.down(bridge)
         LOG.warning("switch %s disconnected; its flows stay as they are (fail_mode=secure)", bridge)
 
-    def switch(self, bridge: str) -> Switch | None:
-        with self._lock:
-            st = self._bridges.get(bridge)
-            return st.switch if st else None
+    def switch(self, bridge: str) -> SwitchPort | None:
+        return self.bridges.switch(bridge)
 
     # -- the loop ------------------------------------------------------------------
     def stop(self) -> None:
@@ -173,76 +141,77 @@ class AgentCore:
 
     def run(self) -> None:
         next_full = 0.0
-        backoff = 0.0
+        backoff = Backoff(most=5.0)
         while not self._stop.is_set():
             now = time.monotonic()
             full = now >= next_full
-            started = time.monotonic()
-            try:
-                self.reconcile(full=full)
-                if self.metrics:
-                    self.metrics.reconcile_seconds.observe(time.monotonic() - started)
-                # An unresolved next hop is retried soon, not at the next
-                # full resync: nothing else would wake the loop for it.
-                backoff = RETRY_UNRESOLVED if self._unresolved else 0.0
-            except NotReady as exc:
-                LOG.warning("%s", exc)
-                self.last_result = PassResult(error=str(exc))
-                backoff = min(max(backoff * 2, 0.5), 5.0)
-                self._write_status()
-            except Exception as exc:  # noqa: BLE001 - the loop must live
-                LOG.exception("reconcile failed: %s", exc)
-                if self.metrics:
-                    self.metrics.reconcile_errors.inc()
-                self.last_result = PassResult(error=str(exc))
-                backoff = min(max(backoff * 2, 0.5), 5.0)
-                self._write_status()
+            self.run_pass(full, backoff)
             if full:
                 next_full = now + self.config.resync_interval
-            # Wait for a change of the source, of the allocation, or a switch event.
-            deadline = time.monotonic() + max(backoff, self.config.poll_interval)
-            while not self._stop.is_set():
-                if self._wake.is_set():
-                    self._wake.clear()
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if not backoff and (self._liveness_changed() or self.source.wait_for_change(0)
-                                        or self._alloc_changed() or self._hold_due()):
-                        break
-                    if time.monotonic() >= next_full or backoff:
-                        break
-                    deadline = time.monotonic() + self.config.poll_interval
-                    continue
-                self._wake.wait(min(remaining, self.config.poll_interval))
+            self._wait(next_full, backoff)
 
-    def _alloc_changed(self) -> bool:
-        return self.store.changed()
+    def run_pass(self, full: bool, backoff: Backoff) -> None:
+        """One pass that never raises: a failure is logged, reported and
+        makes ``backoff`` longer."""
+        started = time.monotonic()
+        try:
+            self.reconcile(full=full)
+            if self.metrics:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            # An unresolved next hop is retried soon, not at the next
+            # full resync: nothing else would wake the loop for it.
+            backoff.succeeded(retry=RETRY_UNRESOLVED if self.node.unresolved else 0.0)
+        except NotReady as exc:
+            LOG.warning("%s", exc)
+            self._failed(exc, backoff)
+        except Exception as exc:  # noqa: BLE001 - the loop must live
+            LOG.exception("reconcile failed: %s", exc)
+            if self.metrics:
+                self.metrics.reconcile_errors.inc()
+            self._failed(exc, backoff)
 
-    def _bfd_states(self) -> dict[str, dict]:
-        """peer -> bfd_status of its tunnel port (OVSDB, from the IDL's cache)."""
-        if not self.config.bfd or not self._peers:
-            return {}
-        from ovs_setup import ovsdb
-        status = ovsdb.bfd_status(self.ovs, "br-int")
-        names = ovsdb.tunnel_port_names(self._peers)
-        return {peer: status.get(names[peer], {}) for peer in self._peers}
+    def _failed(self, exc: Exception, backoff: Backoff) -> None:
+        self.last_result = PassResult(error=str(exc))
+        backoff.failed()
+        self._write_status()
+
+    def _wait(self, next_full: float, backoff: Backoff) -> None:
+        """Until a change of the source, of the allocation, of BFD, the hold's
+        bound, a switch event, the next full pass or the end of ``backoff``."""
+        deadline = time.monotonic() + max(backoff.delay, self.config.poll_interval)
+        while not self._stop.is_set():
+            if self._wake.is_set():
+                self._wake.clear()
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if not backoff and self._something_changed():
+                    return
+                if time.monotonic() >= next_full or backoff:
+                    return
+                deadline = time.monotonic() + self.config.poll_interval
+                continue
+            self._wake.wait(min(remaining, self.config.poll_interval))
+
+    def _something_changed(self) -> bool:
+        return (self._liveness_changed() or self.source.wait_for_change(0) or self.store.changed()
+                or self.host.hold_due())
 
     def _liveness_changed(self) -> bool:
         try:
-            return self.liveness.dead(self._bfd_states()) != self._dead
+            return self.peers.changed(self.node.bfd_states())
         except Exception:  # noqa: BLE001 - judged again at the pass
             return False
 
+    # -- one pass ------------------------------------------------------------------
     def snapshot(self) -> tuple[ClusterState, Allocation]:
         for what in (self.source, self.store):
-            if not getattr(what, "synced", True):
+            if not what.synced:
                 raise NotReady(f"waiting for the first answer of the API server ({type(what).__name__}); "
                                "the switches keep the flows they have, plus the tables' miss flows")
-        self._alloc_changed()
+        self.store.changed()  # what is read now is seen
         alloc = self.store.load() or Allocation()
-        if hasattr(self.source, "remember"):  # the controller's incumbency, not this agent's memory
-            self.source.remember(alloc.accepted)
+        self.source.remember(alloc.accepted)  # the controller's incumbency, not this agent's memory
         state = self.source.snapshot()
         if state.errors != self._logged_errors:
             for err in set(state.errors) - set(self._logged_errors):
@@ -251,133 +220,40 @@ class AgentCore:
         if self.config.node not in state.nodes:
             raise RuntimeError(f"Node {self.config.node} is not in the cluster state "
                                "(missing or invalid Node object); keeping the last good state")
-        self.last_good = (state, alloc)
         return state, alloc
 
     def reconcile(self, full: bool = False) -> PassResult:
-        with self._lock:
-            bridges = dict(self._bridges)
+        bridges = self.bridges.connected()
         try:
             state, alloc = self.snapshot()
         except NotReady:
-            self._bootstrap(bridges)
+            self.bridges.bootstrap(bridges)
             raise
-        self._sync_tunnels(state, alloc)
+        self.node.sync_tunnels(state, alloc)
         gateway = any(self.config.node in a.nodes for a in alloc.eips)
-        dead = self.liveness.judge(self._bfd_states(), gateway)
-        if dead != self._dead:
-            LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
-        self._dead = dead
+        dead = self.peers.judge(self.node.bfd_states(), gateway)
         if self.metrics:
-            self.metrics.bfd_peers_down.set(len(dead))
-        if self.liveness.cut_off:
-            # Every BFD session went down: far likelier that this node is cut
-            # off than that all others died. Release the EIPs (stop SNAT and
-            # ARP) so a healed link finds exactly one holder: the standby.
-            if not self._isolated:
-                LOG.warning("BFD: every peer is down; this node considers itself cut off and "
-                            "holds no EIP until a session is up again")
-            dead = dead | {self.config.node}
-        elif self._isolated:
-            LOG.warning("BFD: a session is up again; this node is no longer cut off")
-        self._isolated = self.liveness.cut_off
-        facts = self._facts(state, alloc, refresh=full, dead=dead)
+            self.metrics.bfd_peers_down.set(len(self.peers.dead))
+        facts = self.node.facts(state, alloc, refresh=full, dead=dead)
         view = build_view(self.config.node, state, alloc, facts, dead=dead)
         desired = flows.build(view)
-        result = PassResult(view=view)
-        if self.config.status_dir and desired != self._recorded:
-            from sdn_egress.debug.records import record_desired
-            record_desired(self.config.status_dir, self.config.node, desired, view)
-            self._recorded = desired
-        for bridge, st in bridges.items():
-            result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
-        self._local_pods = {pod.key: str(v4[0]) for pod in state.pods.values() if pod.node == self.config.node
-                            if (v4 := [ip for ip in pod.ips if ip.version == 4])}
-        self._hold = self._hold_of(state, view)
-        self.routing.sync(view.steers, view.tunnel_mtu, local_pods=self._local_pods, hold=self._hold,
-                          pod_cidrs=view.pod_cidrs)
-        if any(h.node_ip for h in view.held) and not self._ports_reserved:
-            self.routing.reserve_ports(*NODE_IP_PORTS)
-            self._ports_reserved = True
+        self._record(desired, view)
+        result = PassResult(view=view, changes=self.bridges.sync(bridges, desired, full))
+        self.host.sync(state, view)
         self._announce_new(view, bridges)
         self.passes += 1
         self.last_result = result
         self._write_status()
         return result
 
-    def _hold_of(self, state: ClusterState, view: NodeView) -> Hold | None:
-        if not self.config.new_pod_hold or not view.pod_cidrs:
-            return None
-        return Hold(pod_cidrs=tuple(view.pod_cidrs),
-                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(NEVER_HELD))),
-                    bound=self.config.new_pod_hold)
+    def _record(self, desired: dict, view: NodeView) -> None:
+        """The desired flows, for the debug commands (when there is a status directory)."""
+        if self.config.status_dir and desired != self._recorded:
+            from sdn_egress.debug.records import record_desired
+            record_desired(self.config.status_dir, self.config.node, desired, view)
+            self._recorded = desired
 
-    def _hold_due(self) -> bool:
-        """A held pod address has reached the hold's bound (looked at every
-        ``hold_poll`` seconds)."""
-        if self._hold is None:
-            return False
-        now = time.monotonic()
-        if now < self._next_hold_check:
-            return False
-        self._next_hold_check = now + self.config.hold_poll
-        try:
-            return self.routing.hold_due(self._hold, self._local_pods)
-        except Exception:  # noqa: BLE001 - judged again at the pass
-            return False
-
-    def _bootstrap(self, bridges: dict[str, _BridgeState]) -> None:
-        """Before any state: add the miss flow of every table that lacks it,
-        delete nothing.  br-ex's NORMAL miss gives the node its own traffic
-        back (after a fresh start of OVS the uplink bridge, fail_mode=secure,
-        holds nothing: not even the way to the API server); br-int's drops
-        keep what the host steers into it from leaving with the node IP."""
-        base = flows.base.flows()
-        for bridge, st in bridges.items():
-            if st.installed is None:
-                st.installed = st.switch.dump_flows(table_names(bridge))
-            missing = [f for f in base if f.bridge == bridge and f not in st.installed]
-            if missing:
-                st.switch.apply(missing, [])
-                st.installed |= set(missing)
-                LOG.warning("%s: no cluster state yet; added the %d table-miss flows it lacked "
-                            "(the node's own traffic passes, nothing is steered)", bridge, len(missing))
-
-    def _sync_bridge(self, st: _BridgeState, desired: frozenset[Flow], full: bool) -> tuple[int, int]:
-        names = table_names(st.switch.bridge)
-        if st.installed is None or full:
-            st.installed = st.switch.dump_flows(names)
-            st.last_dump = time.monotonic()
-        adds, deletes = diff(set(desired), st.installed)
-        if adds or deletes:
-            try:
-                st.switch.apply(adds, deletes)
-            except SwitchError:
-                st.installed = None  # unknown now: dump again next pass
-                if self.metrics:
-                    self.metrics.flow_mod_errors.labels(st.switch.bridge).inc()
-                raise
-            if self.metrics:
-                self.metrics.flow_mods.labels(st.switch.bridge, "add").inc(len(adds))
-                self.metrics.flow_mods.labels(st.switch.bridge, "delete").inc(len(deletes))
-            LOG.info("%s: %d flows added or replaced, %d removed (%d in all)",
-                     st.switch.bridge, len(adds), len(deletes), len(desired))
-        st.installed = set(desired)
-        if self.metrics:
-            self.metrics.flows.labels(st.switch.bridge).set(len(desired))
-        return len(adds), len(deletes)
-
-    def _sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
-        peers = tunnel_peers(self.config.node, state, alloc)
-        if peers == self._peers:
-            return
-        from ovs_setup import ovsdb
-        ovsdb.sync_tunnels(self.ovs, "br-int", peers, bfd=self.config.bfd)
-        LOG.info("tunnels: Geneve ports to %s", ", ".join(f"{n} ({ip})" for n, ip in sorted(peers.items()))
-                 or "no gateway peers")
-        self._peers = peers
-
-    def _announce_new(self, view: NodeView, bridges: dict) -> None:
+    def _announce_new(self, view: NodeView, bridges: dict[str, BridgeState]) -> None:
         """Gratuitous ARPs for EIPs this node has just started to hold, so the
         router and hosts on the uplink move to this node's MAC at once."""
         # A node's own address (useNodeIP) is the host's to answer: no announcement.
@@ -394,75 +270,8 @@ class AgentCore:
         elif not new:
             self._held = held
 
-    def _facts(self, state: ClusterState, alloc: Allocation, refresh: bool,
-               dead: frozenset[str] = frozenset()) -> NodeFacts:
-        from ovs_setup import ovsdb
-        ports_int = ovsdb.ofports(self.ovs, "br-int")
-        try:
-            ports_ex = ovsdb.ofports(self.ovs, "br-ex")
-        except Exception:  # noqa: BLE001 - br-ex only where there is an uplink
-            ports_ex = {}
-        tunnels = tuple(sorted((name[len("gnv-"):], port) for name, port in ports_int.items()
-                               if name.startswith("gnv-") and name != "gnv-flow"))
-        tunnels = tuple((self._peer_of_port(name), port) for name, port in tunnels)
-        uplink = next((p for n, p in ports_ex.items() if n not in ("br-ex", "patch-ex-int")), 0)
-        ports = Ports(egw=ports_int[self.config.egw], tun_flow=ports_int["gnv-flow"],
-                      tunnels=tunnels, int_patch=ports_int.get("patch-int-ex", 0),
-                      uplink=uplink, ex_patch=ports_ex.get("patch-ex-int", 0))
-        egw_mac = ovsdb.iface_mac(self.ovs, self.config.egw)
-        brex_mac = ovsdb.iface_mac(self.ovs, "br-ex") if ports_ex else egw_mac
-        held = [a for a in alloc.eips
-                if [n for n in a.nodes if n not in dead][:1] == [self.config.node]]
-        hops, unresolved = {}, []
-        for a in held:
-            key = str(a.ip)
-            mac = None if refresh else self._next_hops.get(key)
-            if mac is None:
-                mac = resolve_next_hop_mac(self._probe_destination(state, a))
-                if mac is None:
-                    LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
-                    unresolved.append(key)
-            if mac:
-                hops[key] = mac
-        self._next_hops = hops
-        self._unresolved = unresolved
-        if refresh or self._tunnel_mtu is None:
-            self._tunnel_mtu = self._find_tunnel_mtu(state, ports_ex, uplink)
-        return NodeFacts(ports=ports, egw_mac=egw_mac, brex_mac=brex_mac,
-                         next_hop_macs=tuple(sorted(hops.items())), tunnel_mtu=self._tunnel_mtu[0])
-
-    def _find_tunnel_mtu(self, state: ClusterState, ports_ex: dict, uplink: int) -> tuple[int, str]:
-        """The tunnel MTU: the agent's --tunnel-mtu, else the underlay's MTU
-        (the smaller of the uplink's and that of the interface holding the
-        node's address, which native tunnelling sends from) minus the Geneve
-        overhead of the node address's family."""
-        if self.config.tunnel_mtu:
-            return self.config.tunnel_mtu, "--tunnel-mtu"
-        node_ip = state.nodes[self.config.node].address(4)
-        found = []
-        if node_ip is not None:
-            mtu = address_mtu(str(node_ip))
-            if mtu:
-                found.append((mtu, f"the interface of {node_ip}"))
-        name = next((n for n, p in ports_ex.items() if p == uplink), None) if uplink else None
-        if name:
-            from ovs_setup import ovsdb
-            mtu = ovsdb.iface_mtu(self.ovs, name)
-            if mtu:
-                found.append((mtu, f"uplink {name}"))
-        family = node_ip.version if node_ip is not None else 4
-        if not found:
-            LOG.warning("tunnel MTU: cannot read the underlay's MTU; assuming 1500")
-            found = [(1500, "assumed")]
-        underlay, where = min(found)
-        mtu = pmtu.tunnel_mtu(underlay, family)
-        if self._tunnel_mtu is None or self._tunnel_mtu[0] != mtu:
-            LOG.info("tunnel MTU %d: underlay MTU %d (%s) minus %d bytes of IPv%d Geneve", mtu, underlay,
-                     where, pmtu.GENEVE_OVERHEAD[family], family)
-        return mtu, f"underlay {underlay} ({where}) - {pmtu.GENEVE_OVERHEAD[family]} (IPv{family} Geneve)"
-
     # -- packet-ins (called from os-ken's thread) ------------------------------------
-    def packet_in(self, switch: Switch, cookie: int, data: bytes) -> None:
+    def packet_in(self, switch: SwitchPort, cookie: int, data: bytes) -> None:
         """A packet ``uplink_mtu`` sent up: too big for the tunnel.  Answer the
         sender (ICMP frag-needed / packet too big) or send it back in
         fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
@@ -491,26 +300,6 @@ class AgentCore:
             for frame in ans.fragments:
                 switch.packet_out_to_table(frame, table)
 
-    def _peer_of_port(self, suffix: str) -> str:
-        # sync_tunnels names ports gnv-<peer> (hashed when that cannot be); map back.
-        from ovs_setup import ovsdb
-        for peer, name in ovsdb.tunnel_port_names(self._peers or {}).items():
-            if name == f"gnv-{suffix}":
-                return peer
-        return suffix
-
-    @staticmethod
-    def _probe_destination(state: ClusterState, assignment) -> str | None:
-        """An address the EIP's traffic goes to, to find its next hop: the
-        first policy destination; None (the default route) when the policies
-        steer everything outside the cluster."""
-        for key in assignment.policies:
-            policy = state.policies.get(key)
-            if policy is not None and policy.dest_subnets:
-                net = policy.dest_subnets[0]
-                return str(net[1] if net.size > 2 else net[0])
-        return None
-
     def egress_by_policy(self) -> dict[str, tuple[int, int]]:
         """policy -> (packets, bytes) its selected pods sent, summed over the
         STEER flows' statistics on br-int (read from the switch now)."""
@@ -530,46 +319,30 @@ class AgentCore:
 
     # -- status for operators --------------------------------------------------------
     def status(self) -> dict:
-        with self._lock:
-            connected = sorted(self._bridges)
-            counts = {b: len(st.installed) for b, st in self._bridges.items() if st.installed is not None}
+        counts = self.bridges.counts()
         view = self.last_result.view
+        mtu = self.node.tunnel_mtu
         return {
             "node": self.config.node,
             "pid": os.getpid(),
             "time": time.time(),
-            "switches": {b: {"connected": b in connected, "flows": counts.get(b)} for b in BRIDGES},
+            "switches": {b: {"connected": b in counts, "flows": counts.get(b)} for b in BRIDGES},
             "passes": self.passes,
             "error": self.last_result.error,
             "steers": len(view.steers) if view else 0,
             "held_eips": [str(h.eip) for h in view.held] if view else [],
-            "dead_peers": sorted(self._dead),
-            "isolated": self._isolated,
-            "tunnels": dict(sorted((self._peers or {}).items())),
+            "dead_peers": sorted(self.peers.dead),
+            "isolated": self.peers.isolated,
+            "tunnels": dict(sorted((self.node.peers or {}).items())),
             "tunnel_mtu": view.tunnel_mtu if view else None,
-            "tunnel_mtu_source": self._tunnel_mtu[1] if self._tunnel_mtu else None,
+            "tunnel_mtu_source": mtu[1] if mtu else None,
             "mss": view.tunnel_mtu - 40 if view else None,
             "oversized": dict(self.oversized),
-            "bfd": self._bfd_report(),
-            "new_pod_hold": ({"bound": self._hold.bound, **getattr(self.routing, "hold_state", {})}
-                             if self._hold else None),
+            "bfd": self.node.bfd_report(),
+            "new_pod_hold": self.host.status(),
         }
 
-    def _bfd_report(self) -> dict[str, str]:
-        """tunnel port -> BFD state for ``sdn-egress status`` (which cannot
-        reach another node's OVSDB on a real cluster)."""
-        from ovs_setup import ovsdb
-        try:
-            states = self._bfd_states()
-        except Exception:  # noqa: BLE001 - OVSDB away: nothing to report
-            return {}
-        return {ovsdb.tunnel_port_name(peer): st.get("state", "?") + (
-                    "" if st.get("forwarding") == "true" else " (not forwarding)")
-                for peer, st in sorted(states.items()) if st}
-
     def _write_status(self) -> None:
-        if self.reporter is not None:
-            self.reporter.report(self.status())
-        if not self.config.status_dir:
-            return
-        write_json_atomic(os.path.join(self.config.status_dir, "nodes", f"{self.config.node}.json"), self.status())
+        status = self.status()
+        for writer in self.writers:
+            writer.report(status)

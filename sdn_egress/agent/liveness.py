@@ -8,7 +8,10 @@ needs to come up.
 """
 from __future__ import annotations
 
+import logging
 import time
+
+LOG = logging.getLogger(__name__)
 
 
 def _up(status: dict) -> bool:
@@ -65,3 +68,38 @@ class Liveness:
         slower to come back are not mistaken for dead peers."""
         self._was_up.clear()
         self._first_seen.clear()
+
+
+class PeerWatch:
+    """The liveness step of a pass: which peers are dead, and whether this
+    node is cut off, logged when that changes."""
+
+    def __init__(self, node: str, grace: float, clock=time.monotonic):
+        self.node = node
+        self.liveness = Liveness(grace, clock)
+        self.dead: frozenset[str] = frozenset()
+        self.isolated = False
+
+    def changed(self, states: dict[str, dict]) -> bool:
+        """Would a pass now see other peers dead than the last one did?"""
+        return self.liveness.dead(states) != self.dead
+
+    def judge(self, states: dict[str, dict], gateway: bool) -> frozenset[str]:
+        """The nodes the view must treat as dead: the dead peers, and this
+        node itself while it is cut off."""
+        dead = self.liveness.judge(states, gateway)
+        if dead != self.dead:
+            LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
+        self.dead = dead
+        if self.liveness.cut_off:
+            # Every BFD session went down: far likelier that this node is cut
+            # off than that all others died. Release the EIPs (stop SNAT and
+            # ARP) so a healed link finds exactly one holder: the standby.
+            if not self.isolated:
+                LOG.warning("BFD: every peer is down; this node considers itself cut off and "
+                            "holds no EIP until a session is up again")
+            dead = dead | {self.node}
+        elif self.isolated:
+            LOG.warning("BFD: a session is up again; this node is no longer cut off")
+        self.isolated = self.liveness.cut_off
+        return dead

@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from os_ken.lib import hub
 
     from sdn_egress.agent.core import AgentConfig, AgentCore
+    from sdn_egress.agent.nodedb import OvsdbNode
     from sdn_egress.agent.routing import HostRouting
     from sdn_egress.allocation import FileAllocationStore
+    from sdn_egress.reports import FileStatusWriter
     from sdn_egress.source import ManifestDirSource
 
     if args.manifests and not args.status:
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     reporter = None
     started = []
     if args.manifests:
-        source, store = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra), FileAllocationStore(args.status)
+        source = ManifestDirSource(args.manifests, extra_cluster_cidrs=extra)
+        store = FileAllocationStore(args.status)
     else:
         from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
@@ -139,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",
                         "mult": str(args.bfd_mult)}),
-        source, store, metrics=metrics, reporter=reporter,
-        routing=HostRouting(proc_sys_net=args.proc_sys_net),
+        source, store, metrics=metrics,
+        writers=[w for w in (reporter, FileStatusWriter(args.status, args.node) if args.status else None)
+                 if w is not None],
+        routing=HostRouting(proc_sys_net=args.proc_sys_net), db=OvsdbNode(args.ovs_db),
     )
     if metrics:
         if reporter is not None:

@@ -405,23 +405,6 @@ class HostRouting:
         if ipt("-C", *jump, check=False).returncode != 0:
             ipt("-I", *jump)
 
-    def remove_all(self) -> None:
-        """Remove every rule, route and NAT bypass the agent made (teardown)."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            for rule in sorted(current_rules(ipr), reverse=True):
-                _rule(ipr, "del", rule)
-            try:
-                ipr.route("del", dst="0.0.0.0/0", table=STEER_TABLE)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        subprocess.run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-m", "comment",
-                        "--comment", "sdn-egress: keep pod source for egw0", "-j", NAT_CHAIN],
-                       capture_output=True)
-        subprocess.run(["iptables", "-w", "-t", "nat", "-F", NAT_CHAIN], capture_output=True)
-        subprocess.run(["iptables", "-w", "-t", "nat", "-X", NAT_CHAIN], capture_output=True)
-
 
 def _mss_rule_key(words: list[str]) -> tuple:
     """What decides a clamp rule, as ``iptables -S`` prints it or we write it:

@@ -1,6 +1,8 @@
 """The agents' reports through the API: one ``coordination.k8s.io`` Lease per node.
 
-What ``STATUS/nodes/NODE.json`` is in standalone mode (:mod:`sdn_egress.reports`).
+What ``STATUS/nodes/NODE.json`` is in standalone mode: the Kubernetes
+implementations of the two roles of :mod:`sdn_egress.reports`
+(:class:`LeaseReporter` a ``StatusWriter``, :class:`LeaseReports` a ``ReportsReader``).
 Each agent keeps Lease ``sdn-egress-agent-NODE`` in namespace
 ``sdn-egress-agents`` (as the kubelet keeps its node Lease in a namespace of
 its own, so that the agents' right to write Leases reaches no other Lease): ``spec.renewTime`` is its heartbeat,
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 
+from sdn_egress.backoff import Backoff
 from sdn_egress.kube.informer import Informer, _why
 from sdn_egress.kube.resources import LEASES
 from sdn_egress.reports import FRESH
@@ -56,7 +59,8 @@ def _micro_time(t: float) -> str:
 
 
 class LeaseReporter:
-    """The agent's side: ``report(status)`` after every pass; a thread writes."""
+    """The agent's side (a ``StatusWriter``): ``report(status)`` after every
+    pass; a thread writes."""
 
     def __init__(self, api_client, namespace: str, node: str, interval: float = 5.0,
                  duration: float = FRESH, clock=time.time, metrics=None, node_uid=None, events=None):
@@ -116,9 +120,9 @@ class LeaseReporter:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = 0.0
+        backoff = Backoff(most=self.interval)
         while not self._stop.is_set():
-            self._wake.wait(backoff or self.interval)
+            self._wake.wait(backoff.delay or self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -132,14 +136,14 @@ class LeaseReporter:
                 if self.metrics:
                     self.metrics.report_writes.labels("ok").inc()
                     self.metrics.report_last_success.set(self.clock())
-                backoff = 0.0
+                backoff.succeeded()
                 if self.failing:
                     LOG.info("%s: written again", self.where)
                 self.failing = False
             except Exception as exc:  # noqa: BLE001 - the reporter must live
                 if self.metrics:
                     self.metrics.report_writes.labels("error").inc()
-                backoff = min(max(backoff * 2, 0.5), self.interval)
+                backoff.failed()
                 if not self.failing:
                     LOG.warning("%s: cannot write the agent's report (%s); the data path is unaffected, "
                                 "retrying", self.where, _why(exc))
@@ -199,8 +203,9 @@ class LeaseReporter:
 
 
 class LeaseReports:
-    """The controller's side: what :class:`~sdn_egress.reports.AgentReports`
-    gives from files, from the agents' Leases."""
+    """The controller's side (a ``ReportsReader``): what
+    :class:`~sdn_egress.reports.AgentReports` gives from files, from the
+    agents' Leases."""
 
     def __init__(self, api_client, namespace: str, fresh: float = FRESH, clock=time.monotonic):
         self.fresh = fresh

@@ -1,0 +1,166 @@
+"""The node's own facts for a pass: the Geneve ports to the peers it needs,
+port numbers and MACs from OVSDB, BFD states, the next hop of each EIP it
+holds and the tunnel MTU.  Everything it reads goes through a
+:class:`~sdn_egress.agent.nodedb.NodeDb` and two host look-ups, so the unit
+tests give it a node of their own."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from flows.view import Ports
+from ovs_setup.ovsdb import FLOW_PORT, TUNNEL_PREFIX, tunnel_port_names
+from sdn_egress.agent import pmtu
+from sdn_egress.agent.nodedb import NodeDb
+from sdn_egress.agent.routing import address_mtu, resolve_next_hop_mac
+from sdn_egress.allocation import Allocation
+from sdn_egress.model import ClusterState
+from sdn_egress.view import NodeFacts, tunnel_peers
+
+LOG = logging.getLogger(__name__)
+
+
+class NodeReader:
+    """``next_hop_mac(destination)``: the MAC of the uplink's next hop towards
+    an address (None: not resolved); ``address_mtu(ip)``: the MTU of the
+    interface holding an address.  Both default to the host's."""
+
+    def __init__(self, node: str, db: NodeDb, *, egw: str = "egw0", bfd: dict | None = None,
+                 tunnel_mtu: int | None = None,
+                 next_hop_mac: Callable[[str | None], str | None] = resolve_next_hop_mac,
+                 address_mtu: Callable[[str], int | None] = address_mtu):
+        self.node = node
+        self.db = db
+        self.egw = egw
+        self.bfd = bfd
+        self.configured_mtu = tunnel_mtu
+        self.next_hop_mac = next_hop_mac
+        self.address_mtu = address_mtu
+        self.peers: dict[str, str] | None = None  # peer -> underlay address, as last synced
+        self.port_names: dict[str, str] = {}  # peer -> its tunnel port
+        self._peer_of_port: dict[str, str] = {}  # the reverse, built once per change of peers
+        self._next_hops: dict[str, str] = {}
+        self.unresolved: list[str] = []
+        self.tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
+
+    # -- tunnels and BFD -------------------------------------------------------------
+    def sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
+        peers = tunnel_peers(self.node, state, alloc)
+        if peers == self.peers:
+            return
+        self.db.sync_tunnels("br-int", peers, self.bfd)
+        LOG.info("tunnels: Geneve ports to %s", ", ".join(f"{n} ({ip})" for n, ip in sorted(peers.items()))
+                 or "no gateway peers")
+        self.peers = peers
+        self.port_names = tunnel_port_names(peers)
+        self._peer_of_port = {name: peer for peer, name in self.port_names.items()}
+
+    def bfd_states(self) -> dict[str, dict]:
+        """peer -> bfd_status of its tunnel port (OVSDB, from the IDL's cache)."""
+        if not self.bfd or not self.peers:
+            return {}
+        status = self.db.bfd_status("br-int")
+        return {peer: status.get(self.port_names[peer], {}) for peer in self.peers}
+
+    def bfd_report(self) -> dict[str, str]:
+        """tunnel port -> BFD state for ``sdn-egress status`` (which cannot
+        reach another node's OVSDB on a real cluster)."""
+        try:
+            states = self.bfd_states()
+        except Exception:  # noqa: BLE001 - OVSDB away: nothing to report
+            return {}
+        return {self.port_names[peer]: st.get("state", "?") + (
+                    "" if st.get("forwarding") == "true" else " (not forwarding)")
+                for peer, st in sorted(states.items()) if st}
+
+    # -- the facts of a pass ---------------------------------------------------------
+    def facts(self, state: ClusterState, alloc: Allocation, refresh: bool,
+              dead: frozenset[str] = frozenset()) -> NodeFacts:
+        """``refresh``: look the next hops and the tunnel MTU up again (a full
+        pass), not only those not known yet."""
+        ports, ports_ex = self._ports()
+        egw_mac = self.db.iface_mac(self.egw)
+        brex_mac = self.db.iface_mac("br-ex") if ports_ex else egw_mac
+        hops = self._resolve_next_hops(state, alloc, refresh, dead)
+        if refresh or self.tunnel_mtu is None:
+            self.tunnel_mtu = self._find_tunnel_mtu(state, ports_ex, ports.uplink)
+        return NodeFacts(ports=ports, egw_mac=egw_mac, brex_mac=brex_mac,
+                         next_hop_macs=tuple(sorted(hops.items())), tunnel_mtu=self.tunnel_mtu[0])
+
+    def _ports(self) -> tuple[Ports, dict[str, int]]:
+        ports_int = self.db.ofports("br-int")
+        try:
+            ports_ex = self.db.ofports("br-ex")
+        except Exception:  # noqa: BLE001 - br-ex only where there is an uplink
+            ports_ex = {}
+        # sync_tunnels names ports gnv-<peer> (hashed when that cannot be); map back.
+        tunnels = tuple(sorted((name[len(TUNNEL_PREFIX):], port) for name, port in ports_int.items()
+                               if name.startswith(TUNNEL_PREFIX) and name != FLOW_PORT))
+        tunnels = tuple((self._peer_of_port.get(TUNNEL_PREFIX + suffix, suffix), port)
+                        for suffix, port in tunnels)
+        uplink = next((p for n, p in ports_ex.items() if n not in ("br-ex", "patch-ex-int")), 0)
+        ports = Ports(egw=ports_int[self.egw], tun_flow=ports_int[FLOW_PORT], tunnels=tunnels,
+                      int_patch=ports_int.get("patch-int-ex", 0), uplink=uplink,
+                      ex_patch=ports_ex.get("patch-ex-int", 0))
+        return ports, ports_ex
+
+    def _resolve_next_hops(self, state: ClusterState, alloc: Allocation, refresh: bool,
+                           dead: frozenset[str]) -> dict[str, str]:
+        """EIP -> next hop MAC for the EIPs this node holds (the first of its
+        gateways not dead); those not resolved go to ``unresolved``."""
+        held = [a for a in alloc.eips if [n for n in a.nodes if n not in dead][:1] == [self.node]]
+        hops, unresolved = {}, []
+        for a in held:
+            key = str(a.ip)
+            mac = None if refresh else self._next_hops.get(key)
+            if mac is None:
+                mac = self.next_hop_mac(probe_destination(state, a))
+                if mac is None:
+                    LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
+                    unresolved.append(key)
+            if mac:
+                hops[key] = mac
+        self._next_hops = hops
+        self.unresolved = unresolved
+        return hops
+
+    def _find_tunnel_mtu(self, state: ClusterState, ports_ex: dict, uplink: int) -> tuple[int, str]:
+        """The tunnel MTU: the agent's --tunnel-mtu, else the underlay's MTU
+        (the smaller of the uplink's and that of the interface holding the
+        node's address, which native tunnelling sends from) minus the Geneve
+        overhead of the node address's family."""
+        if self.configured_mtu:
+            return self.configured_mtu, "--tunnel-mtu"
+        node_ip = state.nodes[self.node].address(4)
+        found = []
+        if node_ip is not None:
+            mtu = self.address_mtu(str(node_ip))
+            if mtu:
+                found.append((mtu, f"the interface of {node_ip}"))
+        name = next((n for n, p in ports_ex.items() if p == uplink), None) if uplink else None
+        if name:
+            mtu = self.db.iface_mtu(name)
+            if mtu:
+                found.append((mtu, f"uplink {name}"))
+        family = node_ip.version if node_ip is not None else 4
+        if not found:
+            LOG.warning("tunnel MTU: cannot read the underlay's MTU; assuming 1500")
+            found = [(1500, "assumed")]
+        underlay, where = min(found)
+        mtu = pmtu.tunnel_mtu(underlay, family)
+        if self.tunnel_mtu is None or self.tunnel_mtu[0] != mtu:
+            LOG.info("tunnel MTU %d: underlay MTU %d (%s) minus %d bytes of IPv%d Geneve", mtu, underlay,
+                     where, pmtu.GENEVE_OVERHEAD[family], family)
+        return mtu, f"underlay {underlay} ({where}) - {pmtu.GENEVE_OVERHEAD[family]} (IPv{family} Geneve)"
+
+
+def probe_destination(state: ClusterState, assignment) -> str | None:
+    """An address the EIP's traffic goes to, to find its next hop: the
+    first policy destination; None (the default route) when the policies
+    steer everything outside the cluster."""
+    for key in assignment.policies:
+        policy = state.policies.get(key)
+        if policy is not None and policy.dest_subnets:
+            net = policy.dest_subnets[0]
+            return str(net[1] if net.size > 2 else net[0])
+    return None

@@ -1,0 +1,366 @@
+"""The agent core run pass by pass against fakes, as faucet tests its Valve: a
+real state source and allocation (files), a fake OVSDB, fake switches holding
+flows in memory (fakeswitch.FakeBridge), fake host routing.  What is asserted
+is what a user would notice: the flows the switches hold, where packets go,
+the gratuitous ARPs sent, the EIPs the node reports holding."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from fakeswitch import FakeBridge, arp_request, ip_packet
+
+import flows
+from flows.records import Drop
+from flows.tables import table_names
+from flows.view import GW_MAC
+from ovs_setup.ovsdb import tunnel_port_names
+from sdn_egress.agent.core import AgentConfig, AgentCore, NotReady
+from sdn_egress.agent.facts import NodeReader
+from sdn_egress.allocation import FileAllocationStore
+from sdn_egress.backoff import Backoff
+from sdn_egress.controller import Controller
+from sdn_egress.reports import AgentReports, FileStatusWriter
+from sdn_egress.source import ManifestDirSource
+
+EIP = "192.0.2.200"
+ROUTER = "192.0.2.1"
+ROUTER_MAC = "02:00:00:00:ff:01"
+EXTERNAL = "198.51.100.10"
+CART = "203.0.113.66"  # shop/cart-0 on charlie
+NODES = {"alpha": "192.0.2.11", "bravo": "192.0.2.12", "charlie": "192.0.2.13"}
+PORTS = {"br-int": {"br-int": 65534, "egw0": 1, "gnv-flow": 2, "patch-int-ex": 9},
+         "br-ex": {"br-ex": 65534, "eth0": 1, "patch-ex-int": 2}}
+UPLINK = 1
+UP = {"state": "up", "forwarding": "true"}
+DOWN = {"state": "down", "forwarding": "false"}
+
+
+def cluster(names=NODES, gateways=("alpha", "bravo")) -> list[dict]:
+    docs = []
+    for i, (name, ip) in enumerate(names.items()):
+        docs.append({"apiVersion": "v1", "kind": "Node",
+                     "metadata": {"name": name, "labels": {"egress": "true"} if name in gateways else {}},
+                     "spec": {"podCIDR": f"203.0.113.{32 * i}/27"},
+                     "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+    worker = next(n for n in names if n not in gateways)
+    docs.append({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "cart-0", "namespace": "shop", "labels": {"app": "cart"}},
+                 "spec": {"nodeName": worker}, "status": {"podIP": CART, "phase": "Running"}})
+    docs.append({"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
+                 "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
+                          "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}})
+    docs.append({"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressPolicy",
+                 "metadata": {"name": "cart", "namespace": "shop"},
+                 "spec": {"egressGatewayName": "edge", "appliedTo": {"podSelector": {"matchLabels": {"app": "cart"}}},
+                          "destSubnet": ["198.51.100.0/24"]}})
+    return docs
+
+
+class FakeNodeDb:
+    """A node's OVSDB: the bridges' ports (tunnel ports numbered from 10 as
+    sync_tunnels makes them), MACs, MTUs and the tunnels' BFD states."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.ports = {b: dict(p) for b, p in PORTS.items()}
+        self.bfd: dict[str, dict] = {}  # peer -> bfd_status
+        self.names: dict[str, str] = {}
+        self.syncs = 0
+
+    def bridge_dpid(self, bridge: str) -> int:
+        return {"br-int": 1, "br-ex": 2}[bridge]
+
+    def ofports(self, bridge: str) -> dict[str, int]:
+        return dict(self.ports[bridge])
+
+    def iface_mac(self, name: str) -> str:
+        return {"egw0": "02:00:00:00:00:e0", "br-ex": "02:00:00:00:00:b0"}[name]
+
+    def iface_mtu(self, name: str) -> int | None:
+        return 1500
+
+    def bfd_status(self, bridge: str) -> dict[str, dict]:
+        return {self.names[p]: st for p, st in self.bfd.items() if p in self.names and st}
+
+    def sync_tunnels(self, bridge: str, peers: dict[str, str], bfd: dict | None) -> None:
+        self.syncs += 1
+        self.names = tunnel_port_names(peers)
+        base = {n: p for n, p in self.ports[bridge].items() if not n.startswith("gnv-") or n == "gnv-flow"}
+        self.ports[bridge] = {**base, **{self.names[p]: 10 + i for i, p in enumerate(sorted(peers))}}
+
+    def tunnel_port(self, peer: str) -> int:
+        return self.ports["br-int"][self.names[peer]]
+
+
+class FakeSwitch:
+    """A connected bridge (SwitchPort) over an in-memory FakeBridge."""
+
+    def __init__(self, bridge: str, dpid: int):
+        self.bridge, self.dpid = bridge, dpid
+        self.table = FakeBridge(bridge)
+        self.garps: list[tuple[str, str, int]] = []
+        self.bundles = 0
+
+    def dump_flows(self, names) -> set:
+        assert names == table_names(self.bridge)
+        return set(self.table.contents())
+
+    def apply(self, adds, deletes) -> None:
+        self.bundles += 1
+        for f in deletes:
+            self.table.delete_strict(f)
+        self.table.apply(adds)
+
+    def flow_stats(self) -> list:
+        return []
+
+    def packet_out(self, data: bytes, port: int) -> None:
+        raise AssertionError("no packet-out expected")
+
+    packet_out_to_table = packet_out
+
+    def announce(self, ip: str, mac: str, port: int) -> None:
+        self.garps.append((ip, mac, port))
+
+    def contents(self) -> frozenset:
+        return self.table.contents()
+
+
+class FakeRouting:
+    hold_state: dict = {}
+
+    def __init__(self):
+        self.steered: list[tuple] = []
+
+    def sync(self, steers, tunnel_mtu, local_pods=None, hold=None, pod_cidrs=()):
+        self.steered = [(str(s.pod_ip), str(s.dest)) for s in steers]
+        return 0, 0
+
+    def reserve_ports(self, lo, hi):
+        return False
+
+    def hold_due(self, hold, local_pods):
+        return False
+
+
+class Unsynced(FileAllocationStore):
+    """The allocation before the API server's first answer (until a test says it came)."""
+    answered = False
+
+    @property
+    def synced(self) -> bool:
+        return self.answered
+
+
+class Agent:
+    """One node's agent core with its fakes, both bridges connected."""
+
+    def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore):
+        self.mdir, self.sdir = allocate(tmp_path, docs)
+        self.db = FakeNodeDb(node)
+        self.routing = FakeRouting()
+        config = AgentConfig(node=node, ovs_db="unix:/nonexistent", bfd={"enable": "true"}, bfd_grace=10.0)
+        self.core = AgentCore(
+            config, ManifestDirSource(str(self.mdir)), reader(str(self.sdir)),
+            routing=self.routing, writers=[FileStatusWriter(str(self.sdir), node)], db=self.db,
+            node=NodeReader(node, self.db, bfd=config.bfd, next_hop_mac=lambda dest: ROUTER_MAC,
+                            address_mtu=lambda ip: 1500))
+        self.switches = {b: FakeSwitch(b, self.db.bridge_dpid(b)) for b in ("br-int", "br-ex")}
+        for sw in self.switches.values():
+            assert self.core.bridge_of(sw.dpid) == sw.bridge
+            self.core.switch_up(sw)
+
+    def run_pass(self, full=False):
+        self.core.run_pass(full, Backoff(most=5.0))
+
+    def bfd(self, **states):
+        self.db.bfd.update(states)
+
+    def status(self) -> dict:
+        return json.loads((self.sdir / "nodes" / f"{self.core.config.node}.json").read_text())
+
+    def holds_eip(self) -> bool:
+        """Does br-ex answer the router's ARP request for the EIP?"""
+        out = self.switches["br-ex"].table.process(arp_request(UPLINK, ROUTER_MAC, ROUTER, EIP))
+        return any(e.packet.get("arp_op") == 2 and e.packet["arp_spa"] == EIP for e in out)
+
+    def desired(self) -> dict:
+        return flows.build(self.core.last_result.view)
+
+
+def allocate(tmp_path, docs=None):
+    """The manifests and the controller's allocation: (manifest dir, status dir)."""
+    mdir, sdir = tmp_path / "manifests", tmp_path / "status"
+    mdir.mkdir(exist_ok=True)
+    sdir.mkdir(exist_ok=True)
+    (mdir / "cluster.yaml").write_text(yaml.safe_dump_all(docs or cluster()))
+    Controller(ManifestDirSource(str(mdir)), FileAllocationStore(str(sdir))).reconcile()
+    return mdir, sdir
+
+
+def holder(tmp_path, docs=None) -> str:
+    """The EIP's active gateway, as the controller elected it."""
+    allocate(tmp_path, docs)
+    alloc = FileAllocationStore(str(tmp_path / "status")).load()
+    (eip,) = alloc.eips
+    assert str(eip.ip) == EIP
+    return eip.nodes[0]
+
+
+# -- bootstrap ----------------------------------------------------------------------
+
+def test_before_any_state_only_the_missing_table_miss_flows_are_added(tmp_path):
+    agent = Agent(tmp_path, "charlie", reader=Unsynced)
+    stray = next(f for f in flows.base.flows() if f.bridge == "br-int")
+    agent.switches["br-int"].table.add(stray)  # one miss flow there already (a restart)
+    with pytest.raises(NotReady):
+        agent.core.reconcile()
+    for bridge, sw in agent.switches.items():
+        assert sw.contents() == {f for f in flows.base.flows() if f.bridge == bridge}
+    assert agent.switches["br-int"].bundles == 1  # nothing re-sent that was there
+    # The node's own traffic passes br-ex (the way to the API server), nothing is steered.
+    [out] = agent.switches["br-ex"].table.process(ip_packet(UPLINK, EXTERNAL, NODES["charlie"]))
+    assert out.port == "NORMAL"
+    assert agent.routing.steered == []
+
+
+def test_not_ready_is_reported_and_the_first_answer_brings_the_flows(tmp_path):
+    agent = Agent(tmp_path, "charlie", reader=Unsynced)
+    agent.run_pass(full=True)
+    status = agent.status()
+    assert "waiting for the first answer of the API server" in status["error"]
+    assert status["passes"] == 0 and status["held_eips"] == []
+    agent.core.store.answered = True
+    agent.run_pass(full=True)
+    assert agent.status()["error"] is None
+    for bridge, sw in agent.switches.items():
+        assert sw.contents() == agent.desired()[bridge]
+    assert agent.routing.steered == [(CART, "198.51.100.0/24")]
+
+
+# -- the worker's steering and drift repair --------------------------------------------
+
+def steered_out(agent: Agent):
+    """Where br-int sends the cart pod's packet to the external address."""
+    return [e.port for e in agent.switches["br-int"].table.process(pod_packet())]
+
+
+def pod_packet() -> dict:
+    """The cart pod's packet to the external address, as the host hands it to egw0."""
+    return ip_packet(1, CART, EXTERNAL, eth_src="02:00:00:00:00:e0", eth_dst=GW_MAC)
+
+
+def test_a_worker_steers_its_pod_to_the_active_gateways_tunnel(tmp_path):
+    agent = Agent(tmp_path, "charlie")
+    agent.bfd(alpha=UP, bravo=UP)
+    agent.run_pass(full=True)
+    assert steered_out(agent) == [agent.db.tunnel_port(holder(tmp_path))]
+    assert agent.status()["tunnels"] == {"alpha": NODES["alpha"], "bravo": NODES["bravo"]}
+
+
+def test_drift_on_the_switch_is_repaired_at_the_next_full_pass(tmp_path):
+    agent = Agent(tmp_path, "charlie")
+    agent.bfd(alpha=UP, bravo=UP)
+    agent.run_pass(full=True)
+    table = agent.switches["br-int"].table
+    want = set(table.contents())
+    steer = table.lookup(table.tables.tables[0].name, pod_packet())
+    table.delete_strict(steer)  # removed behind the agent's back
+    changed = next(f for f in sorted(want, key=str) if f != steer and f.actions != (Drop(),))
+    table.add(dataclasses.replace(changed, actions=()))  # changed: now drops
+    table.add(dataclasses.replace(steer, priority=steer.priority + 1, cookie=0x99, actions=()))  # added
+    assert steered_out(agent) == []  # the pod's traffic is broken
+    agent.run_pass(full=False)  # a pass without a dump trusts what it sent
+    assert table.contents() != want
+    agent.run_pass(full=True)
+    assert table.contents() == want
+    assert steered_out(agent) == [agent.db.tunnel_port(holder(tmp_path))]
+    assert agent.core.last_result.changes["br-int"] == (2, 1)
+
+
+def test_a_second_pass_sends_nothing(tmp_path):
+    agent = Agent(tmp_path, "charlie")
+    agent.run_pass(full=True)
+    bundles = {b: sw.bundles for b, sw in agent.switches.items()}
+    agent.run_pass(full=True)
+    assert {b: sw.bundles for b, sw in agent.switches.items()} == bundles
+    assert agent.core.last_result.changes == {"br-int": (0, 0), "br-ex": (0, 0)}
+
+
+# -- gateways: cut-off, takeover, gratuitous ARP -----------------------------------------
+
+def test_a_gateway_that_sees_every_bfd_session_down_gives_up_its_eip_until_one_is_back(tmp_path):
+    agent = Agent(tmp_path, holder(tmp_path))
+    others = [n for n in NODES if n != agent.core.config.node]
+    agent.bfd(**{n: UP for n in others})
+    agent.run_pass(full=True)
+    assert agent.holds_eip() and agent.status()["held_eips"] == [EIP]
+    agent.bfd(**{n: DOWN for n in others})
+    agent.run_pass()
+    status = agent.status()
+    assert not agent.holds_eip()
+    assert (status["held_eips"], status["isolated"], status["dead_peers"]) == ([], True, sorted(others))
+    assert AgentReports(str(agent.sdir)).held() == {}
+    agent.run_pass()  # still cut off: nothing changes by itself
+    assert not agent.holds_eip() and agent.status()["isolated"]
+    agent.bfd(**{others[0]: UP})  # one session back
+    agent.run_pass()
+    status = agent.status()
+    assert agent.holds_eip()
+    assert (status["held_eips"], status["isolated"], status["dead_peers"]) == ([EIP], False, [])
+
+
+def test_the_standby_takes_over_when_the_active_gateways_session_goes_down_and_announces_it(tmp_path):
+    active = holder(tmp_path)
+    standby = "bravo" if active == "alpha" else "alpha"
+    agent = Agent(tmp_path, standby)
+    agent.bfd(**{active: UP, "charlie": UP})
+    agent.run_pass(full=True)
+    assert not agent.holds_eip() and agent.switches["br-ex"].garps == []
+    agent.bfd(**{active: DOWN})
+    agent.run_pass()
+    assert agent.holds_eip()
+    assert agent.switches["br-ex"].garps == [(EIP, "02:00:00:00:00:b0", UPLINK)]
+    status = agent.status()
+    assert (status["held_eips"], status["dead_peers"], status["isolated"]) == ([EIP], [active], False)
+    assert status["bfd"] == {agent.db.names[active]: "down (not forwarding)", agent.db.names["charlie"]: "up"}
+    # What the controller reads: the standby holds the EIP now.
+    assert AgentReports(str(agent.sdir)).held() == {EIP: standby}
+    agent.run_pass(full=True)
+    assert len(agent.switches["br-ex"].garps) == 1  # announced once, not at every pass
+    agent.bfd(**{active: UP})  # the active one is back: the standby lets go, no announcement
+    agent.run_pass()
+    assert not agent.holds_eip() and len(agent.switches["br-ex"].garps) == 1
+
+
+def test_status_says_what_the_node_does(tmp_path):
+    agent = Agent(tmp_path, holder(tmp_path))
+    agent.bfd(**{n: UP for n in NODES if n != agent.core.config.node})
+    agent.run_pass(full=True)
+    status = agent.status()
+    assert status["node"] == agent.core.config.node and status["passes"] == 1 and status["error"] is None
+    assert status["switches"] == {b: {"connected": True, "flows": len(agent.desired()[b])}
+                                  for b in ("br-int", "br-ex")}
+    assert (status["tunnel_mtu"], status["mss"]) == (1450, 1410)
+    assert status["tunnel_mtu_source"] == "underlay 1500 (the interface of %s) - 50 (IPv4 Geneve)" % NODES[
+        agent.core.config.node]
+    assert status["held_eips"] == [EIP] and status["isolated"] is False
+    agent.core.switch_down("br-ex")
+    agent.run_pass()
+    assert agent.status()["switches"]["br-ex"] == {"connected": False, "flows": None}
+
+
+def test_peers_with_names_too_long_for_a_port_get_their_own_tunnel(tmp_path):
+    """Tunnel ports of long node names are hashed; the flows still go to the right peer's port."""
+    names = {"gateway-one.example.internal": "192.0.2.11", "gateway-two.example.internal": "192.0.2.12",
+             "worker-three.example.internal": "192.0.2.13"}
+    gateways = tuple(n for n in names if n.startswith("gateway"))
+    agent = Agent(tmp_path, "worker-three.example.internal", docs=cluster(names, gateways))
+    agent.bfd(**{n: UP for n in gateways})
+    agent.run_pass(full=True)
+    assert all(len(agent.db.names[n]) == 15 for n in gateways)
+    assert steered_out(agent) == [agent.db.tunnel_port(holder(tmp_path, cluster(names, gateways)))]
+    assert dict(agent.core.last_result.view.ports.tunnels) == {n: agent.db.tunnel_port(n) for n in gateways}
