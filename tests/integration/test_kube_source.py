@@ -6,7 +6,7 @@ import pytest
 
 from sdn_egress.kube.source import KubeSource
 
-from .kubeemu import api, emu, gateway, namespace, node, pod, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu, gateway, namespace, node, pod, policy  # noqa: F401 - fixtures
 
 
 @pytest.fixture
