@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import lab_rules, policy_doc, scrape, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_rules, policy_doc, scrape
 
 EXT1 = "198.51.100.10"
 EXT2 = "198.51.100.11"

@@ -10,7 +10,9 @@ import uuid
 import pytest
 import yaml
 
-from .conftest import lab_up, policy_doc, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_up, policy_doc
 
 EXT = "198.51.100.10"
 TOPOLOGY = {

@@ -10,7 +10,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.kubeemu import api, emu, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.objects import policy
 
 MIB = 1 << 20
 

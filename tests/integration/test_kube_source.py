@@ -6,7 +6,8 @@ import pytest
 
 from sdn_egress.kube.source import KubeSource
 
-from tests.support.kubeemu import api, emu, gateway, namespace, node, pod, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.objects import gateway, namespace, node, pod, policy
 
 
 @pytest.fixture

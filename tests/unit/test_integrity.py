@@ -11,12 +11,12 @@ import time
 
 import netaddr
 import pytest
-import yaml
 
 from sdn_egress.cli import main
 from sdn_egress.manifests import parse_object
 from sdn_egress.model import InvalidObject
 from sdn_egress.source import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, ManifestDirSource
+from tests.support.objects import set_path as edited, write
 
 API = "sdn-egress.io/v1alpha1"
 GATEWAY = {
@@ -37,17 +37,6 @@ POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "billing-1", "nam
        "spec": {"nodeName": "alpha"}, "status": {"podIP": "203.0.113.2"}}
 
 
-def write(path, name: str, docs) -> str:
-    full = os.path.join(str(path), name)
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    with open(full, "w") as f:
-        if isinstance(docs, str):
-            f.write(docs)
-        else:
-            yaml.safe_dump_all(docs, f, sort_keys=False)
-    return full
-
-
 @pytest.fixture
 def mdir(tmp_path):
     write(tmp_path, "a/cluster.yaml", [NODE, POD, GATEWAY, POLICY])
@@ -65,18 +54,6 @@ def refusal(doc) -> str:
     with pytest.raises(InvalidObject) as info:
         parse_object(doc, "f.yaml")
     return str(info.value.error)
-
-
-def edited(doc: dict, path: str, value) -> dict:
-    import copy
-
-    doc = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    target = doc
-    for p in parents:
-        target = target.setdefault(p, {})
-    target[last] = value
-    return doc
 
 
 # -- item 3: one object stops nothing -----------------------------------------------------------------
