@@ -168,3 +168,29 @@ def test_an_api_server_without_servicecidrs_leaves_the_configured_ranges(emu, so
     assert source.service_cidr_informer.served is False
     assert [str(c) for c in state.extra_cluster_cidrs] == ["10.96.0.0/12"]
     assert list(state.policies) == ["shop/cart"]
+
+
+def test_the_labs_state_from_its_api_server_is_the_sources_own(source, emu, tmp_path):
+    """The lab (``lab trace``, ``lab status``) assembles the API's objects as
+    the KubeSource does, with the stored allocation's incumbency: a second
+    default gateway that sorts first stays refused in both."""
+    from sdn_egress.lab.objects import ApiObjects
+
+    seed(emu)
+    emu.apply({**gateway(), "spec": {**gateway()["spec"], "clusterDefault": True}})
+    source.start()
+    first = wait_state(source, emu, lambda s: s.gateways.get("edge") and s.gateways["edge"].cluster_default,
+                       "edge the default")
+    rival = gateway("aaa", "198.18.0.1-198.18.0.9")
+    rival["spec"]["clusterDefault"] = True
+    emu.apply(rival)
+    enforced = wait_state(source, emu, lambda s: "aaa" in s.gateways, "the rival seen")
+    assert enforced.gateways["edge"].cluster_default and not enforced.gateways["aaa"].cluster_default
+    (tmp_path / "kube").mkdir()
+    emu.start_unix(str(tmp_path / "kube" / "api.sock"))
+    objects = ApiObjects(str(tmp_path / "kube"))
+    shown = objects.cluster_state(first.accepted)
+    assert shown.gateways == enforced.gateways and shown.policies == enforced.policies
+    assert shown.nodes == enforced.nodes and shown.pods == enforced.pods
+    assert sorted(map(str, shown.errors)) == sorted(map(str, enforced.errors))
+    assert objects.cluster_state({}).gateways["aaa"].cluster_default  # without the incumbency: not what is enforced
