@@ -60,3 +60,18 @@ def test_the_manifest_store_writes_reads_and_deletes_pods_and_namespaces(tmp_pat
     store.delete_pod("shop", "cart-0")
     store.delete_pod("shop", "cart-0")  # gone already: nothing
     assert not store.cluster_state({}).pods
+
+
+def test_a_standalone_clusters_state_keeps_the_incumbent_default_gateway_too(tmp_path):
+    from sdn_egress.debug.env import ClusterEnv
+
+    manifests, status = tmp_path / "m", tmp_path / "s"
+    write(manifests, "edge.yaml", [node("alpha", 0), set_path(gateway(), "spec.clusterDefault", True),
+                                   policy("cart")])
+    controller = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status)))
+    controller.reconcile()
+    write(manifests, "aaa.yaml", [RIVAL])
+    controller.reconcile()
+    shown = ClusterEnv(status_dir=str(status), manifests=str(manifests)).cluster_state()
+    assert shown.gateways == controller.source.snapshot().gateways
+    assert shown.gateways["edge"].cluster_default and not shown.gateways["aaa"].cluster_default
