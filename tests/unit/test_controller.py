@@ -12,27 +12,17 @@ import sys
 import threading
 
 import pytest
+import yaml
 
 from sdn_egress import controller as controller_mod
 from sdn_egress.allocation import AllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.source import ManifestDirSource
+from tests.support.objects import node
 from tests.support.waiting import wait_for
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "examples")
-NODES = """\
-apiVersion: v1
-kind: Node
-metadata: {name: alpha, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.0/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: beta, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.32/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
-"""
+NODES = yaml.safe_dump_all([node("alpha", 0, ready=None), node("beta", 1, ready=None)], sort_keys=False)
 ZETA = """\
 apiVersion: sdn-egress.io/v1alpha1
 kind: EgressPolicy

@@ -116,14 +116,19 @@ def laughs(levels: int = 9) -> str:
     return "\n".join(lines) + f"\nkind: List\napiVersion: v1\nitems: *a{levels - 1}\n"
 
 
-def test_an_alias_bomb_is_refused_quickly_and_costs_only_its_file(mdir):
-    write(mdir, "b/bomb.yaml", laughs())
+def assert_alias_refusal_within(mdir, seconds: float) -> None:
+    """The file under b/ is refused for its aliases within ``seconds``; the rest stands."""
     started = time.monotonic()
     state = ManifestDirSource(str(mdir)).snapshot()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < seconds
     assert [e.message for e in state.errors] == [
         f"not accepted: its aliases expand to more than {MAX_ALIAS_NODES} values"]
     valid_part_intact(state)
+
+
+def test_an_alias_bomb_is_refused_quickly_and_costs_only_its_file(mdir):
+    write(mdir, "b/bomb.yaml", laughs())
+    assert_alias_refusal_within(mdir, 5)
 
 
 def test_many_aliases_to_one_selector_are_bounded(mdir):
@@ -131,12 +136,7 @@ def test_many_aliases_to_one_selector_are_bounded(mdir):
                     f"namespace: shop}}, spec: {{appliedTo: {{podSelector: *sel}}}}}}\n" for i in range(10_000))
     sel = "{matchExpressions: [" + ", ".join(f"{{key: k{i}, operator: Exists}}" for i in range(20)) + "]}"
     write(mdir, "b/aliases.yaml", f"apiVersion: v1\nkind: List\nsel: &sel {sel}\nitems:\n{items}")
-    started = time.monotonic()
-    state = ManifestDirSource(str(mdir)).snapshot()
-    assert time.monotonic() - started < 10
-    assert [e.message for e in state.errors] == [
-        f"not accepted: its aliases expand to more than {MAX_ALIAS_NODES} values"]
-    valid_part_intact(state)
+    assert_alias_refusal_within(mdir, 10)
 
 
 def test_fifos_devices_and_huge_files_are_refused_never_read_forever(mdir, capsys):

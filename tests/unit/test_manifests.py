@@ -12,7 +12,7 @@ import yaml
 from sdn_egress.manifests import parse_object
 from sdn_egress.model import InvalidObject, ObjectRef
 from sdn_egress.source import ManifestDirSource
-from tests.support.objects import set_path as edited, write
+from tests.support.objects import node, set_path as edited, write
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "examples")
 
@@ -190,19 +190,8 @@ def test_other_kinds_are_not_ours():
 
 # -- the manifest directory ---------------------------------------------------------------------------
 
-NODES_YAML = """\
-apiVersion: v1
-kind: Node
-metadata: {name: alpha, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.0/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: beta}
-spec: {podCIDR: 203.0.113.32/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
-"""
+NODES_YAML = yaml.safe_dump_all([node("alpha", 0, ready=None), node("beta", 1, egress=False, ready=None)],
+                               sort_keys=False)
 
 
 @pytest.fixture
