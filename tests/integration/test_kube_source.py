@@ -96,6 +96,9 @@ def test_410_gone_means_a_fresh_list_and_nothing_is_missed(emu, source):
     source.snapshot()
     nodes = source.informers["Node"]
     assert nodes.lists == 1
+    # Synced is listed, not yet watching: wait for the node watch to be open, or
+    # it would start after the compaction below and see the 410 at once.
+    emu.wait_for(lambda: any(w.res[2] == "nodes" and not w.closed for w in emu.watches))
     # Other objects move the server's resourceVersion past the node watch's; the
     # server forgets its history and drops the watches; meanwhile a node joins and one goes.
     emu.apply(policy("other"))

@@ -50,8 +50,10 @@ class KubeEmulator(KubeApiServer):
         return [r for r in list(self.requests) if r.method == method and re.search(path_regex, r.path)]
 
     def wait_for(self, predicate, timeout: float = 20.0):
-        """Until ``predicate()`` (on this server's objects) is truthy."""
-        return wait_for(predicate, getattr(predicate, "__doc__", None) or str(predicate), timeout, interval=0.05)
+        """Until ``predicate()`` (on this server's objects, its lock held) is
+        truthy, checked again on every write."""
+        return wait_for(predicate, getattr(predicate, "__doc__", None) or str(predicate), timeout, interval=0.05,
+                        condition=self.cond)
 
 @pytest.fixture
 def emu():
