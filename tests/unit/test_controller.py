@@ -170,7 +170,8 @@ def test_sigterm_stops_the_controller_cleanly(dirs):
     proc = subprocess.Popen([sys.executable, "-c", code, "--manifests", str(manifests), "--status", str(status)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (status / "allocation.json").exists() or proc.poll() is not None, "the controller", timeout=30.0)
+        wait_for(lambda: (status / "allocation.json").exists() or proc.poll() is not None, "the controller",
+                 timeout=30.0)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
