@@ -20,6 +20,7 @@ Everything the lab makes is recorded in ``STATE/lab.json`` as it is made, so
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,15 @@ CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of t
 
 class LabError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _lab_errors():
+    """The object store's refusals, as the lab's errors."""
+    try:
+        yield
+    except ObjectsError as exc:
+        raise LabError(str(exc)) from None
 
 
 # Broadcast one ARP request for argv[2] out of interface argv[1] (raw socket,
@@ -356,18 +366,14 @@ class Lab(Traffic):
                            os.path.join(self.node_dir(node), "agent.log"))
 
     def _objects_start(self) -> None:
-        try:
+        with _lab_errors():
             self.objects.start(self._spawn, self.ns_router())
-        except ObjectsError as exc:
-            raise LabError(str(exc)) from None
 
     def start_kube_api(self, timeout: float = 15.0) -> int:
         """Start the lab's API server in the router namespace (its objects
         kept in ``kube/objects.json``: a restart keeps them, as etcd would)."""
-        try:
+        with _lab_errors():
             return ApiObjects(self.kube_dir).start(self._spawn, self.ns_router(), timeout)
-        except ObjectsError as exc:
-            raise LabError(str(exc)) from None
 
     def stop_kube_api(self) -> None:
         """The API server goes away (SIGTERM); the objects stay on disk."""
@@ -487,10 +493,8 @@ class Lab(Traffic):
 
     def pod_labels(self, name: str) -> dict:
         pod = self.pod(name)
-        try:
+        with _lab_errors():
             return self.objects.pod_labels(pod.namespace, pod.name)
-        except ObjectsError as exc:
-            raise LabError(str(exc)) from None
 
     def label(self, name: str, key: str, value: str | None) -> None:
         """Set (or with ``value=None`` remove) one label of a pod."""
@@ -611,18 +615,14 @@ class Lab(Traffic):
         controller and agents pick them up); with an API server, create or
         replace the objects there (returns their API paths)."""
         self.load()
-        try:
+        with _lab_errors():
             return self.objects.apply(yaml_files(path))
-        except ObjectsError as exc:
-            raise LabError(str(exc)) from None
 
     def delete(self, path: str) -> int:
         """Remove the objects PATH's documents name (kind, namespace, name)."""
         self.load()
-        try:
+        with _lab_errors():
             files = yaml_files(path)
-        except ObjectsError as exc:
-            raise LabError(str(exc)) from None
         return self.objects.delete({ident(d) for f in files for d in read_documents(f) if isinstance(d, dict)})
 
     def cluster_state(self):
