@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,28 +24,6 @@ from common import ROOT, summary, write_section  # noqa: E402
 
 from sdn_egress.lab import Lab  # noqa: E402
 from sdn_egress.lab.topology import default_topology_path  # noqa: E402
-
-# Sends from the pod's first moment; prints seconds to the first answer naming argv[2].
-SENDER = r"""
-import socket, sys, time
-dst, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
-t0, n = time.monotonic(), 0
-while time.monotonic() - t0 < limit:
-    try:
-        s.sendto(f"p{n}\n".encode(), (dst, 8080)); n += 1
-    except OSError:
-        pass
-    if n == 1:
-        print("sending", flush=True)
-    try:
-        while True:
-            if s.recvfrom(100)[0].decode().strip() == want:
-                print(f"{time.monotonic() - t0:.4f}", flush=True); time.sleep(0.2); sys.exit(0)
-    except (socket.timeout, OSError):
-        pass
-print("timeout", flush=True); sys.exit(1)
-"""
 
 # One TCP connection from the pod's first moment (the kernel's own SYN
 # retransmissions, as an application sees them): seconds until answered.
@@ -61,42 +37,21 @@ print(f"{time.monotonic() - t0:.4f}", flush=True)
 """
 
 
-def capture(lab: Lab, path: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.host_ns("ext-1"), "tcpdump", "-Z", "root", "-i", "eth0",
-                             "-n", "-U", "--immediate-mode", "-w", path, "dst", "port", "8080"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if "listening" not in proc.stderr.readline():
-        raise RuntimeError("tcpdump did not start")
-    return proc
-
-
-def sources(proc: subprocess.Popen, path: str) -> list[str]:
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=10)
-    out = subprocess.run(["tcpdump", "-Z", "root", "-n", "-r", path], capture_output=True, text=True,
-                         check=True).stdout
-    return [line.split()[2].rsplit(".", 1)[0] for line in out.splitlines() if " IP " in line]
-
-
 def selected_run(lab: Lab, tmp: str, i: int, node: str, eip: str, ext: str) -> tuple[float, int]:
     key = f"shop/bench-{i}"
-    cap = capture(lab, os.path.join(tmp, f"{i}.pcap"))
+    cap = lab.capture("ext-1", os.path.join(tmp, f"{i}.pcap"))
     lab.add_pod(key, node, {"app": "cart"}, publish=False)
     try:
-        sender = lab.popen(key, [sys.executable, "-c", SENDER, ext, eip, "20"])
-        if sender.stdout.readline().strip() != "sending":  # its first datagram is out: the kubelet reports
-            raise RuntimeError(f"{key}: the sender did not start")
+        sender = lab.first_answer_sender(key, ext, eip, 20)  # its first datagram is out: the kubelet reports
         lab.publish_pod(key)
-        out = sender.communicate(timeout=30)[0].strip()
-        if out == "timeout":
+        out = sender.communicate(timeout=30)[0].split()
+        if out[-1] != "done":
             raise RuntimeError(f"{key}: no answer with {eip} within 20 s")
-        seen = sources(cap, os.path.join(tmp, f"{i}.pcap"))
+        seen = cap.sources()
         node_ips = {n["ip"] for n in lab.status()["nodes"]}
-        return float(out), sum(1 for s in seen if s in node_ips)
+        return float(out[0]), sum(1 for s in seen if s in node_ips)
     finally:
-        if cap.poll() is None:
-            cap.kill()
+        cap.close()
         lab.delete_pod(key)
 
 

@@ -614,6 +614,17 @@ class Assembler:
         """Incumbency as the stored allocation records it (its ``accepted``)."""
         self.accepted = dict(accepted)
 
+    def assemble(self, objects: Iterable[tuple[Any, str]],
+                 extra_cluster_cidrs: Iterable[netaddr.IPNetwork] = ()) -> ClusterState:
+        """The cluster state of one pass over ``(document, where)`` pairs, each
+        object cited and remembered by ``where`` (an API object: its path);
+        what every API source's snapshot is."""
+        run = _Pass()
+        for doc, where in objects:
+            run.add(doc, where, where)
+        by_kind = self.finish(run)
+        return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=tuple(extra_cluster_cidrs), **by_kind)
+
     def finish(self, run: "_Pass") -> dict[str, dict[str, Any]]:
         self._settle_duplicates(run)
         self._keep_last_valid(run)

@@ -190,6 +190,8 @@ class ClusterEnv:
         return self._state
 
     def _read_state(self):
+        """One snapshot of the source the agents use, with the incumbency the
+        stored allocation records (as a restarted controller starts from)."""
         import netaddr
 
         from sdn_egress.model import ClusterState
@@ -198,10 +200,14 @@ class ClusterEnv:
             if not self.manifests:
                 return ClusterState(extra_cluster_cidrs=extra)
             from sdn_egress.source import ManifestDirSource
-            return ManifestDirSource(self.manifests, extra_cluster_cidrs=extra).snapshot()
+            source = ManifestDirSource(self.manifests, extra_cluster_cidrs=extra)
+            source.remember(self.allocation().accepted)
+            return source.snapshot()
         from sdn_egress.kube.source import KubeSource
         extra += tuple(netaddr.IPNetwork(c) for c in cluster_cidrs(self.api, self.namespace))
-        source = KubeSource(self.api, extra_cluster_cidrs=extra).start()
+        source = KubeSource(self.api, extra_cluster_cidrs=extra)
+        source.remember(self.allocation().accepted)
+        source.start()
         try:
             if not source.wait_synced(timeout=self.timeout):
                 raise EnvError(f"the API server listed nothing within {self.timeout:.0f} s")

@@ -9,7 +9,7 @@ import netaddr
 
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState
-from sdn_egress.view import NEVER_STEERED, pod_steers
+from sdn_egress.view import NEVER_STEERED, pod_steers, selected_policies
 
 
 @dataclass
@@ -32,6 +32,15 @@ class Explanation:
 
 def _labels(labels) -> str:
     return ",".join(f"{k}={v}" for k, v in labels) or "<none>"
+
+
+def _precedence(winner, other) -> str:
+    """Why ``winner`` goes before ``other`` in :func:`sdn_egress.view.selected_policies`'s order."""
+    if winner.priority != other.priority:
+        return f"priority {winner.priority} > {other.priority}"
+    if winner.cluster != other.cluster:
+        return "same priority, a namespaced policy goes before a cluster policy"
+    return f"same priority, {winner.key} sorts first"
 
 
 def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
@@ -64,8 +73,11 @@ def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
     elif ip in NEVER_STEERED[ip.version]:
         out.reasons.append(f"{dst} is loopback, link-local or multicast: never steered")
     ns_labels = state.namespace_labels(pod.namespace)
-    candidates = sorted((p for p in state.policies.values() if p.cluster or p.namespace == pod.namespace),
-                        key=lambda p: (-p.priority, p.key))
+    # The view's order first (the one the flows follow), then the policies it
+    # passes over (not selecting the pod, or without an EIP), by priority.
+    ranked = selected_policies(state, alloc, pod)
+    candidates = ranked + sorted((p for p in state.policies.values() if (p.cluster or p.namespace == pod.namespace)
+                                  and p not in ranked), key=lambda p: (-p.priority, p.key))
     others = [p for p in state.policies.values() if not p.cluster and p.namespace != pod.namespace
               and p.pod_selector is not None and p.pod_selector.matches(pod.labels)]
     for p in candidates:
@@ -100,9 +112,7 @@ def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
             continue
         if out.policy is not None:
             winner = state.policies[out.policy]
-            how = (f"priority {winner.priority} > {p.priority}" if winner.priority != p.priority
-                   else f"same priority, {winner.key} sorts first")
-            out.reasons.append(f"policy {p.key} also matches; {winner.key} wins ({how})")
+            out.reasons.append(f"policy {p.key} also matches; {winner.key} wins ({_precedence(winner, p)})")
     for p in others:
         out.reasons.append(f"policy {p.key} would select these labels but is in namespace "
                            f"{p.namespace}: a namespaced policy selects only its own pods")

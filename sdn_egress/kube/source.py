@@ -19,7 +19,7 @@ import netaddr
 from sdn_egress.kube.informer import Informer
 from sdn_egress.kube.resources import SERVICE_CIDRS, WATCHED, Resource
 from sdn_egress.model import ClusterState, ObjectRef
-from sdn_egress.source import Assembler, _Pass
+from sdn_egress.source import Assembler
 
 LOG = logging.getLogger(__name__)
 
@@ -85,15 +85,8 @@ class KubeSource:
     def snapshot(self) -> ClusterState:
         with self._lock:
             self._changed.clear()  # before reading: a change while we read is seen next time
-            run = _Pass()
-            for inf in self.informers.values():
-                for obj in inf.items():
-                    meta = obj.get("metadata") or {}
-                    path = inf.res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
-                    run.add(obj, path, path)
-            by_kind = self._history.finish(run)
-            extra = tuple(netaddr.cidr_merge(list(self.extra_cluster_cidrs) + list(self.service_cidrs())))
-            return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=extra, **by_kind)
+            return assemble(self._history, [(inf.res, inf.items()) for inf in self.informers.values()],
+                            list(self.extra_cluster_cidrs) + list(self.service_cidrs()))
 
     def service_cidrs(self) -> list[netaddr.IPNetwork]:
         """The CIDRs of the cluster's ServiceCIDR objects (none where it serves none)."""
@@ -108,6 +101,19 @@ class KubeSource:
     def raw_items(self, kind: str) -> list[dict]:
         inf = self.informers.get(kind)
         return inf.items() if inf is not None else []
+
+
+def assemble(history: Assembler, objects: Iterable[tuple[Resource, Iterable[dict]]],
+             extra_cluster_cidrs: Iterable[netaddr.IPNetwork] = ()) -> ClusterState:
+    """A snapshot of API objects (per resource, its objects), each cited by its
+    API path, by ``history``'s rules (its last valid versions and incumbency);
+    ``extra_cluster_cidrs`` merged."""
+    def cited():
+        for res, items in objects:
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                yield obj, res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
+    return history.assemble(cited(), netaddr.cidr_merge(list(extra_cluster_cidrs)))
 
 
 def service_cidrs_of(objects: Iterable[dict]) -> list[netaddr.IPNetwork]:

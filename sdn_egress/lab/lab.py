@@ -8,17 +8,19 @@
   agent process, Calico-style routed pods and a CNI-style masquerade;
 - per pod a namespace; per external host a namespace running the echo service.
 
-With ``kube=True`` the cluster state lives in an API server
-(:mod:`sdn_egress.lab.kubeapi`) in the router namespace, on 192.0.2.1:6443:
-the controller (in the router namespace) and the agents take their state
-through the Kubernetes source, as in a cluster; ``apply``, ``delete`` and
-``label`` write to the API.  Otherwise they read a manifest directory.
+Where the cluster's objects live is chosen once, at ``up``
+(:mod:`sdn_egress.lab.objects`): with ``kube=True`` in an API server
+(:mod:`sdn_egress.lab.kubeapi`) in the router namespace, on 192.0.2.1:6443,
+the controller (in the router namespace) and the agents taking their state
+through the Kubernetes source, as in a cluster; otherwise in a manifest
+directory they read.  ``apply``, ``delete`` and ``label`` write there.
 
 Everything the lab makes is recorded in ``STATE/lab.json`` as it is made, so
 ``down()`` removes it all, also after a crash of whatever brought it up.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,24 +32,31 @@ import time
 import yaml
 
 from ovs_setup.daemons import OvsInstance, process_alive as _alive, stop_all_under, terminate as _kill
-from sdn_egress.kube.heartbeat import NAMESPACE as AGENT_LEASE_NAMESPACE
 from sdn_egress.lab import topology as topo_mod
+from sdn_egress.lab.objects import ApiObjects, ManifestObjects, ObjectsError, ObjectStore, ident, pod_object
+from sdn_egress.lab.objects import node_object, read_documents, yaml_files
 from sdn_egress.lab.topology import Topology
 from sdn_egress.lab.traffic import Traffic
-from sdn_egress.fileio import write_atomic, write_json_atomic
+from sdn_egress.fileio import write_json_atomic
 
 DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 
 
 AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
 CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of the router's)
-KUBE_API_PORT = 6443  # on the router's underlay address
-KUBE_SERVICE_CIDR = "192.0.2.64/27"  # the lab cluster's ServiceCIDR (a free part of the underlay range)
-KUBE_NAMESPACE = "sdn-egress"  # the controller's Lease, the allocation ConfigMap
 
 
 class LabError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _lab_errors():
+    """The object store's refusals, as the lab's errors."""
+    try:
+        yield
+    except ObjectsError as exc:
+        raise LabError(str(exc)) from None
 
 
 # Broadcast one ARP request for argv[2] out of interface argv[1] (raw socket,
@@ -133,19 +142,22 @@ class Lab(Traffic):
     @property
     def kubeconfig(self) -> str:
         """The kubeconfig the controller and agents use (the API over the underlay)."""
-        return os.path.join(self.kube_dir, "kubeconfig")
+        return ApiObjects(self.kube_dir).kubeconfig
 
     @property
     def kube(self) -> bool:
         return bool(self.load().get("kube"))
 
+    @property
+    def objects(self) -> ObjectStore:
+        """Where this lab's cluster objects live, as chosen at ``up``."""
+        return ApiObjects(self.kube_dir) if self.kube else ManifestObjects(self.manifests)
+
     def kube_api(self):
         """A client of the lab's API server (over its Unix socket)."""
-        from sdn_egress.lab.kubeapi import Client
-
         if not self.kube:
             raise LabError("this lab has no API server (lab up --kube)")
-        return Client(os.path.join(self.kube_dir, "api.sock"))
+        return ApiObjects(self.kube_dir).client()
 
     def node_dir(self, node: str) -> str:
         return os.path.join(self.state_dir, "nodes", node)
@@ -232,8 +244,7 @@ class Lab(Traffic):
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP}/24", "dev", "u0")
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP}/24", "dev", "x0")
         self._sysctl(rtr, "net.ipv4.ip_forward=1")
-        if self.kube:
-            self.start_kube_api()
+        self._objects_start()
 
         for x in topo.externals:
             ns = self._netns(self.ns_external(x.index))
@@ -334,18 +345,13 @@ class Lab(Traffic):
                     raise LabError(f"echo service on {x.name} did not start (see its echo.log)")
                 time.sleep(0.05)
 
-    def _state_args(self) -> list[str]:
-        if self.kube:
-            return ["--kubeconfig", self.kubeconfig, "--namespace", KUBE_NAMESPACE]
-        return ["--manifests", self.manifests]
-
     def _start_controller(self) -> None:
         # --status: standalone, where the allocation goes; kube, a copy of the ConfigMap.
-        self._spawn("controller", self.ns_router() if self.kube else None,
-                    [_bin("sdn-egress"), "controller", *self._state_args(),
+        objects = self.objects
+        self._spawn("controller", self.ns_router() if objects.controller_in_router else None,
+                    [_bin("sdn-egress"), "controller", *objects.state_args(),
                      "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR,
-                     "--metrics-port", str(CONTROLLER_METRICS_PORT)]
-                    + (["--identity", "lab-controller"] if self.kube else []),
+                     "--metrics-port", str(CONTROLLER_METRICS_PORT), *objects.controller_args()],
                     os.path.join(self.state_dir, "controller.log"))
 
     def start_agent(self, node: str) -> int:
@@ -353,37 +359,21 @@ class Lab(Traffic):
         # --status: standalone, the controller's directory (and this agent's
         # report); kube, where the agent records its status and flows only.
         return self._spawn(f"agent:{node}", self.ns_node(node),
-                           [_bin("sdn-egress"), "agent", "--node", node, *self._state_args(),
+                           [_bin("sdn-egress"), "agent", "--node", node, *self.objects.state_args(),
                             "--status", self.status_dir, "--ovs-db", ovs.db_target,
                             "--ovs-rundir", ovs.rundir, "--metrics-port", str(AGENT_METRICS_PORT),
                             *self.load().get("agent_args", [])],
                            os.path.join(self.node_dir(node), "agent.log"))
 
+    def _objects_start(self) -> None:
+        with _lab_errors():
+            self.objects.start(self._spawn, self.ns_router())
+
     def start_kube_api(self, timeout: float = 15.0) -> int:
         """Start the lab's API server in the router namespace (its objects
         kept in ``kube/objects.json``: a restart keeps them, as etcd would)."""
-        os.makedirs(self.kube_dir, exist_ok=True)
-        ready = os.path.join(self.kube_dir, "ready")
-        if os.path.exists(ready):
-            os.unlink(ready)
-        with open(self.kubeconfig, "w") as f:
-            f.write("apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
-                    f"clusters: [{{name: lab, cluster: {{server: 'http://{topo_mod.ROUTER_UNDERLAY_IP}:"
-                    f"{KUBE_API_PORT}'}}}}]\n"
-                    "users: [{name: lab, user: {token: lab}}]\n"
-                    "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n")
-        pid = self._spawn("kubeapi", self.ns_router(),
-                          [sys.executable, "-m", "sdn_egress.lab.kubeapi",
-                           "--listen", f"{topo_mod.ROUTER_UNDERLAY_IP}:{KUBE_API_PORT}",
-                           "--unix", os.path.join(self.kube_dir, "api.sock"),
-                           "--state", os.path.join(self.kube_dir, "objects.json"), "--ready", ready],
-                          os.path.join(self.kube_dir, "api.log"))
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(ready):
-            if not _alive(pid) or time.monotonic() > deadline:
-                raise LabError(f"the lab's API server did not start (see {self.kube_dir}/api.log)")
-            time.sleep(0.05)
-        return pid
+        with _lab_errors():
+            return ApiObjects(self.kube_dir).start(self._spawn, self.ns_router(), timeout)
 
     def stop_kube_api(self) -> None:
         """The API server goes away (SIGTERM); the objects stay on disk."""
@@ -471,44 +461,14 @@ class Lab(Traffic):
     def ovs(self, node: str) -> OvsInstance:
         return OvsInstance(os.path.join(self.node_dir(node), "ovs"), netns=self.ns_node(node))
 
-    # -- manifests -----------------------------------------------------------------------
-    def _write(self, path: str, docs: list[dict]) -> None:
-        write_atomic(path, yaml.safe_dump_all(docs, sort_keys=False))
-
+    # -- objects -----------------------------------------------------------------------
     def _write_cluster_manifests(self, topo: Topology) -> None:
-        nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
-                  "spec": {"podCIDR": n.pod_cidr},
-                  "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
-                             "conditions": [{"type": "Ready", "status": "True"}]}}
-                 for n in topo.nodes]
-        names = {p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, AGENT_LEASE_NAMESPACE} if self.kube else set())
-        namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in sorted(names)]
-        if self.kube:
-            api = self.kube_api()
-            # As a kube-apiserver keeps it for its --service-cluster-ip-range.
-            service_cidr = {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-                            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [KUBE_SERVICE_CIDR]}}
-            for obj in nodes + namespaces + [service_cidr]:
-                api.apply(obj)
-        else:
-            cluster = os.path.join(self.manifests, "cluster")
-            self._write(os.path.join(cluster, "nodes.yaml"), nodes)
-            self._write(os.path.join(cluster, "namespaces.yaml"), namespaces)
+        self.objects.write_cluster([node_object(n) for n in topo.nodes], {p.namespace for p in topo.pods})
         for pod in topo.pods:
             self._write_pod(pod, pod.labels)
 
-    def _pod_file(self, pod) -> str:
-        return os.path.join(self.manifests, "cluster", "pods", f"{pod.namespace}--{pod.name}.yaml")
-
     def _write_pod(self, pod, labels: dict) -> None:
-        obj = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
-               "spec": {"nodeName": pod.node},
-               "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}
-        if self.kube:
-            self.kube_api().apply(obj)
-        else:
-            self._write(self._pod_file(pod), [obj])
+        self.objects.write_pod(pod_object(pod, labels))
 
     def pods(self) -> list:
         """The lab's live pods: the topology's, then those ``add_pod`` made,
@@ -533,13 +493,8 @@ class Lab(Traffic):
 
     def pod_labels(self, name: str) -> dict:
         pod = self.pod(name)
-        if self.kube:
-            obj = self.kube_api().get("Pod", pod.name, pod.namespace)
-            if obj is None:
-                raise LabError(f"pod {pod.key} is not in the lab's API server")
-            return obj["metadata"].get("labels") or {}
-        with open(self._pod_file(pod)) as f:
-            return yaml.safe_load(f)["metadata"].get("labels") or {}
+        with _lab_errors():
+            return self.objects.pod_labels(pod.namespace, pod.name)
 
     def label(self, name: str, key: str, value: str | None) -> None:
         """Set (or with ``value=None`` remove) one label of a pod."""
@@ -616,21 +571,8 @@ class Lab(Traffic):
         reports once the CNI is done.  A namespace the lab does not have yet
         is created first."""
         pod = self.pod(key)
-        self._ensure_namespace(pod.namespace)
+        self.objects.ensure_namespace(pod.namespace)
         self._write_pod(pod, pod.labels)
-
-    def _ensure_namespace(self, namespace: str) -> None:
-        obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
-        if self.kube:
-            api = self.kube_api()
-            if api.get("Namespace", namespace) is None:
-                api.apply(obj)
-            return
-        path = os.path.join(self.manifests, "cluster", "namespaces.yaml")
-        with open(path) as f:
-            docs = [d for d in yaml.safe_load_all(f) if d]
-        if namespace not in {d["metadata"]["name"] for d in docs}:
-            self._write(path, docs + [obj])
 
     def delete_pod(self, key: str, object_too: bool = True) -> None:
         """Delete a pod the way a kubelet does: its processes and network go
@@ -654,13 +596,7 @@ class Lab(Traffic):
 
     def delete_pod_object(self, key: str) -> None:
         """The Pod object goes (the pod's network may be gone already)."""
-        namespace, name = _split_key(key)
-        if self.kube:
-            self.kube_api().delete("Pod", name, namespace)
-            return
-        path = os.path.join(self.manifests, "cluster", "pods", f"{namespace}--{name}.yaml")
-        if os.path.exists(path):
-            os.unlink(path)
+        self.objects.delete_pod(*_split_key(key))
 
     def move_pod(self, key: str, node: str):
         """Reschedule: delete the pod, then create it on ``node`` with the
@@ -674,108 +610,29 @@ class Lab(Traffic):
         self.delete_pod(pod.key)
         return self.add_pod(pod.key, node, labels)
 
-    def _yaml_files(self, path: str) -> list[str]:
-        if os.path.isdir(path):
-            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                           if f.endswith((".yaml", ".yml", ".json")))
-        elif os.path.exists(path):
-            files = [path]
-        else:
-            raise LabError(f"{path}: no such file or directory")
-        for f in files:
-            try:
-                with open(f) as fh:
-                    list(yaml.safe_load_all(fh))
-            except yaml.YAMLError as exc:
-                raise LabError(f"{f}: not valid YAML: {exc}") from exc
-        return files
-
     def apply(self, path: str) -> list[str]:
         """Copy manifests into the lab's user manifest directory (the
         controller and agents pick them up); with an API server, create or
         replace the objects there (returns their API paths)."""
         self.load()
-        if self.kube:
-            return self._kube_apply(path)
-        out = []
-        for f in self._yaml_files(path):
-            dest = os.path.join(self.manifests, "user", os.path.basename(f))
-            with open(f) as src:
-                docs = [d for d in yaml.safe_load_all(src) if d is not None]
-            self._write(dest, docs)
-            out.append(dest)
-        return out
-
-    def _kube_apply(self, path: str) -> list[str]:
-        from sdn_egress.lab.kubeapi import ApiError
-
-        api, out = self.kube_api(), []
-        for f in self._yaml_files(path):
-            with open(f) as src:
-                docs = [d for d in yaml.safe_load_all(src) if d is not None]
-            for i, d in enumerate(docs):
-                if not isinstance(d, dict) or not isinstance(d.get("metadata"), dict) or not d["metadata"].get("name"):
-                    raise LabError(f"{f}: document {i + 1}: not an object with metadata.name")
-                try:
-                    api.apply(d)
-                except (ApiError, ValueError) as exc:
-                    raise LabError(f"{f}: {d.get('kind')} {d['metadata']['name']}: {exc}") from None
-                kind, ns, name = _ident(d)
-                out.append(api.path(kind, name, ns))
-        return out
+        with _lab_errors():
+            return self.objects.apply(yaml_files(path))
 
     def delete(self, path: str) -> int:
         """Remove the objects PATH's documents name (kind, namespace, name)."""
         self.load()
-        names = set()
-        for f in self._yaml_files(path):
-            with open(f) as src:
-                for d in yaml.safe_load_all(src):
-                    if isinstance(d, dict):
-                        names.add(_ident(d))
-        if self.kube:
-            api = self.kube_api()
-            return sum(api.delete(kind, name, ns) for kind, ns, name in sorted(names))
-        removed = 0
-        user = os.path.join(self.manifests, "user")
-        for f in sorted(os.listdir(user)):
-            if f.startswith("."):
-                continue
-            full = os.path.join(user, f)
-            with open(full) as fh:
-                try:
-                    docs = [d for d in yaml.safe_load_all(fh) if d is not None]
-                except yaml.YAMLError:
-                    continue
-            keep = [d for d in docs if not (isinstance(d, dict) and _ident(d) in names)]
-            removed += len(docs) - len(keep)
-            if not keep:
-                os.unlink(full)
-            elif len(keep) != len(docs):
-                self._write(full, keep)
-        return removed
+        with _lab_errors():
+            files = yaml_files(path)
+        return self.objects.delete({ident(d) for f in files for d in read_documents(f) if isinstance(d, dict)})
 
     def cluster_state(self):
-        """The cluster state as the controller and agents read it: from the
-        manifest directory, or from the lab's API server (the same parsers)."""
-        from sdn_egress.model import ClusterState
-        from sdn_egress.source import Assembler, ManifestDirSource, _Pass
+        """The cluster state as the controller and agents assemble it (the
+        source's own rules), with the incumbency the stored allocation
+        recorded, as a restarted controller starts from."""
+        from sdn_egress.allocation import AllocationStore
 
-        if not self.kube:
-            return ManifestDirSource(self.manifests).snapshot()
-        from sdn_egress.kube.resources import WATCHED
-        from sdn_egress.kube.source import service_cidrs_of
-
-        api, run = self.kube_api(), _Pass()
-        for res in WATCHED:
-            for obj in api.items(res.kind):
-                obj.setdefault("kind", res.kind)
-                obj.setdefault("apiVersion", res.api_version)
-                meta = obj.get("metadata") or {}
-                path = res.path(meta.get("namespace") or "", str(meta.get("name") or ""))
-                run.add(obj, path, path)
-        return ClusterState(errors=tuple(run.errors), extra_cluster_cidrs=tuple(service_cidrs_of(
-            api.items("ServiceCIDR"))), **Assembler().finish(run))
+        stored = AllocationStore(self.status_dir).load()
+        return self.objects.cluster_state(stored.accepted if stored is not None else {})
 
     # -- addresses and exec -------------------------------------------------------------
     def host_ns(self, host: str) -> str:
@@ -936,7 +793,3 @@ def parse_labels(text: str | None, what: str = "--labels") -> dict:
         out[k.strip()] = v.strip()
     return out
 
-
-def _ident(doc: dict) -> tuple[str, str, str]:
-    meta = doc.get("metadata") or {}
-    return (str(doc.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))

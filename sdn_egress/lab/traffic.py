@@ -3,6 +3,7 @@ saw: the questions every end-to-end test and the demo ask."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,34 @@ print("ready", flush=True)
 data, peer = s.recvfrom(200)
 s.sendto((peer[0] + "\n").encode(), peer)
 print(peer[0], flush=True)
+"""
+
+# A pod's traffic from its first packet: a UDP datagram to the echo service
+# every 10 ms (sequence numbered); prints the seconds to the first answer
+# naming argv[2], then "done" once the answers after it are in (or "timeout").
+FIRST_ANSWER = r"""
+import socket, sys, time
+dst, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
+t0, n, got = time.monotonic(), 0, None
+while time.monotonic() - t0 < limit:
+    try:
+        s.sendto(f"p{n}\n".encode(), (dst, 8080)); n += 1
+    except OSError:
+        pass
+    if n == 1:
+        print("sending", flush=True)
+    try:
+        while True:
+            data = s.recvfrom(100)[0].decode().strip()
+            if got is None and data == want:
+                got = time.monotonic() - t0
+                print(f"{got:.4f}", flush=True)
+    except (socket.timeout, OSError):
+        pass
+    if got is not None and time.monotonic() - t0 > got + 0.3:
+        break
+print("done" if got is not None else "timeout", flush=True)
 """
 
 BULK_CLIENT = r"""
@@ -150,9 +179,22 @@ class Traffic:
             raise RuntimeError(f"bulk client in {pod} failed: {proc.stderr.strip()[-500:]}")
         return json.loads(proc.stdout)
 
-    def ping(self, pod: str, ip: str, timeout: float = 2.0) -> bool:
-        return self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), ip], check=False,
-                         timeout=timeout + 5).returncode == 0
+    def first_answer_sender(self, pod: str, ip: str, want: str, limit: float = 20.0) -> subprocess.Popen:
+        """A sender in ``pod`` from its first packet on (this returns once that
+        is out): a UDP datagram to the echo service at ``ip`` every 10 ms until
+        an answer names ``want`` (the source the echo service saw).  Its
+        output then ends with the seconds to that answer and ``done``, or with
+        ``timeout`` after ``limit`` seconds."""
+        sender = self.popen(pod, [sys.executable, "-c", FIRST_ANSWER, ip, want, str(limit)])
+        first = sender.stdout.readline().strip()
+        if first != "sending":
+            sender.kill()
+            raise RuntimeError(f"{pod}: the sender did not start ({first!r}: {sender.communicate()[1].strip()})")
+        return sender
+
+    def capture(self, external: str, path: str) -> "Capture":
+        """Capture every packet to ``external``'s echo service (into ``path``) from now on."""
+        return Capture(self.host_ns(external), path)
 
     def udp_source_of(self, pod: str, host: str, port: int = 9000, timeout: float = 3.0) -> str | None:
         """Source address ``host`` (a pod, node or external) sees for a UDP
@@ -176,3 +218,34 @@ class Traffic:
             yield session
         finally:
             session.close()
+
+
+class Capture:
+    """tcpdump on an external host's eth0 (network namespace ``netns``): every
+    packet to its echo service, from the moment this is made."""
+
+    def __init__(self, netns: str, path: str):
+        self.path = path
+        # Immediate mode: every packet written as it arrives, none left in a
+        # kernel buffer block when the capture stops.
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-Z", "root", "-i", "eth0", "-n",
+                                      "-U", "--immediate-mode", "-w", path, "dst", "port", "8080"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on eth0 ...": capturing from now on
+        if "listening" not in line:
+            self.close()
+            raise RuntimeError(f"tcpdump did not start: {line.strip()}")
+
+    def sources(self) -> list[str]:
+        """Source address of each captured packet, in order (the capture ends)."""
+        time.sleep(0.2)  # the last answers' requests are on the wire already; let them land
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        out = subprocess.run(["tcpdump", "-Z", "root", "-n", "-r", self.path], capture_output=True, text=True,
+                             check=True).stdout
+        return [line.split()[2].rsplit(".", 1)[0] for line in out.splitlines() if " IP " in line]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

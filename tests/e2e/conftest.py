@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sdn_egress.lab import Lab
+from tests.support.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO, "k8s", "examples")
@@ -116,22 +117,6 @@ def policies(lab, tmp_path):
     finally:
         p.cleanup()
         wait_for(lambda: not lab_rules(lab), "steering rules removed after the test")
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.1):
-    """Poll until ``predicate()`` is truthy; the assertion is on the outcome,
-    the timeout only bounds how long a broken system is waited for."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last result: {last!r}")
 
 
 def lab_rules(lab) -> dict[str, list[str]]:

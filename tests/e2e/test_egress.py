@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import lab_rules, policy_doc, scrape, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_rules, policy_doc, scrape
 
 EXT1 = "198.51.100.10"
 EXT2 = "198.51.100.11"
@@ -29,19 +31,12 @@ def converge(lab, pod: str, want: str, dst: str = EXT1) -> None:
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp", "icmp"])
-def test_selected_pod_on_worker_leaves_with_the_eip(lab, policies, proto):
+@pytest.mark.parametrize("pod", ["shop/cart-0", "shop/cart-1"], ids=["on-a-worker", "on-the-gateway-node"])
+def test_selected_pod_leaves_with_the_eip(lab, policies, pod, proto):
     policies.apply("egressgateway.yaml", "egresspolicy.yaml")
     eip = policies.eip("shop/cart")
-    converge(lab, "shop/cart-0", eip)
-    assert source(lab, "shop/cart-0", proto) == eip
-
-
-@pytest.mark.parametrize("proto", ["tcp", "udp", "icmp"])
-def test_selected_pod_on_the_gateway_node_leaves_with_the_eip(lab, policies, proto):
-    policies.apply("egressgateway.yaml", "egresspolicy.yaml")
-    eip = policies.eip("shop/cart")
-    converge(lab, "shop/cart-1", eip)
-    assert source(lab, "shop/cart-1", proto) == eip
+    converge(lab, pod, eip)
+    assert source(lab, pod, proto) == eip
 
 
 def test_unselected_pods_and_other_destinations_keep_the_node_ip(lab, policies):

@@ -10,7 +10,9 @@ import uuid
 import pytest
 import yaml
 
-from .conftest import lab_up, policy_doc, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_up, policy_doc
 
 EXT = "198.51.100.10"
 TOPOLOGY = {
@@ -71,6 +73,17 @@ def brex_mac(lab, node: str) -> str:
 
 def ha_alive(lab, node: str) -> bool:
     return lab.ovs(node).running()
+
+
+def other_gateway(node: str) -> str:
+    """The other of the two gateway nodes."""
+    return "bravo" if node == "alpha" else "alpha"
+
+
+def active_and_other(lab, eip: str) -> tuple[str, str]:
+    """The EIP's active gateway, and the other one (the survivor when it fails)."""
+    victim = active(lab, eip)
+    return victim, other_gateway(victim)
 
 
 def active(lab, eip: str) -> str:
@@ -136,7 +149,7 @@ def test_killing_the_active_gateway_moves_traffic_with_the_same_eip_and_never_le
     # ... with the same EIP, and not one datagram with a node IP.
     assert set(sources) == {eip}, sources
     assert any(e["t"] < t_kill for e in seen) and any(e["t"] > t_kill + 0.5 for e in seen)
-    survivor = "bravo" if victim == "alpha" else "alpha"
+    survivor = other_gateway(victim)
     wait_for(lambda: active(lab, eip) == survivor, "the controller records the new active")
     # New TCP connections work through the survivor.
     assert lab.tcp_source(pod, EXT) == eip
@@ -145,8 +158,7 @@ def test_killing_the_active_gateway_moves_traffic_with_the_same_eip_and_never_le
 def test_the_revived_old_active_does_not_take_the_eip_back(lab):
     converged(lab)
     eip = "192.0.2.201"
-    victim = active(lab, eip)
-    survivor = "bravo" if victim == "alpha" else "alpha"
+    victim, survivor = active_and_other(lab, eip)
     lab.kill(victim)
     wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip and holders(lab, eip) == [survivor],
              "failover to the survivor")
@@ -218,8 +230,7 @@ def test_killing_one_gateway_moves_only_the_eip_that_lived_there(lab, tmp_path):
 def test_a_cut_off_active_releases_its_eip_and_one_holder_remains_after_the_heal(lab):
     converged(lab)
     eip = "192.0.2.201"
-    victim = active(lab, eip)
-    survivor = "bravo" if victim == "alpha" else "alpha"
+    victim, survivor = active_and_other(lab, eip)
     lab.cut(victim)
     try:
         wait_for(lambda: lab.udp_source("shop/cart-0", EXT) == eip, "traffic through the survivor")
@@ -241,8 +252,7 @@ def test_a_planned_move_keeps_the_eip_and_announces_it(lab):
     import subprocess
     converged(lab)
     eip = "192.0.2.201"
-    source, target = active(lab, eip), None
-    target = "bravo" if source == "alpha" else "alpha"
+    source, target = active_and_other(lab, eip)
     exe = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
     out = subprocess.run([exe, "move", "--lab-state", lab.state_dir, "--eip", eip, "--to", target],
                          capture_output=True, text=True, timeout=60)
@@ -279,7 +289,7 @@ def test_after_a_failover_during_a_bulk_download_new_connections_move_full_size_
     worker.join(timeout=60)
     assert not worker.is_alive()
     assert result["intact"] or result["bytes"] < 64 << 20 or "error" in result, result
-    survivor = "bravo" if victim == "alpha" else "alpha"
+    survivor = other_gateway(victim)
     wait_for(lambda: lab.udp_source(pod, EXT) == eip, "traffic on the standby")
     for direction in ("download", "upload"):
         moved = lab.bulk(pod, EXT, 16 << 20, direction)

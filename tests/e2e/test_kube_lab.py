@@ -13,7 +13,9 @@ import netaddr
 import pytest
 import yaml
 
-from .conftest import lab_up, policy_doc, scrape, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_up, policy_doc, scrape
 
 EXT = "198.51.100.10"
 EIP = "192.0.2.205"

@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
-from .conftest import TOPOLOGY, lab_up, policy_doc, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import TOPOLOGY, lab_up, policy_doc
 
 EIP = "192.0.2.205"
 EXT = "198.51.100.10"  # ext-1, on the external LAN (1500)

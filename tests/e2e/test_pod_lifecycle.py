@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from .conftest import lab_up, policy_doc, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import lab_up, policy_doc
 
 EXT = "198.51.100.10"
 EIP = "192.0.2.205"
@@ -30,34 +29,6 @@ TOPOLOGY = {
 GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
            "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
                     "ippools": {"ipv4": ["192.0.2.200-192.0.2.210"]}}}
-
-# A pod's traffic from its first packet: a UDP datagram to the echo service
-# every 10 ms (sequence numbered); prints the first answer naming argv[2].
-SENDER = r"""
-import socket, sys, time
-dst, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
-t0, n, got = time.monotonic(), 0, None
-while time.monotonic() - t0 < limit:
-    try:
-        s.sendto(f"p{n}\n".encode(), (dst, 8080)); n += 1
-    except OSError:
-        pass
-    if n == 1:
-        print("sending", flush=True)
-    try:
-        while True:
-            data = s.recvfrom(100)[0].decode().strip()
-            if got is None and data == want:
-                got = time.monotonic() - t0
-                print(f"{got:.3f}", flush=True)
-    except (socket.timeout, OSError):
-        pass
-    if got is not None and time.monotonic() - t0 > got + 0.3:
-        break
-print("done" if got is not None else "timeout", flush=True)
-"""
-
 
 @pytest.fixture(scope="module", params=["manifests", "kube"])
 def lab(request, tmp_path_factory):
@@ -85,41 +56,12 @@ def pods(lab):
             lab.delete_pod_object(key)  # its network went already; its object may not have
 
 
-class Capture:
-    """tcpdump on the external host's eth0: every packet to the echo service."""
-
-    def __init__(self, lab, path: str):
-        self.path = path
-        # Immediate mode: every packet written as it arrives, none left in a
-        # kernel buffer block when the capture stops.
-        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host_ns("ext-1"), "tcpdump", "-Z", "root",
-                                      "-i", "eth0", "-n", "-U", "--immediate-mode", "-w", path,
-                                      "dst", "port", "8080"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stderr.readline()  # "listening on eth0 ...": capturing from now on
-        assert "listening" in line, line
-
-    def sources(self) -> list[str]:
-        """Source address of each captured packet, in order."""
-        time.sleep(0.2)  # the last answers' requests are on the wire already; let them land
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
-        out = subprocess.run(["tcpdump", "-Z", "root", "-n", "-r", self.path], capture_output=True, text=True,
-                             check=True).stdout
-        return [line.split()[2].rsplit(".", 1)[0] for line in out.splitlines() if " IP " in line]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def capture(lab, tmp_path):
     caps = []
 
     def start():
-        caps.append(Capture(lab, str(tmp_path / f"cap{len(caps)}.pcap")))
+        caps.append(lab.capture("ext-1", str(tmp_path / f"cap{len(caps)}.pcap")))
         return caps[-1]
     yield start
     for c in caps:
@@ -143,8 +85,7 @@ def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: s
     cap = capture()
     pod = lab.add_pod(key, node, labels, ip=ip, publish=False)
     pods.append(key)
-    sender = lab.popen(key, [sys.executable, "-c", SENDER, EXT, want, "20"])
-    assert sender.stdout.readline().strip() == "sending"  # its first packet is out
+    sender = lab.first_answer_sender(key, EXT, want, 20)  # its first packet is out
     time.sleep(delay)
     if before_publish:
         before_publish()

@@ -9,13 +9,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 import yaml
 
 from ovs_setup.daemons import OvsInstance
+from tests.support import objects
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +29,9 @@ def sh(*cmd: str, ns: str | None = None, check: bool = True) -> str:
 
 
 def manifests(nodes, pods, extra=()):
-    docs = []
-    for i, (name, labels) in enumerate(nodes):
-        docs.append({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-                     "spec": {"podCIDR": f"203.0.113.{32 * i}/27"},
-                     "status": {"addresses": [{"type": "InternalIP", "address": f"192.0.2.{11 + i}"}]}})
-    for ns, name, node, ip, labels in pods:
-        docs.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": name, "namespace": ns, "labels": labels},
-                     "spec": {"nodeName": node}, "status": {"podIP": ip, "phase": "Running"}})
-    return docs + list(extra)
+    return ([objects.node(name, i, ready=None, labels=labels) for i, (name, labels) in enumerate(nodes)]
+            + [objects.pod(ns, name, node, ip, containers=False, **labels) for ns, name, node, ip, labels in pods]
+            + list(extra))
 
 
 GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
@@ -144,16 +138,6 @@ def node(tmp_path):
         yield n
     finally:
         n.down()
-
-
-def wait_for(pred, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_agent_installs_exactly_the_pipeline_and_keeps_it(node):

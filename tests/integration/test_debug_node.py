@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.test_agent import GATEWAY, POLICY, SDN_EGRESS, manifests, node, sh, wait_for  # noqa: F401 (fixture)
+from tests.integration.test_agent import GATEWAY, POLICY, SDN_EGRESS, manifests, node, sh  # noqa: F401 (fixture)
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

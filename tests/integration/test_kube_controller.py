@@ -11,7 +11,8 @@ from sdn_egress.kube.events import EventRecorder
 from sdn_egress.kube.source import KubeSource
 from sdn_egress.kube.status import FINALIZER, StatusPublisher
 
-from .kubeemu import api, emu, gateway, node, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.objects import gateway, node, policy
 
 NS = "sdn-egress"
 

@@ -10,7 +10,7 @@ from sdn_egress.allocation import Allocation
 from sdn_egress.kube.heartbeat import REPORT, LeaseReporter, LeaseReports, lease_name
 from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
 
-from .kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 
 NS = "sdn-egress"
 

@@ -12,7 +12,8 @@ import pytest
 
 from sdn_egress.kube.leader import LeaderElector
 
-from .kubeemu import api, emu, gateway, kubeconfig, node, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu, kubeconfig  # noqa: F401 - fixtures
+from tests.support.objects import gateway, node, policy
 
 NS = "sdn-egress"
 

@@ -6,7 +6,8 @@ import pytest
 
 from sdn_egress.kube.source import KubeSource
 
-from .kubeemu import api, emu, gateway, namespace, node, pod, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.objects import gateway, namespace, node, pod, policy
 
 
 @pytest.fixture
@@ -95,6 +96,9 @@ def test_410_gone_means_a_fresh_list_and_nothing_is_missed(emu, source):
     source.snapshot()
     nodes = source.informers["Node"]
     assert nodes.lists == 1
+    # Synced is listed, not yet watching: wait for the node watch to be open, or
+    # it would start after the compaction below and see the 410 at once.
+    emu.wait_for(lambda: any(w.res[2] == "nodes" and not w.closed for w in emu.watches))
     # Other objects move the server's resourceVersion past the node watch's; the
     # server forgets its history and drops the watches; meanwhile a node joins and one goes.
     emu.apply(policy("other"))
@@ -167,3 +171,29 @@ def test_an_api_server_without_servicecidrs_leaves_the_configured_ranges(emu, so
     assert source.service_cidr_informer.served is False
     assert [str(c) for c in state.extra_cluster_cidrs] == ["10.96.0.0/12"]
     assert list(state.policies) == ["shop/cart"]
+
+
+def test_the_labs_state_from_its_api_server_is_the_sources_own(source, emu, tmp_path):
+    """The lab (``lab trace``, ``lab status``) assembles the API's objects as
+    the KubeSource does, with the stored allocation's incumbency: a second
+    default gateway that sorts first stays refused in both."""
+    from sdn_egress.lab.objects import ApiObjects
+
+    seed(emu)
+    emu.apply({**gateway(), "spec": {**gateway()["spec"], "clusterDefault": True}})
+    source.start()
+    first = wait_state(source, emu, lambda s: s.gateways.get("edge") and s.gateways["edge"].cluster_default,
+                       "edge the default")
+    rival = gateway("aaa", "198.18.0.1-198.18.0.9")
+    rival["spec"]["clusterDefault"] = True
+    emu.apply(rival)
+    enforced = wait_state(source, emu, lambda s: "aaa" in s.gateways, "the rival seen")
+    assert enforced.gateways["edge"].cluster_default and not enforced.gateways["aaa"].cluster_default
+    (tmp_path / "kube").mkdir()
+    emu.start_unix(str(tmp_path / "kube" / "api.sock"))
+    objects = ApiObjects(str(tmp_path / "kube"))
+    shown = objects.cluster_state(first.accepted)
+    assert shown.gateways == enforced.gateways and shown.policies == enforced.policies
+    assert shown.nodes == enforced.nodes and shown.pods == enforced.pods
+    assert sorted(map(str, shown.errors)) == sorted(map(str, enforced.errors))
+    assert objects.cluster_state({}).gateways["aaa"].cluster_default  # without the incumbency: not what is enforced

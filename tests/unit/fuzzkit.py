@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from sdn_egress.manifests import parse_object
 from sdn_egress.model import InvalidObject
+from tests.support.objects import set_path
 
 CASE_SECONDS = 5.0
 CATEGORIES = ("crash", "hang", "accepted-invalid", "refused-valid", "interference")
@@ -208,16 +209,6 @@ GATEWAY_MUTATIONS = [
     ("spec.nodeSelector", None), ("spec.nodeSelector", {"matchLabels": {"egress": True}}),
     ("spec.clusterDefault", "yes"), ("metadata.name", "edge\n"),
 ]
-
-
-def set_path(doc: dict, path: str, value) -> dict:
-    doc = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    target = doc
-    for p in parents:
-        target = target.setdefault(p, {})
-    target[last] = value
-    return doc
 
 
 @st.composite

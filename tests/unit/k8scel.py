@@ -42,12 +42,16 @@ def _err(what):
     return celpy.CELEvalError(what)
 
 
-def is_ip(s):
+def _parses(parse, s) -> celtypes.BoolType:
     try:
-        _parse_ip(str(s))
+        parse(str(s))
         return celtypes.BoolType(True)
     except ValueError:
         return celtypes.BoolType(False)
+
+
+def is_ip(s):
+    return _parses(_parse_ip, s)
 
 
 def ip(value):
@@ -60,11 +64,7 @@ def ip(value):
 
 
 def is_cidr(s):
-    try:
-        _parse_cidr(str(s))
-        return celtypes.BoolType(True)
-    except ValueError:
-        return celtypes.BoolType(False)
+    return _parses(_parse_cidr, s)
 
 
 def cidr(s):

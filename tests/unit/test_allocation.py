@@ -20,15 +20,14 @@ from sdn_egress.model import (
     ObjectError,
     ObjectRef,
 )
+from tests.support.objects import model_node
 
 IP = netaddr.IPAddress
 EDGE_SELECTOR = LabelSelector(match_labels=(("egress", "true"),))
 
 
 def node(name: str, i: int, egress: bool = True, ready: bool = True) -> Node:
-    return Node(name=name, labels=(("egress", "true"),) if egress else (),
-                addresses=(IP(f"192.0.2.{11 + i}"),), pod_cidrs=(netaddr.IPNetwork(f"203.0.113.{32 * i}/27"),),
-                ready=ready)
+    return model_node(name, i, {"egress": "true"} if egress else {}, ready=ready)
 
 
 def gateway(name: str = "edge", v4: str = "192.0.2.200-192.0.2.210", v6: str | None = None) -> EgressGateway:

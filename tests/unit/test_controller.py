@@ -10,29 +10,19 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
+import yaml
 
 from sdn_egress import controller as controller_mod
 from sdn_egress.allocation import FileAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.source import ManifestDirSource
+from tests.support.objects import node
+from tests.support.waiting import wait_for
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "examples")
-NODES = """\
-apiVersion: v1
-kind: Node
-metadata: {name: alpha, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.0/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: beta, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.32/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
-"""
+NODES = yaml.safe_dump_all([node("alpha", 0, ready=None), node("beta", 1, ready=None)], sort_keys=False)
 ZETA = """\
 apiVersion: sdn-egress.io/v1alpha1
 kind: EgressPolicy
@@ -139,14 +129,6 @@ def test_unreadable_allocation_is_moved_aside(dirs, caplog):
     assert any("allocating afresh" in m for m in caplog.messages)
 
 
-def wait_for(predicate, what: str, limit: float = 30.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_run_follows_changes_until_stopped(dirs):
     manifests, status = dirs
     ctl = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status)))
@@ -155,9 +137,9 @@ def test_run_follows_changes_until_stopped(dirs):
     thread.start()
     try:
         alloc_file = status / "allocation.json"
-        wait_for(lambda: alloc_file.exists(), "the first allocation")
+        wait_for(lambda: alloc_file.exists(), "the first allocation", timeout=30.0)
         (manifests / "zeta.yaml").write_text(ZETA)
-        wait_for(lambda: "shop/zeta" in read_json(alloc_file)["policies"], "the new policy")
+        wait_for(lambda: "shop/zeta" in read_json(alloc_file)["policies"], "the new policy", timeout=30.0)
         assert read_json(alloc_file)["policies"]["shop/zeta"]["eip_v4"] == "192.0.2.201"
     finally:
         stop.set()
@@ -188,7 +170,8 @@ def test_sigterm_stops_the_controller_cleanly(dirs):
     proc = subprocess.Popen([sys.executable, "-c", code, "--manifests", str(manifests), "--status", str(status)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (status / "allocation.json").exists() or proc.poll() is not None, "the controller")
+        wait_for(lambda: (status / "allocation.json").exists() or proc.poll() is not None, "the controller",
+                 timeout=30.0)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -222,16 +222,22 @@ def test_empty_allocation_is_no_policy():
     assert status_mod.summarize(env.allocation(), {}, {}, env.cluster_state(), env)["policies"] == []
 
 
-def test_this_nodes_records_need_no_api_server(tmp_path, monkeypatch):
-    """`flows` in the agent's pod reads only this node's switch and records:
-    making the environment asks nothing of the API server (here: nobody
-    listens at its address)."""
+def unanswered_kubeconfig(tmp_path, monkeypatch):
+    """A kubeconfig naming an API server nobody answers for (not in a pod)."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
                           "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
                           "users: [{name: u, user: {token: t}}]\n"
                           "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    return kubeconfig
+
+
+def test_this_nodes_records_need_no_api_server(tmp_path, monkeypatch):
+    """`flows` in the agent's pod reads only this node's switch and records:
+    making the environment asks nothing of the API server (here: nobody
+    listens at its address)."""
+    kubeconfig = unanswered_kubeconfig(tmp_path, monkeypatch)
     (tmp_path / "nodes").mkdir()
     (tmp_path / "nodes" / "alpha.flows.json").write_text(json.dumps({"node": "alpha", "owners": {"0x1": "x"}}))
     e = env_mod.from_args(parse("--kubeconfig", str(kubeconfig), "--records", str(tmp_path), "--here", "alpha"))
@@ -241,12 +247,7 @@ def test_this_nodes_records_need_no_api_server(tmp_path, monkeypatch):
 
 
 def test_an_api_server_that_does_not_answer_is_named(tmp_path, monkeypatch):
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-                          "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-                          "users: [{name: u, user: {token: t}}]\n"
-                          "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    kubeconfig = unanswered_kubeconfig(tmp_path, monkeypatch)
     args = ["status", "--kubeconfig", str(kubeconfig)]
     from sdn_egress.cli import main
     import io

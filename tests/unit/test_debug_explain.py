@@ -74,3 +74,20 @@ def test_a_pod_subnet_policy_is_explained_by_its_subnets():
     far = run(st, "shop/cart-1", "198.51.100.10")  # 203.0.113.2
     assert "policy shop/net does not select the pod (podSubnet 203.0.113.32/30; pod IPs 203.0.113.2)" \
         in far.reasons
+
+
+def test_namespaced_before_cluster_policy_as_the_view_orders_them():
+    """Same priority: the view puts a namespaced policy before a cluster
+    policy whatever their names; explain used to order (and explain) by key
+    alone, naming the cluster policy ``aaa`` as the one that sorts first."""
+    from dataclasses import replace
+
+    from sdn_egress.view import selected_policies
+    cluster = replace(policy("", "aaa", app="cart"), cluster=True)
+    st = state(policy("shop", "zzz", app="cart"), cluster)
+    alloc = allocate(st)
+    e = explain(st, alloc, "shop/cart-0", "198.51.100.10")
+    assert e.policy == "shop/zzz"
+    assert [p.key for p in selected_policies(st, alloc, st.pods["shop/cart-0"])] == ["shop/zzz", "aaa"]
+    assert ("policy aaa also matches; shop/zzz wins (same priority, a namespaced policy goes before a "
+            "cluster policy)") in e.reasons

@@ -12,6 +12,7 @@ import yaml
 from sdn_egress.manifests import parse_object
 from sdn_egress.model import InvalidObject, ObjectRef
 from sdn_egress.source import ManifestDirSource
+from tests.support.objects import node, set_path as edited, write
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "k8s", "examples")
 
@@ -47,20 +48,6 @@ POD = {
     "spec": {"nodeName": "alpha", "containers": [{"name": "c", "image": "x"}]},
     "status": {"phase": "Running", "podIP": "203.0.113.2", "podIPs": [{"ip": "203.0.113.2"}]},
 }
-
-
-def edited(doc: dict, path: str, value) -> dict:
-    """A deep copy of ``doc`` with the dotted ``path`` set (or removed when value is ...)."""
-    doc = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    target = doc
-    for p in parents:
-        target = target.setdefault(p, {})
-    if value is ...:
-        target.pop(last, None)
-    else:
-        target[last] = value
-    return doc
 
 
 def refusal(doc: dict) -> str:
@@ -203,30 +190,8 @@ def test_other_kinds_are_not_ours():
 
 # -- the manifest directory ---------------------------------------------------------------------------
 
-NODES_YAML = """\
-apiVersion: v1
-kind: Node
-metadata: {name: alpha, labels: {egress: "true"}}
-spec: {podCIDR: 203.0.113.0/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.11}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: beta}
-spec: {podCIDR: 203.0.113.32/27}
-status: {addresses: [{type: InternalIP, address: 192.0.2.12}]}
-"""
-
-
-def write(path, name: str, docs) -> str:
-    full = os.path.join(path, name)
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    with open(full, "w") as f:
-        if isinstance(docs, str):
-            f.write(docs)
-        else:
-            yaml.safe_dump_all(docs, f, sort_keys=False)
-    return full
+NODES_YAML = yaml.safe_dump_all([node("alpha", 0, ready=None), node("beta", 1, egress=False, ready=None)],
+                               sort_keys=False)
 
 
 @pytest.fixture

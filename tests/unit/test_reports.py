@@ -7,14 +7,13 @@ import json
 import netaddr
 
 from sdn_egress.allocation import allocate
-from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node
+from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, LabelSelector
 from sdn_egress.reports import AgentReports
+from tests.support.objects import model_node
 
 
 def cluster():
-    nodes = {n: Node(n, (("egress", "true"),), (netaddr.IPAddress(f"192.0.2.{11 + i}"),),
-                     (netaddr.IPNetwork(f"203.0.113.{32 * i}/27"),))
-             for i, n in enumerate(("alpha", "bravo"))}
+    nodes = {n: model_node(n, i, {"egress": "true"}) for i, n in enumerate(("alpha", "bravo"))}
     gw = EgressGateway("edge", LabelSelector((("egress", "true"),)),
                        (netaddr.IPRange("192.0.2.200", "192.0.2.210"),))
     pol = EgressPolicy("shop", "cart", "edge", LabelSelector((("app", "cart"),)))

@@ -9,6 +9,7 @@ from sdn_egress.allocation import allocate
 from sdn_egress.model import (ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node, Pod,
                               frozen_labels)
 from sdn_egress.view import NodeFacts, build_view, tunnel_peers
+from tests.support.objects import model_node
 
 IP = netaddr.IPAddress
 NET = netaddr.IPNetwork
@@ -18,8 +19,7 @@ FACTS = NodeFacts(ports=Ports(egw=1, tun_flow=2, tunnels=(("alpha", 5),), int_pa
 
 
 def node(name, i, **labels):
-    return Node(name=name, labels=frozen_labels(labels), addresses=(IP(f"192.0.2.{11 + i}"),),
-                pod_cidrs=(NET(f"203.0.113.{32 * i}/27"),))
+    return model_node(name, i, labels)
 
 
 def pod(ns, name, node_name, ip, **labels):
