@@ -629,9 +629,9 @@ class Lab(Traffic):
         """The cluster state as the controller and agents assemble it (the
         source's own rules), with the incumbency the stored allocation
         recorded, as a restarted controller starts from."""
-        from sdn_egress.allocation import AllocationStore
+        from sdn_egress.allocation import FileAllocationStore
 
-        stored = AllocationStore(self.status_dir).load()
+        stored = FileAllocationStore(self.status_dir).load()
         return self.objects.cluster_state(stored.accepted if stored is not None else {})
 
     # -- addresses and exec -------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sdn_egress.allocation import AllocationStore
+from sdn_egress.allocation import FileAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.lab import Lab
 from sdn_egress.lab.objects import ManifestObjects, node_object, pod_object
@@ -32,7 +32,7 @@ def lab(tmp_path):
 def test_the_labs_state_keeps_the_incumbent_default_gateway_as_the_controller_does(lab):
     write(lab.manifests, "user/edge.yaml", [node("alpha", 0), set_path(gateway(), "spec.clusterDefault", True),
                                             policy("cart")])
-    controller = Controller(ManifestDirSource(lab.manifests), AllocationStore(lab.status_dir))
+    controller = Controller(ManifestDirSource(lab.manifests), FileAllocationStore(lab.status_dir))
     controller.reconcile()
     # A second default gateway that sorts first: the incumbent stays the default.
     write(lab.manifests, "user/aaa.yaml", [RIVAL])
@@ -68,7 +68,7 @@ def test_a_standalone_clusters_state_keeps_the_incumbent_default_gateway_too(tmp
     manifests, status = tmp_path / "m", tmp_path / "s"
     write(manifests, "edge.yaml", [node("alpha", 0), set_path(gateway(), "spec.clusterDefault", True),
                                    policy("cart")])
-    controller = Controller(ManifestDirSource(str(manifests)), AllocationStore(str(status)))
+    controller = Controller(ManifestDirSource(str(manifests)), FileAllocationStore(str(status)))
     controller.reconcile()
     write(manifests, "aaa.yaml", [RIVAL])
     controller.reconcile()
