@@ -12,7 +12,8 @@ from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationReader,
 from sdn_egress.controller import Controller
 from sdn_egress.kube.source import KubeSource
 
-from .kubeemu import api, emu, gateway, node, policy  # noqa: F401 - fixtures
+from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.objects import gateway, node, policy
 
 NS = "sdn-egress"
 MiB = 1024 * 1024
