@@ -115,9 +115,8 @@ class Controller:
                 self.current = None
             # Incumbency is the stored allocation's, not this process's memory:
             # a restart or a new leader decides as the last pass did.
-            remember = getattr(self.source, "remember", None)
-            if remember is not None and self.current is not None:
-                remember(self.current.accepted)
+            if self.current is not None:
+                self.source.remember(self.current.accepted)
         return self.current
 
     def reconcile(self) -> Allocation:

@@ -29,6 +29,11 @@ class StaticSource:
     def wait_for_change(self, timeout):
         return False
 
+    def remember(self, accepted):
+        pass  # a fixed state has no incumbency to take
+
+    synced = True
+
 
 def controller(status, reports):
     from sdn_egress.allocation import FileAllocationStore
