@@ -18,12 +18,12 @@ COMMANDS = {
     "lab": ("sdn_egress.lab.cli", "a multi-node cluster in network namespaces"),
     "agent": ("sdn_egress.agent.main", "run the per-node agent (os-ken)"),
     "controller": ("sdn_egress.controller", "run the controller (allocation, gateway election)"),
-    "validate": ("sdn_egress.validate", "check manifests offline against the CRDs and the controller's rules"),
-    "demo": ("sdn_egress.demo", "lab up, apply the example policy, show what the external host saw"),
+    "validate": ("sdn_egress.commands.validate", "check manifests offline against the CRDs and the controller's rules"),
+    "demo": ("sdn_egress.commands.demo", "lab up, apply the example policy, show what the external host saw"),
     "flows": ("sdn_egress.debug.flows", "a node's flows by table, owner and counters, with drift"),
     "status": ("sdn_egress.debug.status", "policies, gateways, BFD, agents, errors"),
     "trace": ("sdn_egress.debug.trace", "why a pod's packet leaves with the address it does"),
-    "move": ("sdn_egress.move", "planned move of an egress IP to another of its gateway nodes"),
+    "move": ("sdn_egress.commands.move", "planned move of an egress IP to another of its gateway nodes"),
 }
 
 

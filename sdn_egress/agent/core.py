@@ -249,7 +249,7 @@ class AgentCore:
     def _record(self, desired: dict, view: NodeView) -> None:
         """The desired flows, for the debug commands (when there is a status directory)."""
         if self.config.status_dir and desired != self._recorded:
-            from sdn_egress.debug.records import record_desired
+            from sdn_egress.reports.flowrecords import record_desired
             record_desired(self.config.status_dir, self.config.node, desired, view)
             self._recorded = desired
 

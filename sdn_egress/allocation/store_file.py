@@ -12,7 +12,7 @@ import os
 
 from sdn_egress.allocation.types import Allocation
 from sdn_egress.fileio import write_atomic
-from sdn_egress.reports import finish_moves, read_moves, request_move
+from sdn_egress.fileio import write_json_atomic
 
 
 class FileAllocationStore:
@@ -95,3 +95,34 @@ class FileAllocationStore:
 
     def finish_moves(self, done: set[str]) -> None:
         finish_moves(self.path, done)
+
+
+# -- planned moves (``sdn-egress move``): STATUS/moves.json, EIP -> node -------------------------
+
+MOVES = "moves.json"
+
+
+def request_move(status_dir: str, eip: str, node: str) -> None:
+    """Ask for a planned move of ``eip`` to ``node`` (``sdn-egress move``)."""
+    path = os.path.join(status_dir, MOVES)
+    moves = read_moves(status_dir)
+    moves[eip] = node
+    write_json_atomic(path, moves, sort_keys=True)
+
+
+def read_moves(status_dir: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(status_dir, MOVES)) as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def finish_moves(status_dir: str, done: set[str]) -> None:
+    moves = {k: v for k, v in read_moves(status_dir).items() if k not in done}
+    path = os.path.join(status_dir, MOVES)
+    if moves:
+        write_json_atomic(path, moves, sort_keys=True)
+    elif os.path.exists(path):
+        os.unlink(path)

@@ -110,7 +110,7 @@ class LabEnv:
         return AgentReports(self.lab.status_dir).held()
 
     def desired_flows(self, node: str) -> dict:
-        from sdn_egress.debug.records import load_desired
+        from sdn_egress.reports.flowrecords import load_desired
         self._node(node)
         return load_desired(self.lab.status_dir, node)
 
@@ -203,7 +203,7 @@ class ClusterEnv:
             source = ManifestDirSource(self.manifests, extra_cluster_cidrs=extra)
             source.remember(self.allocation().accepted)
             return source.snapshot()
-        from sdn_egress.kube.source import KubeSource
+        from sdn_egress.source.kube import KubeSource
         extra += tuple(netaddr.IPNetwork(c) for c in cluster_cidrs(self.api, self.namespace))
         source = KubeSource(self.api, extra_cluster_cidrs=extra)
         source.remember(self.allocation().accepted)
@@ -237,7 +237,7 @@ class ClusterEnv:
         return self._reports
 
     def _lease_reports(self) -> dict[str, dict]:
-        from sdn_egress.kube.heartbeat import LeaseReports
+        from sdn_egress.reports.leases import LeaseReports
         leases = LeaseReports(self.api, self.lease_namespace).start()
         try:
             if not leases.informer.synced.wait(self.timeout):
@@ -300,7 +300,7 @@ class ClusterEnv:
             f"-l {AGENT_SELECTOR} --field-selector spec.nodeName={node}) -- sdn-egress ...")
 
     def desired_flows(self, node: str) -> dict:
-        from sdn_egress.debug.records import load_desired
+        from sdn_egress.reports.flowrecords import load_desired
         self._here(node, "the agent's flow record")
         return load_desired(self.records, node)
 

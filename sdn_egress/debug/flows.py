@@ -11,7 +11,7 @@ import sys
 
 from flows import cookie as C
 from ovs_setup.daemons import OvsError
-from sdn_egress.debug.records import flow_key, parse_dump, parse_ofctl
+from sdn_egress.reports.flowrecords import flow_key, parse_dump, parse_ofctl
 
 BRIDGES = ("br-int", "br-ex")
 

@@ -6,7 +6,7 @@ step), and ``sdn-egress validate`` checks manifests against the same
 ``openAPIV3Schema``.  Rules across fields are CEL (``x-kubernetes-validations``):
 exactly one of podSelector/podSubnet, useNodeIP xor an explicit EIP, and the
 transition rules that make a policy's EIP and gateway name immutable once set.
-The controller's parser (``sdn_egress.manifests``) enforces the same rules
+The controller's parser (``sdn_egress.model.manifests``) enforces the same rules
 with its own messages, so a cluster without CEL (or the manifest directory)
 behaves alike.
 """
@@ -68,7 +68,7 @@ POOL4_ORDER_RULE = {
              f"{_v4_value(_FIRST)} <= {_v4_value(_LAST)}"),
     "message": "a range must go from its first address to its last (first <= last)",
 }
-# The controller's list (sdn_egress.manifests.UNUSABLE); a range is judged by its ends here.
+# The controller's list (sdn_egress.model.manifests.UNUSABLE); a range is judged by its ends here.
 _UNUSABLE = {4: ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"),
              6: ("::/128", "::1/128", "fe80::/10", "ff00::/8")}
 

@@ -5,7 +5,7 @@ The structural subset Kubernetes serves for CRDs: ``type``, ``properties``
 ``additionalProperties``, ``required``, ``enum``, ``pattern``, ``minimum`` /
 ``maximum``, ``minLength`` / ``maxLength``, ``minItems`` / ``maxItems``.
 ``x-kubernetes-validations`` (CEL) are not evaluated here: the parser in
-``sdn_egress.manifests`` enforces the same rules.  Every violation is
+``sdn_egress.model.manifests`` enforces the same rules.  Every violation is
 reported, each as (field path, message).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import re
 from typing import Any, Callable, Iterator, Mapping
 
-from sdn_egress.manifests import describe, quote, shown_number
+from sdn_egress.model.manifests import describe, quote, shown_number
 
 _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "object": ("a mapping", lambda v: isinstance(v, Mapping)),

@@ -11,7 +11,7 @@
 The lab chooses one when it comes up (``lab up --kube``: the API server) and
 asks it to write, read and delete objects; :meth:`ObjectStore.cluster_state`
 assembles them with the state source's own rules (``sdn_egress.source``,
-``sdn_egress.kube.source``), seeded with what the stored allocation accepted,
+``sdn_egress.source.kube``), seeded with what the stored allocation accepted,
 as a restarted controller would be.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 
 from ovs_setup.daemons import process_alive
 from sdn_egress.fileio import write_atomic
-from sdn_egress.kube.heartbeat import NAMESPACE as AGENT_LEASE_NAMESPACE
+from sdn_egress.reports.leases import NAMESPACE as AGENT_LEASE_NAMESPACE
 from sdn_egress.lab import topology as topo_mod
 
 KUBE_API_PORT = 6443  # on the router's underlay address
@@ -304,7 +304,7 @@ class ApiObjects:
 
     def cluster_state(self, accepted: dict):
         from sdn_egress.kube.resources import WATCHED
-        from sdn_egress.kube.source import assemble, service_cidrs_of
+        from sdn_egress.source.kube import assemble, service_cidrs_of
         from sdn_egress.source import Assembler
 
         api, history = self.client(), Assembler()

@@ -10,7 +10,7 @@ from bench.alloc_size import synthetic
 from sdn_egress.allocation import Allocation, allocate
 from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationReader, KubeAllocationStore
 from sdn_egress.controller import Controller
-from sdn_egress.kube.source import KubeSource
+from sdn_egress.source.kube import KubeSource
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 from tests.support.objects import gateway, node, policy

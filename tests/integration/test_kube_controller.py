@@ -8,8 +8,8 @@ import pytest
 from sdn_egress.allocation.store_kube import KubeAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.kube.events import EventRecorder
-from sdn_egress.kube.source import KubeSource
-from sdn_egress.kube.status import FINALIZER, StatusPublisher
+from sdn_egress.source.kube import KubeSource
+from sdn_egress.controller.publish import FINALIZER, StatusPublisher
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 from tests.support.objects import gateway, node, policy

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sdn_egress.allocation import Allocation
-from sdn_egress.kube.heartbeat import REPORT, LeaseReporter, LeaseReports, lease_name
+from sdn_egress.reports.leases import REPORT, LeaseReporter, LeaseReports, lease_name
 from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures

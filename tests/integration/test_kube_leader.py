@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from sdn_egress.kube.leader import LeaderElector
+from sdn_egress.controller.leader import LeaderElector
 
 from tests.support.kubeemu import api, emu, kubeconfig  # noqa: F401 - fixtures
 from tests.support.objects import gateway, node, policy

@@ -4,7 +4,7 @@ from __future__ import annotations
 import netaddr
 import pytest
 
-from sdn_egress.kube.source import KubeSource
+from sdn_egress.source.kube import KubeSource
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 from tests.support.objects import gateway, namespace, node, pod, policy

@@ -26,7 +26,7 @@ def test_the_wheel_holds_every_package_and_runs_outside_the_checkout(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c",
                           "import sdn_egress.cli, sdn_egress.agent.main, sdn_egress.controller, "
-                          "sdn_egress.kube.heartbeat, sdn_egress.lab.kubeapi, flows, ovs_setup.cli; "
+                          "sdn_egress.reports.leases, sdn_egress.lab.kubeapi, flows, ovs_setup.cli; "
                           "import sdn_egress; print(sdn_egress.__file__)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -45,7 +45,7 @@ def test_the_wheel_holds_every_package_and_runs_outside_the_checkout(tmp_path):
         assert run.returncode == 0, (cmd, run.stderr)
     # demo's examples and the lab's topology are package data of the install, not files of the checkout.
     out = subprocess.run([sys.executable, "-c",
-                          "from sdn_egress import demo; from sdn_egress.lab.topology import default_topology_path;"
+                          "from sdn_egress.commands import demo; from sdn_egress.lab.topology import default_topology_path;"
                           "print(demo.EXAMPLES); print(default_topology_path())"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     examples, topology = out.stdout.split()

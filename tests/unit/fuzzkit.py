@@ -33,7 +33,7 @@ import traceback
 import yaml
 from hypothesis import strategies as st
 
-from sdn_egress.manifests import parse_object
+from sdn_egress.model.manifests import parse_object
 from sdn_egress.model import InvalidObject
 from tests.support.objects import set_path
 
@@ -326,7 +326,7 @@ def hostile_texts(draw) -> tuple[str, bytes]:
 
 def _schema_and_cel(doc: dict) -> list[str]:
     """What the API server would say of one of our documents: schema, then CEL."""
-    from sdn_egress.validate import schema_errors
+    from sdn_egress.commands.validate import schema_errors
 
     found = [f"{e.field}: {e.message}" for e in schema_errors(doc)]
     if not found and doc.get("kind") in ("EgressGateway", "EgressPolicy", "EgressClusterPolicy"):
@@ -411,7 +411,7 @@ def check_hostile(doc) -> list[tuple[str, str]]:
 def check_validate(files: list[tuple[str, bytes]], expect_problem: bool | None) -> list[tuple[str, str]]:
     """``validate`` over a directory: never an exception; a problem reported
     exactly when there is one (``expect_problem`` None: either)."""
-    from sdn_egress.validate import validate
+    from sdn_egress.commands.validate import validate
 
     with tempfile.TemporaryDirectory() as d:
         for name, data in files:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sdn_egress.kube import crds
-from sdn_egress.manifests import parse_object
+from sdn_egress.model.manifests import parse_object
 from sdn_egress.model import InvalidObject
 
 celpy = pytest.importorskip("celpy")

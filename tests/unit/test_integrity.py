@@ -13,7 +13,7 @@ import netaddr
 import pytest
 
 from sdn_egress.cli import main
-from sdn_egress.manifests import parse_object
+from sdn_egress.model.manifests import parse_object
 from sdn_egress.model import InvalidObject
 from sdn_egress.source import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, ManifestDirSource
 from tests.support.objects import set_path as edited, write
@@ -91,7 +91,7 @@ def test_deep_nesting_is_refused_and_the_other_files_are_read(mdir):
 
 def test_a_parser_failure_is_the_objects_error_not_the_snapshots(mdir, monkeypatch):
     """Whatever goes wrong inside a parser is one object's error: the rest is reconciled."""
-    import sdn_egress.source as source
+    import sdn_egress.source.assemble as source  # where a pass parses each object
 
     real = source.parse_object
 
@@ -233,7 +233,7 @@ def test_pools_that_would_hand_out_unusable_addresses_are_refused(pool, bad):
 
 
 def test_validate_exits_2_when_it_fails_itself(tmp_path, capsys, monkeypatch):
-    import sdn_egress.validate as validate
+    import sdn_egress.commands.validate as validate
 
     def broken(paths, partial=False):
         raise RuntimeError("disk on fire")
@@ -301,7 +301,7 @@ def test_a_status_the_api_server_refuses_stops_no_other_and_counts_stay_exact_js
     from kubernetes.client.rest import ApiException
 
     from sdn_egress.allocation import allocate
-    from sdn_egress.kube.status import MAX_COUNT, MAX_MESSAGE, StatusPublisher
+    from sdn_egress.controller.publish import MAX_COUNT, MAX_MESSAGE, StatusPublisher
 
     state = _state(nodes=2, v6_pool="2001:db8::/64")
     edge = parse_object(edited(GATEWAY, "spec.ippools", {"ipv4": ["192.0.2.200-192.0.2.201"]}))
@@ -338,7 +338,7 @@ def test_a_status_the_api_server_refuses_stops_no_other_and_counts_stay_exact_js
 
 def test_condition_messages_are_cut_to_what_the_crd_allows():
     from sdn_egress.allocation import Condition
-    from sdn_egress.kube.status import MAX_MESSAGE, _conditions
+    from sdn_egress.controller.publish import MAX_MESSAGE, _conditions
 
     long = "x" * 100_000
     (item,) = _conditions((Condition("PoolValid", "False", "InUseAddressRemoved", long),), [], None)
@@ -486,7 +486,7 @@ def test_validate_reports_a_namespace_the_gateway_does_not_serve_unless_it_is_el
 
 
 def test_the_crd_takes_the_namespace_selector():
-    from sdn_egress.validate import schema_errors
+    from sdn_egress.commands.validate import schema_errors
 
     assert schema_errors(TENANT_GW) == []
     assert parse_object(TENANT_GW).namespace_selector is not None
@@ -507,7 +507,7 @@ def scattered(n: int, seed: int = 7) -> list[str]:
 
 
 def test_scattered_exclusions_beyond_the_bound_are_refused_and_the_last_version_stays(mdir):
-    from sdn_egress.manifests import MAX_STEERING_CIDRS
+    from sdn_egress.model.manifests import MAX_STEERING_CIDRS
 
     costly = edited(POLICY, "spec.excludeSubnet", scattered(256))
     message = refusal(costly)

@@ -1,4 +1,4 @@
-"""Manifest parsing (sdn_egress.manifests) and the manifest directory source (sdn_egress.source)."""
+"""Manifest parsing (sdn_egress.model.manifests) and the manifest directory source (sdn_egress.source)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import netaddr
 import pytest
 import yaml
 
-from sdn_egress.manifests import parse_object
+from sdn_egress.model.manifests import parse_object
 from sdn_egress.model import InvalidObject, ObjectRef
 from sdn_egress.source import ManifestDirSource
 from tests.support.objects import node, set_path as edited, write

@@ -101,21 +101,22 @@ def test_a_node_whose_agent_stopped_reporting_leaves_every_gateway_list(tmp_path
 
 
 def test_a_planned_move_overrides_the_holder_until_the_target_holds(tmp_path):
-    from sdn_egress.reports import read_moves, request_move
+    from sdn_egress.allocation import FileAllocationStore
 
     status = tmp_path / "status"
     status.mkdir()
+    store = FileAllocationStore(str(status))
     reports = AgentReports(str(status), clock=lambda: 100.0)
     ctl = controller(status, reports)
     report(status, "alpha", 99.0, ["192.0.2.200"])
     report(status, "bravo", 99.0, [])
     assert ctl.reconcile().eips[0].nodes == ("alpha", "bravo")
     reports.changed()
-    request_move(str(status), "192.0.2.200", "bravo")
+    store.request_move("192.0.2.200", "bravo")
     assert reports.changed()  # the request wakes the controller
     assert ctl.reconcile().eips[0].nodes == ("bravo", "alpha")  # alpha still reports holding
-    assert read_moves(str(status)) == {"192.0.2.200": "bravo"}
+    assert store.read_moves() == {"192.0.2.200": "bravo"}
     report(status, "alpha", 99.5, [])
     report(status, "bravo", 99.5, ["192.0.2.200"])
     assert ctl.reconcile().eips[0].nodes == ("bravo", "alpha")
-    assert read_moves(str(status)) == {}  # done
+    assert store.read_moves() == {}  # done

@@ -81,7 +81,7 @@ def _run_kube(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sdn_egress.allocation import FileAllocationStore
-    from sdn_egress.reports import AgentReports, read_moves, request_move
+    from sdn_egress.reports import AgentReports
 
     if args.kubeconfig:
         return _run_kube(args)
@@ -108,11 +108,12 @@ def run(args: argparse.Namespace) -> int:
     code, active = _check(alloc, args)
     if active is None:
         return code
-    request_move(status, args.eip, args.to)
+    store = FileAllocationStore(status)
+    store.request_move(args.eip, args.to)
     print(f"EIP {args.eip}: planned move {active} -> {args.to} requested")
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
-        if AgentReports(status).held().get(args.eip) == args.to and args.eip not in read_moves(status):
+        if AgentReports(status).held().get(args.eip) == args.to and args.eip not in store.read_moves():
             print(f"EIP {args.eip}: now held by {args.to}")
             return 0
         time.sleep(0.1)

@@ -139,7 +139,7 @@ def _ref_of(obj: dict) -> ObjectRef:
 
 class StatusPublisher:
     def __init__(self, api_client, source, events: EventRecorder | None = None):
-        """``source``: the :class:`~sdn_egress.kube.source.KubeSource` whose
+        """``source``: the :class:`~sdn_egress.source.kube.KubeSource` whose
         cached objects are written back."""
         self.api_client = api_client
         self.source = source

@@ -1,7 +1,7 @@
 """What the agents report about their data plane, and how the controller reads it.
 
 Two roles, each with its standalone implementation here and its Kubernetes
-one in :mod:`sdn_egress.kube.heartbeat`:
+one in :mod:`sdn_egress.reports.leases`:
 
 - :class:`StatusWriter`, the agent's side: told its status after every pass.
   :class:`FileStatusWriter` writes ``STATUS/nodes/NODE.json`` (the lab's
@@ -18,6 +18,7 @@ import os
 import time
 from typing import Protocol
 
+from sdn_egress.allocation.store_file import MOVES  # a planned move asked for wakes the controller too
 from sdn_egress.fileio import write_json_atomic
 
 FRESH = 30.0  # seconds: an older report (a dead or stuck agent) claims nothing
@@ -116,32 +117,3 @@ class AgentReports:
             self._stamp = stamp
             return True
         return False
-
-
-MOVES = "moves.json"
-
-
-def request_move(status_dir: str, eip: str, node: str) -> None:
-    """Ask for a planned move of ``eip`` to ``node`` (``sdn-egress move``)."""
-    path = os.path.join(status_dir, MOVES)
-    moves = read_moves(status_dir)
-    moves[eip] = node
-    write_json_atomic(path, moves, sort_keys=True)
-
-
-def read_moves(status_dir: str) -> dict[str, str]:
-    try:
-        with open(os.path.join(status_dir, MOVES)) as f:
-            data = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def finish_moves(status_dir: str, done: set[str]) -> None:
-    moves = {k: v for k, v in read_moves(status_dir).items() if k not in done}
-    path = os.path.join(status_dir, MOVES)
-    if moves:
-        write_json_atomic(path, moves, sort_keys=True)
-    elif os.path.exists(path):
-        os.unlink(path)

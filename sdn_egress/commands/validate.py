@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 
-from sdn_egress.manifests import EGRESS_KINDS, WHOLE_DOCUMENT, ref_of
+from sdn_egress.model.manifests import EGRESS_KINDS, WHOLE_DOCUMENT, ref_of
 from sdn_egress.model import GROUP_VERSION, ClusterState, ObjectError, ObjectRef
 
 @dataclass
@@ -65,10 +65,10 @@ def validate(paths: list[str], partial: bool = False) -> Report:
     the set is part of a larger one (a cluster): a reference to a gateway or
     a default that is not among the files is no error."""
     from sdn_egress.allocation import allocate
-    from sdn_egress.source import Assembler, FileError, _Pass, load_documents, read_manifest, relevant_items
+    from sdn_egress.source import Assembler, FileError, Pass, load_documents, read_manifest, relevant_items
 
     report = Report()
-    run = _Pass()
+    run = Pass()
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(path)

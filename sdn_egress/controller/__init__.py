@@ -306,10 +306,10 @@ def _run_kube(args: argparse.Namespace) -> int:
 
     from sdn_egress.kube.client import api_client_from, pod_namespace
     from sdn_egress.kube.events import EventRecorder
-    from sdn_egress.kube.heartbeat import NAMESPACE as LEASE_NAMESPACE, LeaseReports
-    from sdn_egress.kube.leader import LeaderElector
-    from sdn_egress.kube.source import KubeSource
-    from sdn_egress.kube.status import StatusPublisher
+    from sdn_egress.reports.leases import NAMESPACE as LEASE_NAMESPACE, LeaseReports
+    from sdn_egress.controller.leader import LeaderElector
+    from sdn_egress.source.kube import KubeSource
+    from sdn_egress.controller.publish import StatusPublisher
     from sdn_egress.allocation.store_kube import KubeAllocationStore, MovesWatch
 
     api = api_client_from(args, "controller")
