@@ -89,7 +89,7 @@ def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess.run's name
     proc = subprocess.run(list(cmd), capture_output=True, text=True, input=input)
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -660,7 +660,7 @@ class Lab(Traffic):
         return self.pod(host).ip
 
     def exec(self, host: str, cmd: list[str], check: bool = True, timeout: float | None = 60,
-             input: str | None = None) -> subprocess.CompletedProcess:
+             input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess.run's name
         proc = subprocess.run(["ip", "netns", "exec", self.host_ns(host), *cmd], capture_output=True,
                               text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
@@ -736,7 +736,7 @@ class Lab(Traffic):
         except (LabError, ValueError):
             pass
         if st:
-            for key, pid in st.get("pids", {}).items():
+            for pid in st.get("pids", {}).values():
                 _kill(pid)
         stop_all_under(self.state_dir) if os.path.isdir(self.state_dir) else None
         names = set(st.get("namespaces", [])) if st else set()

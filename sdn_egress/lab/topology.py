@@ -111,7 +111,8 @@ def _entries(doc: dict, key: str, allowed: set[str], required: set[str]) -> list
             raise TopologyError(f"{where}: must be a mapping")
         unknown = set(item) - allowed
         if unknown:
-            raise TopologyError(f"{where}: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(allowed))})")
+            raise TopologyError(f"{where}: unknown field {sorted(unknown)[0]!r} "
+                                f"(allowed: {', '.join(sorted(allowed))})")
         for r in required:
             if not isinstance(item.get(r), str) or not NAME_RE.match(item[r]):
                 raise TopologyError(f"{where}.{r}: required, a lower-case DNS label (got {item.get(r)!r})")
