@@ -40,6 +40,7 @@ class Feature(IntEnum):
     UPLINK = 11  # br-ex: EIP traffic to br-int (object: EIP), br-int to the uplink (0)
     NO_GATEWAY = 12  # eip_out: the EIP has no live gateway (or no tunnel to it yet): drop
     MTU = 13  # uplink_mtu: a packet to an EIP too big for the tunnel goes to the agent (object 0)
+    ND = 14  # br-ex: neighbour solicitations for a held IPv6 EIP go to the agent (object: EIP)
 
 
 def stable_hash(key: str, bits: int) -> int:

@@ -78,8 +78,9 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
         eip = alloc.policies[policy.key].eip_v4 if version == 4 else alloc.policies[policy.key].eip_v6
         if eip is None:
             continue
+        # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
         wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
-                               or [EVERYTHING[version]])
+                               or ([] if policy.dest_subnets else [EVERYTHING[version]]))
         excluded = netaddr.IPSet([x for x in policy.exclude_subnets if x.version == version])
         free = wanted - claimed
         region = free - excluded

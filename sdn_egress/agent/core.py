@@ -21,7 +21,7 @@ import flows
 from flows.records import Flow
 from flows.tables import table_id, table_names
 from flows.view import NODE_IP_PORTS, NodeView, Ports
-from sdn_egress.agent import pmtu
+from sdn_egress.agent import announce, pmtu
 from sdn_egress.agent.liveness import Liveness
 from sdn_egress.agent.routing import (NEVER_HELD, Hold, HostRouting, address_mtu, local_addresses,
                                       resolve_next_hop_mac)
@@ -401,10 +401,11 @@ class AgentCore:
         st = bridges.get("br-ex")
         if new and st is not None and view.ports.uplink:
             for eip in sorted(new):
-                LOG.warning("EIP %s: now held by this node; announcing it (gratuitous ARP)", eip)
+                LOG.warning("EIP %s: now held by this node; announcing it (%s)", eip,
+                            "neighbour advertisements" if ":" in eip else "gratuitous ARP")
                 if self.metrics:
                     self.metrics.failovers.labels(eip).inc()
-                st.switch.announce(eip, view.brex_mac, view.ports.uplink)
+                announce.announce(st.switch, eip, view.brex_mac, view.ports.uplink)
             self._held = held
         elif not new:
             self._held = held
@@ -483,6 +484,9 @@ class AgentCore:
         fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
         from flows import cookie as C
         view = self.last_result.view
+        if C.decode(cookie).feature == C.Feature.ND and view is not None and switch.bridge == "br-ex":
+            announce.on_solicitation(switch, view, data)  # an IPv6 EIP's neighbour solicitation
+            return
         if C.decode(cookie).feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
             return
         if not view.ports.int_patch:
