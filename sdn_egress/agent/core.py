@@ -568,6 +568,9 @@ class AgentCore:
             "tunnel_mtu": view.tunnel_mtu if view else None,
             "tunnel_mtu_source": self._tunnel_mtu[1] if self._tunnel_mtu else None,
             "mss": view.tunnel_mtu - 40 if view else None,
+            # IPv6 steered (its route into egw0 carries max(tunnel MTU, 1280)): its MSS clamp
+            "mss_v6": (max(view.tunnel_mtu, 1280) - 60
+                       if view and any(s.pod_ip.version == 6 for s in view.steers) else None),
             "oversized": dict(self.oversized),
             "bfd": self._bfd_report(),
             "new_pod_hold": ({"bound": self._hold.bound, **getattr(self.routing, "hold_state", {})}

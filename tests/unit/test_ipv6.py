@@ -322,3 +322,21 @@ def test_256_scattered_excludes_pass_the_bound_that_counts_entries():
     assert steering_cidrs((), excluded, 6) == 1
     # a policy of IPv6 destinations only costs nothing in IPv4
     assert steering_cidrs((NET("2001:db8:ff::/48"),), excluded, 4) == 0
+
+
+@pytest.mark.parametrize("dest", [(), ("198.51.100.0/24",), ("2001:db8:ff::/48",),
+                                  ("198.51.100.0/24", "2001:db8:ff::/48")])
+def test_explain_says_steered_exactly_when_a_steering_flow_takes_the_packet(lab, dest):
+    """What ``sdn-egress trace`` tells (its policy part) is what the switch does, per family."""
+    from sdn_egress.debug.explain import explain
+    st = cluster(policy(dest=dest, exclude=["198.51.100.7", "2001:db8:ff::7"]))
+    alloc, vs = views(st)
+    fabric = lab.make_fabric(vs)
+    for src, dst in (("203.0.113.34", "198.51.100.10"), ("203.0.113.34", "198.51.100.7"),
+                     ("2001:db8:1:1::2", "2001:db8:ff::10"), ("2001:db8:1:1::2", "2001:db8:ff::7"),
+                     ("2001:db8:1:1::2", "2001:db8:1:2::5")):
+        why = explain(st, alloc, "shop/cart-1", dst)
+        out = [e for e in fabric.send("n1", "br-int", from_pod("n1", src, dst)) if e.where == "uplink"]
+        assert why.steered == bool(out), (dest, dst, why.reasons)
+        if out:
+            assert out[0].packet["ipv6_src" if ":" in dst else "ipv4_src"] == why.eip
