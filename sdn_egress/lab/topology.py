@@ -165,6 +165,25 @@ class Topology:
         return next(n for n in self.nodes if n.name == name)
 
 
+def _show(value, limit: int = 60) -> str:
+    """``repr`` for an error message, bounded (a 5,000-digit integer has no
+    ``repr`` in Python 3.11+)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _plain(value, limit: int = 60) -> str:
+    """``str`` for an error message, bounded as :func:`_show` is."""
+    try:
+        text = str(value)
+    except ValueError:
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _labels(value, where: str) -> dict:
     if value is None:
         return {}
@@ -172,8 +191,8 @@ def _labels(value, where: str) -> dict:
         raise TopologyError(f"{where}.labels: must be a mapping of strings, got {type(value).__name__}")
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise TopologyError(f"{where}.labels.{k}: label values must be strings "
-                                f"(quote them: {k}: \"{v}\")")
+            raise TopologyError(f"{where}.labels.{_plain(k)}: label values must be strings "
+                                f"(quote them: {_plain(k)}: \"{_plain(v)}\")")
     return dict(value)
 
 
@@ -192,10 +211,10 @@ def _entries(doc: dict, key: str, allowed: set[str], required: set[str]) -> list
             raise TopologyError(f"{where}: must be a mapping")
         unknown = set(item) - allowed
         if unknown:
-            raise TopologyError(f"{where}: unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(allowed))})")
+            raise TopologyError(f"{where}: unknown field {_show(sorted(unknown, key=str)[0])} (allowed: {', '.join(sorted(allowed))})")
         for r in required:
             if not isinstance(item.get(r), str) or not NAME_RE.match(item[r]):
-                raise TopologyError(f"{where}.{r}: required, a lower-case DNS label (got {item.get(r)!r})")
+                raise TopologyError(f"{where}.{r}: required, a lower-case DNS label (got {_show(item.get(r))})")
     return items
 
 
@@ -204,7 +223,7 @@ def parse(doc) -> Topology:
         raise TopologyError("topology: must be a mapping with nodes, pods, externals")
     unknown = set(doc) - {"nodes", "pods", "externals", "ipFamilies"}
     if unknown:
-        raise TopologyError(f"topology: unknown field {sorted(unknown)[0]!r} "
+        raise TopologyError(f"topology: unknown field {_show(sorted(unknown, key=str)[0])} "
                             "(allowed: externals, ipFamilies, nodes, pods)")
     fams = _families(doc.get("ipFamilies", [IPV4]))
     raw_nodes = _entries(doc, "nodes", {"name", "labels"}, {"name"})
@@ -215,14 +234,14 @@ def parse(doc) -> Topology:
     nodes, seen = [], set()
     for i, n in enumerate(raw_nodes):
         if n["name"] in seen:
-            raise TopologyError(f"nodes[{i}].name: duplicate node {n['name']!r}")
+            raise TopologyError(f"nodes[{i}].name: duplicate node {_show(n['name'])}")
         seen.add(n["name"])
         nodes.append(LabNode(n["name"], i, _labels(n.get("labels"), f"nodes[{i}]"), fams))
     pods, per_node, keys = [], {}, set()
     for i, p in enumerate(_entries(doc, "pods", {"name", "namespace", "node", "labels"},
                                    {"name", "namespace", "node"})):
         if p["node"] not in seen:
-            raise TopologyError(f"pods[{i}].node: no node named {p['node']!r}")
+            raise TopologyError(f"pods[{i}].node: no node named {_show(p['node'])}")
         key = f"{p['namespace']}/{p['name']}"
         if key in keys:
             raise TopologyError(f"pods[{i}]: duplicate pod {key}")
@@ -242,12 +261,12 @@ def parse(doc) -> Topology:
     names = set(seen)
     for i, x in enumerate(raw_ext):
         if x["name"] in names or x["name"] == "router":
-            raise TopologyError(f"externals[{i}].name: {x['name']!r} is already a node or external name")
+            raise TopologyError(f"externals[{i}].name: {_show(x['name'])} is already a node or external name")
         names.add(x["name"])
         mtu = x.get("mtu")
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
                                 or not MIN_EXTERNAL_MTU <= mtu <= MAX_EXTERNAL_MTU):
-            raise TopologyError(f"externals[{i}].mtu: {mtu!r} is not an MTU in "
+            raise TopologyError(f"externals[{i}].mtu: {_show(mtu)} is not an MTU in "
                                 f"{MIN_EXTERNAL_MTU}..{MAX_EXTERNAL_MTU}")
         if mtu is not None and IPV6 in fams and mtu < MIN_IPV6_MTU:
             raise TopologyError(f"externals[{i}].mtu: {mtu} is below IPv6's minimum link MTU "
@@ -261,13 +280,13 @@ def _families(value) -> tuple[str, ...]:
     Kubernetes spells them (the order names the primary family)."""
     if not isinstance(value, list) or not value:
         raise TopologyError(f"ipFamilies: must be a list of one or two of IPv4, IPv6 "
-                            f"(e.g. [IPv4, IPv6]), got {value!r}")
+                            f"(e.g. [IPv4, IPv6]), got {_show(value)}")
     if len(value) > 2:
         raise TopologyError(f"ipFamilies: at most two families (IPv4 and IPv6), got {len(value)}")
     for i, f in enumerate(value):
         if f not in (IPV4, IPV6):
             hint = next((g for g in (IPV4, IPV6) if isinstance(f, str) and f.lower() == g.lower()), None)
-            raise TopologyError(f"ipFamilies[{i}]: {f!r} is not IPv4 or IPv6"
+            raise TopologyError(f"ipFamilies[{i}]: {_show(f)} is not IPv4 or IPv6"
                                 + (f" (spelled {hint})" if hint else ""))
     if len(value) == 2 and value[0] == value[1]:
         raise TopologyError(f"ipFamilies[1]: {value[1]} is listed twice")
