@@ -21,9 +21,10 @@ import flows
 from flows.records import Flow
 from flows.tables import table_id, table_names
 from flows.view import NODE_IP_PORTS, NodeView, Ports
-from sdn_egress.agent import pmtu
+from sdn_egress.agent import announce, pmtu
 from sdn_egress.agent.liveness import Liveness
-from sdn_egress.agent.routing import NEVER_HELD, Hold, HostRouting, address_mtu, resolve_next_hop_mac
+from sdn_egress.agent.routing import (NEVER_HELD, Hold, HostRouting, address_mtu, local_addresses,
+                                      resolve_next_hop_mac)
 from sdn_egress.agent.switch import Switch, SwitchError
 from sdn_egress.fileio import write_json_atomic
 from sdn_egress.allocation import Allocation, AllocationStore
@@ -305,8 +306,7 @@ class AgentCore:
             self._recorded = desired
         for bridge, st in bridges.items():
             result.changes[bridge] = self._sync_bridge(st, desired.get(bridge, frozenset()), full)
-        self._local_pods = {pod.key: str(v4[0]) for pod in state.pods.values() if pod.node == self.config.node
-                            if (v4 := [ip for ip in pod.ips if ip.version == 4])}
+        self._local_pods = local_addresses(state.pods.values(), self.config.node)  # both families
         self._hold = self._hold_of(state, view)
         self.routing.sync(view.steers, view.tunnel_mtu, local_pods=self._local_pods, hold=self._hold,
                           pod_cidrs=view.pod_cidrs)
@@ -323,7 +323,8 @@ class AgentCore:
         if not self.config.new_pod_hold or not view.pod_cidrs:
             return None
         return Hold(pod_cidrs=tuple(view.pod_cidrs),
-                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(NEVER_HELD))),
+                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(state.cluster_cidrs(6))
+                                                    + list(NEVER_HELD))),
                     bound=self.config.new_pod_hold)
 
     def _hold_due(self) -> bool:
@@ -400,10 +401,11 @@ class AgentCore:
         st = bridges.get("br-ex")
         if new and st is not None and view.ports.uplink:
             for eip in sorted(new):
-                LOG.warning("EIP %s: now held by this node; announcing it (gratuitous ARP)", eip)
+                LOG.warning("EIP %s: now held by this node; announcing it (%s)", eip,
+                            "neighbour advertisements" if ":" in eip else "gratuitous ARP")
                 if self.metrics:
                     self.metrics.failovers.labels(eip).inc()
-                st.switch.announce(eip, view.brex_mac, view.ports.uplink)
+                announce.announce(st.switch, eip, view.brex_mac, view.ports.uplink)
             self._held = held
         elif not new:
             self._held = held
@@ -482,6 +484,9 @@ class AgentCore:
         fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
         from flows import cookie as C
         view = self.last_result.view
+        if C.decode(cookie).feature == C.Feature.ND and view is not None and switch.bridge == "br-ex":
+            announce.on_solicitation(switch, view, data)  # an IPv6 EIP's neighbour solicitation
+            return
         if C.decode(cookie).feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
             return
         if not view.ports.int_patch:
