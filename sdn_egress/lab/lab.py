@@ -1,8 +1,11 @@
 """A multi-node cluster in network namespaces on one machine.
 
-- a fabric namespace with two Linux bridges: the underlay (192.0.2.0/24) and
-  the external LAN (198.51.100.0/24);
-- a router namespace joining them (no NAT);
+- a fabric namespace with two Linux bridges: the underlay (192.0.2.0/24,
+  2001:db8::/64) and the external LAN (198.51.100.0/24, 2001:db8:100::/64);
+- a router namespace joining them (no NAT, IPv4 and IPv6 forwarded);
+- the families of the topology's ``ipFamilies`` (IPv4, IPv6 or both) on every
+  node, pod and external host; the first one is the nodes' InternalIP the
+  tunnels and BFD run over;
 - per node a namespace with its own ovsdb-server and ovs-vswitchd (userspace
   datapath), ``br-ex`` holding the uplink and the node IP, ``br-int``, its
   agent process, Calico-style routed pods and a CNI-style masquerade;
@@ -43,6 +46,8 @@ AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
 CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of the router's)
 KUBE_API_PORT = 6443  # on the router's underlay address
 KUBE_SERVICE_CIDR = "192.0.2.64/27"  # the lab cluster's ServiceCIDR (a free part of the underlay range)
+KUBE_SERVICE_CIDR6 = "2001:db8:64::/112"  # its IPv6 range (beside the lab's IPv6 plan)
+POD_GATEWAY6 = "fe80::1"  # the node's end of every pod's veth (a link-local gateway, Calico style)
 KUBE_NAMESPACE = "sdn-egress"  # the controller's Lease, the allocation ConfigMap
 
 
@@ -73,6 +78,41 @@ while (left := deadline - time.monotonic()) > 0:
     op, sha, sender = struct.unpack("!H", frame[20:22])[0], frame[22:28], frame[28:32]
     if op == 2 and sender == tpa:
         print(sha.hex(":"), flush=True)
+"""
+
+
+# Send one neighbour solicitation for argv[3] out of interface argv[1] from
+# argv[2] (to the target's solicited-node multicast address, with our
+# link-layer address) and print the target link-layer address of every
+# advertisement for it that arrives within argv[4] seconds, one per line.
+NS_PROBE = r"""
+import socket, struct, sys, time
+ifname, src, target, wait = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+mac = bytes.fromhex(open(f"/sys/class/net/{ifname}/address").read().strip().replace(":", ""))
+tgt = socket.inet_pton(socket.AF_INET6, target)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((src, 0))
+idx = socket.if_nametoindex(ifname)
+for opt in (socket.IPV6_MULTICAST_HOPS, socket.IPV6_UNICAST_HOPS):
+    s.setsockopt(socket.IPPROTO_IPV6, opt, 255)  # RFC 4861: 255 or it is dropped
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+group = socket.inet_ntop(socket.AF_INET6, bytes.fromhex("ff0200000000000000000001ff") + tgt[13:])
+s.sendto(struct.pack("!BBHI", 135, 0, 0, 0) + tgt + bytes([1, 1]) + mac, (group, 0, 0, idx))
+deadline = time.monotonic() + wait
+while (left := deadline - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        msg, peer = s.recvfrom(1500)
+    except socket.timeout:
+        break
+    if msg[0] != 136 or msg[8:24] != tgt:
+        continue
+    opts, lla = msg[24:], None
+    while len(opts) >= 8 and opts[1]:
+        if opts[0] == 2:
+            lla = opts[2:8].hex(":")
+        opts = opts[opts[1] * 8:]
+    print(lla or peer[0], flush=True)
 """
 
 
@@ -206,6 +246,10 @@ class Lab(Traffic):
         self._state["namespaces"].append(name)
         self._save()
         nsx(name, "ip", "link", "set", "lo", "up")
+        if topo_mod.IPV6 in self.topology().families:
+            # Addresses usable at once: no duplicate address detection (1 s
+            # of "tentative" per address otherwise, br-ex's too).
+            self._sysctl(name, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return name
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
@@ -229,30 +273,20 @@ class Lab(Traffic):
         self._veth(rtr, "x0", fab, "r-x")
         nsx(fab, "ip", "link", "set", "r-u", "master", "underlay")
         nsx(fab, "ip", "link", "set", "r-x", "master", "extlan")
+        # The router has both families whatever the cluster's: the API
+        # server listens on its IPv4 underlay address.
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP}/24", "dev", "u0")
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP}/24", "dev", "x0")
         self._sysctl(rtr, "net.ipv4.ip_forward=1")
+        if topo_mod.IPV6 in topo.families:
+            nsx(rtr, "ip", "-6", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP6}/64", "dev", "u0", "nodad")
+            nsx(rtr, "ip", "-6", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP6}/64", "dev", "x0", "nodad")
+            self._sysctl(rtr, "net.ipv6.conf.all.forwarding=1")
         if self.kube:
             self.start_kube_api()
 
         for x in topo.externals:
-            ns = self._netns(self.ns_external(x.index))
-            if x.mtu is None:
-                self._veth(ns, "eth0", fab, f"x{x.index}")
-                nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
-                nsx(ns, "ip", "addr", "add", f"{x.ip}/24", "dev", "eth0")
-            else:
-                # A link of its own to the router, narrow at both ends: the
-                # router answers ICMP frag-needed for what does not fit.
-                self._veth(ns, "eth0", rtr, f"h{x.index}")
-                for where, dev in ((ns, "eth0"), (rtr, f"h{x.index}")):
-                    nsx(where, "ip", "link", "set", dev, "mtu", str(x.mtu))
-                nsx(ns, "ip", "addr", "add", f"{x.ip}/32", "dev", "eth0")
-                nsx(ns, "ip", "route", "add", topo_mod.ROUTER_EXTERNAL_IP, "dev", "eth0", "scope", "link")
-                nsx(rtr, "ip", "route", "add", f"{x.ip}/32", "dev", f"h{x.index}", "src",
-                    topo_mod.ROUTER_EXTERNAL_IP)
-            nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_EXTERNAL_IP)
-            self._start_echo(x)
+            self._build_external(x, fab, rtr)
 
         for node in topo.nodes:
             self._build_node(topo, node, fab, agents)
@@ -263,20 +297,59 @@ class Lab(Traffic):
                 self.start_agent(node.name)
         self._wait_for_echo(topo)
 
+    def _build_external(self, x, fab: str, rtr: str) -> None:
+        ns = self._netns(self.ns_external(x.index))
+        if x.mtu is None:
+            self._veth(ns, "eth0", fab, f"x{x.index}")
+            nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
+            for fam in x.families:
+                plen = "64" if fam == topo_mod.IPV6 else "24"
+                nsx(ns, "ip", "addr", "add", f"{x.ip_of(fam)}/{plen}", "dev", "eth0",
+                    *(["nodad"] if fam == topo_mod.IPV6 else []))
+        else:
+            # A link of its own to the router, narrow at both ends: the
+            # router answers ICMP frag-needed (IPv6: Packet Too Big) for what
+            # does not fit.
+            self._veth(ns, "eth0", rtr, f"h{x.index}")
+            for where, dev in ((ns, "eth0"), (rtr, f"h{x.index}")):
+                nsx(where, "ip", "link", "set", dev, "mtu", str(x.mtu))
+            for fam in x.families:
+                if fam == topo_mod.IPV6:  # the router's end is fe80::1 (a link-local gateway)
+                    nsx(rtr, "ip", "-6", "addr", "add", f"{POD_GATEWAY6}/64", "dev", f"h{x.index}", "nodad")
+                    nsx(ns, "ip", "-6", "addr", "add", f"{x.ip_of(fam)}/128", "dev", "eth0", "nodad")
+                    nsx(rtr, "ip", "-6", "route", "add", f"{x.ip_of(fam)}/128", "dev", f"h{x.index}")
+                    continue
+                nsx(ns, "ip", "addr", "add", f"{x.ip}/32", "dev", "eth0")
+                nsx(ns, "ip", "route", "add", topo_mod.ROUTER_EXTERNAL_IP, "dev", "eth0", "scope", "link")
+                nsx(rtr, "ip", "route", "add", f"{x.ip}/32", "dev", f"h{x.index}", "src",
+                    topo_mod.ROUTER_EXTERNAL_IP)
+        for fam in x.families:
+            gw = POD_GATEWAY6 if fam == topo_mod.IPV6 and x.mtu else topo_mod.router_external_ip(fam)
+            nsx(ns, "ip", "-6" if fam == topo_mod.IPV6 else "-4", "route", "add", "default", "via", gw,
+                "dev", "eth0")
+        self._start_echo(x)
+
     def _build_node(self, topo: Topology, node, fab: str, agents: bool) -> None:
         ns = self._netns(self.ns_node(node.name))
         self._veth(ns, "eth0", fab, f"n{node.index}")
         nsx(fab, "ip", "link", "set", f"n{node.index}", "master", "underlay")
-        nsx(ns, "ip", "addr", "add", f"{node.ip}/24", "dev", "eth0")
-        nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_UNDERLAY_IP)
-        for other in topo.nodes:
-            if other.name != node.name:
-                nsx(ns, "ip", "route", "add", other.pod_cidr, "via", other.ip)
+        for fam in node.families:
+            v6 = fam == topo_mod.IPV6
+            opt = "-6" if v6 else "-4"
+            nsx(ns, "ip", opt, "addr", "add", f"{node.ip_of(fam)}/{64 if v6 else 24}", "dev", "eth0",
+                *(["nodad"] if v6 else []))
+            nsx(ns, "ip", opt, "route", "add", "default", "via", topo_mod.router_underlay_ip(fam))
+            for other in topo.nodes:
+                if other.name != node.name:
+                    nsx(ns, "ip", opt, "route", "add", other.pod_cidr_of(fam), "via", other.ip_of(fam))
+            cidr = topo_mod.cluster_pod_cidr(fam)
+            # The CNI's natOutgoing, Calico style: no out-interface match.
+            nsx(ns, "ip6tables" if v6 else "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", cidr,
+                "!", "-d", cidr, "-j", "MASQUERADE")
         self._sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2",
                      "net.ipv4.conf.default.rp_filter=2")
-        # The CNI's natOutgoing, Calico style: no out-interface match.
-        nsx(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", topo_mod.CLUSTER_POD_CIDR,
-            "!", "-d", topo_mod.CLUSTER_POD_CIDR, "-j", "MASQUERADE")
+        if topo_mod.IPV6 in node.families:
+            self._sysctl(ns, "net.ipv6.conf.all.forwarding=1")
         for pod in topo.pods:
             if pod.node == node.name:
                 self._build_pod(pod, ns)
@@ -291,18 +364,27 @@ class Lab(Traffic):
 
     def _build_pod(self, pod, node_ns: str) -> None:
         """The pod's network as the lab's CNI (Calico style) sets it up: its
-        namespace, a veth with the /32 on the pod's end, proxy ARP and the /32
-        route on the node's end."""
+        namespace, a veth with the /32 (IPv6: the /128) on the pod's end;
+        on the node's end proxy ARP (IPv6: the link-local gateway fe80::1)
+        and the /32 (/128) route."""
         ns = self._netns(self.ns_pod(pod.index))
         host_if = f"cali{pod.index}"
         self._veth(ns, "eth0", node_ns, host_if)
-        nsx(ns, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-        nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-        nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-        # Calico's settings: proxy ARP for the pod's gateway, answered at once
-        # (the kernel's default proxy_delay holds answers up to 0.8 s).
-        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1", f"net.ipv4.neigh.{host_if}.proxy_delay=0")
-        nsx(node_ns, "ip", "route", "add", f"{pod.ip}/32", "dev", host_if)
+        for ip in pod.addresses:
+            if ":" in ip:
+                nsx(node_ns, "ip", "-6", "addr", "add", f"{POD_GATEWAY6}/64", "dev", host_if, "nodad")
+                nsx(ns, "ip", "-6", "addr", "add", f"{ip}/128", "dev", "eth0", "nodad")
+                nsx(ns, "ip", "-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0")
+                nsx(node_ns, "ip", "-6", "route", "add", f"{ip}/128", "dev", host_if)
+                continue
+            nsx(ns, "ip", "addr", "add", f"{ip}/32", "dev", "eth0")
+            nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+            nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+            # Calico's settings: proxy ARP for the pod's gateway, answered at once
+            # (the kernel's default proxy_delay holds answers up to 0.8 s).
+            self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1",
+                         f"net.ipv4.neigh.{host_if}.proxy_delay=0")
+            nsx(node_ns, "ip", "route", "add", f"{ip}/32", "dev", host_if)
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, key: str, ns: str | None, cmd: list[str], log: str) -> int:
@@ -343,7 +425,8 @@ class Lab(Traffic):
         # --status: standalone, where the allocation goes; kube, a copy of the ConfigMap.
         self._spawn("controller", self.ns_router() if self.kube else None,
                     [_bin("sdn-egress"), "controller", *self._state_args(),
-                     "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR,
+                     "--status", self.status_dir,
+                     *[a for f in self.topology().families for a in ("--cluster-cidr", topo_mod.cluster_pod_cidr(f))],
                      "--metrics-port", str(CONTROLLER_METRICS_PORT)]
                     + (["--identity", "lab-controller"] if self.kube else []),
                     os.path.join(self.state_dir, "controller.log"))
@@ -476,9 +559,10 @@ class Lab(Traffic):
         write_atomic(path, yaml.safe_dump_all(docs, sort_keys=False))
 
     def _write_cluster_manifests(self, topo: Topology) -> None:
+        # Dual stack as a kubelet reports it: podCIDRs and InternalIPs, the primary family first.
         nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
-                  "spec": {"podCIDR": n.pod_cidr},
-                  "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
+                  "spec": {"podCIDR": n.pod_cidr, "podCIDRs": list(n.pod_cidrs)},
+                  "status": {"addresses": [{"type": "InternalIP", "address": ip} for ip in n.ips],
                              "conditions": [{"type": "Ready", "status": "True"}]}}
                  for n in topo.nodes]
         names = {p.namespace for p in topo.pods} | ({KUBE_NAMESPACE, AGENT_LEASE_NAMESPACE} if self.kube else set())
@@ -487,7 +571,9 @@ class Lab(Traffic):
             api = self.kube_api()
             # As a kube-apiserver keeps it for its --service-cluster-ip-range.
             service_cidr = {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-                            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [KUBE_SERVICE_CIDR]}}
+                            "metadata": {"name": "kubernetes"},
+                            "spec": {"cidrs": [KUBE_SERVICE_CIDR6 if f == topo_mod.IPV6 else KUBE_SERVICE_CIDR
+                                               for f in topo.families]}}
             for obj in nodes + namespaces + [service_cidr]:
                 api.apply(obj)
         else:
@@ -504,7 +590,7 @@ class Lab(Traffic):
         obj = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
                "spec": {"nodeName": pod.node},
-               "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}
+               "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": ip} for ip in pod.addresses]}}
         if self.kube:
             self.kube_api().apply(obj)
         else:
@@ -518,7 +604,8 @@ class Lab(Traffic):
         st = self.load()
         if "pods" not in st:  # a lab brought up before pods came and went
             return list(self.topology().pods)
-        return [LabPod(p["namespace"], p["name"], p["node"], p["index"], p["ip"], dict(p["labels"]))
+        return [LabPod(p["namespace"], p["name"], p["node"], p["index"], p["ip"], dict(p["labels"]),
+                       tuple(p.get("ips") or (p["ip"],)))
                 for p in st["pods"]]
 
     def pod(self, name: str):
@@ -578,7 +665,8 @@ class Lab(Traffic):
         labels = _check_labels(f"pod {namespace}/{name}", labels or {})
         n = topo.node(node)
         ip = self._pod_address(f"pod {namespace}/{name}", n, ip)
-        pod = LabPod(namespace, name, node, st.get("next_pod_index", len(st.get("pods", []))), ip, labels)
+        ips = self._pod_addresses(n, ip)
+        pod = LabPod(namespace, name, node, st.get("next_pod_index", len(st.get("pods", []))), ip, labels, ips)
         st["next_pod_index"] = pod.index + 1
         st.setdefault("pods", [_pod_record(p) for p in topo.pods]).append(_pod_record(pod))
         self._save()
@@ -590,9 +678,10 @@ class Lab(Traffic):
     def _pod_address(self, what: str, node, ip: str | None) -> str:
         import netaddr
 
-        cidr = netaddr.IPNetwork(node.pod_cidr)
-        # .0 is the network, .1 is kept (a CNI's gateway address), the last is broadcast.
-        usable = [str(a) for a in list(cidr)[2:-1]]
+        # .0 is the network, .1 is kept (a CNI's gateway address), the last
+        # of the /27 is broadcast: offsets 2..30 (the same in an IPv6 /64).
+        fam = node.families[0]
+        usable = [node.pod_address(o, fam) for o in range(2, 2 + topo_mod.MAX_PODS_PER_NODE)]
         used = {p.ip for p in self.pods()}
         if ip is None:
             free = [a for a in usable if a not in used]
@@ -600,9 +689,9 @@ class Lab(Traffic):
                 raise LabError(f"{what}: node {node.name} has no free address in {node.pod_cidr}")
             return free[0]
         try:
-            addr = str(netaddr.IPAddress(ip, 4))
+            addr = str(netaddr.IPAddress(ip, topo_mod.version(fam)))
         except (netaddr.AddrFormatError, ValueError):
-            raise LabError(f"{what}: --ip: {ip!r} is not an IPv4 address") from None
+            raise LabError(f"{what}: --ip: {ip!r} is not an {fam} address") from None
         if addr not in usable:
             raise LabError(f"{what}: --ip: {addr} is not a pod address of node {node.name} "
                            f"({usable[0]}-{usable[-1]} of {node.pod_cidr})")
@@ -610,6 +699,14 @@ class Lab(Traffic):
         if holder:
             raise LabError(f"{what}: --ip: {addr} is pod {holder}'s address")
         return addr
+
+    def _pod_addresses(self, node, ip: str) -> tuple[str, ...]:
+        """Every family's address of the pod whose primary address is
+        ``ip``: the same offset in each of the node's pod CIDRs."""
+        import netaddr
+
+        offset = int(netaddr.IPAddress(ip)) - int(netaddr.IPNetwork(node.pod_cidr).network)
+        return tuple(node.pod_address(offset, f) for f in node.families)
 
     def publish_pod(self, key: str) -> None:
         """The Pod object appears (status.podIP set): what the kubelet
@@ -646,7 +743,8 @@ class Lab(Traffic):
         sh("ip", "netns", "del", ns, check=False)
         if ns in st["namespaces"]:
             st["namespaces"].remove(ns)
-        nsx(self.ns_node(pod.node), "ip", "route", "del", f"{pod.ip}/32", check=False)
+        for ip in pod.addresses:
+            nsx(self.ns_node(pod.node), "ip", "route", "del", f"{ip}/{128 if ':' in ip else 32}", check=False)
         st["pods"] = [p for p in st.get("pods", []) if f"{p['namespace']}/{p['name']}" != pod.key]
         self._save()
         if object_too:
@@ -790,17 +888,22 @@ class Lab(Traffic):
                 return self.ns_external(x.index)
         return self.ns_pod(self.pod(host).index)
 
-    def address(self, host: str) -> str:
+    def address(self, host: str, family: str | None = None) -> str:
+        """``host``'s address (the router's on the underlay) of ``family``
+        (IPv4 or IPv6), by default of the lab's primary family."""
         topo = self.topology()
+        family = family or topo.families[0]
+        if family not in topo.families:
+            raise LabError(f"this lab has no {family} (ipFamilies: {', '.join(topo.families)})")
         if host == "router":
-            return topo_mod.ROUTER_UNDERLAY_IP
+            return topo_mod.router_underlay_ip(family)
         for n in topo.nodes:
             if n.name == host:
-                return n.ip
+                return n.ip_of(family)
         for x in topo.externals:
             if x.name == host:
-                return x.ip
-        return self.pod(host).ip
+                return x.ip_of(family)
+        return self.pod(host).ip_of(family)
 
     def exec(self, host: str, cmd: list[str], check: bool = True, timeout: float | None = 60,
              input: str | None = None) -> subprocess.CompletedProcess:
@@ -823,6 +926,14 @@ class Lab(Traffic):
                         timeout=wait + 30).stdout
         return out.split()
 
+    def nd_answers(self, ip: str, wait: float = 1.0) -> list[str]:
+        """IPv6's :meth:`arp_answers`: the router sends one neighbour
+        solicitation for ``ip`` on the underlay; the link-layer address of
+        every advertisement for it, in order of arrival."""
+        out = self.exec("router", [sys.executable, "-c", NS_PROBE, "u0", topo_mod.ROUTER_UNDERLAY_IP6, ip,
+                                   str(wait)], timeout=wait + 30).stdout
+        return out.split()
+
     def echo_seen(self, external: str) -> list[dict]:
         path = os.path.join(self.state_dir, "externals", external, "seen.jsonl")
         with open(path) as f:
@@ -830,21 +941,26 @@ class Lab(Traffic):
 
     # -- status -------------------------------------------------------------------------
     def status(self) -> dict:
+        """The lab's addresses and processes.  ``ip``/``pod_cidr`` and the
+        lab-wide ranges are the primary family's (IPv4 in a dual-stack lab);
+        ``ips``/``pod_cidrs`` and ``families`` give every family's."""
         st = self.load()
         topo = self.topology()
+        fams = {f: _family_plan(f) for f in topo.families}
+        primary = fams[topo.families[0]]
         out = {
-            "state_dir": self.state_dir, "prefix": self.prefix,
-            "underlay": topo_mod.UNDERLAY, "external_lan": topo_mod.EXTERNAL_LAN,
-            "cluster_pod_cidr": topo_mod.CLUSTER_POD_CIDR, "eip_range": topo_mod.EIP_RANGE,
-            "router": {"underlay_ip": topo_mod.ROUTER_UNDERLAY_IP, "external_ip": topo_mod.ROUTER_EXTERNAL_IP,
-                       "netns": self.ns_router()},
+            "state_dir": self.state_dir, "prefix": self.prefix, "ip_families": list(topo.families),
+            "families": fams, **{k: primary[k] for k in ("underlay", "external_lan", "cluster_pod_cidr",
+                                                         "eip_range")},
+            "router": {**primary["router"], "netns": self.ns_router()},
             "pod_cidrs": {n.name: n.pod_cidr for n in topo.nodes},
             "nodes": [], "pods": [], "externals": [],
             "controller": {"alive": _alive(st["pids"].get("controller"))},
         }
         for n in topo.nodes:
             agent = self.agent_status(n.name)
-            out["nodes"].append({"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr, "labels": n.labels,
+            out["nodes"].append({"name": n.name, "ip": n.ip, "ips": list(n.ips), "pod_cidr": n.pod_cidr,
+                                 "pod_cidrs": list(n.pod_cidrs), "labels": n.labels,
                                  "netns": self.ns_node(n.name),
                                  "agent": {"alive": _alive(st["pids"].get(f"agent:{n.name}")),
                                            "passes": agent.get("passes", 0), "error": agent.get("error"),
@@ -854,10 +970,12 @@ class Lab(Traffic):
                 labels = self.pod_labels(p.key)
             except (OSError, LabError):
                 labels = p.labels
-            out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip, "node": p.node,
+            out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip,
+                                "ips": list(p.addresses), "node": p.node,
                                 "labels": labels, "netns": self.ns_pod(p.index)})
         for x in topo.externals:
-            out["externals"].append({"name": x.name, "ip": x.ip, "netns": self.ns_external(x.index),
+            out["externals"].append({"name": x.name, "ip": x.ip, "ips": list(x.ips),
+                                     "netns": self.ns_external(x.index),
                                      "mtu": x.mtu or 1500})
         for key, fname in (("allocation", "allocation.json"), ("errors", "errors.json")):
             try:
@@ -896,9 +1014,20 @@ class Lab(Traffic):
         self._state = None
 
 
+def _family_plan(family: str) -> dict:
+    """The lab-wide ranges of one family (documentation ranges)."""
+    v6 = family == topo_mod.IPV6
+    return {"underlay": topo_mod.UNDERLAY6 if v6 else topo_mod.UNDERLAY,
+            "external_lan": topo_mod.EXTERNAL_LAN6 if v6 else topo_mod.EXTERNAL_LAN,
+            "cluster_pod_cidr": topo_mod.cluster_pod_cidr(family),
+            "eip_range": topo_mod.EIP_RANGE6 if v6 else topo_mod.EIP_RANGE,
+            "router": {"underlay_ip": topo_mod.router_underlay_ip(family),
+                       "external_ip": topo_mod.router_external_ip(family)}}
+
+
 def _pod_record(pod) -> dict:
     return {"namespace": pod.namespace, "name": pod.name, "node": pod.node, "index": pod.index,
-            "ip": pod.ip, "labels": dict(pod.labels)}
+            "ip": pod.ip, "ips": list(pod.addresses), "labels": dict(pod.labels)}
 
 
 def _split_key(key: str) -> tuple[str, str]:

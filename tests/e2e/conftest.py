@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXAMPLES = os.path.join(REPO, "k8s", "examples")
 
 TOPOLOGY = {
+    "ipFamilies": ["IPv4"],  # the IPv4 tests' lab; IPV6_TOPOLOGY and DUAL_TOPOLOGY below
     "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo"}, {"name": "charlie"}],
     "pods": [
         {"name": "cart-0", "namespace": "shop", "node": "bravo", "labels": {"app": "cart"}},
@@ -28,6 +29,11 @@ TOPOLOGY = {
     ],
     "externals": [{"name": "ext-1"}, {"name": "ext-2"}],
 }
+# The same cluster on IPv6 only (nodes, pods, externals: tunnels and BFD over
+# the IPv6 underlay) and dual stack (both families everywhere; tunnels over IPv4).
+IPV6_TOPOLOGY = {**TOPOLOGY, "ipFamilies": ["IPv6"]}
+DUAL_TOPOLOGY = {**TOPOLOGY, "ipFamilies": ["IPv4", "IPv6"]}
+IPV4, IPV6 = "IPv4", "IPv6"
 
 
 def pytest_collection_modifyitems(items):
@@ -91,11 +97,12 @@ class Policies:
         self.lab.delete(path)
         self.files.remove(path)
 
-    def eip(self, key: str, timeout: float = 30.0) -> str:
+    def eip(self, key: str, timeout: float = 30.0, family: str = "IPv4") -> str:
+        """The policy's EIP of ``family`` once it has one and a gateway node."""
         deadline = time.monotonic() + timeout
         while True:
             pol = (self.lab.status().get("allocation") or {}).get("policies", {}).get(key) or {}
-            eip = pol.get("eip_v4")
+            eip = pol.get("eip_v6" if family == "IPv6" else "eip_v4")
             if eip and pol.get("node"):
                 return eip
             if time.monotonic() > deadline:
@@ -135,10 +142,11 @@ def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.1)
 
 
 def lab_rules(lab) -> dict[str, list[str]]:
-    """Steering rules (table 7100) per node that still exist."""
+    """Steering rules (table 7100) per node that still exist, of either family."""
     out = {}
     for node in ("alpha", "bravo", "charlie"):
-        rules = [l for l in lab.exec(node, ["ip", "rule"]).stdout.splitlines() if "7100" in l]
+        rules = [l for fam in ("-4", "-6") for l in lab.exec(node, ["ip", fam, "rule"]).stdout.splitlines()
+                 if "7100" in l]
         if rules:
             out[node] = rules
     return out
@@ -146,11 +154,15 @@ def lab_rules(lab) -> dict[str, list[str]]:
 
 def policy_doc(name: str, namespace: str, *, eip: str | None = None, selector: dict | None = None,
                dest: list[str] | None = None, exclude: list[str] | None = None, priority: int | None = None,
-               gateway: str = "edge") -> dict:
+               gateway: str = "edge", eip6: str | None = None) -> dict:
+    """An EgressPolicy; ``eip`` an explicit EIP of its family (an IPv6 one
+    goes to ``egressIP.ipv6``), ``eip6`` the IPv6 one beside an IPv4 ``eip``."""
     spec: dict = {"egressGatewayName": gateway,
                   "appliedTo": {"podSelector": {"matchLabels": selector or {"app": "cart"}}}}
-    if eip:
-        spec["egressIP"] = {"ipv4": eip}
+    if eip and ":" in eip:
+        eip, eip6 = None, eip
+    if eip or eip6:
+        spec["egressIP"] = {**({"ipv4": eip} if eip else {}), **({"ipv6": eip6} if eip6 else {})}
     if dest is not None:
         spec["destSubnet"] = dest
     if exclude is not None:

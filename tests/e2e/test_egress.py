@@ -1,5 +1,10 @@
 """Egress end to end: real OVS in node namespaces, real packets, the source
-address the external host saw."""
+address the external host saw.
+
+Families (issue 12): the tests written for IPv4 run on the IPv4 lab
+(``conftest.TOPOLOGY``, ``ipFamilies: [IPv4]``); their IPv6 twins, on an
+IPv6-only lab, and the dual-stack ones (both families of one pod at once)
+are in ``test_egress_ipv6.py``."""
 from __future__ import annotations
 
 import pytest

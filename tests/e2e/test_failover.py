@@ -1,5 +1,9 @@
 """Gateway high availability on the lab: two gateway nodes, real BFD, real
-kills (SIGKILL of a node's OVS and agent), what the external host saw."""
+kills (SIGKILL of a node's OVS and agent), what the external host saw.
+
+Family: IPv4 (``ipFamilies: [IPv4]``); the IPv6 twins (an IPv6-only lab:
+Geneve and BFD over the IPv6 underlay) and the dual-stack failover are in
+``test_failover_ipv6.py``."""
 from __future__ import annotations
 
 import collections
@@ -14,6 +18,7 @@ from .conftest import lab_up, policy_doc, wait_for
 
 EXT = "198.51.100.10"
 TOPOLOGY = {
+    "ipFamilies": ["IPv4"],  # these tests on IPv4; their IPv6 twins on IPV6_TOPOLOGY
     "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo", "labels": {"egress": "true"}},
               {"name": "charlie"}],
     "pods": [{"name": "cart-0", "namespace": "shop", "node": "charlie", "labels": {"app": "cart"}},
