@@ -120,7 +120,8 @@ def test_cluster_addresses_of_both_families_are_never_steered(dual):
     st, alloc, vs, _ = dual
     steers = pod_steers(st, alloc, st.pods["shop/cart-1"], 6)
     for cluster_ip in ("2001:db8:1:2::5", "2001:db8::d", "fe80::1", "ff02::1"):
-        assert deciding(steers, cluster_ip) is None, cluster_ip
+        decided = deciding(steers, cluster_ip)
+        assert decided is None or decided.exclude, cluster_ip
     assert deciding(steers, EXT6).eip == IP("2001:db8::200")
 
 
@@ -307,9 +308,11 @@ def test_exclusion_flows_rank_above_steers_and_drop(lab):
     st = cluster(policy(exclude=scattered(20)))
     _, vs = views(st)
     fl = worker.steers(vs["n1"])
-    ex = [f for f in fl if f.actions == (Drop(),) and f.priority > worker.PRIO_STEER]
+    ex = [f for f in fl if f.actions == (Drop(),) and f.priority > worker.PRIO_STEER
+          and "ipv4_dst" in f.match_dict()]
     assert len(ex) == 2 * 20 // 2  # one per exclusion and pod address of its family (pod cart-1)
-    assert min(f.priority for f in ex) > max(f.priority for f in fl if f.actions != (Drop(),))
+    assert min(f.priority for f in ex) > max(f.priority for f in fl if f.actions != (Drop(),)
+                                              and "ipv4_dst" in f.match_dict())
     assert all(C.decode(f.cookie).feature == C.Feature.UNSTEERED for f in ex)
     flows.build(vs["n1"])  # no two objects want one flow
 
@@ -340,3 +343,21 @@ def test_explain_says_steered_exactly_when_a_steering_flow_takes_the_packet(lab,
         assert why.steered == bool(out), (dest, dst, why.reasons)
         if out:
             assert out[0].packet["ipv6_src" if ":" in dst else "ipv4_src"] == why.eip
+
+
+def test_ipv6_cluster_ranges_are_entries_not_a_hundred_holes_each(lab):
+    st = cluster()
+    alloc, vs = views(st)
+    v6 = pod_steers(st, alloc, st.pods["shop/cart-1"], 6)
+    from sdn_egress.view import NEVER_STEERED
+    never = netaddr.IPSet(st.cluster_cidrs(6)) | NEVER_STEERED[6]
+    cut = len(list((netaddr.IPSet(["::/0"]) - never).iter_cidrs()))
+    assert cut > 250  # what cutting would cost
+    assert len(v6) == 1 + len(list(never.iter_cidrs())) < 15
+    fabric = lab.make_fabric(vs)
+    for dst in ("2001:db8:1:2::5", "2001:db8::d", "fe80::1"):  # another node's pod, a node, link-local
+        assert fabric.send("n1", "br-int", from_pod("n1", "2001:db8:1:1::2", dst)) == []
+        from sdn_egress.agent.routing import desired_rules
+        rule = min((r for r in desired_rules(tuple(v6)) if IP(dst) in r.dst), key=lambda r: r.priority)
+        assert rule.table == 254, rule
+    assert only(fabric.send("n1", "br-int", from_pod("n1", "2001:db8:1:1::2", EXT6))).where == "uplink"
