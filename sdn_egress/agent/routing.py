@@ -47,6 +47,7 @@ PRIORITIES = {STEER_PRIORITY - i: (MAIN_TABLE if i % 2 else STEER_TABLE)
 PRIORITIES.update({RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE, HOLD_PRIORITY: 0})
 ANY = netaddr.IPNetwork("0.0.0.0/0")
 ANY6 = netaddr.IPNetwork("::/0")
+UNSPECIFIED6 = netaddr.IPNetwork("::/128")
 EVERYWHERE = {4: ANY, 6: ANY6}
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 HOST_PREFIX = {4: 32, 6: 128}
@@ -128,6 +129,9 @@ def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None =
     classified with, where that is known; a pod not in it gets no rule.
     Without any routes (a bridge CNI, or ``None``), rules match the address
     alone."""
+    # To :: (an exclusion of IPv6's never-steered ranges) the kernel takes no rule, and never
+    # forwards a packet: no rule needed.
+    steers = tuple(s for s in steers if s.dest != UNSPECIFIED6)
     if not interfaces:
         return {_rule_of(s) for s in steers}
     if bound is None:
