@@ -548,15 +548,18 @@ def address_mtu(ip: str) -> int | None:
     return None
 
 
-def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
+def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0, family: int = 4) -> str | None:
     """The MAC of the next hop the node's routing uses towards ``dest`` (None:
-    the default route): the route's gateway, or ``dest`` itself when on-link.
-    Triggers ARP resolution when the neighbour is not known yet."""
+    the default route of ``family``): the route's gateway, or ``dest`` itself
+    when on-link.  Triggers ARP (neighbour discovery) when the neighbour is
+    not known yet."""
     from pyroute2 import IPRoute
 
+    if dest is not None:
+        family = netaddr.IPAddress(dest).version
     with IPRoute() as ipr:
         if dest is None:
-            routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            routes = [r for r in ipr.get_routes(family=AF[family], table=254)
                       if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")]
         else:
             routes = ipr.route("get", dst=dest)
@@ -567,28 +570,31 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
         if hop is None:
             return None
         oif = route.get_attr("RTA_OIF")
-        mac = _neigh_mac(ipr, hop, oif)
+        mac = _neigh_mac(ipr, hop, oif, family)
         if mac:
             return mac
-    # Kick ARP: a datagram to the discard port makes the kernel resolve the hop.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # Kick ARP / ND: a datagram to the discard port makes the kernel resolve the hop.
+    with socket.socket(AF[family], socket.SOCK_DGRAM) as s:
         try:
-            s.sendto(b"", (hop, 9))
+            if family == 6 and hop.startswith("fe80:") and oif:
+                s.sendto(b"", (hop, 9, 0, oif))  # a link-local hop needs its interface
+            else:
+                s.sendto(b"", (hop, 9))
         except OSError:
             pass
     import time
     deadline = time.monotonic() + timeout
     with IPRoute() as ipr:
         while time.monotonic() < deadline:
-            mac = _neigh_mac(ipr, hop, oif)
+            mac = _neigh_mac(ipr, hop, oif, family)
             if mac:
                 return mac
             time.sleep(0.05)
     return None
 
 
-def _neigh_mac(ipr, ip: str, oif: int | None) -> str | None:
-    for n in ipr.get_neighbours(family=socket.AF_INET, dst=ip):
+def _neigh_mac(ipr, ip: str, oif: int | None, family: int = 4) -> str | None:
+    for n in ipr.get_neighbours(family=AF[family], dst=ip):
         if oif is not None and n["ifindex"] != oif:
             continue
         # NUD_INCOMPLETE (1) and NUD_FAILED (0x20) carry no usable address.
