@@ -98,3 +98,16 @@ def test_an_external_link_narrower_than_ipv6s_minimum_is_refused_in_an_ipv6_lab(
 
 def test_the_bundled_default_topology_is_dual_stack():
     assert t.load(t.default_topology_path()).families == ("IPv4", "IPv6")
+
+
+def test_an_ipv6_only_lab_in_kubernetes_mode_is_refused_before_anything_is_made(tmp_path):
+    import yaml
+
+    from sdn_egress.lab import Lab, LabError
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"ipFamilies": ["IPv6"], "nodes": NODES}))
+    lab = Lab(str(tmp_path / "state"), prefix="x")
+    with pytest.raises(LabError, match=r"lab up --kube: the API server listens on the router's IPv4 underlay"):
+        lab.up(str(path), kube=True)
+    assert not (tmp_path / "state").exists()
