@@ -221,6 +221,10 @@ class Lab(Traffic):
         with open(topology_path) as f:
             raw = yaml.safe_load(f)
         topo = topo_mod.parse(raw)  # raises TopologyError naming the field
+        if kube and topo_mod.IPV4 not in topo.families:
+            raise LabError("lab up --kube: the API server listens on the router's IPv4 underlay address "
+                           f"{topo_mod.ROUTER_UNDERLAY_IP}: give ipFamilies [IPv4, IPv6] (an IPv6-only lab runs "
+                           "with manifests)")
         if self.is_up():
             if not force:
                 raise LabError(f"a lab is already up in {self.state_dir} (lab down first, or --force)")

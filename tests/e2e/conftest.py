@@ -145,8 +145,8 @@ def lab_rules(lab) -> dict[str, list[str]]:
     """Steering rules (table 7100) per node that still exist, of either family."""
     out = {}
     for node in ("alpha", "bravo", "charlie"):
-        rules = [l for fam in ("-4", "-6") for l in lab.exec(node, ["ip", fam, "rule"]).stdout.splitlines()
-                 if "7100" in l]
+        rules = [r for fam in ("-4", "-6") for r in lab.exec(node, ["ip", fam, "rule"]).stdout.splitlines()
+                 if "7100" in r]
         if rules:
             out[node] = rules
     return out
@@ -184,3 +184,42 @@ def scrape(lab, host: str, url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+class Net:
+    """One family's addresses of the e2e labs, so a test written once runs as
+    its IPv4 original and its IPv6 twin with the same assertions (IPv4 values
+    as the tests had them; IPv6 the same host numbers in 2001:db8::/32)."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.v6 = family == IPV6
+        self.key = "ipv6" if self.v6 else "ipv4"  # of ippools and egressIP
+        self.ext1 = "2001:db8:100::10" if self.v6 else "198.51.100.10"
+        self.ext2 = "2001:db8:100::11" if self.v6 else "198.51.100.11"
+        self.ext_lan = "2001:db8:100::/64" if self.v6 else "198.51.100.0/24"
+        self.host = 128 if self.v6 else 32  # a host route's prefix length
+        self.src_match = "ipv6_src=" if self.v6 else "nw_src="  # a pod's address in ovs-ofctl's dump
+        self.bad_cidr = "2001:db8:100::/129" if self.v6 else "198.51.100.0/33"
+
+    def eip(self, n: int) -> str:
+        """The lab's EIP number ``n`` (200-250): 192.0.2.n or 2001:db8::n."""
+        return f"2001:db8::{n}" if self.v6 else f"192.0.2.{n}"
+
+    def other(self, n: int) -> str:
+        """An unused external address, for drift and trace tests."""
+        return f"2001:db8:100::{n}" if self.v6 else f"198.51.100.{n}"
+
+    def pool(self, first: int = 200, last: int = 210) -> dict:
+        return {self.key: [f"{self.eip(first)}-{self.eip(last)}"]}
+
+    def gateway(self, name: str = "edge", first: int = 200, last: int = 210) -> dict:
+        return {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": name},
+                "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}}, "ippools": self.pool(first, last)}}
+
+    def node_ip(self, lab, node: str) -> str:
+        return lab.address(node, self.family)
+
+    def claims(self, lab, ip: str, wait: float = 1.0) -> list[str]:
+        """Who answers for ``ip`` on the underlay: ARP, or neighbour solicitation."""
+        return lab.nd_answers(ip, wait) if self.v6 else lab.arp_answers(ip, wait)

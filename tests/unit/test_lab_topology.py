@@ -98,3 +98,63 @@ def test_an_external_link_narrower_than_ipv6s_minimum_is_refused_in_an_ipv6_lab(
 
 def test_the_bundled_default_topology_is_dual_stack():
     assert t.load(t.default_topology_path()).families == ("IPv4", "IPv6")
+
+
+def test_an_ipv6_only_lab_in_kubernetes_mode_is_refused_before_anything_is_made(tmp_path):
+    import yaml
+
+    from sdn_egress.lab import Lab, LabError
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"ipFamilies": ["IPv6"], "nodes": NODES}))
+    lab = Lab(str(tmp_path / "state"), prefix="x")
+    with pytest.raises(LabError, match=r"lab up --kube: the API server listens on the router's IPv4 underlay"):
+        lab.up(str(path), kube=True)
+    assert not (tmp_path / "state").exists()
+
+
+def paper_lab(tmp_path, families):
+    """A lab's state file alone (no namespaces): the bookkeeping of addresses."""
+    import json
+
+    from sdn_egress.lab import Lab
+
+    topo = {"ipFamilies": families, "nodes": NODES, "pods": [{"name": "a-0", "namespace": "ns1", "node": "bravo"}]}
+    pod = parse(topo).pods[0]
+    lab = Lab(str(tmp_path))
+    lab._state = {"prefix": "x", "topology": topo, "pids": {}, "namespaces": [], "kube": False,
+                  "pods": [{"namespace": "ns1", "name": "a-0", "node": "bravo", "index": 0, "ip": pod.ip,
+                            "ips": list(pod.addresses), "labels": {}}], "next_pod_index": 1}
+    (tmp_path / "lab.json").write_text(json.dumps(lab._state))
+    return lab
+
+
+def test_a_new_pod_in_a_dual_stack_lab_gets_both_families_at_the_same_offset(tmp_path):
+    from sdn_egress.lab import LabError
+
+    lab = paper_lab(tmp_path, ["IPv4", "IPv6"])
+    bravo = lab.topology().node("bravo")
+    ip = lab._pod_address("pod s/p", bravo, None)
+    assert ip == "203.0.113.35"
+    assert lab._pod_addresses(bravo, ip) == ("203.0.113.35", "2001:db8:113:1::3")
+    assert lab._pod_addresses(bravo, "203.0.113.62") == ("203.0.113.62", "2001:db8:113:1::1e")
+    assert [p.addresses for p in lab.pods()] == [("203.0.113.34", "2001:db8:113:1::2")]
+    assert lab.address("ns1/a-0", "IPv6") == "2001:db8:113:1::2" and lab.address("bravo", "IPv6") == "2001:db8::12"
+    with pytest.raises(LabError, match="--ip: '2001:db8:113:1::5' is not an IPv4 address"):
+        lab._pod_address("pod s/p", bravo, "2001:db8:113:1::5")
+
+
+def test_a_new_pod_in_an_ipv6_lab_takes_the_lowest_free_ipv6_address(tmp_path):
+    from sdn_egress.lab import LabError
+
+    lab = paper_lab(tmp_path, ["IPv6"])
+    bravo = lab.topology().node("bravo")
+    assert lab._pod_address("pod s/p", bravo, None) == "2001:db8:113:1::3"
+    assert lab._pod_address("pod s/p", bravo, "2001:db8:113:1::1e") == "2001:db8:113:1::1e"
+    with pytest.raises(LabError, match=r"--ip: 2001:db8:113:1::2 is pod ns1/a-0's address"):
+        lab._pod_address("pod s/p", bravo, "2001:db8:113:1::2")
+    with pytest.raises(LabError, match=r"--ip: 2001:db8:113:1::1f is not a pod address of node bravo "
+                                       r"\(2001:db8:113:1::2-2001:db8:113:1::1e of 2001:db8:113:1::/64\)"):
+        lab._pod_address("pod s/p", bravo, "2001:db8:113:1::1f")
+    with pytest.raises(LabError, match="this lab has no IPv4"):
+        lab.address("bravo", "IPv4")
