@@ -47,7 +47,7 @@ PRIORITIES = {STEER_PRIORITY - i: (MAIN_TABLE if i % 2 else STEER_TABLE)
 PRIORITIES.update({RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE, HOLD_PRIORITY: 0})
 ANY = netaddr.IPNetwork("0.0.0.0/0")
 ANY6 = netaddr.IPNetwork("::/0")
-UNSPECIFIED6 = netaddr.IPNetwork("::/128")
+UNSPECIFIED6 = netaddr.IPNetwork("::/127")  # :: and ::1
 EVERYWHERE = {4: ANY, 6: ANY6}
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 HOST_PREFIX = {4: 32, 6: 128}
@@ -129,9 +129,9 @@ def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None =
     classified with, where that is known; a pod not in it gets no rule.
     Without any routes (a bridge CNI, or ``None``), rules match the address
     alone."""
-    # To :: (an exclusion of IPv6's never-steered ranges) the kernel takes no rule, and never
-    # forwards a packet: no rule needed.
-    steers = tuple(s for s in steers if s.dest != UNSPECIFIED6)
+    # To ::/128 or ::/127 (exclusions of IPv6's never-steered :: and ::1) the kernel takes no
+    # rule (EINVAL for a destination whose address is ::), and never forwards a packet there.
+    steers = tuple(s for s in steers if not (s.dest.version == 6 and s.dest in UNSPECIFIED6))
     if not interfaces:
         return {_rule_of(s) for s in steers}
     if bound is None:
@@ -284,9 +284,18 @@ class HostRouting:
             have = current_rules(ipr)
             # Adds first (the hold last of them), then deletes: no packet of a
             # classified pod meets the hold while rules change.
+            # One refused rule must not leave the others out (the hold and the
+            # other family's steers among them): the pass fails after the rest.
+            refused = []
             for rule in sorted(want - have):
-                _rule(ipr, "add", rule)
+                try:
+                    _rule(ipr, "add", rule)
+                except Exception as exc:  # noqa: BLE001 - reported below, after the others
+                    refused.append(f"{rule}: {exc}")
+                    continue
                 LOG.info("routing: added rule %s", rule)
+            if refused:
+                raise RuntimeError(f"routing: {len(refused)} rules refused by the kernel: {'; '.join(refused[:3])}")
             for rule in sorted(have - want, reverse=True):
                 _rule(ipr, "del", rule)
                 LOG.info("routing: removed rule %s", rule)
