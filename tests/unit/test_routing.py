@@ -106,3 +106,15 @@ def test_the_ipv6_route_into_egw0_has_the_tunnel_mtu_and_a_permanent_link_local_
     assert (route["dst"], route["gateway"], route["table"], route["metrics"]) == (
         "::/0", "fe80::a9fe:1", 7100, {"mtu": 1450})
     assert ipv6_route_mtu(1450) == 1450 and ipv6_route_mtu(1200) == 1280  # IPv6's minimum
+
+
+def test_no_rule_is_asked_for_destinations_the_kernel_refuses_and_never_forwards_to():
+    import netaddr
+
+    from flows.view import Steer
+    from sdn_egress.agent.routing import desired_rules
+    ip, net = netaddr.IPAddress, netaddr.IPNetwork
+    pod, eip = ip("2001:db8:1:1::2"), ip("2001:db8::200")
+    steers = tuple(Steer("shop/a", pod, net(d), "shop/cart", eip, rank=31, exclude=True)
+                   for d in ("::/128", "::/127", "::1/128", "fe80::/10"))
+    assert sorted(str(r.dst) for r in desired_rules(steers)) == ["fe80::/10"]
