@@ -361,3 +361,21 @@ def test_ipv6_cluster_ranges_are_entries_not_a_hundred_holes_each(lab):
         rule = min((r for r in desired_rules(tuple(v6)) if IP(dst) in r.dst), key=lambda r: r.priority)
         assert rule.table == 254, rule
     assert only(fabric.send("n1", "br-int", from_pod("n1", "2001:db8:1:1::2", EXT6))).where == "uplink"
+
+
+def test_status_lists_the_ipv6_eip_with_its_gateways_and_holder_under_the_ipv4_one():
+    from sdn_egress.debug import status
+    st = cluster()
+    alloc = allocate(st)
+    v4, v6 = eips(alloc)
+    held = {v4: holder(alloc, v4), v6: holder(alloc, v6)}
+    out = status.summarize(alloc, {"n0": {"time": 100.0, "mss": 1410, "mss_v6": 1390, "tunnel_mtu": 1450}},
+                           held, st, now=101.0)
+    [p] = out["policies"]
+    assert (p["eip"], p["ipv6"]["eip"], p["ipv6"]["held_by"]) == (v4, v6, holder(alloc, v6))
+    assert p["ipv6"]["standbys"] == list(alloc.eip(IP(v6)).nodes[1:])
+    text = status.render(out)
+    rows = [line.split() for line in text.splitlines() if v4 in line or v6 in line]
+    assert rows[0][:2] == ["shop/cart", v4] and rows[1][0] == v6
+    assert "1450/1410 (v6 1390)" in text
+    assert "2001:db8:1:1::/64" in text  # never steered, IPv6 too
