@@ -378,4 +378,4 @@ def test_status_lists_the_ipv6_eip_with_its_gateways_and_holder_under_the_ipv4_o
     rows = [line.split() for line in text.splitlines() if v4 in line or v6 in line]
     assert rows[0][:2] == ["shop/cart", v4] and rows[1][0] == v6
     assert "1450/1410 (v6 1390)" in text
-    assert "2001:db8:1:1::/64" in text  # never steered, IPv6 too
+    assert "2001:db8:1::/63" in text  # never steered, IPv6 too (pod CIDRs merged)
