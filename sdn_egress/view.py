@@ -168,5 +168,5 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict
     ends and workers judge their gateways by it."""
     gateways = {n for a in alloc.eips for n in a.nodes}
     wanted = set(state.nodes) if node_name in gateways else gateways
-    return {n: str(state.nodes[n].address(4)) for n in sorted(wanted)
-            if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None}
+    return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
+            if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
