@@ -552,7 +552,7 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
 
     with IPRoute() as ipr:
         if dest is None:
-            routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            routes = [r for fam in (socket.AF_INET, socket.AF_INET6) for r in ipr.get_routes(family=fam, table=254)
                       if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")]
         else:
             routes = ipr.route("get", dst=dest)
@@ -567,7 +567,7 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
         if mac:
             return mac
     # Kick ARP: a datagram to the discard port makes the kernel resolve the hop.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_INET6 if ":" in hop else socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.sendto(b"", (hop, 9))
         except OSError:
@@ -584,7 +584,7 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
 
 
 def _neigh_mac(ipr, ip: str, oif: int | None) -> str | None:
-    for n in ipr.get_neighbours(family=socket.AF_INET, dst=ip):
+    for n in ipr.get_neighbours(family=socket.AF_INET6 if ":" in ip else socket.AF_INET, dst=ip):
         if oif is not None and n["ifindex"] != oif:
             continue
         # NUD_INCOMPLETE (1) and NUD_FAILED (0x20) carry no usable address.
