@@ -5,7 +5,7 @@ view always gives the same flows, whatever order its entries come in.
 """
 from __future__ import annotations
 
-from flows import arp, base, gateway, uplink, worker
+from flows import arp, base, gateway, nd, uplink, worker
 from flows.check import ViewError, check
 from flows.cookie import legend
 from flows.records import Flow
@@ -24,7 +24,7 @@ def build(view: NodeView) -> dict[str, frozenset[Flow]]:
     ports it uses."""
     check(view)
     flows = (base.flows() + worker.flows(view) + gateway.flows(view) + uplink.flows(view)
-             + arp.flows(view))
+             + arp.flows(view) + nd.flows(view))
     by_key: dict[tuple, Flow] = {}
     for f in flows:
         other = by_key.setdefault(f.key, f)

@@ -2,7 +2,7 @@
 
 The request is turned into the reply in place and sent back out of the port
 it came in on; the host stack never sees it (it does not own the EIP).
-IPv6 neighbour discovery is not answered here.
+IPv6 neighbour solicitations go to the agent instead (:mod:`flows.nd`).
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ GENERATION_MASK = 0xFF << GENERATION_SHIFT
 class Feature(IntEnum):
     PIPELINE = 1  # a table's miss flow (object: bridge/table)
     STEER = 2  # classify: a selected pod to a policy destination (object: policy, pod)
-    UNSTEERED = 3  # classify: anything else from egw0 dies (never leaks)
+    UNSTEERED = 3  # classify: anything else from egw0 dies (never leaks); with an object (policy,
+    # pod): an exclusion of that policy for that pod, dropped should the host send it
     EIP_OUT = 4  # eip_out: to the EIP's gateway, or "no live gateway" (object: EIP)
     EIP_IN = 5  # classify: an EIP's traffic arriving by tunnel at its gateway (object: EIP)
     SNAT = 6  # snat, snat_out (object: EIP)
@@ -41,6 +42,7 @@ class Feature(IntEnum):
     UPLINK = 11  # br-ex: EIP traffic to br-int (object: EIP), br-int to the uplink (0)
     NO_GATEWAY = 12  # eip_out: the EIP has no live gateway (or no tunnel to it yet): drop
     MTU = 13  # uplink_mtu: a packet to an EIP too big for the tunnel goes to the agent (object 0)
+    ND = 14  # br-ex: neighbour solicitations for a held IPv6 EIP go to the agent (object: EIP)
 
 
 def stable_hash(key: str, bits: int) -> int:
@@ -130,10 +132,11 @@ class Legend:
         self._pods[stable_hash(pod, 24)] = pod
 
     def explain(self, cookie: Cookie) -> str:
-        if cookie.feature == Feature.STEER:
+        if cookie.feature == Feature.STEER or (cookie.feature == Feature.UNSTEERED and cookie.object):
             policy = self._policies.get(cookie.policy_hash, f"#{cookie.policy_hash:06x}")
             pod = self._pods.get(cookie.pod_hash, f"#{cookie.pod_hash:06x}")
-            return f"policy {policy}, pod {pod}"
+            what = "exclusion of policy" if cookie.feature == Feature.UNSTEERED else "policy"
+            return f"{what} {policy}, pod {pod}"
         if cookie.object == 0:
             return ""
         return self._objects.get(cookie.object, f"#{cookie.object:012x}")

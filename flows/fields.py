@@ -26,6 +26,8 @@ class Field:
 
 
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
+IPPROTO_ICMPV6 = 58
+ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT = 135, 136
 
 _FIELDS = [
     Field("in_port", INT, 32, "in_port", "NXM_OF_IN_PORT"),
@@ -39,6 +41,8 @@ _FIELDS = [
     Field("ipv4_dst", IPV4, 32, "nw_dst", "NXM_OF_IP_DST", ETH_IP),
     Field("ipv6_src", IPV6, 128, "ipv6_src", "NXM_NX_IPV6_SRC", ETH_IPV6),
     Field("ipv6_dst", IPV6, 128, "ipv6_dst", "NXM_NX_IPV6_DST", ETH_IPV6),
+    Field("icmpv6_type", INT, 8, "icmpv6_type", "NXM_NX_ICMPV6_TYPE", ETH_IPV6),
+    Field("ipv6_nd_target", IPV6, 128, "nd_target", "NXM_NX_ND_TARGET", ETH_IPV6),
     Field("arp_op", INT, 16, "arp_op", "NXM_OF_ARP_OP", ETH_ARP),
     Field("arp_spa", IPV4, 32, "arp_spa", "NXM_OF_ARP_SPA", ETH_ARP),
     Field("arp_tpa", IPV4, 32, "arp_tpa", "NXM_OF_ARP_TPA", ETH_ARP),

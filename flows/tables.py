@@ -106,9 +106,11 @@ BR_INT = BridgeTables("br-int", (
 ))
 
 BR_EX = BridgeTables("br-ex", (
-    Table("classify", "uplink: answer ARP for held EIPs, pass EIP traffic to br-int, SNATed "
-          "frames from br-int to the uplink; everything else is the node's own: NORMAL",
-          frozenset({"in_port", "arp_op", "arp_tpa", "ip_proto", "tcp_dst", "udp_dst"} | _IP), miss=NORMAL),
+    Table("classify", "uplink: answer ARP for held EIPs (neighbour solicitations: to the agent), "
+          "pass EIP traffic to br-int, SNATed frames from br-int to the uplink; everything else is "
+          "the node's own: NORMAL",
+          frozenset({"in_port", "arp_op", "arp_tpa", "ip_proto", "tcp_dst", "udp_dst", "icmpv6_type",
+                     "ipv6_nd_target"} | _IP), miss=NORMAL),
 ))
 
 PIPELINE: dict[str, BridgeTables] = {b.bridge: b for b in (BR_INT, BR_EX)}

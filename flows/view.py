@@ -14,6 +14,7 @@ import netaddr
 # agent installs a permanent neighbour entry for it with GW_MAC, and replies
 # handed back to the host carry GW_MAC as their source.
 GW_NEXTHOP_V4 = netaddr.IPAddress("169.254.0.1")
+GW_NEXTHOP_V6 = netaddr.IPAddress("fe80::a9fe:1")  # the IPv6 twin, link-local on egw0
 GW_MAC = "0a:58:a9:fe:00:01"
 
 # Tunnel key 0 marks replies travelling from a gateway back to a pod's node;
@@ -41,19 +42,41 @@ class Ports:
         return dict(self.tunnels).get(peer)
 
 
+# A pod's steering entries come in ranks (see Steer); at most this many per
+# pod and family, so that flow priorities and ip rule priorities stay in the
+# bands the pipeline and the routing code reserve for them.
+MAX_STEER_RANKS = 32
+
+
 @dataclass(frozen=True)
 class Steer:
-    """One selected local pod x one destination CIDR, steered to one EIP.
+    """One selected local pod x one destination CIDR, steered to one EIP, or
+    (``exclude``) not steered: an exclusion of the policy, an entry of its own
+    instead of a hole cut into the destinations (256 scattered /32 exclusions
+    of 0.0.0.0/0 are 257 entries, not 5,712).
 
-    The view builder guarantees that, per pod, the ``dest`` CIDRs of all its
-    Steers are disjoint (policy priority, excludes and cluster CIDRs already
-    subtracted)."""
+    Per pod and family, the entry with the highest ``(rank, exclude,
+    dest.prefixlen)`` among those containing a destination decides it; the
+    view builder guarantees that two entries of one pod, rank and kind never
+    overlap, so the flows (priority) and the ip rules (rule priority) need no
+    other order.  Most pods have rank 0 only: the higher ranks exist for
+    lower-priority policies that fill the exclusions of a better one."""
 
     pod: str  # namespace/name
     pod_ip: netaddr.IPAddress
     dest: netaddr.IPNetwork
     policy: str  # namespace/name of the policy that won
-    eip: netaddr.IPAddress
+    eip: netaddr.IPAddress  # the policy's EIP of this family (also on an exclusion)
+    rank: int = 0
+    exclude: bool = False
+
+
+def deciding(steers, ip) -> Steer | None:
+    """The entry that decides where a packet from the entries' pod to ``ip``
+    goes (None: none covers it); an ``exclude`` entry means not steered."""
+    ip = netaddr.IPAddress(ip)
+    found = [s for s in steers if s.dest.version == ip.version and ip in s.dest]
+    return max(found, key=lambda s: (s.rank, s.exclude, s.dest.prefixlen), default=None)
 
 
 @dataclass(frozen=True)
@@ -109,5 +132,5 @@ class NodeView:
     eip_routes: tuple[EipRoute, ...] = ()
     held: tuple[HeldEip, ...] = ()
     return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)
-    pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs (replies to the host)
+    pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs, both families (replies to the host)
     tunnel_mtu: int = DEFAULT_TUNNEL_MTU  # the largest IP packet its Geneve tunnels carry whole

@@ -13,11 +13,15 @@ from flows import fields as F
 from flows.check import route_by_eip
 from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField
 from flows.tables import flow
-from flows.view import GW_MAC, EipRoute, NodeView, Ports
+from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer
 
 BR = "br-int"
 
 PRIO_STEER = 1000  # + the destination's prefix length: the longest prefix wins
+# A Steer's rank and kind (flows.view.Steer) on top: each rank a band of
+# PRIO_RANK, an exclusion PRIO_EXCLUDE above the steers of its rank.
+PRIO_EXCLUDE = 129
+PRIO_RANK = 2 * PRIO_EXCLUDE
 PRIO_TUNNEL = 100
 PRIO_UNSTEERED = 10
 PRIO_EIP = 100
@@ -36,17 +40,24 @@ def tunnel_ports(ports: Ports) -> list[tuple[str, int]]:
     return out
 
 
+def steer_priority(s: Steer) -> int:
+    return PRIO_STEER + s.rank * PRIO_RANK + (PRIO_EXCLUDE if s.exclude else 0) + s.dest.prefixlen
+
+
 def steers(view: NodeView) -> list[Flow]:
     keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
     out = []
     for s in view.steers:
         fam = family.of(s.pod_ip)
+        if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
+            actions, feature = (Drop(),), C.Feature.UNSTEERED
+        else:
+            actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
         out.append(flow(
-            BR, "classify", PRIO_STEER + s.dest.prefixlen,
+            BR, "classify", steer_priority(s),
             {"in_port": view.ports.egw, "eth_type": fam.eth_type, fam.src: s.pod_ip,
              fam.dst: s.dest},
-            (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")),
-            C.encode(C.Feature.STEER, C.steer_object(s.policy, s.pod))))
+            actions, C.encode(feature, C.steer_object(s.policy, s.pod))))
     # Whatever the host sends into egw0 that no steer claims dies here: never
     # let a selected pod's packet out with the wrong source.
     out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.view import DEFAULT_TUNNEL_MTU, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
+from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
 
@@ -59,26 +59,74 @@ def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[
 
 
 def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4) -> list[Steer]:
-    """Disjoint (destination CIDR -> policy) pieces for one pod."""
+    """One pod's steering entries of one family (see :class:`flows.view.Steer`).
+
+    Policies best first; each takes what no better one took (cluster CIDRs
+    and never-steered ranges are taken from the start).  A policy's
+    exclusions are cut out of its destinations when that costs no more
+    entries than listing them; otherwise (scattered exclusions split the
+    destinations into many CIDRs) its destinations are listed whole and each
+    exclusion becomes an ``exclude`` entry, and the policies after it get a
+    higher rank: where they cover one of its exclusions, they win.
+
+    IPv6 the same, except that the cluster's own ranges may be entries too:
+    cutting a few /64s and /128s out of ::/0 makes over a hundred CIDRs each,
+    so when listing them is cheaper they are ``exclude`` entries of the top
+    rank (:data:`CLUSTER_RANK`), which nothing outranks.  (IPv4 keeps cutting,
+    as it always has.)"""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
-    claimed = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
-    steers = []
-    for policy in selected_policies(state, alloc, pod):
-        eip = alloc.policies[policy.key].eip_v4 if version == 4 else alloc.policies[policy.key].eip_v6
-        if eip is None:
-            continue
+    never = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    policies = [(p, eip) for p in selected_policies(state, alloc, pod)
+                if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6)]
+    cut = _entries(pod, ips, policies, version, never)
+    if version == 4 or not cut:
+        return cut
+    listed = _entries(pod, ips, policies, version, netaddr.IPSet())
+    covered = netaddr.IPSet(s.dest for s in listed if not s.exclude)
+    first = listed[0]
+    cluster = [Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK,
+                     exclude=True)
+               for cidr in (never & covered).iter_cidrs() for ip in ips]
+    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+
+
+CLUSTER_RANK = MAX_STEER_RANKS - 1  # policies' exclusions use the ranks below it
+
+
+def _entries(pod: Pod, ips, policies, version: int, claimed: netaddr.IPSet) -> list[Steer]:
+    claimed = netaddr.IPSet(claimed)
+    steers: list[Steer] = []
+    rank = 0
+    for policy, eip in policies:
+        # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
         wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
-                               or [EVERYTHING[version]])
-        region = wanted - netaddr.IPSet(
-            [x for x in policy.exclude_subnets if x.version == version]) - claimed
+                               or ([] if policy.dest_subnets else [EVERYTHING[version]]))
+        excluded = netaddr.IPSet([x for x in policy.exclude_subnets if x.version == version])
+        free = wanted - claimed
+        region = free - excluded
         claimed |= region
-        for cidr in region.iter_cidrs():
+        entries = [(cidr, False) for cidr in region.iter_cidrs()]
+        holes = list((free & excluded).iter_cidrs()) if rank < CLUSTER_RANK - 1 else []
+        listed = list(free.iter_cidrs()) if holes else []
+        if holes and len(listed) + len(holes) < len(entries):
+            entries = [(cidr, False) for cidr in listed] + [(cidr, True) for cidr in holes]
+        else:
+            holes = []
+        for cidr, exclude in entries:
             for ip in ips:
                 steers.append(Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=policy.key,
-                                    eip=netaddr.IPAddress(eip)))
+                                    eip=netaddr.IPAddress(eip), rank=rank, exclude=exclude))
+        if holes:
+            rank += 1
     return steers
+
+
+def underlay_address(node) -> netaddr.IPAddress | None:
+    """The address a node's tunnels run from: IPv4 when it has one (a
+    dual-stack cluster tunnels over IPv4), else IPv6."""
+    return node.address(4) or node.address(6)
 
 
 def live_order(nodes: tuple[str, ...], dead: frozenset[str]) -> tuple[str, ...]:
@@ -93,11 +141,12 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     over); workers keep every gateway in their bundle, the switch skips the
     dead ones by itself."""
     node = state.nodes[node_name]
-    node_ip = node.address(4)
+    node_ip = underlay_address(node)
     steers: list[Steer] = []
     for pod in sorted(state.pods.values(), key=lambda p: p.key):
         if pod.node == node_name:
-            steers.extend(pod_steers(state, alloc, pod))
+            for version in (4, 6):
+                steers.extend(pod_steers(state, alloc, pod, version))
 
     by_ip = {str(a.ip): a for a in alloc.eips}
     eip_routes = []
@@ -117,17 +166,19 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     return_routes = ()
     if held:
+        # Replies of both families travel back over the underlay's family.
         return_routes = tuple(
-            ReturnRoute(node=n.name, node_ip=n.address(4), pod_cidr=cidr, local=n.name == node_name)
+            ReturnRoute(node=n.name, node_ip=underlay_address(n), pod_cidr=cidr, local=n.name == node_name)
             for n in sorted(state.nodes.values(), key=lambda n: n.name)
-            if n.address(4) is not None
-            for cidr in n.pod_cidrs if cidr.version == 4)
+            if underlay_address(n) is not None
+            for cidr in n.pod_cidrs)
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
         brex_mac=facts.brex_mac, steers=tuple(steers), eip_routes=tuple(eip_routes), held=held,
         return_routes=return_routes,
-        pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4),
+        pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4) + tuple(
+            c for c in node.pod_cidrs if c.version == 6),
         tunnel_mtu=facts.tunnel_mtu,
     )
 
@@ -139,5 +190,5 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict
     ends and workers judge their gateways by it."""
     gateways = {n for a in alloc.eips for n in a.nodes}
     wanted = set(state.nodes) if node_name in gateways else gateways
-    return {n: str(state.nodes[n].address(4)) for n in sorted(wanted)
-            if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None}
+    return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
+            if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}

@@ -29,7 +29,7 @@ from typing import Sequence
 import flows
 from flows.tables import table_id
 from flows.view import NodeView
-from sdn_egress.agent import pmtu
+from sdn_egress.agent import announce, pmtu
 
 from sdn_egress.agent.bridges import BridgeState, Bridges
 from sdn_egress.agent.facts import NodeReader
@@ -262,10 +262,11 @@ class AgentCore:
         st = bridges.get("br-ex")
         if new and st is not None and view.ports.uplink:
             for eip in sorted(new):
-                LOG.warning("EIP %s: now held by this node; announcing it (gratuitous ARP)", eip)
+                LOG.warning("EIP %s: now held by this node; announcing it (%s)", eip,
+                            "neighbour advertisements" if ":" in eip else "gratuitous ARP")
                 if self.metrics:
                     self.metrics.failovers.labels(eip).inc()
-                st.switch.announce(eip, view.brex_mac, view.ports.uplink)
+                announce.announce(st.switch, eip, view.brex_mac, view.ports.uplink)
             self._held = held
         elif not new:
             self._held = held
@@ -277,6 +278,9 @@ class AgentCore:
         fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
         from flows import cookie as C
         view = self.last_result.view
+        if C.decode(cookie).feature == C.Feature.ND and view is not None and switch.bridge == "br-ex":
+            announce.on_solicitation(switch, view, data)  # an IPv6 EIP's neighbour solicitation
+            return
         if C.decode(cookie).feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
             return
         if not view.ports.int_patch:
@@ -337,6 +341,9 @@ class AgentCore:
             "tunnel_mtu": view.tunnel_mtu if view else None,
             "tunnel_mtu_source": mtu[1] if mtu else None,
             "mss": view.tunnel_mtu - 40 if view else None,
+            # IPv6 steered (its route into egw0 carries max(tunnel MTU, 1280)): its MSS clamp
+            "mss_v6": (max(view.tunnel_mtu, 1280) - 60
+                       if view and any(s.pod_ip.version == 6 for s in view.steers) else None),
             "oversized": dict(self.oversized),
             "bfd": self.node.bfd_report(),
             "new_pod_hold": self.host.status(),

@@ -15,7 +15,7 @@ from sdn_egress.agent.nodedb import NodeDb
 from sdn_egress.agent.routing import address_mtu, resolve_next_hop_mac
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState
-from sdn_egress.view import NodeFacts, tunnel_peers
+from sdn_egress.view import NodeFacts, tunnel_peers, underlay_address
 
 LOG = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class NodeReader:
 
     def __init__(self, node: str, db: NodeDb, *, egw: str = "egw0", bfd: dict | None = None,
                  tunnel_mtu: int | None = None,
-                 next_hop_mac: Callable[[str | None], str | None] = resolve_next_hop_mac,
+                 next_hop_mac: Callable[..., str | None] = resolve_next_hop_mac,
                  address_mtu: Callable[[str], int | None] = address_mtu):
         self.node = node
         self.db = db
@@ -114,7 +114,7 @@ class NodeReader:
             key = str(a.ip)
             mac = None if refresh else self._next_hops.get(key)
             if mac is None:
-                mac = self.next_hop_mac(probe_destination(state, a))
+                mac = self.next_hop_mac(probe_destination(state, a), family=a.ip.version)
                 if mac is None:
                     LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
                     unresolved.append(key)
@@ -131,7 +131,7 @@ class NodeReader:
         overhead of the node address's family."""
         if self.configured_mtu:
             return self.configured_mtu, "--tunnel-mtu"
-        node_ip = state.nodes[self.node].address(4)
+        node_ip = underlay_address(state.nodes[self.node])  # IPv6 on an IPv6-only cluster
         found = []
         if node_ip is not None:
             mtu = self.address_mtu(str(node_ip))
@@ -160,7 +160,8 @@ def probe_destination(state: ClusterState, assignment) -> str | None:
     steer everything outside the cluster."""
     for key in assignment.policies:
         policy = state.policies.get(key)
-        if policy is not None and policy.dest_subnets:
-            net = policy.dest_subnets[0]
+        nets = [d for d in policy.dest_subnets if d.version == assignment.ip.version] if policy else []
+        if nets:  # of the EIP's family: an IPv6 EIP's next hop is an IPv6 neighbour
+            net = nets[0]
             return str(net[1] if net.size > 2 else net[0])
     return None

@@ -10,7 +10,7 @@ from typing import Protocol
 import netaddr
 
 from flows.view import NODE_IP_PORTS, NodeView
-from sdn_egress.agent.routing import NEVER_HELD, Hold
+from sdn_egress.agent.routing import NEVER_HELD, Hold, local_addresses
 from sdn_egress.model import ClusterState
 
 
@@ -39,8 +39,7 @@ class HostStep:
         self._next_hold_check = 0.0
 
     def sync(self, state: ClusterState, view: NodeView) -> None:
-        self._local_pods = {pod.key: str(v4[0]) for pod in state.pods.values() if pod.node == self.node
-                            if (v4 := [ip for ip in pod.ips if ip.version == 4])}
+        self._local_pods = local_addresses(state.pods.values(), self.node)  # both families
         self.hold = self._hold_of(state, view)
         self.routing.sync(view.steers, view.tunnel_mtu, local_pods=self._local_pods, hold=self.hold,
                           pod_cidrs=view.pod_cidrs)
@@ -52,7 +51,8 @@ class HostStep:
         if not self.new_pod_hold or not view.pod_cidrs:
             return None
         return Hold(pod_cidrs=tuple(view.pod_cidrs),
-                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(NEVER_HELD))),
+                    exempt=tuple(netaddr.cidr_merge(list(state.cluster_cidrs(4)) + list(state.cluster_cidrs(6))
+                                                    + list(NEVER_HELD))),
                     bound=self.new_pod_hold)
 
     def hold_due(self) -> bool:

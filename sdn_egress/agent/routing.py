@@ -16,12 +16,16 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.view import GW_MAC, GW_NEXTHOP_V4, Steer
+from flows.view import GW_MAC, GW_NEXTHOP_V4, GW_NEXTHOP_V6, MAX_STEER_RANKS, Steer
 
 LOG = logging.getLogger(__name__)
 
 STEER_TABLE = 7100  # routing table holding the route into egw0
 STEER_PRIORITY = 7100  # rule priority: before main (32766), after local (0)
+# A Steer of rank r (flows.view.Steer) at STEER_PRIORITY - 2r, an exclusion
+# (to the main table) one below that: ranks take 7100 down to 7037.
+LOWEST_STEER_PRIORITY = STEER_PRIORITY - 2 * MAX_STEER_RANKS + 1
+IPV6_MIN_MTU = 1280
 NAT_CHAIN = "SDN-EGRESS-POSTROUTING"
 MSS_CHAIN = "SDN-EGRESS-MSS"
 MSS_COMMENT = "sdn-egress: clamp the MSS of steered TCP to the tunnel MTU"
@@ -38,14 +42,20 @@ MAIN_TABLE = 254
 RELEASE_PRIORITY = 7200
 EXEMPT_PRIORITY = 7210
 HOLD_PRIORITY = 7220
-PRIORITIES = {STEER_PRIORITY: STEER_TABLE, RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE,
-              HOLD_PRIORITY: 0}
+PRIORITIES = {STEER_PRIORITY - i: (MAIN_TABLE if i % 2 else STEER_TABLE)
+              for i in range(STEER_PRIORITY - LOWEST_STEER_PRIORITY + 1)}
+PRIORITIES.update({RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE, HOLD_PRIORITY: 0})
 ANY = netaddr.IPNetwork("0.0.0.0/0")
+ANY6 = netaddr.IPNetwork("::/0")
+UNSPECIFIED6 = netaddr.IPNetwork("::/127")  # :: and ::1
+EVERYWHERE = {4: ANY, 6: ANY6}
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+HOST_PREFIX = {4: 32, 6: 128}
 DEFAULT_REBIND = 5.0  # seconds, without the hold: see HostRouting.bind
 # Never held whatever the cluster: loopback, link-local, multicast, broadcast (0.0.0.0/8
 # is never forwarded, and the kernel takes no rule to it).
 NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
-                                                   "255.255.255.255/32"))
+                                                   "255.255.255.255/32", "::1/128", "fe80::/10", "ff00::/8"))
 
 
 @dataclass(frozen=True, order=True)
@@ -59,7 +69,7 @@ class Rule:
     table: int = STEER_TABLE
 
     def __str__(self) -> str:
-        where = f"from {self.src}" + (f" to {self.dst}" if self.dst != ANY else "") + \
+        where = f"from {self.src}" + (f" to {self.dst}" if self.dst.prefixlen else "") + \
             (f" iif {self.iif}" if self.iif else "")
         action = "blackhole" if self.table == 0 else f"lookup {'main' if self.table == MAIN_TABLE else self.table}"
         return f"{self.priority}: {where} {action}"
@@ -76,8 +86,36 @@ class Hold:
     bound: float = 5.0
 
 
-def steer_rule(pod_ip, dest, iif: str = "") -> Rule:
-    return Rule(STEER_PRIORITY, netaddr.IPNetwork(f"{pod_ip}/32"), netaddr.IPNetwork(dest), iif, STEER_TABLE)
+def steer_rule(pod_ip, dest, iif: str = "", rank: int = 0, exclude: bool = False) -> Rule:
+    """A steer into table 7100, or (``exclude``) an exclusion: to the main
+    table, before the steers of its rank (a lower number is looked at first)."""
+    ip = netaddr.IPAddress(pod_ip)
+    return Rule(STEER_PRIORITY - 2 * rank - int(exclude), netaddr.IPNetwork(f"{ip}/{HOST_PREFIX[ip.version]}"),
+                netaddr.IPNetwork(dest), iif, MAIN_TABLE if exclude else STEER_TABLE)
+
+
+def address_key(pod: str, ip) -> str:
+    """The key of one pod address in ``local_pods``/``bound``: the pod's key
+    for its IPv4 address (as always), ``pod@v6`` for its IPv6 one."""
+    return pod if netaddr.IPAddress(ip).version == 4 else f"{pod}@v6"
+
+
+def local_addresses(pods, node: str) -> dict[str, str]:
+    """key (:func:`address_key`) -> address of every pod of ``node``, the
+    first address of each family."""
+    out = {}
+    for pod in pods:
+        if pod.node != node:
+            continue
+        for version in (4, 6):
+            ip = next((ip for ip in pod.ips if ip.version == version), None)
+            if ip is not None:
+                out[address_key(pod.key, ip)] = str(ip)
+    return out
+
+
+def _rule_of(s: Steer, iif: str = "") -> Rule:
+    return steer_rule(s.pod_ip, s.dest, iif, s.rank, s.exclude)
 
 
 def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None,
@@ -91,11 +129,15 @@ def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None =
     classified with, where that is known; a pod not in it gets no rule.
     Without any routes (a bridge CNI, or ``None``), rules match the address
     alone."""
+    # To ::/128 or ::/127 (exclusions of IPv6's never-steered :: and ::1) the kernel takes no
+    # rule (EINVAL for a destination whose address is ::), and never forwards a packet there.
+    steers = tuple(s for s in steers if not (s.dest.version == 6 and s.dest in UNSPECIFIED6))
     if not interfaces:
-        return {steer_rule(s.pod_ip, s.dest) for s in steers if s.pod_ip.version == 4}
+        return {_rule_of(s) for s in steers}
     if bound is None:
-        bound = {s.pod: interfaces[str(s.pod_ip)] for s in steers if str(s.pod_ip) in interfaces}
-    return {steer_rule(s.pod_ip, s.dest, bound[s.pod]) for s in steers if s.pod_ip.version == 4 and s.pod in bound}
+        bound = {address_key(s.pod, s.pod_ip): interfaces[str(s.pod_ip)] for s in steers
+                 if str(s.pod_ip) in interfaces}
+    return {_rule_of(s, bound[k]) for s in steers if (k := address_key(s.pod, s.pod_ip)) in bound}
 
 
 def hold_rules(hold: Hold, released) -> set[Rule]:
@@ -103,33 +145,43 @@ def hold_rules(hold: Hold, released) -> set[Rule]:
     whose traffic the main table routes (classified pods, and those held
     longer than the bound)."""
     pairs = released.items() if isinstance(released, dict) else released
-    rules = {Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/32"), ANY, iif, MAIN_TABLE) for ip, iif in pairs}
+    rules = set()
+    for ip, iif in pairs:
+        v = netaddr.IPAddress(ip).version
+        rules.add(Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/{HOST_PREFIX[v]}"), EVERYWHERE[v], iif, MAIN_TABLE))
     for cidr in hold.pod_cidrs:
-        if cidr.version != 4:
-            continue
-        rules |= {Rule(EXEMPT_PRIORITY, cidr, dst, "", MAIN_TABLE) for dst in hold.exempt if dst.version == 4}
-        rules.add(Rule(HOLD_PRIORITY, cidr, ANY, "", 0))
+        v = cidr.version
+        rules |= {Rule(EXEMPT_PRIORITY, cidr, dst, "", MAIN_TABLE) for dst in hold.exempt if dst.version == v}
+        rules.add(Rule(HOLD_PRIORITY, cidr, EVERYWHERE[v], "", 0))
     return rules
 
 
-def current_rules(ipr) -> set[Rule]:
+def current_rules(ipr, versions=(4, 6)) -> set[Rule]:
     rules = set()
-    for msg in ipr.get_rules(family=socket.AF_INET):
+    for version in versions:
+        rules |= _current_rules(ipr, version)
+    return rules
+
+
+def _current_rules(ipr, version: int) -> set[Rule]:
+    rules = set()
+    zero = "0.0.0.0" if version == 4 else "::"
+    for msg in ipr.get_rules(family=AF[version]):
         prio = msg.get_attr("FRA_PRIORITY")
         if prio not in PRIORITIES:
             continue
         table = 0 if msg["action"] == 6 else (msg.get_attr("FRA_TABLE") or msg["table"])
         if table != PRIORITIES[prio]:
             continue
-        src = msg.get_attr("FRA_SRC") or "0.0.0.0"
-        dst = msg.get_attr("FRA_DST") or "0.0.0.0"
+        src = msg.get_attr("FRA_SRC") or zero
+        dst = msg.get_attr("FRA_DST") or zero
         rules.add(Rule(prio, netaddr.IPNetwork(f"{src}/{msg['src_len']}"),
                        netaddr.IPNetwork(f"{dst}/{msg['dst_len']}"), msg.get_attr("FRA_IIFNAME") or "", table))
     return rules
 
 
 def _rule(ipr, cmd: str, rule: Rule) -> None:
-    kw = dict(family=socket.AF_INET, priority=rule.priority, src=str(rule.src.ip), src_len=rule.src.prefixlen)
+    kw = dict(family=AF[rule.src.version], priority=rule.priority, src=str(rule.src.ip), src_len=rule.src.prefixlen)
     if rule.dst.prefixlen:
         kw.update(dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
     if rule.iif:
@@ -142,21 +194,24 @@ def _rule(ipr, cmd: str, rule: Rule) -> None:
 
 
 def pod_interfaces(ipr, cidrs) -> dict[str, str]:
-    """Address -> host interface of every /32 route of the main table inside
-    ``cidrs``: the local pods' routes a routed CNI (Calico style) makes."""
-    nets = [c for c in cidrs if c.version == 4]
-    if not nets:
-        return {}
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    """Address -> host interface of every /32 (/128) route of the main table
+    inside ``cidrs``: the local pods' routes a routed CNI (Calico style) makes."""
     out = {}
-    for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-        dst = r.get_attr("RTA_DST")
-        if r["dst_len"] != 32 or dst is None or r.get_attr("RTA_GATEWAY"):
+    names = None
+    for version in (4, 6):
+        nets = [c for c in cidrs if c.version == version]
+        if not nets:
             continue
-        if any(netaddr.IPAddress(dst) in c for c in nets):
-            name = names.get(r.get_attr("RTA_OIF"))
-            if name:
-                out[dst] = name
+        if names is None:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for r in ipr.get_routes(family=AF[version], table=MAIN_TABLE):
+            dst = r.get_attr("RTA_DST")
+            if r["dst_len"] != HOST_PREFIX[version] or dst is None or r.get_attr("RTA_GATEWAY"):
+                continue
+            if any(netaddr.IPAddress(dst) in c for c in nets):
+                name = names.get(r.get_attr("RTA_OIF"))
+                if name:
+                    out[str(netaddr.IPAddress(dst))] = name
     return out
 
 
@@ -209,13 +264,17 @@ class HostRouting:
         from pyroute2 import IPRoute
 
         local_pods = local_pods or {}
+        v6 = any(s.pod_ip.version == 6 for s in steers) or any(
+            c.version == 6 for c in tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()))
         with IPRoute() as ipr:
             self._ensure_link(ipr, tunnel_mtu)
+            if v6:
+                self._ensure_link_v6(ipr, tunnel_mtu)
             # The node's pod CIDRs, and every steered address (a CNI's IPAM
             # may give pods addresses outside the Node's podCIDR).
             interfaces = pod_interfaces(ipr, tuple(pod_cidrs) + (hold.pod_cidrs if hold else ()) + tuple(
-                netaddr.IPNetwork(f"{s.pod_ip}/32") for s in steers if s.pod_ip.version == 4))
-            bound = self.bind(interfaces, {**{s.pod: str(s.pod_ip) for s in steers if s.pod_ip.version == 4},
+                netaddr.IPNetwork(f"{s.pod_ip}/{HOST_PREFIX[s.pod_ip.version]}") for s in steers))
+            bound = self.bind(interfaces, {**{address_key(s.pod, s.pod_ip): str(s.pod_ip) for s in steers},
                                            **local_pods}, hold.bound if hold else DEFAULT_REBIND)
             want = desired_rules(steers, interfaces, bound)
             if hold is not None:
@@ -225,14 +284,30 @@ class HostRouting:
             have = current_rules(ipr)
             # Adds first (the hold last of them), then deletes: no packet of a
             # classified pod meets the hold while rules change.
+            # One refused rule must not leave the others out (the hold and the
+            # other family's steers among them): the pass fails after the rest.
+            refused = []
             for rule in sorted(want - have):
-                _rule(ipr, "add", rule)
+                try:
+                    _rule(ipr, "add", rule)
+                except Exception as exc:  # noqa: BLE001 - reported below, after the others
+                    refused.append(f"{rule}: {exc}")
+                    continue
                 LOG.info("routing: added rule %s", rule)
+            if refused:
+                raise RuntimeError(f"routing: {len(refused)} rules refused by the kernel: {'; '.join(refused[:3])}")
             for rule in sorted(have - want, reverse=True):
                 _rule(ipr, "del", rule)
                 LOG.info("routing: removed rule %s", rule)
         self._ensure_nat_bypass()
         self._ensure_mss_clamp(tunnel_mtu - TCP_IP_HEADERS[4])
+        if v6:
+            try:
+                self._ensure_nat_bypass("ip6tables")
+                self._ensure_mss_clamp(ipv6_route_mtu(tunnel_mtu) - TCP_IP_HEADERS[6], "ip6tables")
+            except FileNotFoundError:
+                LOG.warning("routing: no ip6tables on this node: no NAT bypass nor MSS clamp for IPv6 "
+                            "(nothing masquerades IPv6 here either)")
         return len(want - have), len(have - want)
 
     def _seen(self, interfaces: dict[str, str], now: float) -> None:
@@ -363,13 +438,38 @@ class HostRouting:
             if current != "2" and (name == self.egw or current == "1"):
                 write_sysctl(path, "2")
 
-    def _ensure_nat_bypass(self) -> None:
+    def _ensure_link_v6(self, ipr, tunnel_mtu: int) -> None:
+        """The IPv6 twin of the route into egw0: ``::/0 via fe80::a9fe:1 dev
+        egw0 table 7100`` with a permanent neighbour at GW_MAC.  Its MTU is
+        the same tunnel MTU (the tunnel carries inner IP packets of either
+        family up to it; only the underlay's family sets the overhead), but
+        never below IPv6's minimum of 1280."""
+        idx = ipr.link_lookup(ifname=self.egw)[0]
+        disable = f"{self.proc_sys_net}/ipv6/conf/{self.egw}/disable_ipv6"
+        try:
+            with open(disable) as f:
+                if f.read().strip() != "0":
+                    write_sysctl(disable, "0")
+        except FileNotFoundError:
+            raise RuntimeError(f"IPv6 is not available on {self.egw} ({disable} missing): "
+                               "IPv6 pods cannot be steered") from None
+        mtu = ipv6_route_mtu(tunnel_mtu)
+        if mtu != tunnel_mtu:
+            LOG.warning("routing: tunnel MTU %d is below IPv6's minimum; the IPv6 route into %s "
+                        "takes %d (IPv6 packets between the two are lost in the tunnel)",
+                        tunnel_mtu, self.egw, mtu)
+        ipr.neigh("replace", dst=str(GW_NEXTHOP_V6), lladdr=GW_MAC, ifindex=idx, family=socket.AF_INET6,
+                  state=0x80)  # NUD_PERMANENT
+        ipr.route("replace", dst="::/0", gateway=str(GW_NEXTHOP_V6), oif=idx, family=socket.AF_INET6,
+                  table=STEER_TABLE, metrics={"mtu": mtu})
+
+    def _ensure_nat_bypass(self, command: str = "iptables") -> None:
         """Packets leaving through egw0 must keep the pod's source address: the
         gateway SNATs them to the EIP.  Our chain, jumped to first from nat
         POSTROUTING, ACCEPTs them: that ends nat processing before the CNI's
         masquerade rules (a RETURN would fall through to them)."""
         def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True,
+            return subprocess.run([command, "-w", "-t", "nat", *args], capture_output=True,
                                   text=True, check=check)
 
         if ipt("-nL", NAT_CHAIN, check=False).returncode != 0:
@@ -381,13 +481,13 @@ class HostRouting:
         if ipt("-C", *jump, check=False).returncode != 0:
             ipt("-I", *jump)
 
-    def _ensure_mss_clamp(self, mss: int) -> None:
+    def _ensure_mss_clamp(self, mss: int, command: str = "iptables") -> None:
         """TCP SYNs leaving through egw0 (a pod's) and arriving from it (the
         SYN-ACK of an outside server) announce at most ``mss``: neither end
         then sends a segment the tunnel cannot carry.  Our chain in mangle
         FORWARD holds exactly the two rules for the current MSS."""
         def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run(["iptables", "-w", "-t", "mangle", *args], capture_output=True,
+            return subprocess.run([command, "-w", "-t", "mangle", *args], capture_output=True,
                                   text=True, check=check)
 
         want = [[direction, self.egw, "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
@@ -400,10 +500,15 @@ class HostRouting:
             ipt("-F", MSS_CHAIN)
             for rule in want:
                 ipt("-A", MSS_CHAIN, *rule)
-            LOG.info("routing: TCP MSS through %s clamped to %d", self.egw, mss)
+            LOG.info("routing: TCP MSS through %s clamped to %d (%s)", self.egw, mss, command)
         jump = ["FORWARD", "-m", "comment", "--comment", MSS_COMMENT, "-j", MSS_CHAIN]
         if ipt("-C", *jump, check=False).returncode != 0:
             ipt("-I", *jump)
+
+
+def ipv6_route_mtu(tunnel_mtu: int) -> int:
+    """The MTU of the IPv6 route into egw0: the tunnel MTU, at least 1280."""
+    return max(tunnel_mtu, IPV6_MIN_MTU)
 
 
 def _mss_rule_key(words: list[str]) -> tuple:
@@ -430,15 +535,18 @@ def address_mtu(ip: str) -> int | None:
     return None
 
 
-def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
+def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0, family: int = 4) -> str | None:
     """The MAC of the next hop the node's routing uses towards ``dest`` (None:
-    the default route): the route's gateway, or ``dest`` itself when on-link.
-    Triggers ARP resolution when the neighbour is not known yet."""
+    the default route of ``family``): the route's gateway, or ``dest`` itself
+    when on-link.  Triggers ARP (neighbour discovery) when the neighbour is
+    not known yet."""
     from pyroute2 import IPRoute
 
+    if dest is not None:
+        family = netaddr.IPAddress(dest).version
     with IPRoute() as ipr:
         if dest is None:
-            routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            routes = [r for r in ipr.get_routes(family=AF[family], table=254)
                       if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")]
         else:
             routes = ipr.route("get", dst=dest)
@@ -449,28 +557,31 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
         if hop is None:
             return None
         oif = route.get_attr("RTA_OIF")
-        mac = _neigh_mac(ipr, hop, oif)
+        mac = _neigh_mac(ipr, hop, oif, family)
         if mac:
             return mac
-    # Kick ARP: a datagram to the discard port makes the kernel resolve the hop.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # Kick ARP / ND: a datagram to the discard port makes the kernel resolve the hop.
+    with socket.socket(AF[family], socket.SOCK_DGRAM) as s:
         try:
-            s.sendto(b"", (hop, 9))
+            if family == 6 and hop.startswith("fe80:") and oif:
+                s.sendto(b"", (hop, 9, 0, oif))  # a link-local hop needs its interface
+            else:
+                s.sendto(b"", (hop, 9))
         except OSError:
             pass
     import time
     deadline = time.monotonic() + timeout
     with IPRoute() as ipr:
         while time.monotonic() < deadline:
-            mac = _neigh_mac(ipr, hop, oif)
+            mac = _neigh_mac(ipr, hop, oif, family)
             if mac:
                 return mac
             time.sleep(0.05)
     return None
 
 
-def _neigh_mac(ipr, ip: str, oif: int | None) -> str | None:
-    for n in ipr.get_neighbours(family=socket.AF_INET, dst=ip):
+def _neigh_mac(ipr, ip: str, oif: int | None, family: int = 4) -> str | None:
+    for n in ipr.get_neighbours(family=AF[family], dst=ip):
         if oif is not None and n["ifindex"] != oif:
             continue
         # NUD_INCOMPLETE (1) and NUD_FAILED (0x20) carry no usable address.

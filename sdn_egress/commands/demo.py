@@ -5,8 +5,11 @@ EgressGateway and EgressPolicy (``sdn_egress/examples/``, shipped in the
 package; ``k8s/examples`` in the repository links to it), sends TCP, UDP and ICMP
 from every pod to an external host, and prints the source address the external
 host saw next to the one expected: the policy's egress IP for selected pods,
-the node's IP for the others.  Then shows the flows that did it and takes the
-lab down.  Exits non-zero if any address differs.
+the node's IP for the others.  The bundled lab is dual stack: then the same
+over IPv6 with ``egressgateway-dualstack.yaml`` and ``egresspolicy-ipv6.yaml``
+(the same pods, the IPv6 EIP toward the external LAN's IPv6 prefix).  Then
+shows the flows that did it and takes the lab down.  Exits non-zero if any
+address differs.
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the policy to take effect")
 
 
-def _expected(lab, status: dict, pod: dict, policy_ns: str, selector: dict) -> tuple[str, str]:
+def _expected(lab, status: dict, pod: dict, policy_ns: str, selector: dict, v6: bool = False) -> tuple[str, str]:
     """(expected source, why) for one pod, from the example policy's own terms."""
     labels = pod.get("labels", {})
     selected = pod["namespace"] == policy_ns and all(labels.get(k) == v for k, v in selector.items())
-    node_ip = next(n["ip"] for n in status["nodes"] if n["name"] == pod["node"])
+    node = next(n for n in status["nodes"] if n["name"] == pod["node"])
+    node_ip = next(ip for ip in node.get("ips", [node["ip"]]) if (":" in ip) == v6)
     if not selected:
         return node_ip, "not selected: node IP"
     return "EIP", "selected: egress IP"
@@ -60,21 +64,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"   policy {policy_key}: egress IP {eip} on gateway node {gw_node}", flush=True)
         status = lab.status()
         ext = status["externals"][0]
-        rows = []
         # The first packets may race the agents' first pass: wait until a
         # selected pod sees the EIP (bounded), then measure every pod once.
         _wait_for_source(lab, status, selector, policy, ext["ip"], eip, args.timeout)
-        for pod in status["pods"]:
-            want, why = _expected(lab, status, pod, policy["metadata"]["namespace"], selector)
-            want = eip if want == "EIP" else want
-            for proto in ("tcp", "udp", "icmp"):
-                seen = _source(lab, pod, ext, proto)
-                ok = seen == want
-                failures += not ok
-                rows.append((f"{pod['namespace']}/{pod['name']}", pod["node"], proto, seen or "-",
-                             want, why, "ok" if ok else "DIFFERS"))
-        print(f"\n== what {ext['name']} ({ext['ip']}) saw")
-        _table(("pod", "node", "proto", "source seen", "expected", "why", ""), rows)
+        failures += _family_table(lab, status, policy, selector, ext, ext["ip"], eip)
+        if "IPv6" in status.get("ip_families", []):
+            failures += _ipv6_part(lab, status, ext, args.timeout)
         worker = next(p["node"] for p in status["pods"]
                       if p["node"] != gw_node and _expected(lab, status, p, policy["metadata"]["namespace"],
                                                             selector)[0] == "EIP")
@@ -100,6 +95,43 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _family_table(lab, status, policy, selector, ext, ext_ip: str, eip: str) -> int:
+    """Every pod's TCP, UDP and ICMP (IPv6: ICMPv6) to ``ext_ip``: what the
+    external host saw beside what was expected.  Returns the differences."""
+    v6, rows, failures = ":" in ext_ip, [], 0
+    for pod in status["pods"]:
+        want, why = _expected(lab, status, pod, policy["metadata"]["namespace"], selector, v6)
+        want = eip if want == "EIP" else want
+        for proto in ("tcp", "udp", "icmp"):
+            seen = _source(lab, pod, {**ext, "ip": ext_ip}, proto, "IPv6" if v6 else "IPv4")
+            ok = seen == want
+            failures += not ok
+            rows.append((f"{pod['namespace']}/{pod['name']}", pod["node"], proto + ("v6" if v6 and proto == "icmp"
+                                                                                     else ""),
+                         seen or "-", want, why, "ok" if ok else "DIFFERS"))
+    print(f"\n== what {ext['name']} ({ext_ip}) saw")
+    _table(("pod", "node", "proto", "source seen", "expected", "why", ""), rows)
+    return failures
+
+
+def _ipv6_part(lab, status, ext, timeout: float) -> int:
+    """The same over IPv6: the dual-stack gateway and the IPv6 policy."""
+    import yaml
+
+    with open(os.path.join(EXAMPLES, "egresspolicy-ipv6.yaml")) as f:
+        policy = yaml.safe_load(f)
+    key = f"{policy['metadata']['namespace']}/{policy['metadata']['name']}"
+    selector = policy["spec"]["appliedTo"]["podSelector"].get("matchLabels", {})
+    print(f"\n== apply {EXAMPLES}/egressgateway-dualstack.yaml, {EXAMPLES}/egresspolicy-ipv6.yaml", flush=True)
+    lab.apply(os.path.join(EXAMPLES, "egressgateway-dualstack.yaml"))
+    lab.apply(os.path.join(EXAMPLES, "egresspolicy-ipv6.yaml"))
+    eip6, node = _wait_for_policy(lab, key, timeout, "eip_v6")
+    print(f"   policy {key}: IPv6 egress IP {eip6} on gateway node {node}", flush=True)
+    ext_ip = next(ip for ip in ext["ips"] if ":" in ip)
+    _wait_for_source(lab, status, selector, policy, ext_ip, eip6, timeout)
+    return _family_table(lab, status, policy, selector, ext, ext_ip, eip6)
+
+
 def _policy_flows(lab, node: str, policy_key: str) -> str:
     from sdn_egress.debug import flows as debug_flows
     from sdn_egress.debug.env import LabEnv
@@ -108,11 +140,11 @@ def _policy_flows(lab, node: str, policy_key: str) -> str:
     return debug_flows.render(debug_flows.select(report, policy_key, None, None))
 
 
-def _wait_for_policy(lab, key: str, timeout: float) -> tuple[str, str]:
+def _wait_for_policy(lab, key: str, timeout: float, field: str = "eip_v4") -> tuple[str, str]:
     deadline = time.monotonic() + timeout
     while True:
         pol = (lab.status().get("allocation") or {}).get("policies", {}).get(key) or {}
-        eip, node = pol.get("eip_v4"), pol.get("node")
+        eip, node = pol.get(field), pol.get("node")
         if eip and node:
             return eip, node
         if time.monotonic() > deadline:
@@ -134,14 +166,14 @@ def _wait_for_source(lab, status, selector, policy, ext_ip, eip, timeout) -> Non
         time.sleep(0.3)
 
 
-def _source(lab, pod: dict, ext: dict, proto: str) -> str | None:
+def _source(lab, pod: dict, ext: dict, proto: str, family: str | None = None) -> str | None:
     name = f"{pod['namespace']}/{pod['name']}"
     try:
         if proto == "tcp":
             return lab.tcp_source(name, ext["ip"])
         if proto == "udp":
             return lab.udp_source(name, ext["ip"])
-        return lab.icmp_source(name, ext["name"])
+        return lab.icmp_source(name, ext["name"], family=family)
     except Exception:  # noqa: BLE001 - shown as "-"
         return None
 

@@ -9,6 +9,7 @@ import netaddr
 
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState
+from flows.view import deciding
 from sdn_egress.view import NEVER_STEERED, pod_steers, selected_policies
 
 
@@ -52,7 +53,9 @@ def explain(state: ClusterState, alloc: Allocation, pod_key: str, dst: str,
     if pod is None:
         out.reasons.append(f"pod {pod_key} is not in the cluster state (unknown, not scheduled, or no IP)")
         return out
-    steer = next((s for s in pod_steers(state, alloc, pod, ip.version) if ip in s.dest), None)
+    steer = deciding(pod_steers(state, alloc, pod, ip.version), ip)
+    if steer is not None and steer.exclude:
+        steer = None  # an exclusion decides it: not steered (the policies below say whose)
     if steer is not None:
         out.policy, out.eip = steer.policy, str(steer.eip)
         a = alloc.eip(steer.eip)

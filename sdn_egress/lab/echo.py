@@ -1,7 +1,10 @@
 """The external hosts' echo service: TCP and UDP on port 8080 answer with the
 source address they saw (text and a newline); every connection, line,
 datagram and ICMP echo request is recorded as a JSON line, so tests and the
-demo can ask "which source did the outside world see?".
+demo can ask "which source did the outside world see?".  Both families: each
+service listens on IPv4 and on IPv6 (separate sockets, so an IPv4 source is
+reported as such, never as ``::ffff:``...); ICMPv6 echo requests are
+recorded with ``proto: icmpv6`` (the kernel answers them, as it does ICMP's).
 
 TCP: the address is sent on connect and again for every line received, so one
 connection can be asked repeatedly (an established connection surviving a
@@ -52,7 +55,25 @@ def stream(seed: str, n: int):
         left -= len(block[:left])
 
 
-def serve_bulk(port: int, record: Recorder) -> socketserver.ThreadingTCPServer:
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _Tcp6Server(_TcpServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 has its own
+        super().server_bind()
+
+
+def tcp_servers(port: int, handler) -> list[socketserver.ThreadingTCPServer]:
+    """The same TCP service on IPv4 and on IPv6."""
+    return [_TcpServer(("0.0.0.0", port), handler), _Tcp6Server(("::", port), handler)]
+
+
+def serve_bulk(port: int, record: Recorder) -> list[socketserver.ThreadingTCPServer]:
     class Bulk(socketserver.StreamRequestHandler):
         def handle(self):
             src = self.client_address[0]
@@ -78,11 +99,7 @@ def serve_bulk(port: int, record: Recorder) -> socketserver.ThreadingTCPServer:
             except OSError:
                 pass
 
-    class Server(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
-
-    return Server(("0.0.0.0", port), Bulk)
+    return tcp_servers(port, Bulk)
 
 
 def serve(port: int, record: Recorder) -> list[threading.Thread]:
@@ -99,22 +116,21 @@ def serve(port: int, record: Recorder) -> list[threading.Thread]:
             except OSError:
                 pass
 
-    class Server(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
+    udp4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    udp4.bind(("0.0.0.0", port))
+    udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    udp6.bind(("::", port))
 
-    tcp = Server(("0.0.0.0", port), TCP)
-
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    udp.bind(("0.0.0.0", port))
-
-    def udp_loop():
+    def udp_loop(udp):
         while True:
-            data, (src, sport) = udp.recvfrom(65535)
+            data, peer = udp.recvfrom(65535)
+            src, sport = peer[0], peer[1]
             record(proto="udp", src=src, sport=sport,
                    data=data.decode(errors="replace").split("\n", 1)[0][:200])
-            udp.sendto(f"{src}\n".encode(), (src, sport))
+            udp.sendto(f"{src}\n".encode(), peer)
 
     icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 
@@ -127,11 +143,21 @@ def serve(port: int, record: Recorder) -> list[threading.Thread]:
             if icmp_type == 8:  # echo request (the kernel answers it)
                 record(proto="icmp", src=src, id=ident, seq=seq, data=pkt[ihl + 8:ihl + 8 + 64].hex())
 
-    bulk = serve_bulk(BULK_PORT, record)
-    threads = [threading.Thread(target=tcp.serve_forever, daemon=True),
-               threading.Thread(target=bulk.serve_forever, daemon=True),
-               threading.Thread(target=udp_loop, daemon=True),
-               threading.Thread(target=icmp_loop, daemon=True)]
+    # ICMPv6: the socket gets the message without the IPv6 header, the
+    # source with recvfrom.
+    icmp6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+
+    def icmp6_loop():
+        while True:
+            msg, peer = icmp6.recvfrom(65535)
+            icmp_type, _, _, ident, seq = struct.unpack("!BBHHH", msg[:8])
+            if icmp_type == 128:  # echo request (the kernel answers it)
+                record(proto="icmpv6", src=peer[0], id=ident, seq=seq, data=msg[8:8 + 64].hex())
+
+    tcp = tcp_servers(port, TCP) + serve_bulk(BULK_PORT, record)
+    threads = [threading.Thread(target=t.serve_forever, daemon=True) for t in tcp]
+    threads += [threading.Thread(target=udp_loop, args=(u,), daemon=True) for u in (udp4, udp6)]
+    threads += [threading.Thread(target=icmp_loop, daemon=True), threading.Thread(target=icmp6_loop, daemon=True)]
     for t in threads:
         t.start()
     return threads

@@ -1,8 +1,11 @@
 """A multi-node cluster in network namespaces on one machine.
 
-- a fabric namespace with two Linux bridges: the underlay (192.0.2.0/24) and
-  the external LAN (198.51.100.0/24);
-- a router namespace joining them (no NAT);
+- a fabric namespace with two Linux bridges: the underlay (192.0.2.0/24,
+  2001:db8::/64) and the external LAN (198.51.100.0/24, 2001:db8:100::/64);
+- a router namespace joining them (no NAT, IPv4 and IPv6 forwarded);
+- the families of the topology's ``ipFamilies`` (IPv4, IPv6 or both) on every
+  node, pod and external host; the first one is the nodes' InternalIP the
+  tunnels and BFD run over;
 - per node a namespace with its own ovsdb-server and ovs-vswitchd (userspace
   datapath), ``br-ex`` holding the uplink and the node IP, ``br-int``, its
   agent process, Calico-style routed pods and a CNI-style masquerade;
@@ -44,6 +47,7 @@ DEFAULT_STATE_DIR = os.environ.get("SDN_EGRESS_LAB_DIR", "/run/sdn-egress/lab")
 
 AGENT_METRICS_PORT = 9100  # on each node's address, inside its namespace
 CONTROLLER_METRICS_PORT = 9101  # on 127.0.0.1 of the root namespace (kube: of the router's)
+POD_GATEWAY6 = "fe80::1"  # the node's end of every pod's veth (a link-local gateway, Calico style)
 
 
 class LabError(RuntimeError):
@@ -82,6 +86,41 @@ while (left := deadline - time.monotonic()) > 0:
     op, sha, sender = struct.unpack("!H", frame[20:22])[0], frame[22:28], frame[28:32]
     if op == 2 and sender == tpa:
         print(sha.hex(":"), flush=True)
+"""
+
+
+# Send one neighbour solicitation for argv[3] out of interface argv[1] from
+# argv[2] (to the target's solicited-node multicast address, with our
+# link-layer address) and print the target link-layer address of every
+# advertisement for it that arrives within argv[4] seconds, one per line.
+NS_PROBE = r"""
+import socket, struct, sys, time
+ifname, src, target, wait = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+mac = bytes.fromhex(open(f"/sys/class/net/{ifname}/address").read().strip().replace(":", ""))
+tgt = socket.inet_pton(socket.AF_INET6, target)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((src, 0))
+idx = socket.if_nametoindex(ifname)
+for opt in (socket.IPV6_MULTICAST_HOPS, socket.IPV6_UNICAST_HOPS):
+    s.setsockopt(socket.IPPROTO_IPV6, opt, 255)  # RFC 4861: 255 or it is dropped
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+group = socket.inet_ntop(socket.AF_INET6, bytes.fromhex("ff0200000000000000000001ff") + tgt[13:])
+s.sendto(struct.pack("!BBHI", 135, 0, 0, 0) + tgt + bytes([1, 1]) + mac, (group, 0, 0, idx))
+deadline = time.monotonic() + wait
+while (left := deadline - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        msg, peer = s.recvfrom(1500)
+    except socket.timeout:
+        break
+    if msg[0] != 136 or msg[8:24] != tgt:
+        continue
+    opts, lla = msg[24:], None
+    while len(opts) >= 8 and opts[1]:
+        if opts[0] == 2:
+            lla = opts[2:8].hex(":")
+        opts = opts[opts[1] * 8:]
+    print(lla or peer[0], flush=True)
 """
 
 
@@ -193,6 +232,10 @@ class Lab(Traffic):
         with open(topology_path) as f:
             raw = yaml.safe_load(f)
         topo = topo_mod.parse(raw)  # raises TopologyError naming the field
+        if kube and topo_mod.IPV4 not in topo.families:
+            raise LabError("lab up --kube: the API server listens on the router's IPv4 underlay address "
+                           f"{topo_mod.ROUTER_UNDERLAY_IP}: give ipFamilies [IPv4, IPv6] (an IPv6-only lab runs "
+                           "with manifests)")
         if self.is_up():
             if not force:
                 raise LabError(f"a lab is already up in {self.state_dir} (lab down first, or --force)")
@@ -218,6 +261,10 @@ class Lab(Traffic):
         self._state["namespaces"].append(name)
         self._save()
         nsx(name, "ip", "link", "set", "lo", "up")
+        if topo_mod.IPV6 in self.topology().families:
+            # Addresses usable at once: no duplicate address detection (1 s
+            # of "tentative" per address otherwise, br-ex's too).
+            self._sysctl(name, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         return name
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
@@ -241,29 +288,19 @@ class Lab(Traffic):
         self._veth(rtr, "x0", fab, "r-x")
         nsx(fab, "ip", "link", "set", "r-u", "master", "underlay")
         nsx(fab, "ip", "link", "set", "r-x", "master", "extlan")
+        # The router has both families whatever the cluster's: the API
+        # server listens on its IPv4 underlay address.
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP}/24", "dev", "u0")
         nsx(rtr, "ip", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP}/24", "dev", "x0")
         self._sysctl(rtr, "net.ipv4.ip_forward=1")
+        if topo_mod.IPV6 in topo.families:
+            nsx(rtr, "ip", "-6", "addr", "add", f"{topo_mod.ROUTER_UNDERLAY_IP6}/64", "dev", "u0", "nodad")
+            nsx(rtr, "ip", "-6", "addr", "add", f"{topo_mod.ROUTER_EXTERNAL_IP6}/64", "dev", "x0", "nodad")
+            self._sysctl(rtr, "net.ipv6.conf.all.forwarding=1")
         self._objects_start()
 
         for x in topo.externals:
-            ns = self._netns(self.ns_external(x.index))
-            if x.mtu is None:
-                self._veth(ns, "eth0", fab, f"x{x.index}")
-                nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
-                nsx(ns, "ip", "addr", "add", f"{x.ip}/24", "dev", "eth0")
-            else:
-                # A link of its own to the router, narrow at both ends: the
-                # router answers ICMP frag-needed for what does not fit.
-                self._veth(ns, "eth0", rtr, f"h{x.index}")
-                for where, dev in ((ns, "eth0"), (rtr, f"h{x.index}")):
-                    nsx(where, "ip", "link", "set", dev, "mtu", str(x.mtu))
-                nsx(ns, "ip", "addr", "add", f"{x.ip}/32", "dev", "eth0")
-                nsx(ns, "ip", "route", "add", topo_mod.ROUTER_EXTERNAL_IP, "dev", "eth0", "scope", "link")
-                nsx(rtr, "ip", "route", "add", f"{x.ip}/32", "dev", f"h{x.index}", "src",
-                    topo_mod.ROUTER_EXTERNAL_IP)
-            nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_EXTERNAL_IP)
-            self._start_echo(x)
+            self._build_external(x, fab, rtr)
 
         for node in topo.nodes:
             self._build_node(topo, node, fab, agents)
@@ -274,20 +311,59 @@ class Lab(Traffic):
                 self.start_agent(node.name)
         self._wait_for_echo(topo)
 
+    def _build_external(self, x, fab: str, rtr: str) -> None:
+        ns = self._netns(self.ns_external(x.index))
+        if x.mtu is None:
+            self._veth(ns, "eth0", fab, f"x{x.index}")
+            nsx(fab, "ip", "link", "set", f"x{x.index}", "master", "extlan")
+            for fam in x.families:
+                plen = "64" if fam == topo_mod.IPV6 else "24"
+                nsx(ns, "ip", "addr", "add", f"{x.ip_of(fam)}/{plen}", "dev", "eth0",
+                    *(["nodad"] if fam == topo_mod.IPV6 else []))
+        else:
+            # A link of its own to the router, narrow at both ends: the
+            # router answers ICMP frag-needed (IPv6: Packet Too Big) for what
+            # does not fit.
+            self._veth(ns, "eth0", rtr, f"h{x.index}")
+            for where, dev in ((ns, "eth0"), (rtr, f"h{x.index}")):
+                nsx(where, "ip", "link", "set", dev, "mtu", str(x.mtu))
+            for fam in x.families:
+                if fam == topo_mod.IPV6:  # the router's end is fe80::1 (a link-local gateway)
+                    nsx(rtr, "ip", "-6", "addr", "add", f"{POD_GATEWAY6}/64", "dev", f"h{x.index}", "nodad")
+                    nsx(ns, "ip", "-6", "addr", "add", f"{x.ip_of(fam)}/128", "dev", "eth0", "nodad")
+                    nsx(rtr, "ip", "-6", "route", "add", f"{x.ip_of(fam)}/128", "dev", f"h{x.index}")
+                    continue
+                nsx(ns, "ip", "addr", "add", f"{x.ip}/32", "dev", "eth0")
+                nsx(ns, "ip", "route", "add", topo_mod.ROUTER_EXTERNAL_IP, "dev", "eth0", "scope", "link")
+                nsx(rtr, "ip", "route", "add", f"{x.ip}/32", "dev", f"h{x.index}", "src",
+                    topo_mod.ROUTER_EXTERNAL_IP)
+        for fam in x.families:
+            gw = POD_GATEWAY6 if fam == topo_mod.IPV6 and x.mtu else topo_mod.router_external_ip(fam)
+            nsx(ns, "ip", "-6" if fam == topo_mod.IPV6 else "-4", "route", "add", "default", "via", gw,
+                "dev", "eth0")
+        self._start_echo(x)
+
     def _build_node(self, topo: Topology, node, fab: str, agents: bool) -> None:
         ns = self._netns(self.ns_node(node.name))
         self._veth(ns, "eth0", fab, f"n{node.index}")
         nsx(fab, "ip", "link", "set", f"n{node.index}", "master", "underlay")
-        nsx(ns, "ip", "addr", "add", f"{node.ip}/24", "dev", "eth0")
-        nsx(ns, "ip", "route", "add", "default", "via", topo_mod.ROUTER_UNDERLAY_IP)
-        for other in topo.nodes:
-            if other.name != node.name:
-                nsx(ns, "ip", "route", "add", other.pod_cidr, "via", other.ip)
+        for fam in node.families:
+            v6 = fam == topo_mod.IPV6
+            opt = "-6" if v6 else "-4"
+            nsx(ns, "ip", opt, "addr", "add", f"{node.ip_of(fam)}/{64 if v6 else 24}", "dev", "eth0",
+                *(["nodad"] if v6 else []))
+            nsx(ns, "ip", opt, "route", "add", "default", "via", topo_mod.router_underlay_ip(fam))
+            for other in topo.nodes:
+                if other.name != node.name:
+                    nsx(ns, "ip", opt, "route", "add", other.pod_cidr_of(fam), "via", other.ip_of(fam))
+            cidr = topo_mod.cluster_pod_cidr(fam)
+            # The CNI's natOutgoing, Calico style: no out-interface match.
+            nsx(ns, "ip6tables" if v6 else "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", cidr,
+                "!", "-d", cidr, "-j", "MASQUERADE")
         self._sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=2",
                      "net.ipv4.conf.default.rp_filter=2")
-        # The CNI's natOutgoing, Calico style: no out-interface match.
-        nsx(ns, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", topo_mod.CLUSTER_POD_CIDR,
-            "!", "-d", topo_mod.CLUSTER_POD_CIDR, "-j", "MASQUERADE")
+        if topo_mod.IPV6 in node.families:
+            self._sysctl(ns, "net.ipv6.conf.all.forwarding=1")
         for pod in topo.pods:
             if pod.node == node.name:
                 self._build_pod(pod, ns)
@@ -302,18 +378,27 @@ class Lab(Traffic):
 
     def _build_pod(self, pod, node_ns: str) -> None:
         """The pod's network as the lab's CNI (Calico style) sets it up: its
-        namespace, a veth with the /32 on the pod's end, proxy ARP and the /32
-        route on the node's end."""
+        namespace, a veth with the /32 (IPv6: the /128) on the pod's end;
+        on the node's end proxy ARP (IPv6: the link-local gateway fe80::1)
+        and the /32 (/128) route."""
         ns = self._netns(self.ns_pod(pod.index))
         host_if = f"cali{pod.index}"
         self._veth(ns, "eth0", node_ns, host_if)
-        nsx(ns, "ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-        nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-        nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-        # Calico's settings: proxy ARP for the pod's gateway, answered at once
-        # (the kernel's default proxy_delay holds answers up to 0.8 s).
-        self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1", f"net.ipv4.neigh.{host_if}.proxy_delay=0")
-        nsx(node_ns, "ip", "route", "add", f"{pod.ip}/32", "dev", host_if)
+        for ip in pod.addresses:
+            if ":" in ip:
+                nsx(node_ns, "ip", "-6", "addr", "add", f"{POD_GATEWAY6}/64", "dev", host_if, "nodad")
+                nsx(ns, "ip", "-6", "addr", "add", f"{ip}/128", "dev", "eth0", "nodad")
+                nsx(ns, "ip", "-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0")
+                nsx(node_ns, "ip", "-6", "route", "add", f"{ip}/128", "dev", host_if)
+                continue
+            nsx(ns, "ip", "addr", "add", f"{ip}/32", "dev", "eth0")
+            nsx(ns, "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+            nsx(ns, "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+            # Calico's settings: proxy ARP for the pod's gateway, answered at once
+            # (the kernel's default proxy_delay holds answers up to 0.8 s).
+            self._sysctl(node_ns, f"net.ipv4.conf.{host_if}.proxy_arp=1",
+                         f"net.ipv4.neigh.{host_if}.proxy_delay=0")
+            nsx(node_ns, "ip", "route", "add", f"{ip}/32", "dev", host_if)
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, key: str, ns: str | None, cmd: list[str], log: str) -> int:
@@ -349,8 +434,8 @@ class Lab(Traffic):
         # --status: standalone, where the allocation goes; kube, a copy of the ConfigMap.
         objects = self.objects
         self._spawn("controller", self.ns_router() if objects.controller_in_router else None,
-                    [_bin("sdn-egress"), "controller", *objects.state_args(),
-                     "--status", self.status_dir, "--cluster-cidr", topo_mod.CLUSTER_POD_CIDR,
+                    [_bin("sdn-egress"), "controller", *objects.state_args(), "--status", self.status_dir,
+                     *[a for f in self.topology().families for a in ("--cluster-cidr", topo_mod.cluster_pod_cidr(f))],
                      "--metrics-port", str(CONTROLLER_METRICS_PORT), *objects.controller_args()],
                     os.path.join(self.state_dir, "controller.log"))
 
@@ -463,7 +548,8 @@ class Lab(Traffic):
 
     # -- objects -----------------------------------------------------------------------
     def _write_cluster_manifests(self, topo: Topology) -> None:
-        self.objects.write_cluster([node_object(n) for n in topo.nodes], {p.namespace for p in topo.pods})
+        self.objects.write_cluster([node_object(n) for n in topo.nodes], {p.namespace for p in topo.pods},
+                                   topo.families)
         for pod in topo.pods:
             self._write_pod(pod, pod.labels)
 
@@ -478,7 +564,8 @@ class Lab(Traffic):
         st = self.load()
         if "pods" not in st:  # a lab brought up before pods came and went
             return list(self.topology().pods)
-        return [LabPod(p["namespace"], p["name"], p["node"], p["index"], p["ip"], dict(p["labels"]))
+        return [LabPod(p["namespace"], p["name"], p["node"], p["index"], p["ip"], dict(p["labels"]),
+                       tuple(p.get("ips") or (p["ip"],)))
                 for p in st["pods"]]
 
     def pod(self, name: str):
@@ -533,7 +620,8 @@ class Lab(Traffic):
         labels = _check_labels(f"pod {namespace}/{name}", labels or {})
         n = topo.node(node)
         ip = self._pod_address(f"pod {namespace}/{name}", n, ip)
-        pod = LabPod(namespace, name, node, st.get("next_pod_index", len(st.get("pods", []))), ip, labels)
+        ips = self._pod_addresses(n, ip)
+        pod = LabPod(namespace, name, node, st.get("next_pod_index", len(st.get("pods", []))), ip, labels, ips)
         st["next_pod_index"] = pod.index + 1
         st.setdefault("pods", [_pod_record(p) for p in topo.pods]).append(_pod_record(pod))
         self._save()
@@ -545,9 +633,10 @@ class Lab(Traffic):
     def _pod_address(self, what: str, node, ip: str | None) -> str:
         import netaddr
 
-        cidr = netaddr.IPNetwork(node.pod_cidr)
-        # .0 is the network, .1 is kept (a CNI's gateway address), the last is broadcast.
-        usable = [str(a) for a in list(cidr)[2:-1]]
+        # .0 is the network, .1 is kept (a CNI's gateway address), the last
+        # of the /27 is broadcast: offsets 2..30 (the same in an IPv6 /64).
+        fam = node.families[0]
+        usable = [node.pod_address(o, fam) for o in range(2, 2 + topo_mod.MAX_PODS_PER_NODE)]
         used = {p.ip for p in self.pods()}
         if ip is None:
             free = [a for a in usable if a not in used]
@@ -555,9 +644,9 @@ class Lab(Traffic):
                 raise LabError(f"{what}: node {node.name} has no free address in {node.pod_cidr}")
             return free[0]
         try:
-            addr = str(netaddr.IPAddress(ip, 4))
+            addr = str(netaddr.IPAddress(ip, topo_mod.version(fam)))
         except (netaddr.AddrFormatError, ValueError):
-            raise LabError(f"{what}: --ip: {ip!r} is not an IPv4 address") from None
+            raise LabError(f"{what}: --ip: {ip!r} is not an {fam} address") from None
         if addr not in usable:
             raise LabError(f"{what}: --ip: {addr} is not a pod address of node {node.name} "
                            f"({usable[0]}-{usable[-1]} of {node.pod_cidr})")
@@ -565,6 +654,14 @@ class Lab(Traffic):
         if holder:
             raise LabError(f"{what}: --ip: {addr} is pod {holder}'s address")
         return addr
+
+    def _pod_addresses(self, node, ip: str) -> tuple[str, ...]:
+        """Every family's address of the pod whose primary address is
+        ``ip``: the same offset in each of the node's pod CIDRs."""
+        import netaddr
+
+        offset = int(netaddr.IPAddress(ip)) - int(netaddr.IPNetwork(node.pod_cidr).network)
+        return tuple(node.pod_address(offset, f) for f in node.families)
 
     def publish_pod(self, key: str) -> None:
         """The Pod object appears (status.podIP set): what the kubelet
@@ -588,7 +685,8 @@ class Lab(Traffic):
         sh("ip", "netns", "del", ns, check=False)
         if ns in st["namespaces"]:
             st["namespaces"].remove(ns)
-        nsx(self.ns_node(pod.node), "ip", "route", "del", f"{pod.ip}/32", check=False)
+        for ip in pod.addresses:
+            nsx(self.ns_node(pod.node), "ip", "route", "del", f"{ip}/{128 if ':' in ip else 32}", check=False)
         st["pods"] = [p for p in st.get("pods", []) if f"{p['namespace']}/{p['name']}" != pod.key]
         self._save()
         if object_too:
@@ -647,17 +745,22 @@ class Lab(Traffic):
                 return self.ns_external(x.index)
         return self.ns_pod(self.pod(host).index)
 
-    def address(self, host: str) -> str:
+    def address(self, host: str, family: str | None = None) -> str:
+        """``host``'s address (the router's on the underlay) of ``family``
+        (IPv4 or IPv6), by default of the lab's primary family."""
         topo = self.topology()
+        family = family or topo.families[0]
+        if family not in topo.families:
+            raise LabError(f"this lab has no {family} (ipFamilies: {', '.join(topo.families)})")
         if host == "router":
-            return topo_mod.ROUTER_UNDERLAY_IP
+            return topo_mod.router_underlay_ip(family)
         for n in topo.nodes:
             if n.name == host:
-                return n.ip
+                return n.ip_of(family)
         for x in topo.externals:
             if x.name == host:
-                return x.ip
-        return self.pod(host).ip
+                return x.ip_of(family)
+        return self.pod(host).ip_of(family)
 
     def exec(self, host: str, cmd: list[str], check: bool = True, timeout: float | None = 60,
              input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess.run's name
@@ -680,6 +783,14 @@ class Lab(Traffic):
                         timeout=wait + 30).stdout
         return out.split()
 
+    def nd_answers(self, ip: str, wait: float = 1.0) -> list[str]:
+        """IPv6's :meth:`arp_answers`: the router sends one neighbour
+        solicitation for ``ip`` on the underlay; the link-layer address of
+        every advertisement for it, in order of arrival."""
+        out = self.exec("router", [sys.executable, "-c", NS_PROBE, "u0", topo_mod.ROUTER_UNDERLAY_IP6, ip,
+                                   str(wait)], timeout=wait + 30).stdout
+        return out.split()
+
     def echo_seen(self, external: str) -> list[dict]:
         path = os.path.join(self.state_dir, "externals", external, "seen.jsonl")
         with open(path) as f:
@@ -687,21 +798,26 @@ class Lab(Traffic):
 
     # -- status -------------------------------------------------------------------------
     def status(self) -> dict:
+        """The lab's addresses and processes.  ``ip``/``pod_cidr`` and the
+        lab-wide ranges are the primary family's (IPv4 in a dual-stack lab);
+        ``ips``/``pod_cidrs`` and ``families`` give every family's."""
         st = self.load()
         topo = self.topology()
+        fams = {f: _family_plan(f) for f in topo.families}
+        primary = fams[topo.families[0]]
         out = {
-            "state_dir": self.state_dir, "prefix": self.prefix,
-            "underlay": topo_mod.UNDERLAY, "external_lan": topo_mod.EXTERNAL_LAN,
-            "cluster_pod_cidr": topo_mod.CLUSTER_POD_CIDR, "eip_range": topo_mod.EIP_RANGE,
-            "router": {"underlay_ip": topo_mod.ROUTER_UNDERLAY_IP, "external_ip": topo_mod.ROUTER_EXTERNAL_IP,
-                       "netns": self.ns_router()},
+            "state_dir": self.state_dir, "prefix": self.prefix, "ip_families": list(topo.families),
+            "families": fams, **{k: primary[k] for k in ("underlay", "external_lan", "cluster_pod_cidr",
+                                                         "eip_range")},
+            "router": {**primary["router"], "netns": self.ns_router()},
             "pod_cidrs": {n.name: n.pod_cidr for n in topo.nodes},
             "nodes": [], "pods": [], "externals": [],
             "controller": {"alive": _alive(st["pids"].get("controller"))},
         }
         for n in topo.nodes:
             agent = self.agent_status(n.name)
-            out["nodes"].append({"name": n.name, "ip": n.ip, "pod_cidr": n.pod_cidr, "labels": n.labels,
+            out["nodes"].append({"name": n.name, "ip": n.ip, "ips": list(n.ips), "pod_cidr": n.pod_cidr,
+                                 "pod_cidrs": list(n.pod_cidrs), "labels": n.labels,
                                  "netns": self.ns_node(n.name),
                                  "agent": {"alive": _alive(st["pids"].get(f"agent:{n.name}")),
                                            "passes": agent.get("passes", 0), "error": agent.get("error"),
@@ -711,10 +827,12 @@ class Lab(Traffic):
                 labels = self.pod_labels(p.key)
             except (OSError, LabError):
                 labels = p.labels
-            out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip, "node": p.node,
+            out["pods"].append({"namespace": p.namespace, "name": p.name, "ip": p.ip,
+                                "ips": list(p.addresses), "node": p.node,
                                 "labels": labels, "netns": self.ns_pod(p.index)})
         for x in topo.externals:
-            out["externals"].append({"name": x.name, "ip": x.ip, "netns": self.ns_external(x.index),
+            out["externals"].append({"name": x.name, "ip": x.ip, "ips": list(x.ips),
+                                     "netns": self.ns_external(x.index),
                                      "mtu": x.mtu or 1500})
         for key, fname in (("allocation", "allocation.json"), ("errors", "errors.json")):
             try:
@@ -753,9 +871,20 @@ class Lab(Traffic):
         self._state = None
 
 
+def _family_plan(family: str) -> dict:
+    """The lab-wide ranges of one family (documentation ranges)."""
+    v6 = family == topo_mod.IPV6
+    return {"underlay": topo_mod.UNDERLAY6 if v6 else topo_mod.UNDERLAY,
+            "external_lan": topo_mod.EXTERNAL_LAN6 if v6 else topo_mod.EXTERNAL_LAN,
+            "cluster_pod_cidr": topo_mod.cluster_pod_cidr(family),
+            "eip_range": topo_mod.EIP_RANGE6 if v6 else topo_mod.EIP_RANGE,
+            "router": {"underlay_ip": topo_mod.router_underlay_ip(family),
+                       "external_ip": topo_mod.router_external_ip(family)}}
+
+
 def _pod_record(pod) -> dict:
     return {"namespace": pod.namespace, "name": pod.name, "node": pod.node, "index": pod.index,
-            "ip": pod.ip, "labels": dict(pod.labels)}
+            "ip": pod.ip, "ips": list(pod.addresses), "labels": dict(pod.labels)}
 
 
 def _split_key(key: str) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from sdn_egress.lab import topology as topo_mod
 
 KUBE_API_PORT = 6443  # on the router's underlay address
 KUBE_SERVICE_CIDR = "192.0.2.64/27"  # the lab cluster's ServiceCIDR (a free part of the underlay range)
+KUBE_SERVICE_CIDR6 = "2001:db8:64::/112"  # its IPv6 range (beside the lab's IPv6 plan)
 KUBE_NAMESPACE = "sdn-egress"  # the controller's Lease, the allocation ConfigMap
 
 
@@ -50,8 +51,9 @@ class ObjectStore(Protocol):
     def start(self, spawn: Callable[[str, str, list[str], str], int], netns: str) -> None:
         """Before anything else is written: start what keeps the objects."""
 
-    def write_cluster(self, nodes: list[dict], namespaces: set[str]) -> None:
-        """The lab's Nodes and the Namespaces its pods live in."""
+    def write_cluster(self, nodes: list[dict], namespaces: set[str], families=("IPv4",)) -> None:
+        """The lab's Nodes and the Namespaces its pods live in (``families``: the
+        lab's ipFamilies, for what the cluster serves per family)."""
 
     def write_pod(self, pod: dict) -> None:
         """Create or replace one Pod object."""
@@ -76,9 +78,11 @@ class ObjectStore(Protocol):
 
 
 def node_object(n) -> dict:
+    """A lab node as a kubelet reports it, dual stack included: podCIDRs and
+    InternalIPs, the primary family first."""
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name, "labels": n.labels},
-            "spec": {"podCIDR": n.pod_cidr},
-            "status": {"addresses": [{"type": "InternalIP", "address": n.ip}],
+            "spec": {"podCIDR": n.pod_cidr, "podCIDRs": list(n.pod_cidrs)},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip} for ip in n.ips],
                        "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
@@ -90,7 +94,7 @@ def pod_object(pod, labels: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels},
             "spec": {"nodeName": pod.node},
-            "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]}}
+            "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": ip} for ip in pod.addresses]}}
 
 
 def yaml_files(path: str) -> list[str]:
@@ -146,7 +150,7 @@ class ManifestObjects:
     def start(self, spawn, netns: str) -> None:
         pass
 
-    def write_cluster(self, nodes: list[dict], namespaces: set[str]) -> None:
+    def write_cluster(self, nodes: list[dict], namespaces: set[str], families=("IPv4",)) -> None:
         write_documents(self._cluster("nodes.yaml"), nodes)
         write_documents(self._cluster("namespaces.yaml"), [namespace_object(ns) for ns in sorted(namespaces)])
 
@@ -256,11 +260,13 @@ class ApiObjects:
             time.sleep(0.05)
         return pid
 
-    def write_cluster(self, nodes: list[dict], namespaces: set[str]) -> None:
+    def write_cluster(self, nodes: list[dict], namespaces: set[str], families=("IPv4",)) -> None:
         api = self.client()
-        # As a kube-apiserver keeps it for its --service-cluster-ip-range.
+        # As a kube-apiserver keeps it for its --service-cluster-ip-range (one range per family).
         service_cidr = {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-                        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [KUBE_SERVICE_CIDR]}}
+                        "metadata": {"name": "kubernetes"},
+                        "spec": {"cidrs": [KUBE_SERVICE_CIDR6 if f == topo_mod.IPV6 else KUBE_SERVICE_CIDR
+                                           for f in families]}}
         names = namespaces | {KUBE_NAMESPACE, AGENT_LEASE_NAMESPACE}
         for obj in nodes + [namespace_object(ns) for ns in sorted(names)] + [service_cidr]:
             api.apply(obj)

@@ -17,19 +17,23 @@ print(s.makefile().readline().strip())
 
 UDP_CLIENT = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[3]))
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[3]))
 s.sendto((sys.argv[4] + "\n").encode(), (sys.argv[1], int(sys.argv[2])))
 print(s.recvfrom(200)[0].decode().strip())
 """
 
+# Both families on one socket; an IPv4 peer is reported as IPv4.
 UDP_ONESHOT_SERVER = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[2]))
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[2]))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 print("ready", flush=True)
 data, peer = s.recvfrom(200)
-s.sendto((peer[0] + "\n").encode(), peer)
-print(peer[0], flush=True)
+src = peer[0].removeprefix("::ffff:")
+s.sendto((src + "\n").encode(), peer)
+print(src, flush=True)
 """
 
 # A pod's traffic from its first packet: a UDP datagram to the echo service
@@ -148,16 +152,17 @@ class Traffic:
                          check=False, timeout=timeout + 5)
         return proc.stdout.strip() or None
 
-    def icmp_source(self, pod: str, external: str, timeout: float = 2.0) -> str | None:
-        """Ping the external host with a unique payload; return the source
-        address its echo service recorded for that very request."""
+    def icmp_source(self, pod: str, external: str, timeout: float = 2.0, family: str | None = None) -> str | None:
+        """Ping the external host (at its address of ``family``, by default
+        the lab's primary one: ICMP or ICMPv6) with a unique payload; return
+        the source address its echo service recorded for that very request."""
         pattern = uuid.uuid4().hex[:16]
-        self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), "-p", pattern, self.address(external)],
+        self.exec(pod, ["ping", "-c", "1", "-W", str(int(timeout)), "-p", pattern, self.address(external, family)],
                   check=False, timeout=timeout + 5)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             for entry in reversed(self.echo_seen(external)):
-                if entry.get("proto") == "icmp" and pattern in entry.get("data", ""):
+                if entry.get("proto") in ("icmp", "icmpv6") and pattern in entry.get("data", ""):
                     return entry["src"]
             time.sleep(0.05)
         return None
@@ -196,14 +201,16 @@ class Traffic:
         """Capture every packet to ``external``'s echo service (into ``path``) from now on."""
         return Capture(self.host_ns(external), path)
 
-    def udp_source_of(self, pod: str, host: str, port: int = 9000, timeout: float = 3.0) -> str | None:
+    def udp_source_of(self, pod: str, host: str, port: int = 9000, timeout: float = 3.0,
+                      family: str | None = None) -> str | None:
         """Source address ``host`` (a pod, node or external) sees for a UDP
-        datagram from ``pod``, via a one-shot server started on ``host``."""
+        datagram from ``pod`` to its address of ``family`` (by default the
+        lab's primary), via a one-shot server started on ``host``."""
         server = self.popen(host, [sys.executable, "-c", UDP_ONESHOT_SERVER, str(port), str(timeout)])
         try:
             if server.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"one-shot server on {host} did not start: {server.stderr.read()}")
-            answer = self.udp_source(pod, self.address(host), port=port, timeout=timeout)
+            answer = self.udp_source(pod, self.address(host, family), port=port, timeout=timeout)
             return answer
         finally:
             if server.poll() is None:

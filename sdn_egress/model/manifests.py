@@ -529,18 +529,24 @@ def _subnets(ctx: _Ctx, value: Any, path: str) -> tuple[netaddr.IPNetwork, ...]:
 
 def steering_cidrs(dest: tuple[netaddr.IPNetwork, ...], exclude: tuple[netaddr.IPNetwork, ...],
                    version: int) -> int:
-    """How many CIDRs a policy's destinations make once its exclusions are
-    taken out: each is one steering entry (flow, ip rule) per selected pod."""
+    """How many steering entries (a flow and an ip rule each, per selected
+    pod) a policy's destinations and exclusions make, as the node view builds
+    them (``sdn_egress.view.pod_steers``): the destinations with the
+    exclusions cut out, or, when that is more, the destinations and the
+    exclusions as entries of their own."""
     wanted = netaddr.IPSet([d for d in dest if d.version == version]
-                           or ["0.0.0.0/0" if version == 4 else "::/0"])
-    region = wanted - netaddr.IPSet([x for x in exclude if x.version == version])
-    return sum(1 for _ in region.iter_cidrs())
+                           or ([] if dest else ["0.0.0.0/0" if version == 4 else "::/0"]))
+    excluded = netaddr.IPSet([x for x in exclude if x.version == version])
+    cut = sum(1 for _ in (wanted - excluded).iter_cidrs())
+    listed = sum(1 for _ in wanted.iter_cidrs()) + sum(1 for _ in (wanted & excluded).iter_cidrs())
+    return min(cut, listed)
 
 
 def _bound_steering(ctx: _Ctx, dest, exclude) -> None:
-    """One policy's cost on a node is bounded: scattered exclusions split the
-    destinations into many CIDRs (256 scattered /32 exclusions of 0.0.0.0/0:
-    5,712), each one entry per selected pod."""
+    """One policy's cost on a node is bounded: each destination and each
+    exclusion is one entry per selected pod (exclusions are entries of their
+    own, not holes cut into the destinations: 256 scattered /32 exclusions of
+    0.0.0.0/0 are 257 entries)."""
     for version in (4, 6):
         n = steering_cidrs(dest, exclude, version)
         if n > MAX_STEERING_CIDRS:

@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXAMPLES = os.path.join(REPO, "k8s", "examples")
 
 TOPOLOGY = {
+    "ipFamilies": ["IPv4"],  # the IPv4 tests' lab; IPV6_TOPOLOGY and DUAL_TOPOLOGY below
     "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo"}, {"name": "charlie"}],
     "pods": [
         {"name": "cart-0", "namespace": "shop", "node": "bravo", "labels": {"app": "cart"}},
@@ -29,6 +30,11 @@ TOPOLOGY = {
     ],
     "externals": [{"name": "ext-1"}, {"name": "ext-2"}],
 }
+# The same cluster on IPv6 only (nodes, pods, externals: tunnels and BFD over
+# the IPv6 underlay) and dual stack (both families everywhere; tunnels over IPv4).
+IPV6_TOPOLOGY = {**TOPOLOGY, "ipFamilies": ["IPv6"]}
+DUAL_TOPOLOGY = {**TOPOLOGY, "ipFamilies": ["IPv4", "IPv6"]}
+IPV4, IPV6 = "IPv4", "IPv6"
 
 
 def pytest_collection_modifyitems(items):
@@ -92,11 +98,12 @@ class Policies:
         self.lab.delete(path)
         self.files.remove(path)
 
-    def eip(self, key: str, timeout: float = 30.0) -> str:
+    def eip(self, key: str, timeout: float = 30.0, family: str = "IPv4") -> str:
+        """The policy's EIP of ``family`` once it has one and a gateway node."""
         deadline = time.monotonic() + timeout
         while True:
             pol = (self.lab.status().get("allocation") or {}).get("policies", {}).get(key) or {}
-            eip = pol.get("eip_v4")
+            eip = pol.get("eip_v6" if family == "IPv6" else "eip_v4")
             if eip and pol.get("node"):
                 return eip
             if time.monotonic() > deadline:
@@ -120,10 +127,11 @@ def policies(lab, tmp_path):
 
 
 def lab_rules(lab) -> dict[str, list[str]]:
-    """Steering rules (table 7100) per node that still exist."""
+    """Steering rules (table 7100) per node that still exist, of either family."""
     out = {}
     for node in ("alpha", "bravo", "charlie"):
-        rules = [l for l in lab.exec(node, ["ip", "rule"]).stdout.splitlines() if "7100" in l]
+        rules = [r for fam in ("-4", "-6") for r in lab.exec(node, ["ip", fam, "rule"]).stdout.splitlines()
+                 if "7100" in r]
         if rules:
             out[node] = rules
     return out
@@ -131,11 +139,15 @@ def lab_rules(lab) -> dict[str, list[str]]:
 
 def policy_doc(name: str, namespace: str, *, eip: str | None = None, selector: dict | None = None,
                dest: list[str] | None = None, exclude: list[str] | None = None, priority: int | None = None,
-               gateway: str = "edge") -> dict:
+               gateway: str = "edge", eip6: str | None = None) -> dict:
+    """An EgressPolicy; ``eip`` an explicit EIP of its family (an IPv6 one
+    goes to ``egressIP.ipv6``), ``eip6`` the IPv6 one beside an IPv4 ``eip``."""
     spec: dict = {"egressGatewayName": gateway,
                   "appliedTo": {"podSelector": {"matchLabels": selector or {"app": "cart"}}}}
-    if eip:
-        spec["egressIP"] = {"ipv4": eip}
+    if eip and ":" in eip:
+        eip, eip6 = None, eip
+    if eip or eip6:
+        spec["egressIP"] = {**({"ipv4": eip} if eip else {}), **({"ipv6": eip6} if eip6 else {})}
     if dest is not None:
         spec["destSubnet"] = dest
     if exclude is not None:
@@ -157,3 +169,42 @@ def scrape(lab, host: str, url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+class Net:
+    """One family's addresses of the e2e labs, so a test written once runs as
+    its IPv4 original and its IPv6 twin with the same assertions (IPv4 values
+    as the tests had them; IPv6 the same host numbers in 2001:db8::/32)."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.v6 = family == IPV6
+        self.key = "ipv6" if self.v6 else "ipv4"  # of ippools and egressIP
+        self.ext1 = "2001:db8:100::10" if self.v6 else "198.51.100.10"
+        self.ext2 = "2001:db8:100::11" if self.v6 else "198.51.100.11"
+        self.ext_lan = "2001:db8:100::/64" if self.v6 else "198.51.100.0/24"
+        self.host = 128 if self.v6 else 32  # a host route's prefix length
+        self.src_match = "ipv6_src=" if self.v6 else "nw_src="  # a pod's address in ovs-ofctl's dump
+        self.bad_cidr = "2001:db8:100::/129" if self.v6 else "198.51.100.0/33"
+
+    def eip(self, n: int) -> str:
+        """The lab's EIP number ``n`` (200-250): 192.0.2.n or 2001:db8::n."""
+        return f"2001:db8::{n}" if self.v6 else f"192.0.2.{n}"
+
+    def other(self, n: int) -> str:
+        """An unused external address, for drift and trace tests."""
+        return f"2001:db8:100::{n}" if self.v6 else f"198.51.100.{n}"
+
+    def pool(self, first: int = 200, last: int = 210) -> dict:
+        return {self.key: [f"{self.eip(first)}-{self.eip(last)}"]}
+
+    def gateway(self, name: str = "edge", first: int = 200, last: int = 210) -> dict:
+        return {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": name},
+                "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}}, "ippools": self.pool(first, last)}}
+
+    def node_ip(self, lab, node: str) -> str:
+        return lab.address(node, self.family)
+
+    def claims(self, lab, ip: str, wait: float = 1.0) -> list[str]:
+        """Who answers for ``ip`` on the underlay: ARP, or neighbour solicitation."""
+        return lab.nd_answers(ip, wait) if self.v6 else lab.arp_answers(ip, wait)

@@ -1,7 +1,7 @@
 """The production path on the lab: the cluster state in an API server (in the
 router namespace), the controller and every agent in Kubernetes mode (the
 real ``kubernetes`` client, informers, Leases, the allocation ConfigMap),
-real packets, and what the external host saw."""
+real packets, and what the external host saw.  Family: IPv4 (``ipFamilies: [IPv4]``)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +21,7 @@ EXT = "198.51.100.10"
 EIP = "192.0.2.205"
 NODE_IP = {"alpha": "192.0.2.11", "bravo": "192.0.2.12", "charlie": "192.0.2.13"}
 TOPOLOGY = {
+    "ipFamilies": ["IPv4"],  # written for IPv4 (issue 12: the family each test runs on is named)
     "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo", "labels": {"egress": "true"}},
               {"name": "charlie"}],
     "pods": [{"name": "cart-0", "namespace": "shop", "node": "charlie", "labels": {"app": "cart"}},

@@ -22,6 +22,7 @@ EIP = "192.0.2.205"
 NODE_IPS = {"alpha": "192.0.2.11", "bravo": "192.0.2.12", "charlie": "192.0.2.13"}
 NODES = tuple(NODE_IPS)
 TOPOLOGY = {
+    "ipFamilies": ["IPv4"],  # written for IPv4 (issue 12: the family each test runs on is named)
     "nodes": [{"name": "alpha", "labels": {"egress": "true"}}, {"name": "bravo"}, {"name": "charlie"}],
     "pods": [{"name": "idle-0", "namespace": "shop", "node": "bravo", "labels": {"app": "idle"}}],
     "externals": [{"name": "ext-1"}],

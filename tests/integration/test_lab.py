@@ -108,6 +108,51 @@ def test_down_after_a_crash_removes_everything(tmp_path):
     assert ovs.strip() == ""
 
 
+def test_a_dual_stack_lab_behaves_like_a_cni_in_both_families(tmp_path):
+    """ipFamilies [IPv4, IPv6] (issue 12): every host has both families'
+    addresses (status --json gives them all), pods are routed with their
+    /32 and /128, the CNI masquerades both, the router forwards both without
+    NAT, and the echo service answers TCP, UDP and ICMPv6 with the source."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(yaml.safe_dump({**TOPO, "ipFamilies": ["IPv4", "IPv6"],
+                                    "externals": [{"name": "ext-1"}, {"name": "ext-2", "mtu": 1400}]}))
+    lab = Lab(str(tmp_path / "state"), prefix="seld" + uuid.uuid4().hex[:3])
+    try:
+        lab.up(str(topo), agents=False)
+        cli = os.path.join(os.path.dirname(sys.executable), "sdn-egress")
+        st = yaml.safe_load(subprocess.run([cli, "lab", "--state-dir", lab.state_dir, "status", "--json"],
+                                           capture_output=True, text=True, check=True).stdout)
+        assert st["ip_families"] == ["IPv4", "IPv6"]
+        assert [(n["name"], n["ips"], n["pod_cidrs"]) for n in st["nodes"]] == [
+            ("alpha", ["192.0.2.11", "2001:db8::11"], ["203.0.113.0/27", "2001:db8:113::/64"]),
+            ("bravo", ["192.0.2.12", "2001:db8::12"], ["203.0.113.32/27", "2001:db8:113:1::/64"])]
+        assert {f"{p['namespace']}/{p['name']}": p["ips"] for p in st["pods"]} == {
+            "ns1/a-0": ["203.0.113.2", "2001:db8:113::2"], "ns1/b-0": ["203.0.113.34", "2001:db8:113:1::2"]}
+        assert [x["ips"] for x in st["externals"]] == [["198.51.100.10", "2001:db8:100::10"],
+                                                      ["198.51.100.11", "2001:db8:100::11"]]
+        assert st["families"]["IPv6"]["router"] == {"underlay_ip": "2001:db8::1", "external_ip": "2001:db8:100::1"}
+        for ext in ("2001:db8:100::10", "2001:db8:100::11"):  # on the LAN, and behind its own narrow link
+            assert lab.tcp_source("ns1/a-0", ext) == "2001:db8::11"
+            assert lab.udp_source("ns1/b-0", ext) == "2001:db8::12"
+        assert lab.icmp_source("ns1/b-0", "ext-1", family="IPv6") == "2001:db8::12"
+        assert lab.icmp_source("ns1/b-0", "ext-1", family="IPv4") == "192.0.2.12"
+        assert lab.tcp_source("ns1/a-0", "198.51.100.10") == "192.0.2.11"
+        # Pod to pod across nodes, IPv6: routed by the nodes' /64 routes, the pod's address untouched.
+        assert lab.udp_source_of("ns1/a-0", "ns1/b-0", family="IPv6") == "2001:db8:113::2"
+        # The router forwards without NAT: an external host reaching a node sees the external's address.
+        assert lab.udp_source_of("ext-1", "alpha", family="IPv6") == "2001:db8:100::10"
+        # The node IPs live on br-ex (moved there by ovs setup), and exactly that node answers NS for its own.
+        assert "2001:db8::11/64" in lab.exec("alpha", ["ip", "-br", "addr", "show", "br-ex"]).stdout
+        mac = lab.exec("alpha", ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
+        assert lab.nd_answers("2001:db8::11") == [mac]
+        assert lab.nd_answers("2001:db8::250") == []  # nobody claims an unused EIP
+    finally:
+        lab.down()
+    assert namespaces(lab.prefix) == []
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"nodes": []}, "nodes: at least one node"),
     ({"nodes": [{"name": "Alpha"}]}, "nodes[0].name: required, a lower-case DNS label"),
@@ -115,6 +160,7 @@ def test_down_after_a_crash_removes_everything(tmp_path):
      "pods[0].node: no node named 'zz'"),
     ({"nodes": [{"name": "a", "labels": {"egress": True}}]}, "nodes[0].labels.egress: label values must be strings"),
     ({"nodes": [{"name": "a", "colour": "red"}]}, "nodes[0]: unknown field 'colour'"),
+    ({"nodes": [{"name": "a"}], "ipFamilies": ["IPv4", "ipv6"]}, "ipFamilies[1]: 'ipv6' is not IPv4 or IPv6"),
 ])
 def test_bad_topology_names_the_field(doc, message):
     with pytest.raises(TopologyError) as err:

@@ -507,3 +507,74 @@ def interference_cases(draw) -> tuple[list[dict], tuple[str, bytes]]:
     """(a valid set, a hostile file against it)."""
     valid = draw(valid_sets())
     return valid, draw(interfering_files(valid))
+
+
+# -- lab topologies (issue 12: ipFamilies) -------------------------------------------------------------
+
+FAMILY_SPELLINGS = st.sampled_from([["IPv4"], ["IPv6"], ["IPv4", "IPv6"]])
+
+
+@st.composite
+def topologies(draw) -> dict:
+    """A valid lab topology: 1-8 nodes, pods on them, externals, a family choice."""
+    from sdn_egress.lab import topology as t
+
+    names = draw(st.lists(dns_label, min_size=1, max_size=t.MAX_NODES, unique=True))
+    nodes = [{"name": n, **({"labels": draw(labels)} if draw(st.booleans()) else {})} for n in names]
+    pods = [{"name": f"p-{i}", "namespace": draw(st.sampled_from(["shop", "pay"])), "node": draw(st.sampled_from(names))}
+            for i in range(draw(st.integers(0, 6)))]
+    ext_names = draw(st.lists(dns_label.filter(lambda s: s not in names and s != "router"), max_size=3, unique=True))
+    families = draw(st.one_of(st.none(), FAMILY_SPELLINGS))
+    lowest = t.MIN_IPV6_MTU if families and "IPv6" in families else t.MIN_EXTERNAL_MTU
+    externals = [{"name": x, **({"mtu": draw(st.integers(lowest, t.MAX_EXTERNAL_MTU))} if draw(st.booleans()) else {})}
+                 for x in ext_names]
+    doc = {"nodes": nodes, "pods": pods, "externals": externals}
+    if families is not None:
+        doc["ipFamilies"] = families
+    return doc
+
+
+@st.composite
+def hostile_topologies(draw) -> dict:
+    """A valid topology with a random value put at a random place (often ipFamilies)."""
+    doc = draw(topologies())
+    if draw(st.booleans()):
+        doc["ipFamilies"] = draw(st.one_of(json_values, st.lists(st.sampled_from(
+            ["IPv4", "IPv6", "ipv4", "IPV6", "IPv5", "", 4, 6, None]), max_size=4)))
+        return doc
+    path = draw(st.sampled_from(list(_paths(doc))[1:]))
+    target = doc
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = draw(json_values)
+    return doc
+
+
+def check_topology(doc) -> list[tuple[str, str]]:
+    """A valid topology parses, with each family's addresses unique,
+    canonical and in that family's documented range; anything else is a
+    :class:`TopologyError` (never another exception)."""
+    import ipaddress
+
+    from sdn_egress.lab import topology as t
+
+    try:
+        topo = t.parse(doc)
+    except t.TopologyError:
+        return []
+    out, seen = [], set()
+    fams = doc.get("ipFamilies") or ["IPv4"]
+    if list(topo.families) != fams:
+        out.append(("accepted-invalid", f"ipFamilies {doc.get('ipFamilies')!r} parsed as {topo.families}"))
+    ranges = {"IPv4": ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"),
+              "IPv6": (t.UNDERLAY6, t.EXTERNAL_LAN6, t.CLUSTER_POD_CIDR6)}
+    hosts = [(n.ips, 0) for n in topo.nodes] + [(x.ips, 1) for x in topo.externals] + [(p.addresses, 2) for p in topo.pods]
+    for ips, where in hosts:
+        if len(ips) != len(topo.families):
+            out.append(("accepted-invalid", f"{ips} for families {topo.families}"))
+        for ip, fam in zip(ips, topo.families, strict=False):
+            addr = ipaddress.ip_address(ip)
+            if str(addr) != ip or ip in seen or addr not in ipaddress.ip_network(ranges[fam][where]):
+                out.append(("accepted-invalid", f"{fam} address {ip} (duplicate, not canonical or out of range)"))
+            seen.add(ip)
+    return out

@@ -61,3 +61,10 @@ def test_every_value_yamls_constructors_choke_on_is_a_file_error_in_validate(val
     for key in ("spec", "metadata", "a"):
         data = f"apiVersion: v1\nkind: Pod\n{key}: {value}\n".encode()
         no_failures(fk.guarded(fk.check_validate, [("x.yaml", data)], None))
+
+
+@BOUND
+@given(st.one_of(fk.topologies(), fk.hostile_topologies()))
+def test_a_lab_topology_parses_to_documented_addresses_or_names_its_error(doc):
+    """Issue 12: the lab's topology parser (ipFamilies and the rest) under the same fuzz."""
+    no_failures(fk.guarded(fk.check_topology, doc))

@@ -55,6 +55,7 @@ def test_the_examples_mean_what_they_say(tmp_path, capsys):
         "shop/billing": ("192.0.2.205", None, "edge"),
         "shop/crawler": ("192.0.2.202", None, "edge"),  # rr: the next after the last one handed out
         "legacy/legacy-range": ("192.0.2.220", "2001:db8::220", "dual"),
+        "shop/cart-v6": ("192.0.2.221", "2001:db8::221", "dual"),  # IPv6 destinations; the pair all the same
         "prod-frontends": ("192.0.2.240", None, "shared"),  # the cluster default
         "shop/cart-node-ip": ("None", None, "edge"),  # useNodeIP: the examples hold no Node to take it from
     }
