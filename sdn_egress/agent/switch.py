@@ -52,7 +52,8 @@ class SwitchPort(Protocol):
 
     def packet_out_to_table(self, data: bytes, table_id: int) -> None: ...
 
-    def announce(self, ip: str, mac: str, port: int) -> None: ...
+    def announce(self, ip: str, mac: str, port: int, schedule: tuple[float, ...] = ...) -> None:
+        """Gratuitous ARPs for an IPv4 EIP, at the times of ``schedule`` (seconds)."""
 
 
 class Switch:

@@ -122,7 +122,7 @@ class FakeSwitch:
 
     packet_out_to_table = packet_out
 
-    def announce(self, ip: str, mac: str, port: int) -> None:
+    def announce(self, ip: str, mac: str, port: int, schedule=(0.0,)) -> None:
         self.garps.append((ip, mac, port))
 
     def contents(self) -> frozenset:
@@ -166,7 +166,7 @@ class Agent:
         self.core = AgentCore(
             config, ManifestDirSource(str(self.mdir)), reader(str(self.sdir)),
             routing=self.routing, writers=[FileStatusWriter(str(self.sdir), node)], db=self.db,
-            node=NodeReader(node, self.db, bfd=config.bfd, next_hop_mac=lambda dest: ROUTER_MAC,
+            node=NodeReader(node, self.db, bfd=config.bfd, next_hop_mac=lambda dest, family=4: ROUTER_MAC,
                             address_mtu=lambda ip: 1500))
         self.switches = {b: FakeSwitch(b, self.db.bridge_dpid(b)) for b in ("br-int", "br-ex")}
         for sw in self.switches.values():
