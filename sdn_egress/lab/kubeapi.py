@@ -16,7 +16,8 @@ finalizer goes).  Every request is logged (:attr:`requests`) and faults can be
 injected (:meth:`fail`).  kmock's ``KubernetesEmulator`` keeps no
 resourceVersions, so it can show neither 410 nor conflicts: hence this one.
 List and watch take ``labelSelector`` (``k=v``, ``k!=v``, ``k``, ``!k``) and
-``fieldSelector`` (``metadata.name``, ``metadata.namespace``); the history a
+``fieldSelector`` (``metadata.name``, ``metadata.namespace``, and a Pod's
+``spec.nodeName``, as the kube-apiserver serves it); the history a
 watch resumes from is compacted past :data:`HISTORY` writes.  With a state
 file (:meth:`KubeEmulator.persist`) the objects outlive a restart, as etcd's
 do; the history does not (a watch from before gets 410 and lists again).
@@ -87,10 +88,10 @@ def _field_matcher(selector: str | None):
     want = {}
     for term in (t.strip() for t in selector.split(",") if t.strip()):
         k, sep, v = term.replace("==", "=").partition("=")
-        if not sep or k not in ("metadata.name", "metadata.namespace"):
+        if not sep or k not in ("metadata.name", "metadata.namespace", "spec.nodeName"):
             raise ApiError(400, "BadRequest", f"field label not supported: {k}")
-        want[k.split(".", 1)[1]] = v
-    return lambda obj: all((obj.get("metadata") or {}).get(k, "") == v for k, v in want.items())
+        want[tuple(k.split(".", 1))] = v
+    return lambda obj: all((obj.get(part) or {}).get(k, "") == v for (part, k), v in want.items())
 
 
 def selector(query: dict):

@@ -7,6 +7,7 @@ import pytest
 
 from sdn_egress.controller import Controller
 from sdn_egress.kube.events import EventRecorder
+from sdn_egress.kube.resources import CONTROLLER_WATCHED
 from sdn_egress.kube.source import KubeSource
 from sdn_egress.kube.status import FINALIZER, StatusPublisher
 from sdn_egress.kube.store import ConfigMapAllocationStore
@@ -21,7 +22,7 @@ class Running:
 
     def __init__(self, api_client, emu):
         self.emu = emu
-        self.source = KubeSource(api_client).start()
+        self.source = KubeSource(api_client, resources=CONTROLLER_WATCHED).start()  # as the controller runs
         assert self.source.wait_synced(timeout=20)
         self.store = ConfigMapAllocationStore(api_client, NS)
         self.publisher = StatusPublisher(api_client, self.source, EventRecorder(api_client, instance="test"))
