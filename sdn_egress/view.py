@@ -58,12 +58,28 @@ def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[
     return found
 
 
-def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4) -> list[Steer]:
-    """Disjoint (destination CIDR -> policy) pieces for one pod."""
+def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
+    """The destinations no pod of ``state`` is steered to: the cluster's
+    own (pod CIDRs, node addresses, extras) and :data:`NEVER_STEERED`.
+    Computed once per pass (it reads every node), not once per pod, and
+    again only when the nodes or the extras changed."""
+    key = (version, state.extra_cluster_cidrs, tuple(state.nodes.values()))
+    if _UNSTEERED[0] != key:  # tuples compare by identity first: the unchanged nodes cost nothing
+        _UNSTEERED[:] = [key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]]
+    return _UNSTEERED[1]
+
+
+_UNSTEERED: list = [None, None]  # the last (key, never_steered): one per process is enough
+
+
+def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4,
+               unsteered: netaddr.IPSet | None = None) -> list[Steer]:
+    """Disjoint (destination CIDR -> policy) pieces for one pod.
+    ``unsteered``: :func:`never_steered` of ``state``, when the caller has it."""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
-    claimed = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    claimed = (unsteered if unsteered is not None else never_steered(state, version)).copy()
     steers = []
     for policy in selected_policies(state, alloc, pod):
         eip = alloc.policies[policy.key].eip_v4 if version == 4 else alloc.policies[policy.key].eip_v6
@@ -95,9 +111,10 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     node = state.nodes[node_name]
     node_ip = node.address(4)
     steers: list[Steer] = []
-    for pod in sorted(state.pods.values(), key=lambda p: p.key):
-        if pod.node == node_name:
-            steers.extend(pod_steers(state, alloc, pod))
+    local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
+    unsteered = never_steered(state) if local else None
+    for pod in local:
+        steers.extend(pod_steers(state, alloc, pod, unsteered=unsteered))
 
     by_ip = {str(a.ip): a for a in alloc.eips}
     eip_routes = []
@@ -133,11 +150,30 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict[str, str]:
-    """Nodes this node keeps a Geneve port (with BFD) to: every gateway node
-    of every EIP, active and standby, so failover never waits for a port; and
-    on a gateway node, every other node too, because a BFD session needs both
-    ends and workers judge their gateways by it."""
+    """Nodes this node keeps a Geneve port (with BFD) to.
+
+    A worker: the gateway nodes, active and standbys, of the EIPs its own
+    selected pods use, so that failover never waits for a port (BFD decides
+    which one carries); none while no local pod is selected.  A gateway node
+    (of any EIP): every other node, because a BFD session needs both ends and
+    the gateway does not know which workers send to it (it watches only its
+    own node's pods); a session comes up with the workers that have a port
+    back, the others' ports stay idle."""
     gateways = {n for a in alloc.eips for n in a.nodes}
-    wanted = set(state.nodes) if node_name in gateways else gateways
+    wanted = set(state.nodes) if node_name in gateways else used_gateways(node_name, state, alloc)
     return {n: str(state.nodes[n].address(4)) for n in sorted(wanted)
             if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None}
+
+
+def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
+    """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
+    nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
+    out: set[str] = set()
+    for pod in state.pods.values():
+        if pod.node != node_name:
+            continue
+        for policy in selected_policies(state, alloc, pod):
+            status = alloc.policies[policy.key]
+            for ip in (status.eip_v4, status.eip_v6):
+                out.update(nodes_of.get(str(ip), ()) if ip is not None else ())
+    return out
