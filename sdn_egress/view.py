@@ -9,6 +9,7 @@ need; both are pure functions of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import netaddr
 
@@ -149,18 +150,26 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     )
 
 
-def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict[str, str]:
+def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
+                 keep: Iterable[str] = ()) -> dict[str, str]:
     """Nodes this node keeps a Geneve port (with BFD) to.
 
     A worker: the gateway nodes, active and standbys, of the EIPs its own
     selected pods use, so that failover never waits for a port (BFD decides
-    which one carries); none while no local pod is selected.  A gateway node
+    which one carries); none while no local pod has ever been selected.
+    ``keep``: the peers it has; those still gateway nodes stay, so a pod
+    selected again (or the next one) finds its port up, BFD and all, not a
+    new port whose session must first come up (the bundle sends nothing
+    while it is down).  They are at most the cluster's gateway nodes.  A gateway node
     (of any EIP): every other node, because a BFD session needs both ends and
     the gateway does not know which workers send to it (it watches only its
     own node's pods); a session comes up with the workers that have a port
     back, the others' ports stay idle."""
     gateways = {n for a in alloc.eips for n in a.nodes}
-    wanted = set(state.nodes) if node_name in gateways else used_gateways(node_name, state, alloc)
+    if node_name in gateways:
+        wanted = set(state.nodes)
+    else:
+        wanted = used_gateways(node_name, state, alloc) | (set(keep) & gateways)
     return {n: str(state.nodes[n].address(4)) for n in sorted(wanted)
             if n != node_name and n in state.nodes and state.nodes[n].address(4) is not None}
 

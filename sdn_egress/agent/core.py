@@ -382,10 +382,15 @@ class AgentCore:
         return len(adds), len(deletes)
 
     def _sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
-        peers = tunnel_peers(self.config.node, state, alloc)
+        from ovs_setup import ovsdb
+        keep = self._peers
+        if keep is None:  # a (re)start: the ports already there stay while they lead to gateway nodes
+            names = set(ovsdb.ofports(self.ovs, "br-int"))
+            keep = [p for p, name in ovsdb.tunnel_port_names({n for a in alloc.eips for n in a.nodes}).items()
+                    if name in names]
+        peers = tunnel_peers(self.config.node, state, alloc, keep=keep)
         if peers == self._peers:
             return
-        from ovs_setup import ovsdb
         ovsdb.sync_tunnels(self.ovs, "br-int", peers, bfd=self.config.bfd)
         LOG.info("tunnels: Geneve ports to %s", ", ".join(f"{n} ({ip})" for n, ip in sorted(peers.items()))
                  or "no gateway peers")

@@ -171,6 +171,10 @@ def test_a_worker_keeps_tunnels_only_to_the_gateways_of_the_eips_its_pods_use():
     relabelled = dict(st.pods, **{"shop/idle-0": pod("shop", "idle-0", "delta", "203.0.113.98", app="cart")})
     st2 = ClusterState(nodes=st.nodes, pods=relabelled, gateways=st.gateways, policies=st.policies)
     assert tunnel_peers("delta", st2, alloc).keys() == {"alpha", "bravo"}
+    # Its pod unselected again, delta keeps the ports it has (their BFD up for
+    # the next one), but only to nodes that are still gateway nodes.
+    kept = tunnel_peers("delta", st, alloc, keep={"alpha", "bravo", "charlie"})
+    assert kept == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
 
 
 def test_a_new_node_is_never_steered_to_from_the_next_pass_on():
