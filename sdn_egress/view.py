@@ -177,12 +177,17 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
 def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
     """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
     nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
+    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
+    with_eip = [(p, [str(ip) for ip in (st.eip_v4, st.eip_v6) if ip is not None])
+                for p in state.policies.values()
+                if (st := alloc.policies.get(p.key)) is not None and (st.eip_v4 is not None or st.eip_v6 is not None)]
     out: set[str] = set()
     for pod in state.pods.values():
         if pod.node != node_name:
             continue
-        for policy in selected_policies(state, alloc, pod):
-            status = alloc.policies[policy.key]
-            for ip in (status.eip_v4, status.eip_v6):
-                out.update(nodes_of.get(str(ip), ()) if ip is not None else ())
+        namespace_labels = state.namespace_labels(pod.namespace)
+        for policy, eips in with_eip:
+            if policy.selects(pod, namespace_labels):
+                for ip in eips:
+                    out.update(nodes_of.get(ip, ()))
     return out
