@@ -11,6 +11,8 @@ API server would send it, from bench/clustergen.py), then the project's own
 parsers, allocation (``Controller.reconcile``), view, ``flows.build`` and
 ``AgentCore.reconcile``.  OVSDB, the switches and the kernel are replaced by
 recording stand-ins (see :class:`Node`): the switch side is not measured here.
+An agent reads the controller's allocation as the Kubernetes ConfigMap reader
+gives it (parsed once per version: :class:`Allocations`).
 
 The event: one pod of a worker is relabelled from an app no policy selects
 into one its namespace's policies select; delivered, as a watch event, to the
@@ -125,6 +127,20 @@ class Routing:
         return False
 
 
+class Allocations:
+    """The allocation as the Kubernetes agent's ConfigMap reader gives it:
+    parsed once per version (here: one version), ``changed()`` when it moved."""
+
+    def __init__(self, alloc):
+        self.alloc = alloc
+
+    def load(self):
+        return self.alloc
+
+    def changed(self) -> bool:
+        return False
+
+
 class Node:
     """OVSDB as the agent reads it: one port per tunnel it asked for."""
 
@@ -159,7 +175,7 @@ def make_agent(node: str, source, status_dir: str):
     bfd = {"enable": "true", "min_tx": "100", "min_rx": "100", "decay_min_rx": "0", "mult": "3"}
     cfg = core_mod.AgentConfig(node=node, ovs_db="unused", tunnel_mtu=1400, new_pod_hold=0, bfd=bfd,
                                bfd_grace=1e9)
-    core = core_mod.AgentCore(cfg, source, AllocationStore(status_dir), routing=Routing())
+    core = core_mod.AgentCore(cfg, source, Allocations(AllocationStore(status_dir).load()), routing=Routing())
     core._ovs = object()
     for bridge in ("br-int", "br-ex"):
         core.switch_up(Switch(bridge))
@@ -255,7 +271,27 @@ def ms(v) -> str:
     return f"{v * 1000:,.1f} ms" if v < 1 else f"{v:,.2f} s"
 
 
+def bfd_senders(size: gen.Size, alloc, gateway: str) -> int:
+    """How many other nodes keep a port (so a BFD session) to ``gateway``:
+    those with a pod that a policy with an EIP on that node selects
+    (view.used_gateways' rule, from the generator's: a namespaced policy
+    selects apps a0-a9 of its namespace, a cluster policy app a10 of the
+    namespaces of its tier)."""
+    eips = {str(a.ip) for a in alloc.eips if gateway in a.nodes}
+    on_gateway = {k for k, st in alloc.policies.items() if {str(st.eip_v4), str(st.eip_v6)} & eips}
+    namespaces = {k.split("/")[0] for k in on_gateway if "/" in k}
+    tiers = {f"t{int(k.rsplit('-', 1)[1]) % 4}" for k in on_gateway if "/" not in k}
+    senders = set(range(3 * size.gateways))  # the gateway nodes: each has a port to every node
+    for j in range(size.pods):
+        ns, i, app = gen.pod_place(size, j)
+        if (app < 10 and ns in namespaces) or (app == 10 and f"t{int(ns[2:]) % 4}" in tiers):
+            senders.add(i)
+    return len(senders - {int(gateway.rsplit("-", 1)[1])})
+
+
 def run_size(size: gen.Size) -> dict:
+    from sdn_egress.allocation import AllocationStore
+
     with tempfile.TemporaryDirectory(prefix="sdn-egress-scale-") as status:
         results = {}
         for role in ROLES:
@@ -265,6 +301,7 @@ def run_size(size: gen.Size) -> dict:
                 raise SystemExit(f"{size.name} {role} failed:\n{proc.stderr[-4000:]}")
             results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  {size.name} {role}: {results[role]}", file=sys.stderr)
+        results["bfd_up"] = bfd_senders(size, AllocationStore(status).load(), results["gateway"]["gateway"])
     return results
 
 
@@ -297,6 +334,8 @@ ROWS = (
         f"{r[k]['pods_cached']:,}" for k in ("worker", "gateway", "controller"))),
     ("Geneve ports = BFD sessions: busiest gateway / event worker / unrelated worker", lambda r: (
         f"{r['gateway']['bfd']:,} / {r['worker']['bfd']:,} / {r['unrelated']['bfd']:,}")),
+    ("BFD sessions up on the busiest gateway (nodes with a port to it) · its BFD packets/s sent", lambda r: (
+        f"{r['bfd_up']:,} · {r['bfd_up'] * 10 + (r['gateway']['bfd'] - r['bfd_up']):,}")),
     ("EIPs", lambda r: f"{r['controller']['eips']:,}"),
 )
 
@@ -342,9 +381,14 @@ NOTE = """
 Sizes: nodes / pods / policies; 200 namespaces, bench/clustergen.py. Each role is its own process,
 sent what its informers select (a watch event only where the selector matches: "not sent" means the
 API server does not send that process the event at all). OVSDB, switches and the kernel are
-stand-ins: the switch side is not measured here. "new flows on its node" runs from the watch event
-to the end of the agent's pass (snapshot, view, `flows.build`, diff). BFD: one session per Geneve
-port (the agent enables BFD on every tunnel port).
+stand-ins: the switch side is not measured here; the allocation comes as the ConfigMap reader gives it
+(parsed once per version). "new flows on its node" runs from the watch event
+to the end of the agent's pass (snapshot, view, `flows.build`, diff). BFD: the agent enables it on
+every tunnel port; a gateway node has a port to every node (it does not watch other nodes' pods, so
+it cannot tell which workers send to it), but a session comes up only with the nodes that have a
+port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
+per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
+RSS includes one list response of every node, untrimmed, as a real list holds it before trimming.
 """
 
 if __name__ == "__main__":
