@@ -9,6 +9,7 @@ need; both are pure functions of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import netaddr
 
@@ -58,7 +59,23 @@ def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[
     return found
 
 
-def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4) -> list[Steer]:
+def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
+    """The destinations no pod of ``state`` is steered to: the cluster's
+    own (pod CIDRs, node addresses, extras) and :data:`NEVER_STEERED`.
+    Computed once per pass and family (it reads every node), not once per
+    pod, and again only when the nodes or the extras changed."""
+    key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
+    cached = _UNSTEERED.get(version)
+    if cached is None or cached[0] != key:  # tuples compare by identity first: unchanged nodes cost nothing
+        cached = _UNSTEERED[version] = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
+    return cached[1]
+
+
+_UNSTEERED: dict[int, tuple] = {}  # family -> the last (key, never_steered): one per process is enough
+
+
+def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4,
+               unsteered: netaddr.IPSet | None = None) -> list[Steer]:
     """One pod's steering entries of one family (see :class:`flows.view.Steer`).
 
     Policies best first; each takes what no better one took (cluster CIDRs
@@ -73,11 +90,12 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
     cutting a few /64s and /128s out of ::/0 makes over a hundred CIDRs each,
     so when listing them is cheaper they are ``exclude`` entries of the top
     rank (:data:`CLUSTER_RANK`), which nothing outranks.  (IPv4 keeps cutting,
-    as it always has.)"""
+    as it always has.)  ``unsteered``: :func:`never_steered` of ``state``,
+    when the caller has it."""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
-    never = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    never = unsteered if unsteered is not None else never_steered(state, version)
     policies = [(p, eip) for p in selected_policies(state, alloc, pod)
                 if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6)]
     cut = _entries(pod, ips, policies, version, never)
@@ -143,10 +161,11 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     node = state.nodes[node_name]
     node_ip = underlay_address(node)
     steers: list[Steer] = []
-    for pod in sorted(state.pods.values(), key=lambda p: p.key):
-        if pod.node == node_name:
-            for version in (4, 6):
-                steers.extend(pod_steers(state, alloc, pod, version))
+    local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
+    unsteered = {v: never_steered(state, v) for v in (4, 6)} if local else {}
+    for pod in local:
+        for version in (4, 6):
+            steers.extend(pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
 
     by_ip = {str(a.ip): a for a in alloc.eips}
     eip_routes = []
@@ -183,12 +202,44 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     )
 
 
-def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation) -> dict[str, str]:
-    """Nodes this node keeps a Geneve port (with BFD) to: every gateway node
-    of every EIP, active and standby, so failover never waits for a port; and
-    on a gateway node, every other node too, because a BFD session needs both
-    ends and workers judge their gateways by it."""
+def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
+                 keep: Iterable[str] = ()) -> dict[str, str]:
+    """Nodes this node keeps a Geneve port (with BFD) to.
+
+    A worker: the gateway nodes, active and standbys, of the EIPs its own
+    selected pods use, so that failover never waits for a port (BFD decides
+    which one carries); none while no local pod has ever been selected.
+    ``keep``: the peers it has; those still gateway nodes stay, so a pod
+    selected again (or the next one) finds its port up, BFD and all, not a
+    new port whose session must first come up (the bundle sends nothing
+    while it is down).  They are at most the cluster's gateway nodes.  A gateway node
+    (of any EIP): every other node, because a BFD session needs both ends and
+    the gateway does not know which workers send to it (it watches only its
+    own node's pods); a session comes up with the workers that have a port
+    back, the others' ports stay idle."""
     gateways = {n for a in alloc.eips for n in a.nodes}
-    wanted = set(state.nodes) if node_name in gateways else gateways
+    if node_name in gateways:
+        wanted = set(state.nodes)
+    else:
+        wanted = used_gateways(node_name, state, alloc) | (set(keep) & gateways)
     return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
             if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
+
+
+def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
+    """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
+    nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
+    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
+    with_eip = [(p, [str(ip) for ip in (st.eip_v4, st.eip_v6) if ip is not None])
+                for p in state.policies.values()
+                if (st := alloc.policies.get(p.key)) is not None and (st.eip_v4 is not None or st.eip_v6 is not None)]
+    out: set[str] = set()
+    for pod in state.pods.values():
+        if pod.node != node_name:
+            continue
+        namespace_labels = state.namespace_labels(pod.namespace)
+        for policy, eips in with_eip:
+            if policy.selects(pod, namespace_labels):
+                for ip in eips:
+                    out.update(nodes_of.get(ip, ()))
+    return out

@@ -13,7 +13,7 @@ small interfaces, so the unit tests run it against fakes:
 :class:`~sdn_egress.agent.nodedb.NodeDb` (the node's OVSDB),
 :class:`~sdn_egress.agent.switch.SwitchPort` (a connected bridge),
 :class:`~sdn_egress.agent.hoststep.HostRoutes` (the kernel's routing), the
-state source, the :class:`~sdn_egress.agent.allocreader.AllocationReader` and
+state source, the :class:`~sdn_egress.allocation.AllocationReader` and
 the :class:`~sdn_egress.reports.StatusWriter` s.
 """
 from __future__ import annotations

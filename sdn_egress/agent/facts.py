@@ -45,7 +45,12 @@ class NodeReader:
 
     # -- tunnels and BFD -------------------------------------------------------------
     def sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
-        peers = tunnel_peers(self.node, state, alloc)
+        keep = self.peers
+        if keep is None:  # a (re)start: the ports already there stay while they lead to gateway nodes
+            names = set(self.db.ofports("br-int"))
+            keep = [p for p, name in tunnel_port_names({n for a in alloc.eips for n in a.nodes}).items()
+                    if name in names]
+        peers = tunnel_peers(self.node, state, alloc, keep=keep)
         if peers == self.peers:
             return
         self.db.sync_tunnels("br-int", peers, self.bfd)

@@ -323,7 +323,8 @@ def _run_kube(args: argparse.Namespace) -> int:
     except ValueError as exc:
         LOG.error("controller: %s", exc)
         return 2
-    source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr).start()
+    from sdn_egress.kube.resources import CONTROLLER_WATCHED  # allocation and election read no pod
+    source = KubeSource(api, extra_cluster_cidrs=args.cluster_cidr, resources=CONTROLLER_WATCHED).start()
     reports = LeaseReports(api, args.agent_lease_namespace or LEASE_NAMESPACE).start()
     store = KubeAllocationStore(api, namespace, mirror=FileAllocationStore(args.status) if args.status else None)
     # Its own ConfigMap, watched: a planned move asked for there wakes the controller.

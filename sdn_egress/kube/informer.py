@@ -9,12 +9,15 @@ other failure (connection refused or reset, a 5xx) is retried with exponential
 backoff from the same version.  :attr:`Informer.failing` tells that the last
 request failed; the first list or event after that ends the outage
 (:attr:`Informer.recovered_at`).  The cache holds the raw objects (dicts, with
-``kind`` and ``apiVersion`` filled in: list items carry neither); it is
-replaced whole by a list, so a reader never sees half of one.
+``kind`` and ``apiVersion`` filled in: list items carry neither), trimmed on
+arrival to what the reader uses (``trim``: see
+:data:`sdn_egress.kube.resources.TRIMS`); it is replaced whole by a list, so
+a reader never sees half of one.  :attr:`Informer.generation` moves with
+every change worth a new snapshot, so a reader can tell an unchanged cache
+without looking at it.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -59,12 +62,16 @@ class Informer:
     def __init__(self, api_client, res: Resource, on_change: Callable[[], None] | None = None,
                  watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX,
                  namespace: str | None = None, label_selector: str | None = None,
-                 field_selector: str | None = None, optional: bool = False):
+                 field_selector: str | None = None, optional: bool = False,
+                 trim: Callable[[dict], dict] | None = None):
         """``namespace``, ``label_selector``, ``field_selector``: only the
         objects they select (default: every object of ``res``).  ``optional``:
         a resource the API server may not serve; a 404 on its list counts as
-        an empty list (synced), looked at again every ``OPTIONAL_RETRY`` s."""
+        an empty list (synced), looked at again every ``OPTIONAL_RETRY`` s.
+        ``trim``: what the cache keeps of an object (default: all of it)."""
         self.optional = optional
+        self.trim = trim
+        self.generation = 0  # moves with every change on_change is told of
         self.served: bool | None = None  # None: not known yet
         self.api_client = api_client
         self.res = res
@@ -91,6 +98,11 @@ class Informer:
         """Every cached object, by namespace and name (shared: do not modify)."""
         with self._lock:
             return [self._cache[k] for k in sorted(self._cache)]
+
+    def items_by_key(self) -> list[tuple[tuple[str, str], dict]]:
+        """Every cached ((namespace, name), object), in that order (shared: do not modify)."""
+        with self._lock:
+            return sorted(self._cache.items(), key=lambda kv: kv[0])
 
     def get(self, name: str, namespace: str = "") -> dict | None:
         with self._lock:
@@ -156,17 +168,29 @@ class Informer:
         data = json.loads(resp.data)
         self.lists += 1
         self.served = True
-        cache = {}
-        for item in data.get("items") or []:
-            item = dict(item)
-            item.setdefault("kind", self.res.kind)
-            item.setdefault("apiVersion", self.res.api_version)
-            cache[_key(item)] = item
+        items = data.pop("items", None) or []
         rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
-        self._replace_cache(cache, rv)
-        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(cache), self.resource_version)
+        self.load(items, rv)
+        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(self._cache),
+                  self.resource_version)
         if self.resource_version is None:
             raise RuntimeError("the list carried no resourceVersion")
+
+    def _admit(self, obj: dict) -> dict:
+        """An object as the cache keeps it: kind and apiVersion filled in, trimmed."""
+        obj = dict(obj)
+        obj.setdefault("kind", self.res.kind)
+        obj.setdefault("apiVersion", self.res.api_version)
+        return self.trim(obj) if self.trim is not None else obj
+
+    def load(self, items, resource_version: str | None) -> None:
+        """A list's items (an iterable, taken one by one and trimmed: the
+        whole untrimmed list need not be held) replace the cache."""
+        cache = {}
+        for item in items:
+            item = self._admit(item)
+            cache[_key(item)] = item
+        self._replace_cache(cache, resource_version)
 
     def _replace_cache(self, cache: dict, resource_version: str | None) -> None:
         with self._lock:
@@ -177,6 +201,7 @@ class Informer:
         first = not self.synced.is_set()
         self.synced.set()
         if first or before != after:
+            self.generation += 1
             self.on_change()
 
     def _watch_once(self) -> None:
@@ -206,9 +231,7 @@ class Informer:
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             LOG.warning("%s: unexpected watch event %r", self.res.plural, type_)
             return
-        obj = copy.copy(obj)
-        obj.setdefault("kind", self.res.kind)
-        obj.setdefault("apiVersion", self.res.api_version)
+        obj = self._admit(obj)
         key = _key(obj)
         with self._lock:
             old = self._cache.get(key)
@@ -221,6 +244,7 @@ class Informer:
         if rv:
             self.resource_version = str(rv)
         if changed:
+            self.generation += 1
             self.on_change()
 
 

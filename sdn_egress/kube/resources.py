@@ -48,6 +48,75 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=Tru
 # What the state source watches, in the order a snapshot reads them.
 WATCHED = (NODES, NAMESPACES, PODS, GATEWAYS, POLICIES, CLUSTER_POLICIES)
 BY_KIND = {r.kind: r for r in WATCHED}
+# The controller: allocation and election read no pod (nodes, namespaces,
+# gateways and policies only), so it watches none.
+CONTROLLER_WATCHED = tuple(r for r in WATCHED if r != PODS)
+
+# -- trimming: what a cache keeps of an object -----------------------------------------------------
+# The fields the parsers (sdn_egress.model.manifests), the status writers and the
+# heartbeat (a Node's uid) read; the rest of a core object (a Pod's container
+# specs, a Node's images and capacity, managedFields) is dropped on arrival.
+_META_KEPT = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "deletionTimestamp")
+# Never read, often large (the whole object as kubectl applied it).
+DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def _pick(value, keys: tuple[str, ...]):
+    """The given keys of a mapping (anything else: as it is, for the parser to refuse)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: value[k] for k in keys if k in value}
+
+
+def _meta(obj: dict, annotations: bool) -> dict:
+    meta = obj.get("metadata")
+    out = _pick(meta, _META_KEPT)
+    if annotations and isinstance(meta, dict) and "annotations" in meta:
+        ann = meta["annotations"]
+        out["annotations"] = ({k: v for k, v in ann.items() if k not in DROPPED_ANNOTATIONS}
+                              if isinstance(ann, dict) else ann)
+    return out
+
+
+def _top(obj: dict, meta: dict, **parts) -> dict:
+    out = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+    out["metadata"] = meta
+    out.update({k: v for k, v in parts.items() if v is not None})
+    return out
+
+
+def trim_node(obj: dict) -> dict:
+    spec, status = obj.get("spec"), obj.get("status")
+    if isinstance(status, dict):
+        status = _pick(status, ("addresses", "conditions"))
+        conds = status.get("conditions")
+        if isinstance(conds, list):
+            status["conditions"] = [_pick(c, ("type", "status")) for c in conds]
+    return _top(obj, _meta(obj, annotations=False), spec=_pick(spec, ("podCIDR", "podCIDRs")), status=status)
+
+
+def trim_namespace(obj: dict) -> dict:
+    return _top(obj, _meta(obj, annotations=False))
+
+
+def trim_pod(obj: dict) -> dict:
+    return _top(obj, _meta(obj, annotations=True), spec=_pick(obj.get("spec"), ("nodeName", "hostNetwork")),
+                status=_pick(obj.get("status"), ("phase", "podIP", "podIPs")))
+
+
+def trim_custom(obj: dict) -> dict:
+    """Our own kinds are parsed strictly and their status is written back:
+    kept whole but for managedFields."""
+    meta = obj.get("metadata")
+    if not (isinstance(meta, dict) and "managedFields" in meta):
+        return obj
+    out = dict(obj)
+    out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return out
+
+
+TRIMS = {"Node": trim_node, "Namespace": trim_namespace, "Pod": trim_pod, "EgressGateway": trim_custom,
+         "EgressPolicy": trim_custom, "EgressClusterPolicy": trim_custom}
 
 
 def list_function(api_client, res: Resource, namespace: str | None = None):

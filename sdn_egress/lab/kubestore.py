@@ -6,7 +6,8 @@ stale resourceVersion); the ``/status`` subresource (a PUT of the object keeps
 its status, a PUT of ``/status`` changes only the status); merge patch; delete
 with finalizers (``deletionTimestamp``, gone when the last finalizer goes);
 list with ``labelSelector`` (``k=v``, ``k!=v``, ``k``, ``!k``) and
-``fieldSelector`` (``metadata.name``, ``metadata.namespace``); the history a
+``fieldSelector`` (``metadata.name``, ``metadata.namespace``, and a Pod's
+``spec.nodeName``, as the kube-apiserver serves it); the history a
 watch resumes from (compacted past :data:`HISTORY` writes, or by
 :meth:`ApiStore.compact`: older is ``410 Expired``).  With a state file
 (:meth:`ApiStore.persist`) the objects outlive a restart, as etcd's do; the
@@ -81,10 +82,10 @@ def _field_matcher(selector: str | None):
     want = {}
     for term in (t.strip() for t in selector.split(",") if t.strip()):
         k, sep, v = term.replace("==", "=").partition("=")
-        if not sep or k not in ("metadata.name", "metadata.namespace"):
+        if not sep or k not in ("metadata.name", "metadata.namespace", "spec.nodeName"):
             raise ApiError(400, "BadRequest", f"field label not supported: {k}")
-        want[k.split(".", 1)[1]] = v
-    return lambda obj: all((obj.get("metadata") or {}).get(k, "") == v for k, v in want.items())
+        want[tuple(k.split(".", 1))] = v
+    return lambda obj: all((obj.get(part) or {}).get(k, "") == v for (part, k), v in want.items())
 
 
 def selector(query: dict):

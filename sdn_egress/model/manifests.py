@@ -193,7 +193,7 @@ class _Ctx:
             self.fail(path, f"{quote(s)} is not an IP address")
         if version is not None and addr.version != version:
             self.fail(path, f"{quote(s)} is not an IPv{version} address")
-        return netaddr.IPAddress(str(addr))
+        return netaddr.IPAddress(int(addr), addr.version)  # checked once, by ipaddress: not parsed again
 
     def cidr(self, value: Any, path: str, version: int | None = None) -> netaddr.IPNetwork:
         s = self.string(value, path, "a CIDR string")
@@ -206,7 +206,7 @@ class _Ctx:
             self.fail(path, f"{quote(s)} is not a CIDR: host bits are set (the network is {net})")
         if version is not None and net.version != version:
             self.fail(path, f"{quote(s)} is not an IPv{version} CIDR")
-        return netaddr.IPNetwork(str(net))
+        return netaddr.IPNetwork((int(net.network_address), net.prefixlen), version=net.version)
 
     def pool_entry(self, value: Any, path: str, version: int) -> netaddr.IPRange:
         what = f"an IPv{version} address, range (first-last) or CIDR"

@@ -10,6 +10,7 @@ from sdn_egress.controller import Controller
 from sdn_egress.kube.events import EventRecorder
 from sdn_egress.source.kube import KubeSource
 from sdn_egress.controller.publish import FINALIZER, StatusPublisher
+from sdn_egress.kube.resources import CONTROLLER_WATCHED
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 from tests.support.objects import gateway, node, policy
@@ -22,7 +23,7 @@ class Running:
 
     def __init__(self, api_client, emu):
         self.emu = emu
-        self.source = KubeSource(api_client).start()
+        self.source = KubeSource(api_client, resources=CONTROLLER_WATCHED).start()  # as the controller runs
         assert self.source.wait_synced(timeout=20)
         self.store = KubeAllocationStore(api_client, NS)
         self.publisher = StatusPublisher(api_client, self.source, EventRecorder(api_client, instance="test"))

@@ -197,3 +197,66 @@ def test_the_labs_state_from_its_api_server_is_the_sources_own(source, emu, tmp_
     assert shown.nodes == enforced.nodes and shown.pods == enforced.pods
     assert sorted(map(str, shown.errors)) == sorted(map(str, enforced.errors))
     assert objects.cluster_state({}).gateways["aaa"].cluster_default  # without the incumbency: not what is enforced
+
+
+# -- what each process watches and keeps (issue 15) ------------------------------------------------
+
+def test_an_agent_lists_and_watches_only_its_own_nodes_pods(emu, api):
+    seed(emu)
+    emu.apply(pod("shop", "web-0", "alpha", "203.0.113.2", app="cart"))
+    src = KubeSource(api, node="alpha").start()
+    try:
+        assert src.wait_synced(timeout=20)
+        assert list(src.snapshot().pods) == ["shop/web-0"]  # beta's cart-0 is not sent to alpha
+        assert sorted(src.snapshot().nodes) == ["alpha", "beta"]  # every node: the cluster CIDRs
+        pod_requests = emu.requests_to("GET", r"/api/v1/pods$")
+        assert pod_requests and {r.query.get("fieldSelector") for r in pod_requests} == {"spec.nodeName=alpha"}
+        # A relabel on another node does not even wake it; one of its own pods does.
+        src.snapshot()
+        emu.apply(pod("shop", "cart-0", "beta", "203.0.113.34", app="web"))
+        emu.apply(pod("shop", "web-1", "alpha", "203.0.113.3", app="web"))
+        state = wait_state(src, emu, lambda s: "shop/web-1" in s.pods, "alpha's new pod")
+        assert sorted(state.pods) == ["shop/web-0", "shop/web-1"]
+    finally:
+        src.stop()
+
+
+def test_the_controllers_source_watches_no_pod(emu, api):
+    from sdn_egress.kube.resources import CONTROLLER_WATCHED
+
+    seed(emu)
+    src = KubeSource(api, resources=CONTROLLER_WATCHED).start()
+    try:
+        assert src.wait_synced(timeout=20)
+        state = src.snapshot()
+        assert not state.pods and list(state.policies) == ["shop/cart"] and sorted(state.nodes) == ["alpha", "beta"]
+        assert not emu.requests_to("GET", r"/pods$")
+    finally:
+        src.stop()
+
+
+def test_the_caches_keep_only_what_the_model_reads(emu, source):
+    seed(emu)
+    big = pod("shop", "cart-1", "beta", "203.0.113.35", app="cart")
+    big["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
+    big["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "team": "a"}
+    big["status"]["containerStatuses"] = [{"name": "c", "ready": True}]
+    emu.apply(big)
+    n = node("gamma", 2)
+    n["status"]["images"] = [{"names": ["registry.example/x"], "sizeBytes": 1}]
+    n["status"]["conditions"][0].update(reason="KubeletReady", lastHeartbeatTime="2026-11-30T10:00:00Z")
+    emu.apply(n)
+    source.start()
+    assert source.wait_synced(timeout=20)
+    kept = source.informers["Pod"].get("cart-1", "shop")
+    assert kept["metadata"]["annotations"] == {"team": "a"} and "managedFields" not in kept["metadata"]
+    assert kept["spec"] == {"nodeName": "beta"} and kept["status"] == {"phase": "Running", "podIP": "203.0.113.35"}
+    kept = source.informers["Node"].get("gamma")
+    assert kept["status"] == {"addresses": [{"type": "InternalIP", "address": "192.0.2.13"}],
+                              "conditions": [{"type": "Ready", "status": "True"}]}
+    assert kept["metadata"]["uid"] and kept["metadata"]["resourceVersion"]  # the heartbeat's, the writers'
+    # A watch event is trimmed too, and the state is what the full objects give.
+    emu.apply(dict(big, metadata=dict(big["metadata"], labels={"app": "web"})))
+    state = wait_state(source, emu, lambda s: dict(s.pods["shop/cart-1"].labels) == {"app": "web"}, "the relabel")
+    assert "containerStatuses" not in source.informers["Pod"].get("cart-1", "shop")["status"]
+    assert state.nodes["gamma"].ready and dict(state.pods["shop/cart-1"].annotations) == {"team": "a"}

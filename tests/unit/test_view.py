@@ -143,3 +143,48 @@ def test_a_standby_holds_the_eip_only_while_bfd_sees_every_node_before_it_dead()
     assert route.gateways == (active, standby) and not route.local
     assert tunnel_peers("charlie", st, alloc) == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
     assert tunnel_peers(standby, st, alloc).keys() == {"charlie", active}
+
+
+def test_a_worker_keeps_tunnels_only_to_the_gateways_of_the_eips_its_pods_use():
+    """Issue 15: a worker with no selected pod has no tunnel (no BFD); one
+    with a selected pod has one to every gateway node of that EIP, standbys
+    included (failover must not wait for a port), and none to the gateways of
+    EIPs only other nodes use.  A gateway node keeps one to every node."""
+    edge2 = EgressGateway(name="edge2", node_selector=LabelSelector(match_labels=(("egress", "two"),)),
+                          pool_v4=(netaddr.IPRange("192.0.2.220", "192.0.2.230"),))
+    nodes = {n.name: n for n in (node("alpha", 0, egress="true"), node("bravo", 1, egress="true"),
+                                 node("charlie", 2), node("delta", 3), node("echo", 4, egress="two"))}
+    other = EgressPolicy(namespace="shop", name="web", gateway="edge2",
+                         pod_selector=LabelSelector(match_labels=(("app", "web"),)))
+    pods = [pod("shop", "cart-0", "charlie", "203.0.113.66", app="cart"),
+            pod("shop", "web-0", "echo", "203.0.113.130", app="web"),
+            pod("shop", "idle-0", "delta", "203.0.113.98", app="idle")]
+    st = ClusterState(nodes=nodes, pods={p.key: p for p in pods},
+                      gateways={"edge": state().gateways["edge"], "edge2": edge2},
+                      policies={p.key: p for p in (policy("shop", "cart", app="cart"), other)})
+    alloc = allocate(st)
+    assert {str(a.ip): a.nodes for a in alloc.eips}["192.0.2.200"] in (("alpha", "bravo"), ("bravo", "alpha"))
+    assert tunnel_peers("charlie", st, alloc) == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
+    assert tunnel_peers("delta", st, alloc) == {}  # nothing selected: no tunnel, no BFD
+    assert tunnel_peers("alpha", st, alloc).keys() == {"bravo", "charlie", "delta", "echo"}
+    # The pod relabelled into the policy: delta now needs both gateway nodes.
+    relabelled = dict(st.pods, **{"shop/idle-0": pod("shop", "idle-0", "delta", "203.0.113.98", app="cart")})
+    st2 = ClusterState(nodes=st.nodes, pods=relabelled, gateways=st.gateways, policies=st.policies)
+    assert tunnel_peers("delta", st2, alloc).keys() == {"alpha", "bravo"}
+    # Its pod unselected again, delta keeps the ports it has (their BFD up for
+    # the next one), but only to nodes that are still gateway nodes.
+    kept = tunnel_peers("delta", st, alloc, keep={"alpha", "bravo", "charlie"})
+    assert kept == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
+
+
+def test_a_new_node_is_never_steered_to_from_the_next_pass_on():
+    """The never-steered set is computed once per pass and kept while the
+    nodes stay the same objects: a node that joins (or changes) counts at once."""
+    st = state(policy("shop", "cart", app="cart"))
+    assert IP("198.51.100.7") in netaddr.IPSet(s.dest for s in view(st).steers)
+    grown = dict(st.nodes, charlie=Node(name="charlie", labels=(), addresses=(IP("198.51.100.7"),),
+                                        pod_cidrs=(NET("198.51.100.64/26"),)))
+    after = view(ClusterState(nodes=grown, pods=st.pods, gateways=st.gateways, policies=st.policies)).steers
+    covered = netaddr.IPSet(s.dest for s in after)
+    assert IP("198.51.100.7") not in covered and not covered & netaddr.IPSet(["198.51.100.64/26"])
+    assert IP("198.51.100.8") in covered

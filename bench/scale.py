@@ -1,0 +1,395 @@
+"""Scale benchmark (issue 15): the control plane's cost at S, M and L.
+
+    python bench/scale.py [--sizes S,M,L] [--no-write]
+
+Each role runs in its own subprocess (its peak RSS is that process's):
+the controller, the agent of the worker whose pod is relabelled, the agent of
+an unrelated worker, the agent of the busiest gateway node.  Each builds the
+project's own :class:`~sdn_egress.source.kube.KubeSource` with the informers
+its process runs (their selectors decide which objects it is sent: what the
+API server would send it, from bench/clustergen.py), then the project's own
+parsers, allocation (``Controller.reconcile``), view, ``flows.build`` and
+``AgentCore.reconcile``.  OVSDB, the switches and the kernel are replaced by
+recording stand-ins (see :class:`Node`): the switch side is not measured here.
+An agent reads the controller's allocation as the Kubernetes ConfigMap reader
+gives it (parsed once per version: :class:`Allocations`).
+
+The event: one pod of a worker is relabelled from an app no policy selects
+into one its namespace's policies select; delivered, as a watch event, to the
+informers whose selector matches it (the others are not sent it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import clustergen as gen  # noqa: E402
+
+ROLES = ("controller", "worker", "unrelated", "gateway")
+
+
+# -- serving the informers ----------------------------------------------------------------------
+
+def _pod_node(inf) -> int | None:
+    """The node index a Pod informer's field selector asks for (None: every pod)."""
+    sel = getattr(inf, "_selectors", {}).get("field_selector") or ""
+    for term in sel.split(","):
+        k, _, v = term.partition("=")
+        if k.strip() == "spec.nodeName":
+            return int(v.strip().rsplit("-", 1)[1])
+    return None
+
+
+def serve(source, size: gen.Size) -> None:
+    """List every informer of ``source``: the objects its selectors select."""
+    objects = gen.cluster(size, pods=False)
+    for inf in source.informers.values():
+        if inf.res.kind == "Pod":
+            node = _pod_node(inf)
+            items = gen.all_pods(size) if node is None else gen.pods_on(size, node)
+        else:
+            items = iter(objects[inf.res.kind])
+        inf.load(items, "1")
+
+
+def deliver(source, obj: dict) -> bool:
+    """A watch event to the informers that select it; whether any did."""
+    sent = False
+    for inf in source.informers.values():
+        if inf.res.kind != obj["kind"]:
+            continue
+        node = _pod_node(inf)
+        if node is not None and gen.node_name(node) != obj["spec"]["nodeName"]:
+            continue
+        inf._apply("MODIFIED", obj)
+        sent = True
+    return sent
+
+
+def make_source(role: str, node: str | None):
+    from sdn_egress.kube import resources
+    from sdn_egress.source.kube import KubeSource
+
+    if role == "controller":
+        return KubeSource(None, resources=resources.CONTROLLER_WATCHED, detect_service_cidrs=False)
+    return KubeSource(None, node=node, detect_service_cidrs=False)
+
+
+def timed_snapshots(source) -> list[float]:
+    """Wrap source.snapshot to record how long each takes."""
+    times: list[float] = []
+    inner = source.snapshot
+
+    def snapshot():
+        t = time.perf_counter()
+        try:
+            return inner()
+        finally:
+            times.append(time.perf_counter() - t)
+    source.snapshot = snapshot
+    return times
+
+
+# -- the agent's stand-ins -----------------------------------------------------------------------
+
+class Switch:
+    def __init__(self, bridge: str):
+        self.bridge, self.dpid, self.flows = bridge, 1 if bridge == "br-int" else 2, set()
+
+    def dump_flows(self, names):
+        return set(self.flows)
+
+    def apply(self, adds, deletes):
+        self.flows -= {f for f in self.flows if f.key in {d.key for d in deletes}}
+        self.flows |= set(adds)
+
+    def announce(self, *args):
+        pass
+
+
+class Routing:
+    def sync(self, *args, **kwargs):
+        pass
+
+    def reserve_ports(self, *args, **kwargs):
+        return True
+
+    def hold_due(self, *args):
+        return False
+
+
+class Allocations:
+    """The allocation as the Kubernetes agent's ConfigMap reader gives it:
+    parsed once per version (here: one version), ``changed()`` when it moved."""
+
+    def __init__(self, alloc):
+        self.alloc = alloc
+
+    def load(self):
+        return self.alloc
+
+    def changed(self) -> bool:
+        return False
+
+
+class Node:
+    """OVSDB as the agent reads it: one port per tunnel it asked for."""
+
+    def __init__(self):
+        from ovs_setup import ovsdb
+        self.ports: dict[str, str] = {}
+        ovsdb.sync_tunnels = self.sync_tunnels
+        ovsdb.ofports = self.ofports
+        ovsdb.iface_mac = lambda api, name, timeout=10.0: "02:00:00:00:00:01"
+        ovsdb.iface_mtu = lambda api, name: 1500
+        ovsdb.bfd_status = lambda api, bridge: {}
+
+    def sync_tunnels(self, api, bridge, peers, bfd=None, **kwargs):
+        from ovs_setup import ovsdb
+        self.ports = ovsdb.tunnel_port_names(peers)
+        return self.ports
+
+    def ofports(self, api, bridge, timeout=10.0):
+        if bridge == "br-ex":
+            return {"br-ex": 65534, "patch-ex-int": 1, "uplink": 2}
+        out = {"egw0": 1, "gnv-flow": 2, "patch-int-ex": 3}
+        out.update({name: 10 + i for i, name in enumerate(sorted(self.ports.values()))})
+        return out
+
+
+def make_agent(node: str, source, status_dir: str):
+    from sdn_egress.agent import core as core_mod
+    from sdn_egress.allocation import AllocationStore
+
+    Node()
+    core_mod.resolve_next_hop_mac = lambda dest: "02:00:00:00:00:fe"
+    bfd = {"enable": "true", "min_tx": "100", "min_rx": "100", "decay_min_rx": "0", "mult": "3"}
+    cfg = core_mod.AgentConfig(node=node, ovs_db="unused", tunnel_mtu=1400, new_pod_hold=0, bfd=bfd,
+                               bfd_grace=1e9)
+    core = core_mod.AgentCore(cfg, source, Allocations(AllocationStore(status_dir).load()), routing=Routing())
+    core._ovs = object()
+    for bridge in ("br-int", "br-ex"):
+        core.switch_up(Switch(bridge))
+    return core
+
+
+# -- one role, in its own process ----------------------------------------------------------------
+
+def choose(size: gen.Size, alloc) -> dict:
+    """The event pod (a worker's), the busiest gateway node, an unrelated worker."""
+    with_eip = sorted(k for k, s in alloc.policies.items() if (s.eip_v4 or s.eip_v6) and "/" in k)
+    ns = with_eip[0].split("/")[0]
+    j = gen.event_pod(size, int(ns[2:]))
+    worker = gen.pod_place(size, j)[1]
+    active: dict[str, int] = {}
+    for a in alloc.eips:
+        if a.nodes:
+            active[a.nodes[0]] = active.get(a.nodes[0], 0) + 1
+    busiest = max(sorted(active), key=lambda n: active[n])
+    unrelated = next(i for i in range(worker + 1, worker + size.nodes)
+                     if gen.gateway_of_node(size, i % size.nodes) is None) % size.nodes
+    return {"pod": j, "worker": gen.node_name(worker), "gateway": busiest,
+            "unrelated": gen.node_name(unrelated), "eips": len(alloc.eips)}
+
+
+def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
+    import gc
+
+    import kubernetes.client  # noqa: F401 - every real process has it loaded
+    import flows
+    from sdn_egress.allocation import AllocationStore
+
+    out: dict = {"role": role}
+    store = AllocationStore(status_dir)
+    picked = choose(size, store.load()) if role != "controller" else None
+    node = picked[role] if picked else None
+    source = make_source(role, node)
+    t = time.perf_counter()
+    serve(source, size)
+    out["list_s"] = time.perf_counter() - t
+    gc.collect()
+    snaps = timed_snapshots(source)
+    if role == "controller":
+        from sdn_egress.controller import Controller
+
+        class Store:  # the real file store, without the agents' report directory
+            where = status_dir
+            load, save = (lambda self: None), (lambda self, alloc: store.save(alloc))
+        controller = Controller(source, Store())
+        t = time.perf_counter()
+        alloc = controller.reconcile()
+        out["first_pass_s"] = time.perf_counter() - t
+        picked = choose(size, alloc)
+        pass_ = controller.reconcile
+    else:
+        core = make_agent(node, source, status_dir)
+        t = time.perf_counter()
+        core.reconcile(full=True)
+        out["first_pass_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        core.reconcile(full=True)
+        out["full_pass_s"] = time.perf_counter() - t
+        pass_ = core.reconcile
+    out.update(picked)
+    out["first_snapshot_s"] = snaps[0]
+    del snaps[:]
+    event = gen.pod(size, picked["pod"], app=0, rv=2)
+    t = time.perf_counter()
+    out["delivered"] = deliver(source, event)
+    if source.wait_for_change(0):
+        pass_()
+        out["event_pass_s"] = time.perf_counter() - t
+        out["event_snapshot_s"] = snaps[0]
+    if role != "controller":
+        view = core.last_result.view
+        t = time.perf_counter()
+        desired = flows.build(view)
+        out["build_s"] = time.perf_counter() - t
+        out["flows"] = sum(len(v) for v in desired.values())
+        out["steers"] = len(view.steers)
+        out["tunnels"] = len(core._peers or {})
+        out["bfd"] = out["tunnels"] if core.config.bfd else 0
+    out["pods_cached"] = len(source.informers["Pod"].items()) if "Pod" in source.informers else 0
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+def ms(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v * 1000:,.1f} ms" if v < 1 else f"{v:,.2f} s"
+
+
+def bfd_senders(size: gen.Size, alloc, gateway: str) -> int:
+    """How many other nodes keep a port (so a BFD session) to ``gateway``:
+    those with a pod that a policy with an EIP on that node selects
+    (view.used_gateways' rule, from the generator's: a namespaced policy
+    selects apps a0-a9 of its namespace, a cluster policy app a10 of the
+    namespaces of its tier)."""
+    eips = {str(a.ip) for a in alloc.eips if gateway in a.nodes}
+    on_gateway = {k for k, st in alloc.policies.items() if {str(st.eip_v4), str(st.eip_v6)} & eips}
+    namespaces = {k.split("/")[0] for k in on_gateway if "/" in k}
+    tiers = {f"t{int(k.rsplit('-', 1)[1]) % 4}" for k in on_gateway if "/" not in k}
+    senders = set(range(3 * size.gateways))  # the gateway nodes: each has a port to every node
+    for j in range(size.pods):
+        ns, i, app = gen.pod_place(size, j)
+        if (app < 10 and ns in namespaces) or (app == 10 and f"t{int(ns[2:]) % 4}" in tiers):
+            senders.add(i)
+    return len(senders - {int(gateway.rsplit("-", 1)[1])})
+
+
+def run_size(size: gen.Size) -> dict:
+    from sdn_egress.allocation import AllocationStore
+
+    with tempfile.TemporaryDirectory(prefix="sdn-egress-scale-") as status:
+        results = {}
+        for role in ROLES:
+            proc = subprocess.run([sys.executable, __file__, "--role", role, "--size", size.name,
+                                   "--status", status], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{size.name} {role} failed:\n{proc.stderr[-4000:]}")
+            results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  {size.name} {role}: {results[role]}", file=sys.stderr)
+        results["bfd_up"] = bfd_senders(size, AllocationStore(status).load(), results["gateway"]["gateway"])
+    return results
+
+
+def event_cell(r: dict) -> str:
+    if not r["delivered"]:
+        return "not sent (0)"
+    return ms(r.get("event_pass_s"))
+
+
+ROWS = (
+    ("snapshot after the event (worker agent / controller)", lambda r: (
+        f"{ms(r['worker'].get('event_snapshot_s'))} / "
+        + (ms(r['controller'].get('event_snapshot_s')) if r['controller']['delivered'] else "not sent"))),
+    ("first snapshot (cold parse) worker / gateway / controller", lambda r: " / ".join(
+        ms(r[k]["first_snapshot_s"]) for k in ("worker", "gateway", "controller"))),
+    ("one pod relabelled into a policy → new flows on its node (agent pass)", lambda r: event_cell(r["worker"])),
+    ("the same event on an unrelated worker", lambda r: event_cell(r["unrelated"])),
+    ("the same event on the busiest gateway node", lambda r: event_cell(r["gateway"])),
+    ("controller pass after one pod event", lambda r: event_cell(r["controller"])),
+    ("full recompute of one node (worker / gateway)", lambda r: (
+        f"{ms(r['worker']['full_pass_s'])} / {ms(r['gateway']['full_pass_s'])}")),
+    ("controller first pass (allocation from scratch)", lambda r: ms(r["controller"]["first_pass_s"])),
+    ("flows on the busiest gateway node", lambda r: f"{r['gateway']['flows']:,}"),
+    ("`flows.build` for that gateway", lambda r: ms(r["gateway"]["build_s"])),
+    ("flows on the event's worker", lambda r: f"{r['worker']['flows']:,}"),
+    ("worker agent RSS (own process, peak)", lambda r: f"{r['worker']['rss_mb']:,.0f} MB"),
+    ("gateway agent RSS (own process, peak)", lambda r: f"{r['gateway']['rss_mb']:,.0f} MB"),
+    ("controller RSS (own process, peak)", lambda r: f"{r['controller']['rss_mb']:,.0f} MB"),
+    ("pods in the cache: worker / gateway / controller", lambda r: " / ".join(
+        f"{r[k]['pods_cached']:,}" for k in ("worker", "gateway", "controller"))),
+    ("Geneve ports = BFD sessions: busiest gateway / event worker / unrelated worker", lambda r: (
+        f"{r['gateway']['bfd']:,} / {r['worker']['bfd']:,} / {r['unrelated']['bfd']:,}")),
+    ("BFD sessions up on the busiest gateway (nodes with a port to it) · its BFD packets/s sent", lambda r: (
+        f"{r['bfd_up']:,} · {r['bfd_up'] * 10 + (r['gateway']['bfd'] - r['bfd_up']):,}")),
+    ("EIPs", lambda r: f"{r['controller']['eips']:,}"),
+)
+
+
+def table(by_size: dict[str, dict]) -> str:
+    names = list(by_size)
+    head = "| | " + " | ".join(f"{n} ({gen.SIZES[n].nodes:,} / {gen.SIZES[n].pods:,} / {gen.SIZES[n].policies:,})"
+                                 for n in names) + " |"
+    lines = [head, "| --- " * (len(names) + 1) + "|"]
+    for label, cell in ROWS:
+        lines.append(f"| {label} | " + " | ".join(cell(by_size[n]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="S,M,L")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    p.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
+    p.add_argument("--status", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role:
+        import logging
+        logging.basicConfig(level=logging.ERROR)
+        print(json.dumps(run_role(args.role, gen.SIZES[args.size], args.status)))
+        return 0
+    by_size = {}
+    for name in args.sizes.split(","):
+        started = time.monotonic()
+        by_size[name] = run_size(gen.SIZES[name])
+        print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    body = table(by_size)
+    print(body)
+    if not args.no_write:
+        from common import write_section
+        write_section("scale", body + NOTE)
+    return 0
+
+
+NOTE = """
+
+Sizes: nodes / pods / policies; 200 namespaces, bench/clustergen.py. Each role is its own process,
+sent what its informers select (a watch event only where the selector matches: "not sent" means the
+API server does not send that process the event at all). OVSDB, switches and the kernel are
+stand-ins: the switch side is not measured here; the allocation comes as the ConfigMap reader gives it
+(parsed once per version). "new flows on its node" runs from the watch event
+to the end of the agent's pass (snapshot, view, `flows.build`, diff). BFD: the agent enables it on
+every tunnel port; a gateway node has a port to every node (it does not watch other nodes' pods, so
+it cannot tell which workers send to it), but a session comes up only with the nodes that have a
+port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
+per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
+RSS includes one list response of every node, untrimmed, as a real list holds it before trimming.
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
