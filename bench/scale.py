@@ -131,6 +131,9 @@ class Allocations:
     """The allocation as the Kubernetes agent's ConfigMap reader gives it:
     parsed once per version (here: one version), ``changed()`` when it moved."""
 
+    where = "the bench's allocation"
+    synced = True
+
     def __init__(self, alloc):
         self.alloc = alloc
 
@@ -142,23 +145,29 @@ class Allocations:
 
 
 class Node:
-    """OVSDB as the agent reads it: one port per tunnel it asked for."""
+    """The node's OVSDB as the agent reads it (the agent's NodeDb): one port
+    per tunnel it asked for."""
 
     def __init__(self):
-        from ovs_setup import ovsdb
         self.ports: dict[str, str] = {}
-        ovsdb.sync_tunnels = self.sync_tunnels
-        ovsdb.ofports = self.ofports
-        ovsdb.iface_mac = lambda api, name, timeout=10.0: "02:00:00:00:00:01"
-        ovsdb.iface_mtu = lambda api, name: 1500
-        ovsdb.bfd_status = lambda api, bridge: {}
 
-    def sync_tunnels(self, api, bridge, peers, bfd=None, **kwargs):
+    def bridge_dpid(self, bridge: str) -> int:
+        return 1 if bridge == "br-int" else 2
+
+    def iface_mac(self, name: str) -> str:
+        return "02:00:00:00:00:01"
+
+    def iface_mtu(self, name: str) -> int:
+        return 1500
+
+    def bfd_status(self, bridge: str) -> dict:
+        return {}
+
+    def sync_tunnels(self, bridge, peers, bfd=None):
         from ovs_setup import ovsdb
         self.ports = ovsdb.tunnel_port_names(peers)
-        return self.ports
 
-    def ofports(self, api, bridge, timeout=10.0):
+    def ofports(self, bridge):
         if bridge == "br-ex":
             return {"br-ex": 65534, "patch-ex-int": 1, "uplink": 2}
         out = {"egw0": 1, "gnv-flow": 2, "patch-int-ex": 3}
@@ -168,15 +177,17 @@ class Node:
 
 def make_agent(node: str, source, status_dir: str):
     from sdn_egress.agent import core as core_mod
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.agent.facts import NodeReader
+    from sdn_egress.allocation import FileAllocationStore
 
-    Node()
-    core_mod.resolve_next_hop_mac = lambda dest: "02:00:00:00:00:fe"
+    db = Node()
     bfd = {"enable": "true", "min_tx": "100", "min_rx": "100", "decay_min_rx": "0", "mult": "3"}
     cfg = core_mod.AgentConfig(node=node, ovs_db="unused", tunnel_mtu=1400, new_pod_hold=0, bfd=bfd,
                                bfd_grace=1e9)
-    core = core_mod.AgentCore(cfg, source, Allocations(AllocationStore(status_dir).load()), routing=Routing())
-    core._ovs = object()
+    reader = NodeReader(node, db, bfd=bfd, tunnel_mtu=1400, next_hop_mac=lambda dest, family=4: "02:00:00:00:00:fe",
+                        address_mtu=lambda ip: 1500)
+    core = core_mod.AgentCore(cfg, source, Allocations(FileAllocationStore(status_dir).load()), routing=Routing(),
+                              db=db, node=reader)
     for bridge in ("br-int", "br-ex"):
         core.switch_up(Switch(bridge))
     return core
@@ -206,10 +217,10 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
 
     import kubernetes.client  # noqa: F401 - every real process has it loaded
     import flows
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
 
     out: dict = {"role": role}
-    store = AllocationStore(status_dir)
+    store = FileAllocationStore(status_dir)
     picked = choose(size, store.load()) if role != "controller" else None
     node = picked[role] if picked else None
     source = make_source(role, node)
@@ -221,9 +232,23 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
     if role == "controller":
         from sdn_egress.controller import Controller
 
-        class Store:  # the real file store, without the agents' report directory
-            where = status_dir
-            load, save = (lambda self: None), (lambda self, alloc: store.save(alloc))
+        kept_in = status_dir
+
+        class Store:  # the real file store starting afresh, without the agents' report directory
+            where = kept_in
+            status_dir = None
+
+            def load(self):
+                return None
+
+            def save(self, alloc):
+                return store.save(alloc)
+
+            def read_moves(self):
+                return {}
+
+            def finish_moves(self, done):
+                pass
         controller = Controller(source, Store())
         t = time.perf_counter()
         alloc = controller.reconcile()
@@ -256,7 +281,7 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
         out["build_s"] = time.perf_counter() - t
         out["flows"] = sum(len(v) for v in desired.values())
         out["steers"] = len(view.steers)
-        out["tunnels"] = len(core._peers or {})
+        out["tunnels"] = len(core.node.peers or {})
         out["bfd"] = out["tunnels"] if core.config.bfd else 0
     out["pods_cached"] = len(source.informers["Pod"].items()) if "Pod" in source.informers else 0
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -290,7 +315,7 @@ def bfd_senders(size: gen.Size, alloc, gateway: str) -> int:
 
 
 def run_size(size: gen.Size) -> dict:
-    from sdn_egress.allocation import AllocationStore
+    from sdn_egress.allocation import FileAllocationStore
 
     with tempfile.TemporaryDirectory(prefix="sdn-egress-scale-") as status:
         results = {}
@@ -301,7 +326,7 @@ def run_size(size: gen.Size) -> dict:
                 raise SystemExit(f"{size.name} {role} failed:\n{proc.stderr[-4000:]}")
             results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  {size.name} {role}: {results[role]}", file=sys.stderr)
-        results["bfd_up"] = bfd_senders(size, AllocationStore(status).load(), results["gateway"]["gateway"])
+        results["bfd_up"] = bfd_senders(size, FileAllocationStore(status).load(), results["gateway"]["gateway"])
     return results
 
 
