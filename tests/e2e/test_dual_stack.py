@@ -28,7 +28,8 @@ TOPOLOGY = {
 V4, V6 = Net(IPV4), Net(IPV6)
 GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": "edge"},
            "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
-                    "ippools": {**V4.pool(200, 210), **V6.pool(200, 210)}}}
+                    # 10 addresses each (IPv6 host numbers are hex: ::200-::209), so they pair.
+                    "ippools": {**V4.pool(200, 209), **V6.pool(200, 209)}}}
 
 # UDP datagrams with sequence numbers every 20 ms from one pod, to both
 # families' addresses of the external host in turn.
