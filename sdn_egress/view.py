@@ -67,17 +67,39 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
     entries than listing them; otherwise (scattered exclusions split the
     destinations into many CIDRs) its destinations are listed whole and each
     exclusion becomes an ``exclude`` entry, and the policies after it get a
-    higher rank: where they cover one of its exclusions, they win."""
+    higher rank: where they cover one of its exclusions, they win.
+
+    IPv6 the same, except that the cluster's own ranges may be entries too:
+    cutting a few /64s and /128s out of ::/0 makes over a hundred CIDRs each,
+    so when listing them is cheaper they are ``exclude`` entries of the top
+    rank (:data:`CLUSTER_RANK`), which nothing outranks.  (IPv4 keeps cutting,
+    as it always has.)"""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
-    claimed = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    never = netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version]
+    policies = [(p, eip) for p in selected_policies(state, alloc, pod)
+                if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6)]
+    cut = _entries(pod, ips, policies, version, never)
+    if version == 4 or not cut:
+        return cut
+    listed = _entries(pod, ips, policies, version, netaddr.IPSet())
+    covered = netaddr.IPSet(s.dest for s in listed if not s.exclude)
+    first = listed[0]
+    cluster = [Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK,
+                     exclude=True)
+               for cidr in (never & covered).iter_cidrs() for ip in ips]
+    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+
+
+CLUSTER_RANK = MAX_STEER_RANKS - 1  # policies' exclusions use the ranks below it
+
+
+def _entries(pod: Pod, ips, policies, version: int, claimed: netaddr.IPSet) -> list[Steer]:
+    claimed = netaddr.IPSet(claimed)
     steers: list[Steer] = []
     rank = 0
-    for policy in selected_policies(state, alloc, pod):
-        eip = alloc.policies[policy.key].eip_v4 if version == 4 else alloc.policies[policy.key].eip_v6
-        if eip is None:
-            continue
+    for policy, eip in policies:
         # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
         wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
                                or ([] if policy.dest_subnets else [EVERYTHING[version]]))
@@ -86,7 +108,7 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
         region = free - excluded
         claimed |= region
         entries = [(cidr, False) for cidr in region.iter_cidrs()]
-        holes = list((free & excluded).iter_cidrs()) if rank < MAX_STEER_RANKS - 1 else []
+        holes = list((free & excluded).iter_cidrs()) if rank < CLUSTER_RANK - 1 else []
         listed = list(free.iter_cidrs()) if holes else []
         if holes and len(listed) + len(holes) < len(entries):
             entries = [(cidr, False) for cidr in listed] + [(cidr, True) for cidr in holes]

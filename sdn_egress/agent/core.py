@@ -30,7 +30,7 @@ from sdn_egress.fileio import write_json_atomic
 from sdn_egress.allocation import Allocation, AllocationStore
 from sdn_egress.model import ClusterState
 from sdn_egress.source import StateSource
-from sdn_egress.view import NodeFacts, build_view, tunnel_peers
+from sdn_egress.view import NodeFacts, build_view, tunnel_peers, underlay_address
 
 LOG = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ class AgentCore:
             key = str(a.ip)
             mac = None if refresh else self._next_hops.get(key)
             if mac is None:
-                mac = resolve_next_hop_mac(self._probe_destination(state, a))
+                mac = resolve_next_hop_mac(self._probe_destination(state, a), family=a.ip.version)
                 if mac is None:
                     LOG.warning("EIP %s: next hop MAC not resolved yet; its traffic is dropped", key)
                     unresolved.append(key)
@@ -454,7 +454,7 @@ class AgentCore:
         overhead of the node address's family."""
         if self.config.tunnel_mtu:
             return self.config.tunnel_mtu, "--tunnel-mtu"
-        node_ip = state.nodes[self.config.node].address(4)
+        node_ip = underlay_address(state.nodes[self.config.node])  # IPv6 on an IPv6-only cluster
         found = []
         if node_ip is not None:
             mtu = address_mtu(str(node_ip))
@@ -525,8 +525,9 @@ class AgentCore:
         steer everything outside the cluster."""
         for key in assignment.policies:
             policy = state.policies.get(key)
-            if policy is not None and policy.dest_subnets:
-                net = policy.dest_subnets[0]
+            nets = [d for d in policy.dest_subnets if d.version == assignment.ip.version] if policy else []
+            if nets:  # of the EIP's family: an IPv6 EIP's next hop is an IPv6 neighbour
+                net = nets[0]
                 return str(net[1] if net.size > 2 else net[0])
         return None
 
@@ -568,6 +569,9 @@ class AgentCore:
             "tunnel_mtu": view.tunnel_mtu if view else None,
             "tunnel_mtu_source": self._tunnel_mtu[1] if self._tunnel_mtu else None,
             "mss": view.tunnel_mtu - 40 if view else None,
+            # IPv6 steered (its route into egw0 carries max(tunnel MTU, 1280)): its MSS clamp
+            "mss_v6": (max(view.tunnel_mtu, 1280) - 60
+                       if view and any(s.pod_ip.version == 6 for s in view.steers) else None),
             "oversized": dict(self.oversized),
             "bfd": self._bfd_report(),
             "new_pod_hold": ({"bound": self._hold.bound, **getattr(self.routing, "hold_state", {})}

@@ -47,6 +47,7 @@ PRIORITIES = {STEER_PRIORITY - i: (MAIN_TABLE if i % 2 else STEER_TABLE)
 PRIORITIES.update({RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE, HOLD_PRIORITY: 0})
 ANY = netaddr.IPNetwork("0.0.0.0/0")
 ANY6 = netaddr.IPNetwork("::/0")
+UNSPECIFIED6 = netaddr.IPNetwork("::/127")  # :: and ::1
 EVERYWHERE = {4: ANY, 6: ANY6}
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 HOST_PREFIX = {4: 32, 6: 128}
@@ -128,6 +129,9 @@ def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None =
     classified with, where that is known; a pod not in it gets no rule.
     Without any routes (a bridge CNI, or ``None``), rules match the address
     alone."""
+    # To ::/128 or ::/127 (exclusions of IPv6's never-steered :: and ::1) the kernel takes no
+    # rule (EINVAL for a destination whose address is ::), and never forwards a packet there.
+    steers = tuple(s for s in steers if not (s.dest.version == 6 and s.dest in UNSPECIFIED6))
     if not interfaces:
         return {_rule_of(s) for s in steers}
     if bound is None:
@@ -280,9 +284,18 @@ class HostRouting:
             have = current_rules(ipr)
             # Adds first (the hold last of them), then deletes: no packet of a
             # classified pod meets the hold while rules change.
+            # One refused rule must not leave the others out (the hold and the
+            # other family's steers among them): the pass fails after the rest.
+            refused = []
             for rule in sorted(want - have):
-                _rule(ipr, "add", rule)
+                try:
+                    _rule(ipr, "add", rule)
+                except Exception as exc:  # noqa: BLE001 - reported below, after the others
+                    refused.append(f"{rule}: {exc}")
+                    continue
                 LOG.info("routing: added rule %s", rule)
+            if refused:
+                raise RuntimeError(f"routing: {len(refused)} rules refused by the kernel: {'; '.join(refused[:3])}")
             for rule in sorted(have - want, reverse=True):
                 _rule(ipr, "del", rule)
                 LOG.info("routing: removed rule %s", rule)
@@ -544,15 +557,18 @@ def address_mtu(ip: str) -> int | None:
     return None
 
 
-def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
+def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0, family: int = 4) -> str | None:
     """The MAC of the next hop the node's routing uses towards ``dest`` (None:
-    the default route): the route's gateway, or ``dest`` itself when on-link.
-    Triggers ARP resolution when the neighbour is not known yet."""
+    the default route of ``family``): the route's gateway, or ``dest`` itself
+    when on-link.  Triggers ARP (neighbour discovery) when the neighbour is
+    not known yet."""
     from pyroute2 import IPRoute
 
+    if dest is not None:
+        family = netaddr.IPAddress(dest).version
     with IPRoute() as ipr:
         if dest is None:
-            routes = [r for fam in (socket.AF_INET, socket.AF_INET6) for r in ipr.get_routes(family=fam, table=254)
+            routes = [r for r in ipr.get_routes(family=AF[family], table=254)
                       if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")]
         else:
             routes = ipr.route("get", dst=dest)
@@ -563,28 +579,31 @@ def resolve_next_hop_mac(dest: str | None, timeout: float = 1.0) -> str | None:
         if hop is None:
             return None
         oif = route.get_attr("RTA_OIF")
-        mac = _neigh_mac(ipr, hop, oif)
+        mac = _neigh_mac(ipr, hop, oif, family)
         if mac:
             return mac
-    # Kick ARP: a datagram to the discard port makes the kernel resolve the hop.
-    with socket.socket(socket.AF_INET6 if ":" in hop else socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # Kick ARP / ND: a datagram to the discard port makes the kernel resolve the hop.
+    with socket.socket(AF[family], socket.SOCK_DGRAM) as s:
         try:
-            s.sendto(b"", (hop, 9))
+            if family == 6 and hop.startswith("fe80:") and oif:
+                s.sendto(b"", (hop, 9, 0, oif))  # a link-local hop needs its interface
+            else:
+                s.sendto(b"", (hop, 9))
         except OSError:
             pass
     import time
     deadline = time.monotonic() + timeout
     with IPRoute() as ipr:
         while time.monotonic() < deadline:
-            mac = _neigh_mac(ipr, hop, oif)
+            mac = _neigh_mac(ipr, hop, oif, family)
             if mac:
                 return mac
             time.sleep(0.05)
     return None
 
 
-def _neigh_mac(ipr, ip: str, oif: int | None) -> str | None:
-    for n in ipr.get_neighbours(family=socket.AF_INET6 if ":" in ip else socket.AF_INET, dst=ip):
+def _neigh_mac(ipr, ip: str, oif: int | None, family: int = 4) -> str | None:
+    for n in ipr.get_neighbours(family=AF[family], dst=ip):
         if oif is not None and n["ifindex"] != oif:
             continue
         # NUD_INCOMPLETE (1) and NUD_FAILED (0x20) carry no usable address.

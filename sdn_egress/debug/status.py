@@ -30,14 +30,18 @@ def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, env=
     out = {"policies": [], "nodes": [], "cluster_cidrs": [], "errors": []}
     if alloc is not None:
         by_ip = {str(a.ip): a for a in alloc.eips}
+
+        def eip_entry(ip) -> dict:
+            a = by_ip.get(str(ip)) if ip else None
+            return {"eip": str(ip) if ip else None, "active": a.nodes[0] if a and a.nodes else None,
+                    "standbys": list(a.nodes[1:]) if a else [], "held_by": held.get(str(ip)) if ip else None}
+
         for key, p in sorted(alloc.policies.items()):
-            a = by_ip.get(str(p.eip_v4)) if p.eip_v4 else None
+            entry = {"policy": key, **eip_entry(p.eip_v4), "gateway": p.gateway}
+            if p.eip_v6:  # its IPv6 EIP, gateways and holder, beside the IPv4 ones
+                entry["ipv6"] = eip_entry(p.eip_v6)
             out["policies"].append({
-                "policy": key, "eip": str(p.eip_v4) if p.eip_v4 else None, "gateway": p.gateway,
-                "active": a.nodes[0] if a and a.nodes else None,
-                "standbys": list(a.nodes[1:]) if a else [],
-                "held_by": held.get(str(p.eip_v4)) if p.eip_v4 else None,
-                "ready": p.ready,
+                **entry, "ready": p.ready,
                 "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
                                for c in p.conditions]})
         out["errors"] = [e.to_dict() for e in alloc.errors]
@@ -48,6 +52,8 @@ def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, env=
                  "switches": r.get("switches", {}), "held_eips": r.get("held_eips", []),
                  "tunnels": r.get("tunnels", {}), "tunnel_mtu": r.get("tunnel_mtu"),
                  "mss": r.get("mss"), "oversized": r.get("oversized", {})}
+        if r.get("mss_v6"):
+            entry["mss_v6"] = r["mss_v6"]
         if env is not None:
             entry["agent_alive"] = env.agent_alive(node, r)
             entry["bfd"] = env.bfd(node, r)
@@ -67,9 +73,12 @@ def _age(seconds: float) -> str:
 def render(st: dict) -> str:
     lines = ["POLICY               EIP              ACTIVE    STANDBYS        HELD BY   READY"]
     for p in st["policies"]:
-        lines.append(f"{p['policy']:<20} {p['eip'] or '-':<16} {p['active'] or '-':<9} "
-                     f"{','.join(p['standbys']) or '-':<15} {p['held_by'] or '-':<9} "
-                     f"{'yes' if p['ready'] else 'no'}")
+        rows = [p] if p["eip"] or "ipv6" not in p else []
+        rows += [p["ipv6"]] if "ipv6" in p else []
+        for i, r in enumerate(rows):  # one line per family, the IPv6 one under the IPv4 one
+            lines.append(f"{p['policy'] if i == 0 else '':<20} {r['eip'] or '-':<16} {r['active'] or '-':<9} "
+                         f"{','.join(r['standbys']) or '-':<15} {r['held_by'] or '-':<9} "
+                         f"{'yes' if p['ready'] else 'no'}")
         for c in p["conditions"]:
             if c["status"] != "True":
                 lines.append(f"    {c['type']}={c['status']} {c['reason']}: {c['message']}")
@@ -82,6 +91,8 @@ def render(st: dict) -> str:
         alive = {True: "up", False: "DOWN", None: "?"}[n.get("agent_alive")]
         alive += f" ({_age(n['report_age_s'])})"
         mtu = f"{n['tunnel_mtu']}/{n['mss']}" if n.get("tunnel_mtu") else "-"
+        if n.get("mss_v6"):
+            mtu += f" (v6 {n['mss_v6']})"
         lines.append(f"{n['node']:<10} {alive:<13} {sw:<32} {mtu:<15} {','.join(n['held_eips']) or '-':<16} {bfd}")
         big = n.get("oversized") or {}
         if any(big.values()):

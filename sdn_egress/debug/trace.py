@@ -24,7 +24,7 @@ BRIDGE = re.compile(r'^bridge\("([^"]+)"\)')
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sdn_egress.debug import env
     parser.add_argument("--src", required=True, metavar="NS/POD")
-    parser.add_argument("--dst", required=True, metavar="IP[:PORT]")
+    parser.add_argument("--dst", required=True, metavar="IP[:PORT]", help="IPv4[:PORT], IPv6 or [IPv6]:PORT")
     parser.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
     parser.add_argument("--node", help="the pod's node (default: from the pod object)")
     parser.add_argument("--gateway-hop", action="store_true",
@@ -65,12 +65,28 @@ def parse_trace(text: str, owners: dict[str, str]) -> dict:
 
 
 def _packet(proto: str, src: str, dst: str, port: int | None) -> str:
-    spec = f"{proto},nw_src={src},nw_dst={dst},nw_ttl=64"
+    if ":" in dst:  # IPv6: tcp6/udp6/icmp6, echo request 128
+        spec = f"{proto}6,ipv6_src={src},ipv6_dst={dst},nw_ttl=64"
+        echo = ",icmp_type=128,icmp_code=0"
+    else:
+        spec = f"{proto},nw_src={src},nw_dst={dst},nw_ttl=64"
+        echo = ",icmp_type=8,icmp_code=0"
     if proto in ("tcp", "udp"):
         spec += f",{proto}_src=40000,{proto}_dst={port or 8080}"  # tp_* is refused by ofproto/trace
     else:
-        spec += ",icmp_type=8,icmp_code=0"
+        spec += echo
     return spec
+
+
+def split_destination(dst: str) -> tuple[str, int | None]:
+    """``IP``, ``IPv4:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address -> (address, port)."""
+    if dst.startswith("["):
+        host, _, rest = dst[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if dst.count(":") > 1:
+        return dst, None
+    host, _, port = dst.partition(":")
+    return host, int(port) if port else None
 
 
 def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
@@ -81,8 +97,7 @@ def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
     from sdn_egress.debug.env import EnvError
     from sdn_egress.debug.explain import explain
 
-    host, _, port = dst.partition(":")
-    dport = int(port) if port else None
+    host, dport = split_destination(dst)
     state = env.cluster_state()
     alloc = env.allocation()
     pod = state.pods.get(src)
@@ -93,7 +108,12 @@ def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
     if pod is None:
         return out
     node = node or pod.node
-    pod_ip = str(next(ip for ip in pod.ips if ip.version == 4))
+    family = 6 if ":" in host else 4
+    pod_ip = next((str(ip) for ip in pod.ips if ip.version == family), None)
+    if pod_ip is None:
+        out["hops"].append({"where": f"{node} kernel", "route": "",
+                            "explain": f"the pod has no IPv{family} address: nothing to trace"})
+        return out
 
     def owners(n: str) -> dict:
         try:
@@ -117,9 +137,10 @@ def trace(env, src: str, dst: str, proto: str = "tcp", node: str | None = None,
 
     # 1. The host: does the kernel steer it into egw0?
     try:
-        routes = env.run(node, ["ip", "route", "show", f"{pod_ip}/32"]).stdout.split()
+        ip = ["ip"] if family == 4 else ["ip", "-6"]
+        routes = env.run(node, [*ip, "route", "show", f"{pod_ip}/{32 if family == 4 else 128}"]).stdout.split()
         veth = routes[routes.index("dev") + 1] if "dev" in routes else None  # the pod's host-side veth
-        route = env.run(node, ["ip", "route", "get", host, "from", pod_ip, "iif", veth or "lo"]).stdout
+        route = env.run(node, [*ip, "route", "get", host, "from", pod_ip, "iif", veth or "lo"]).stdout
     except EnvError as exc:
         command = f"sdn-egress trace --src {src} --dst {dst} --proto {proto}"
         out["hops"].append({"where": f"{node} kernel", "route": "",

@@ -120,7 +120,8 @@ def test_cluster_addresses_of_both_families_are_never_steered(dual):
     st, alloc, vs, _ = dual
     steers = pod_steers(st, alloc, st.pods["shop/cart-1"], 6)
     for cluster_ip in ("2001:db8:1:2::5", "2001:db8::d", "fe80::1", "ff02::1"):
-        assert deciding(steers, cluster_ip) is None, cluster_ip
+        decided = deciding(steers, cluster_ip)
+        assert decided is None or decided.exclude, cluster_ip
     assert deciding(steers, EXT6).eip == IP("2001:db8::200")
 
 
@@ -307,9 +308,11 @@ def test_exclusion_flows_rank_above_steers_and_drop(lab):
     st = cluster(policy(exclude=scattered(20)))
     _, vs = views(st)
     fl = worker.steers(vs["n1"])
-    ex = [f for f in fl if f.actions == (Drop(),) and f.priority > worker.PRIO_STEER]
+    ex = [f for f in fl if f.actions == (Drop(),) and f.priority > worker.PRIO_STEER
+          and "ipv4_dst" in f.match_dict()]
     assert len(ex) == 2 * 20 // 2  # one per exclusion and pod address of its family (pod cart-1)
-    assert min(f.priority for f in ex) > max(f.priority for f in fl if f.actions != (Drop(),))
+    assert min(f.priority for f in ex) > max(f.priority for f in fl if f.actions != (Drop(),)
+                                              and "ipv4_dst" in f.match_dict())
     assert all(C.decode(f.cookie).feature == C.Feature.UNSTEERED for f in ex)
     flows.build(vs["n1"])  # no two objects want one flow
 
@@ -322,3 +325,57 @@ def test_256_scattered_excludes_pass_the_bound_that_counts_entries():
     assert steering_cidrs((), excluded, 6) == 1
     # a policy of IPv6 destinations only costs nothing in IPv4
     assert steering_cidrs((NET("2001:db8:ff::/48"),), excluded, 4) == 0
+
+
+@pytest.mark.parametrize("dest", [(), ("198.51.100.0/24",), ("2001:db8:ff::/48",),
+                                  ("198.51.100.0/24", "2001:db8:ff::/48")])
+def test_explain_says_steered_exactly_when_a_steering_flow_takes_the_packet(lab, dest):
+    """What ``sdn-egress trace`` tells (its policy part) is what the switch does, per family."""
+    from sdn_egress.debug.explain import explain
+    st = cluster(policy(dest=dest, exclude=["198.51.100.7", "2001:db8:ff::7"]))
+    alloc, vs = views(st)
+    fabric = lab.make_fabric(vs)
+    for src, dst in (("203.0.113.34", "198.51.100.10"), ("203.0.113.34", "198.51.100.7"),
+                     ("2001:db8:1:1::2", "2001:db8:ff::10"), ("2001:db8:1:1::2", "2001:db8:ff::7"),
+                     ("2001:db8:1:1::2", "2001:db8:1:2::5")):
+        why = explain(st, alloc, "shop/cart-1", dst)
+        out = [e for e in fabric.send("n1", "br-int", from_pod("n1", src, dst)) if e.where == "uplink"]
+        assert why.steered == bool(out), (dest, dst, why.reasons)
+        if out:
+            assert out[0].packet["ipv6_src" if ":" in dst else "ipv4_src"] == why.eip
+
+
+def test_ipv6_cluster_ranges_are_entries_not_a_hundred_holes_each(lab):
+    st = cluster()
+    alloc, vs = views(st)
+    v6 = pod_steers(st, alloc, st.pods["shop/cart-1"], 6)
+    from sdn_egress.view import NEVER_STEERED
+    never = netaddr.IPSet(st.cluster_cidrs(6)) | NEVER_STEERED[6]
+    cut = len(list((netaddr.IPSet(["::/0"]) - never).iter_cidrs()))
+    assert cut > 250  # what cutting would cost
+    assert len(v6) == 1 + len(list(never.iter_cidrs())) < 15
+    fabric = lab.make_fabric(vs)
+    for dst in ("2001:db8:1:2::5", "2001:db8::d", "fe80::1"):  # another node's pod, a node, link-local
+        assert fabric.send("n1", "br-int", from_pod("n1", "2001:db8:1:1::2", dst)) == []
+        from sdn_egress.agent.routing import desired_rules
+        rule = min((r for r in desired_rules(tuple(v6)) if IP(dst) in r.dst), key=lambda r: r.priority)
+        assert rule.table == 254, rule
+    assert only(fabric.send("n1", "br-int", from_pod("n1", "2001:db8:1:1::2", EXT6))).where == "uplink"
+
+
+def test_status_lists_the_ipv6_eip_with_its_gateways_and_holder_under_the_ipv4_one():
+    from sdn_egress.debug import status
+    st = cluster()
+    alloc = allocate(st)
+    v4, v6 = eips(alloc)
+    held = {v4: holder(alloc, v4), v6: holder(alloc, v6)}
+    out = status.summarize(alloc, {"n0": {"time": 100.0, "mss": 1410, "mss_v6": 1390, "tunnel_mtu": 1450}},
+                           held, st, now=101.0)
+    [p] = out["policies"]
+    assert (p["eip"], p["ipv6"]["eip"], p["ipv6"]["held_by"]) == (v4, v6, holder(alloc, v6))
+    assert p["ipv6"]["standbys"] == list(alloc.eip(IP(v6)).nodes[1:])
+    text = status.render(out)
+    rows = [line.split() for line in text.splitlines() if v4 in line or v6 in line]
+    assert rows[0][:2] == ["shop/cart", v4] and rows[1][0] == v6
+    assert "1450/1410 (v6 1390)" in text
+    assert "2001:db8:1::/63" in text  # never steered, IPv6 too (pod CIDRs merged)

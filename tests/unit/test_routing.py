@@ -106,3 +106,60 @@ def test_the_ipv6_route_into_egw0_has_the_tunnel_mtu_and_a_permanent_link_local_
     assert (route["dst"], route["gateway"], route["table"], route["metrics"]) == (
         "::/0", "fe80::a9fe:1", 7100, {"mtu": 1450})
     assert ipv6_route_mtu(1450) == 1450 and ipv6_route_mtu(1200) == 1280  # IPv6's minimum
+
+
+def test_no_rule_is_asked_for_destinations_the_kernel_refuses_and_never_forwards_to():
+    import netaddr
+
+    from flows.view import Steer
+    from sdn_egress.agent.routing import desired_rules
+    ip, net = netaddr.IPAddress, netaddr.IPNetwork
+    pod, eip = ip("2001:db8:1:1::2"), ip("2001:db8::200")
+    steers = tuple(Steer("shop/a", pod, net(d), "shop/cart", eip, rank=31, exclude=True)
+                   for d in ("::/128", "::/127", "::1/128", "fe80::/10"))
+    assert sorted(str(r.dst) for r in desired_rules(steers)) == ["fe80::/10"]
+
+
+def test_a_rule_the_kernel_refuses_does_not_keep_the_others_out(monkeypatch, tmp_path):
+    """One refused rule (sorted first) used to abort the adds: the other
+    family's steers and the hold never went in, and a selected pod's packets
+    left with the node's address."""
+    import sys
+    import types
+
+    import netaddr
+    import pytest
+
+    from flows.view import Steer
+    from sdn_egress.agent import routing
+    ip, net = netaddr.IPAddress, netaddr.IPNetwork
+    added = []
+
+    class Ipr:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def get_rules(self, family):
+            return []
+
+        def rule(self, cmd, **kw):
+            if kw.get("dst") == "2001:db8:ff::7":
+                raise OSError(22, "Invalid argument")
+            added.append((kw["priority"], kw["src"], kw.get("dst")))
+
+    monkeypatch.setitem(sys.modules, "pyroute2", types.SimpleNamespace(IPRoute=Ipr))
+    r = routing.HostRouting(proc_sys_net=str(tmp_path))
+    for name in ("_ensure_link", "_ensure_link_v6", "_ensure_nat_bypass", "_ensure_mss_clamp"):
+        monkeypatch.setattr(r, name, lambda *a, **k: None)
+    monkeypatch.setattr(routing, "pod_interfaces", lambda ipr, cidrs: {})
+    steers = (Steer("shop/a", ip("203.0.113.34"), net("198.51.100.0/24"), "shop/cart", ip("192.0.2.200")),
+              Steer("shop/a", ip("2001:db8:1:1::2"), net("2001:db8:ff::7/128"), "shop/cart",
+                    ip("2001:db8::200"), exclude=True))
+    hold = routing.Hold(pod_cidrs=(net("203.0.113.32/27"),), exempt=())
+    with pytest.raises(RuntimeError, match="1 rules refused"):
+        r.sync(steers, 1450, local_pods={"shop/a": "203.0.113.34"}, hold=hold)
+    assert (7100, "203.0.113.34", "198.51.100.0") in added  # the IPv4 steer went in
+    assert (7220, "203.0.113.32", None) in added  # and the hold
