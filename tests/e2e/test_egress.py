@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import IPV4, IPV6, IPV6_TOPOLOGY, TOPOLOGY, Net, lab_rules, lab_up, policy_doc, scrape, wait_for
+from .conftest import (IPV4, IPV6, IPV6_TOPOLOGY, TOPOLOGY, Net, lab_rules, lab_up, policy_doc, product_gap, scrape,
+                       wait_for)
 
 
 @pytest.fixture(scope="module", params=[IPV4, IPV6])
@@ -25,6 +26,20 @@ def lab(request):
 @pytest.fixture(scope="module")
 def net(lab) -> Net:
     return Net(lab.topology().families[0])
+
+
+# IPv6 twins failing on the ipv6 branch of 2026-12-01 12:35 for what the
+# product lacks (strict: they fail the run once the product has it).
+IPV6_GAPS = {
+    "test_use_node_ip_leaves_with_the_gateway_nodes_own_address":
+        "the useNodeIP SNAT's ports are not reserved for an IPv6 node address (ip_local_reserved_ports empty)",
+    "test_metrics_count_a_policys_egress_bytes": "the agent serves metrics on 0.0.0.0 only: not over IPv6",
+}
+
+
+@pytest.fixture(autouse=True)
+def _ipv6_gaps(request, net):
+    product_gap(request, net, IPV6_GAPS)
 
 
 def node_ip(lab, node: str) -> str:
