@@ -92,7 +92,8 @@ while (left := deadline - time.monotonic()) > 0:
 # Send one neighbour solicitation for argv[3] out of interface argv[1] from
 # argv[2] (to the target's solicited-node multicast address, with our
 # link-layer address) and print the target link-layer address of every
-# advertisement for it that arrives within argv[4] seconds, one per line.
+# solicited advertisement for it that arrives within argv[4] seconds, one per
+# line (unsolicited ones, a takeover's announcements, answer nobody's question).
 NS_PROBE = r"""
 import socket, struct, sys, time
 ifname, src, target, wait = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -113,8 +114,8 @@ while (left := deadline - time.monotonic()) > 0:
         msg, peer = s.recvfrom(1500)
     except socket.timeout:
         break
-    if msg[0] != 136 or msg[8:24] != tgt:
-        continue
+    if msg[0] != 136 or msg[8:24] != tgt or not msg[4] & 0x40:
+        continue  # only solicited advertisements (S flag): not a takeover's unsolicited burst
     opts, lla = msg[24:], None
     while len(opts) >= 8 and opts[1]:
         if opts[0] == 2:

@@ -208,3 +208,13 @@ class Net:
     def claims(self, lab, ip: str, wait: float = 1.0) -> list[str]:
         """Who answers for ``ip`` on the underlay: ARP, or neighbour solicitation."""
         return lab.nd_answers(ip, wait) if self.v6 else lab.arp_answers(ip, wait)
+
+
+def product_gap(request, net: "Net", gaps: dict[str, str]) -> None:
+    """Mark an IPv6 twin whose product side is not there yet as a strict
+    xfail naming what is missing: it must fail for that reason now, and
+    turns into a failure (XPASS strict) the day the product does it, so the
+    mark is removed then.  IPv4 runs are never marked."""
+    name = request.node.originalname
+    if net.v6 and name in gaps:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 12, product side: {gaps[name]}"))
