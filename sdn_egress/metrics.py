@@ -50,8 +50,13 @@ class AgentMetrics:
         self._egress_source = source
         self.registry.register(_EgressCollector(self))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        serve(self.registry, port, addr)
+    def serve(self, port: int, addr: str | None = None) -> None:
+        """On every address of both families by default ("::", which takes
+        IPv4 too); on IPv4 only where the node has no IPv6 at all."""
+        if addr is not None:
+            serve(self.registry, port, addr)
+        elif not serve(self.registry, port, "::", quiet=True):
+            serve(self.registry, port, "0.0.0.0")
 
 
 class _EgressCollector:
@@ -104,13 +109,14 @@ class ControllerMetrics:
         serve(self.registry, port, addr)
 
 
-def serve(registry, port: int, addr: str) -> bool:
+def serve(registry, port: int, addr: str, quiet: bool = False) -> bool:
     """Start the metrics endpoint; a port already taken is logged, never fatal
     (metrics must not take the data path down with them)."""
     try:
         start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
-        LOG.error("metrics: cannot listen on %s:%d: %s; running without metrics", addr, port, exc)
+        if not quiet:
+            LOG.error("metrics: cannot listen on %s:%d: %s; running without metrics", addr, port, exc)
         return False
     LOG.info("metrics on http://%s:%d/metrics", addr, port)
     return True

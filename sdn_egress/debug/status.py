@@ -37,8 +37,10 @@ def summarize(alloc, reports: dict[str, dict], held: dict[str, str], state, env=
                     "standbys": list(a.nodes[1:]) if a else [], "held_by": held.get(str(ip)) if ip else None}
 
         for key, p in sorted(alloc.policies.items()):
-            entry = {"policy": key, **eip_entry(p.eip_v4), "gateway": p.gateway}
-            if p.eip_v6:  # its IPv6 EIP, gateways and holder, beside the IPv4 ones
+            # The row's EIP is the policy's (IPv4 first: an IPv6-only policy shows its IPv6 one);
+            # a dual-stack policy's IPv6 EIP, gateways and holder beside the IPv4 ones.
+            entry = {"policy": key, **eip_entry(p.eip_v4 or p.eip_v6), "gateway": p.gateway}
+            if p.eip_v4 and p.eip_v6:
                 entry["ipv6"] = eip_entry(p.eip_v6)
             out["policies"].append({
                 **entry, "ready": p.ready,
