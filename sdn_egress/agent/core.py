@@ -230,8 +230,9 @@ class AgentCore:
             self.bridges.bootstrap(bridges)
             raise
         self.node.sync_tunnels(state, alloc)
-        gateway = any(self.config.node in a.nodes for a in alloc.eips)
-        dead = self.peers.judge(self.node.bfd_states(), gateway)
+        gateways = frozenset(n for a in alloc.eips for n in a.nodes)
+        gateway = self.config.node in gateways
+        dead = self.peers.judge(self.node.bfd_states(), gateway, expected=gateways)
         if self.metrics:
             self.metrics.bfd_peers_down.set(len(self.peers.dead))
         facts = self.node.facts(state, alloc, refresh=full, dead=dead)

@@ -26,7 +26,8 @@ class Liveness:
         self._was_up: set[str] = set()
         self._first_seen: dict[str, float] = {}
 
-    def judge(self, states: dict[str, dict], gateway: bool) -> frozenset[str]:
+    def judge(self, states: dict[str, dict], gateway: bool,
+              expected: frozenset[str] | set[str] | None = None) -> frozenset[str]:
         """``dead(states)``, and whether this node is cut off (``cut_off``).
 
         A gateway node that sees *every* peer dead is far likelier cut off
@@ -34,19 +35,29 @@ class Liveness:
         one of its sessions is up again.  Then every peer gets a fresh grace,
         so sessions slower to come back are not taken for dead peers.  A
         worker is never cut off in this sense (it holds nothing): its peers
-        are just dead."""
-        dead = self.dead(states)
+        are just dead.
+
+        ``expected``: the peers whose session must come up (the gateway
+        nodes: every gateway node keeps a port to every node); None: all.  A
+        gateway node also has a port to every worker, but a worker keeps one
+        back only while its pods use the gateway, so a worker's session that
+        never came up is idle, not a dead peer: it neither counts as dead nor
+        makes this node cut off."""
+        dead = self.dead(states, expected)
         if self.cut_off:
             if any(_up(s) for s in states.values()):
                 self.cut_off = False
                 self.reset()
-                dead = self.dead(states)
-        elif gateway and states and dead >= set(states):
-            self.cut_off = True
+                dead = self.dead(states, expected)
+        else:
+            judged = {p for p in states if expected is None or p in expected or p in self._was_up}
+            if gateway and judged and dead >= judged:
+                self.cut_off = True
         return dead
 
-    def dead(self, states: dict[str, dict]) -> frozenset[str]:
-        """``states``: peer -> its port's ``bfd_status`` (empty when BFD is off)."""
+    def dead(self, states: dict[str, dict], expected: frozenset[str] | set[str] | None = None) -> frozenset[str]:
+        """``states``: peer -> its port's ``bfd_status`` (empty when BFD is off);
+        ``expected``: see :meth:`judge`."""
         now = self.clock()
         dead = set()
         for peer, status in states.items():
@@ -55,7 +66,8 @@ class Liveness:
                 continue  # no BFD on this port: nothing to judge by
             if _up(status):
                 self._was_up.add(peer)
-            elif peer in self._was_up or now - self._first_seen[peer] >= self.grace:
+            elif peer in self._was_up or (now - self._first_seen[peer] >= self.grace
+                                          and (expected is None or peer in expected)):
                 dead.add(peer)
         for gone in set(self._first_seen) - set(states):
             self._first_seen.pop(gone)
@@ -78,16 +90,19 @@ class PeerWatch:
         self.node = node
         self.liveness = Liveness(grace, clock)
         self.dead: frozenset[str] = frozenset()
+        self.expected: frozenset[str] | None = None
         self.isolated = False
 
     def changed(self, states: dict[str, dict]) -> bool:
         """Would a pass now see other peers dead than the last one did?"""
-        return self.liveness.dead(states) != self.dead
+        return self.liveness.dead(states, self.expected) != self.dead
 
-    def judge(self, states: dict[str, dict], gateway: bool) -> frozenset[str]:
+    def judge(self, states: dict[str, dict], gateway: bool,
+              expected: frozenset[str] | None = None) -> frozenset[str]:
         """The nodes the view must treat as dead: the dead peers, and this
-        node itself while it is cut off."""
-        dead = self.liveness.judge(states, gateway)
+        node itself while it is cut off (``expected``: see :meth:`Liveness.judge`)."""
+        self.expected = expected
+        dead = self.liveness.judge(states, gateway, expected)
         if dead != self.dead:
             LOG.warning("BFD: gateway peers down: %s", ", ".join(sorted(dead)) or "none")
         self.dead = dead

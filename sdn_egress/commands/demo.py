@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")  # package data
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")  # package data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -512,15 +512,23 @@ class Lab(Traffic):
         nsx(self.ns_fabric(), "ip", "link", "set", f"n{self.topology().node(node).index}", "up")
 
     def bfd_sessions_up(self) -> bool:
-        """Every BFD session of every running node's tunnels is up."""
+        """Every BFD session of the running nodes' tunnels is up, where it has
+        both ends: a gateway node keeps a port to every node, a worker one back
+        only while its pods use that gateway (an idle port has no session)."""
+        ports: dict[str, dict[str, bool]] = {}  # node IP -> remote IP -> its session up
         for n in self.topology().nodes:
             ovs = self.ovs(n.name)
             if not ovs.running():
                 continue
-            out = ovs.vsctl("--columns=name,bfd_status", "--format=csv", "find", "Interface", "type=geneve")
-            if any("gnv-flow" not in line and "state=up" not in line for line in out.splitlines()[1:]):
-                return False
-        return True
+            out = json.loads(ovs.vsctl("--columns=options,bfd_status", "--format=json", "find", "Interface",
+                                       "type=geneve"))
+            mine = ports.setdefault(n.ip, {})
+            for options, bfd in out["data"]:
+                remote = dict(options[1]).get("remote_ip", "").strip('"')
+                if remote and remote != "flow":
+                    mine[remote] = dict(bfd[1]).get("state") == "up"
+        return all(up or local not in ports.get(remote, {})
+                   for local, remotes in ports.items() for remote, up in remotes.items())
 
     def agent_pid(self, node: str) -> int | None:
         return self.load()["pids"].get(f"agent:{node}")

@@ -86,3 +86,36 @@ def test_ports_without_bfd_never_make_a_node_cut_off():
     assert live.judge({"a": {}, "b": {}}, gateway=True) == frozenset()
     assert live.judge({}, gateway=True) == frozenset()
     assert not live.cut_off
+
+
+def test_a_gateways_port_to_a_worker_that_keeps_none_back_is_idle_not_dead():
+    """A gateway node keeps a port to every node, a worker one back only
+    while its pods use that gateway: the worker's session never comes up.
+    That is no dead peer and no reason to think the gateway cut off (it would
+    drop its EIPs, and its own pods' traffic with them)."""
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    gateways = {"alpha"}  # the one gateway node (this node): no other gateway to hear from
+    assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=gateways) == frozenset()
+    clock.t = 60.0
+    assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=gateways) == frozenset()
+    assert not live.cut_off
+    # bravo's pods start to use the gateway: its session comes up, and when it
+    # goes down again that worker is dead; being the only one, the gateway is cut off.
+    assert live.judge({"bravo": UP, "charlie": DOWN}, gateway=True, expected=gateways) == frozenset()
+    clock.t = 61.0
+    assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=gateways) == {"bravo"}
+    assert live.cut_off
+
+
+def test_a_gateway_still_judges_the_other_gateway_nodes_that_never_came_up():
+    """Gateway nodes keep ports to one another, so their sessions must come
+    up: one that never does is dead after the grace, and a gateway that hears
+    from none of them (started cut off) holds nothing."""
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    expected = {"alpha", "bravo"}
+    assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=expected) == frozenset()
+    clock.t = 3.0
+    assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=expected) == {"bravo"}
+    assert live.cut_off
