@@ -32,10 +32,7 @@ def net(lab) -> Net:
 # IPv6 twins failing on the ipv6 branch of 2026-12-01 12:35 for what the
 # product lacks (strict: they fail the run once the product has it).
 IPV6_GAPS = {
-    "test_status_reports_policy_gateway_and_invalid_objects":
-        "status --json shows no holder in an IPv6-only policy's row (timed out waiting for held_by)",
     "test_trace_explains_in_policy_terms": "sdn-egress trace --dst [2001:db8:100::10]:8080 exits non-zero",
-    "test_metrics_count_a_policys_egress_bytes": "the agent serves metrics on 0.0.0.0 only: not over IPv6",
 }
 
 
