@@ -1,6 +1,7 @@
 """The host side of steering: policy-routing rules that send selected pods'
-packets into ``egw0`` (pyroute2), and the NAT bypass that keeps the primary
-CNI's masquerade off them (iptables).
+packets into ``egw0`` (pyroute2), the route into it with the tunnel MTU, and
+the new-pod hold; the NAT bypass and the MSS clamp (iptables) are in
+:mod:`sdn_egress.agent.iptables`.
 
 Only what a :class:`flows.view.Steer` asks for is installed; everything else in
 our table and at our rule priority is removed, so a deleted policy leaves no
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
 from dataclasses import dataclass
 
 import netaddr
 
 from flows.view import GW_MAC, GW_NEXTHOP_V4, GW_NEXTHOP_V6, MAX_STEER_RANKS, Steer
+from sdn_egress.agent.iptables import TCP_IP_HEADERS, ensure_mss_clamp, ensure_nat_bypass
 
 LOG = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ STEER_PRIORITY = 7100  # rule priority: before main (32766), after local (0)
 # (to the main table) one below that: ranks take 7100 down to 7037.
 LOWEST_STEER_PRIORITY = STEER_PRIORITY - 2 * MAX_STEER_RANKS + 1
 IPV6_MIN_MTU = 1280
-NAT_CHAIN = "SDN-EGRESS-POSTROUTING"
-MSS_CHAIN = "SDN-EGRESS-MSS"
-MSS_COMMENT = "sdn-egress: clamp the MSS of steered TCP to the tunnel MTU"
-TCP_IP_HEADERS = {4: 40, 6: 60}  # IP + TCP headers without options: MSS = MTU - this
 RTNH_F_ONLINK = 4
 
 
@@ -464,60 +461,15 @@ class HostRouting:
                   table=STEER_TABLE, metrics={"mtu": mtu})
 
     def _ensure_nat_bypass(self, command: str = "iptables") -> None:
-        """Packets leaving through egw0 must keep the pod's source address: the
-        gateway SNATs them to the EIP.  Our chain, jumped to first from nat
-        POSTROUTING, ACCEPTs them: that ends nat processing before the CNI's
-        masquerade rules (a RETURN would fall through to them)."""
-        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run([command, "-w", "-t", "nat", *args], capture_output=True,
-                                  text=True, check=check)
-
-        if ipt("-nL", NAT_CHAIN, check=False).returncode != 0:
-            ipt("-N", NAT_CHAIN)
-        if ipt("-C", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT", check=False).returncode != 0:
-            ipt("-A", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT")
-        jump = ["POSTROUTING", "-m", "comment", "--comment", "sdn-egress: keep pod source for egw0",
-                "-j", NAT_CHAIN]
-        if ipt("-C", *jump, check=False).returncode != 0:
-            ipt("-I", *jump)
+        ensure_nat_bypass(self.egw, command)
 
     def _ensure_mss_clamp(self, mss: int, command: str = "iptables") -> None:
-        """TCP SYNs leaving through egw0 (a pod's) and arriving from it (the
-        SYN-ACK of an outside server) announce at most ``mss``: neither end
-        then sends a segment the tunnel cannot carry.  Our chain in mangle
-        FORWARD holds exactly the two rules for the current MSS."""
-        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run([command, "-w", "-t", "mangle", *args], capture_output=True,
-                                  text=True, check=check)
-
-        want = [[direction, self.egw, "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
-                 "-j", "TCPMSS", "--set-mss", str(mss)] for direction in ("-o", "-i")]
-        if ipt("-nL", MSS_CHAIN, check=False).returncode != 0:
-            ipt("-N", MSS_CHAIN)
-        listed = ipt("-S", MSS_CHAIN).stdout.splitlines()
-        have = [line.split()[2:] for line in listed if line.startswith(f"-A {MSS_CHAIN} ")]
-        if [_mss_rule_key(h) for h in have] != [_mss_rule_key(w) for w in want]:
-            ipt("-F", MSS_CHAIN)
-            for rule in want:
-                ipt("-A", MSS_CHAIN, *rule)
-            LOG.info("routing: TCP MSS through %s clamped to %d (%s)", self.egw, mss, command)
-        jump = ["FORWARD", "-m", "comment", "--comment", MSS_COMMENT, "-j", MSS_CHAIN]
-        if ipt("-C", *jump, check=False).returncode != 0:
-            ipt("-I", *jump)
+        ensure_mss_clamp(self.egw, mss, command)
 
 
 def ipv6_route_mtu(tunnel_mtu: int) -> int:
     """The MTU of the IPv6 route into egw0: the tunnel MTU, at least 1280."""
     return max(tunnel_mtu, IPV6_MIN_MTU)
-
-
-def _mss_rule_key(words: list[str]) -> tuple:
-    """What decides a clamp rule, as ``iptables -S`` prints it or we write it:
-    direction, interface and the MSS value."""
-    try:
-        return (words[0], words[1], words[words.index("--set-mss") + 1])
-    except (ValueError, IndexError):
-        return tuple(words)
 
 
 def address_mtu(ip: str) -> int | None:
