@@ -10,7 +10,7 @@ from typing import Protocol
 import netaddr
 
 from flows.view import NODE_IP_PORTS, NodeView
-from sdn_egress.agent.routing import NEVER_HELD, Hold, local_addresses
+from sdn_egress.agent.rules import NEVER_HELD, Hold, local_addresses
 from sdn_egress.model import ClusterState
 
 

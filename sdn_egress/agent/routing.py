@@ -1,6 +1,7 @@
 """The host side of steering: policy-routing rules that send selected pods'
-packets into ``egw0`` (pyroute2), and the NAT bypass that keeps the primary
-CNI's masquerade off them (iptables).
+packets into ``egw0`` (pyroute2), the route into it with the tunnel MTU, and
+the new-pod hold.  What the rules are (as data) is :mod:`sdn_egress.agent.rules`;
+the NAT bypass and the MSS clamp (iptables) are :mod:`sdn_egress.agent.iptables`.
 
 Only what a :class:`flows.view.Steer` asks for is installed; everything else in
 our table and at our rule priority is removed, so a deleted policy leaves no
@@ -11,149 +12,22 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
-from dataclasses import dataclass
 
 import netaddr
 
-from flows.view import GW_MAC, GW_NEXTHOP_V4, GW_NEXTHOP_V6, MAX_STEER_RANKS, Steer
+from flows.view import GW_MAC, GW_NEXTHOP_V4, GW_NEXTHOP_V6, Steer
+from sdn_egress.agent.iptables import TCP_IP_HEADERS, ensure_mss_clamp, ensure_nat_bypass
+from sdn_egress.agent.rules import (HOST_PREFIX, MAIN_TABLE, PRIORITIES, STEER_TABLE, Hold, Rule, address_key,
+                                    desired_rules, hold_rules)
+# Importable from here too, as the tests import them:
+from sdn_egress.agent.rules import ANY, EXEMPT_PRIORITY, HOLD_PRIORITY, RELEASE_PRIORITY, STEER_PRIORITY  # noqa: F401
 
 LOG = logging.getLogger(__name__)
 
-STEER_TABLE = 7100  # routing table holding the route into egw0
-STEER_PRIORITY = 7100  # rule priority: before main (32766), after local (0)
-# A Steer of rank r (flows.view.Steer) at STEER_PRIORITY - 2r, an exclusion
-# (to the main table) one below that: ranks take 7100 down to 7037.
-LOWEST_STEER_PRIORITY = STEER_PRIORITY - 2 * MAX_STEER_RANKS + 1
 IPV6_MIN_MTU = 1280
-NAT_CHAIN = "SDN-EGRESS-POSTROUTING"
-MSS_CHAIN = "SDN-EGRESS-MSS"
-MSS_COMMENT = "sdn-egress: clamp the MSS of steered TCP to the tunnel MTU"
-TCP_IP_HEADERS = {4: 40, 6: 60}  # IP + TCP headers without options: MSS = MTU - this
 RTNH_F_ONLINK = 4
-
-
-MAIN_TABLE = 254
-# The new-pod hold (docs/pod-lifecycle.md): after the steering rules, a
-# classified pod's own address from its own interface goes to the main table
-# (RELEASE); the node's pod CIDR to cluster destinations too (EXEMPT); any other
-# packet from the node's pod CIDR, from an address the agent has not
-# classified yet, is dropped (HOLD) instead of leaving with the node address.
-RELEASE_PRIORITY = 7200
-EXEMPT_PRIORITY = 7210
-HOLD_PRIORITY = 7220
-PRIORITIES = {STEER_PRIORITY - i: (MAIN_TABLE if i % 2 else STEER_TABLE)
-              for i in range(STEER_PRIORITY - LOWEST_STEER_PRIORITY + 1)}
-PRIORITIES.update({RELEASE_PRIORITY: MAIN_TABLE, EXEMPT_PRIORITY: MAIN_TABLE, HOLD_PRIORITY: 0})
-ANY = netaddr.IPNetwork("0.0.0.0/0")
-ANY6 = netaddr.IPNetwork("::/0")
-UNSPECIFIED6 = netaddr.IPNetwork("::/127")  # :: and ::1
-EVERYWHERE = {4: ANY, 6: ANY6}
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-HOST_PREFIX = {4: 32, 6: 128}
 DEFAULT_REBIND = 5.0  # seconds, without the hold: see HostRouting.bind
-# Never held whatever the cluster: loopback, link-local, multicast, broadcast (0.0.0.0/8
-# is never forwarded, and the kernel takes no rule to it).
-NEVER_HELD = tuple(netaddr.IPNetwork(c) for c in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
-                                                   "255.255.255.255/32", "::1/128", "fe80::/10", "ff00::/8"))
-
-
-@dataclass(frozen=True, order=True)
-class Rule:
-    """One policy-routing rule of ours.  ``table`` 0 means blackhole."""
-
-    priority: int
-    src: netaddr.IPNetwork
-    dst: netaddr.IPNetwork = ANY
-    iif: str = ""
-    table: int = STEER_TABLE
-
-    def __str__(self) -> str:
-        where = f"from {self.src}" + (f" to {self.dst}" if self.dst.prefixlen else "") + \
-            (f" iif {self.iif}" if self.iif else "")
-        action = "blackhole" if self.table == 0 else f"lookup {'main' if self.table == MAIN_TABLE else self.table}"
-        return f"{self.priority}: {where} {action}"
-
-
-@dataclass(frozen=True)
-class Hold:
-    """What the hold needs: the node's pod CIDRs, the destinations never
-    held (cluster CIDRs and the like), and how long an address the agent has
-    not classified is held at most (seconds from when its route appeared)."""
-
-    pod_cidrs: tuple[netaddr.IPNetwork, ...]
-    exempt: tuple[netaddr.IPNetwork, ...]
-    bound: float = 5.0
-
-
-def steer_rule(pod_ip, dest, iif: str = "", rank: int = 0, exclude: bool = False) -> Rule:
-    """A steer into table 7100, or (``exclude``) an exclusion: to the main
-    table, before the steers of its rank (a lower number is looked at first)."""
-    ip = netaddr.IPAddress(pod_ip)
-    return Rule(STEER_PRIORITY - 2 * rank - int(exclude), netaddr.IPNetwork(f"{ip}/{HOST_PREFIX[ip.version]}"),
-                netaddr.IPNetwork(dest), iif, MAIN_TABLE if exclude else STEER_TABLE)
-
-
-def address_key(pod: str, ip) -> str:
-    """The key of one pod address in ``local_pods``/``bound``: the pod's key
-    for its IPv4 address (as always), ``pod@v6`` for its IPv6 one."""
-    return pod if netaddr.IPAddress(ip).version == 4 else f"{pod}@v6"
-
-
-def local_addresses(pods, node: str) -> dict[str, str]:
-    """key (:func:`address_key`) -> address of every pod of ``node``, the
-    first address of each family."""
-    out = {}
-    for pod in pods:
-        if pod.node != node:
-            continue
-        for version in (4, 6):
-            ip = next((ip for ip in pod.ips if ip.version == version), None)
-            if ip is not None:
-                out[address_key(pod.key, ip)] = str(ip)
-    return out
-
-
-def _rule_of(s: Steer, iif: str = "") -> Rule:
-    return steer_rule(s.pod_ip, s.dest, iif, s.rank, s.exclude)
-
-
-def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None,
-                  bound: dict[str, str] | None = None) -> set[Rule]:
-    """The steering rules.  ``interfaces`` (pod IP -> the host interface of
-    its /32 route, as a routed CNI makes them) binds each rule to its pod's
-    interface, so an address a deleted pod had is not steered for the next
-    pod that gets it; where the node has such routes, a pod without one (its
-    network is gone, its object not yet) gets no rule.  ``bound`` (pod ->
-    interface, :meth:`HostRouting.bind`) names the interface each pod was
-    classified with, where that is known; a pod not in it gets no rule.
-    Without any routes (a bridge CNI, or ``None``), rules match the address
-    alone."""
-    # To ::/128 or ::/127 (exclusions of IPv6's never-steered :: and ::1) the kernel takes no
-    # rule (EINVAL for a destination whose address is ::), and never forwards a packet there.
-    steers = tuple(s for s in steers if not (s.dest.version == 6 and s.dest in UNSPECIFIED6))
-    if not interfaces:
-        return {_rule_of(s) for s in steers}
-    if bound is None:
-        bound = {address_key(s.pod, s.pod_ip): interfaces[str(s.pod_ip)] for s in steers
-                 if str(s.pod_ip) in interfaces}
-    return {_rule_of(s, bound[k]) for s in steers if (k := address_key(s.pod, s.pod_ip)) in bound}
-
-
-def hold_rules(hold: Hold, released) -> set[Rule]:
-    """``released``: (local pod IP, its interface) pairs (or a dict of them)
-    whose traffic the main table routes (classified pods, and those held
-    longer than the bound)."""
-    pairs = released.items() if isinstance(released, dict) else released
-    rules = set()
-    for ip, iif in pairs:
-        v = netaddr.IPAddress(ip).version
-        rules.add(Rule(RELEASE_PRIORITY, netaddr.IPNetwork(f"{ip}/{HOST_PREFIX[v]}"), EVERYWHERE[v], iif, MAIN_TABLE))
-    for cidr in hold.pod_cidrs:
-        v = cidr.version
-        rules |= {Rule(EXEMPT_PRIORITY, cidr, dst, "", MAIN_TABLE) for dst in hold.exempt if dst.version == v}
-        rules.add(Rule(HOLD_PRIORITY, cidr, EVERYWHERE[v], "", 0))
-    return rules
 
 
 def current_rules(ipr, versions=(4, 6)) -> set[Rule]:
@@ -464,60 +338,15 @@ class HostRouting:
                   table=STEER_TABLE, metrics={"mtu": mtu})
 
     def _ensure_nat_bypass(self, command: str = "iptables") -> None:
-        """Packets leaving through egw0 must keep the pod's source address: the
-        gateway SNATs them to the EIP.  Our chain, jumped to first from nat
-        POSTROUTING, ACCEPTs them: that ends nat processing before the CNI's
-        masquerade rules (a RETURN would fall through to them)."""
-        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run([command, "-w", "-t", "nat", *args], capture_output=True,
-                                  text=True, check=check)
-
-        if ipt("-nL", NAT_CHAIN, check=False).returncode != 0:
-            ipt("-N", NAT_CHAIN)
-        if ipt("-C", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT", check=False).returncode != 0:
-            ipt("-A", NAT_CHAIN, "-o", self.egw, "-j", "ACCEPT")
-        jump = ["POSTROUTING", "-m", "comment", "--comment", "sdn-egress: keep pod source for egw0",
-                "-j", NAT_CHAIN]
-        if ipt("-C", *jump, check=False).returncode != 0:
-            ipt("-I", *jump)
+        ensure_nat_bypass(self.egw, command)
 
     def _ensure_mss_clamp(self, mss: int, command: str = "iptables") -> None:
-        """TCP SYNs leaving through egw0 (a pod's) and arriving from it (the
-        SYN-ACK of an outside server) announce at most ``mss``: neither end
-        then sends a segment the tunnel cannot carry.  Our chain in mangle
-        FORWARD holds exactly the two rules for the current MSS."""
-        def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-            return subprocess.run([command, "-w", "-t", "mangle", *args], capture_output=True,
-                                  text=True, check=check)
-
-        want = [[direction, self.egw, "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN",
-                 "-j", "TCPMSS", "--set-mss", str(mss)] for direction in ("-o", "-i")]
-        if ipt("-nL", MSS_CHAIN, check=False).returncode != 0:
-            ipt("-N", MSS_CHAIN)
-        listed = ipt("-S", MSS_CHAIN).stdout.splitlines()
-        have = [line.split()[2:] for line in listed if line.startswith(f"-A {MSS_CHAIN} ")]
-        if [_mss_rule_key(h) for h in have] != [_mss_rule_key(w) for w in want]:
-            ipt("-F", MSS_CHAIN)
-            for rule in want:
-                ipt("-A", MSS_CHAIN, *rule)
-            LOG.info("routing: TCP MSS through %s clamped to %d (%s)", self.egw, mss, command)
-        jump = ["FORWARD", "-m", "comment", "--comment", MSS_COMMENT, "-j", MSS_CHAIN]
-        if ipt("-C", *jump, check=False).returncode != 0:
-            ipt("-I", *jump)
+        ensure_mss_clamp(self.egw, mss, command)
 
 
 def ipv6_route_mtu(tunnel_mtu: int) -> int:
     """The MTU of the IPv6 route into egw0: the tunnel MTU, at least 1280."""
     return max(tunnel_mtu, IPV6_MIN_MTU)
-
-
-def _mss_rule_key(words: list[str]) -> tuple:
-    """What decides a clamp rule, as ``iptables -S`` prints it or we write it:
-    direction, interface and the MSS value."""
-    try:
-        return (words[0], words[1], words[words.index("--set-mss") + 1])
-    except (ValueError, IndexError):
-        return tuple(words)
 
 
 def address_mtu(ip: str) -> int | None:

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             getattr(lab, cmd)(args.node)
             print(f"{cmd}: {args.node}")
         elif cmd == "pod":
-            from sdn_egress.lab.lab import parse_labels
+            from sdn_egress.lab.pods import parse_labels
             if args.pod_command == "add":
                 pod = lab.add_pod(args.pod, args.node, parse_labels(args.labels), ip=args.ip)
                 print(f"pod {pod.key}: {pod.ip} on {pod.node}")

@@ -343,7 +343,7 @@ def test_trace_explains_in_policy_terms(lab, net, policies):
 def controller_passes() -> float:
     import urllib.request
 
-    from sdn_egress.lab.lab import CONTROLLER_METRICS_PORT
+    from sdn_egress.lab.processes import CONTROLLER_METRICS_PORT
     text = urllib.request.urlopen(f"http://127.0.0.1:{CONTROLLER_METRICS_PORT}/metrics", timeout=5).read().decode()
     return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith("sdn_egress_controller_reconcile_seconds_count")), 0.0)

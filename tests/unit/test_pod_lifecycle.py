@@ -11,7 +11,8 @@ from flows.view import Steer
 from sdn_egress.agent.routing import (ANY, EXEMPT_PRIORITY, HOLD_PRIORITY, MAIN_TABLE, RELEASE_PRIORITY,
                                       STEER_PRIORITY, STEER_TABLE, Hold, HostRouting, Rule, desired_rules,
                                       hold_rules)
-from sdn_egress.lab.lab import Lab, LabError, _check_labels, _split_key, parse_labels
+from sdn_egress.lab.lab import Lab, LabError
+from sdn_egress.lab.pods import _check_labels, _split_key, parse_labels
 
 N = netaddr.IPNetwork
 POD_CIDR = N("203.0.113.32/27")
