@@ -19,6 +19,8 @@ import struct
 import threading
 import time
 
+from sdn_egress.agent.pmtu import checksum
+
 ETH_IPV6 = 0x86DD
 PROTO_ICMPV6 = 58
 NS, NA = 135, 136
@@ -38,15 +40,6 @@ def _mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def advertisement(target: str, mac: str, dst_ip=ALL_NODES, dst_mac: str = ALL_NODES_MAC,
                   solicited: bool = False) -> bytes:
     """An Ethernet frame: neighbour advertisement "``target`` is at ``mac``",
@@ -56,7 +49,7 @@ def advertisement(target: str, mac: str, dst_ip=ALL_NODES, dst_mac: str = ALL_NO
     flags = NA_OVERRIDE | (NA_SOLICITED if solicited else 0)
     body = struct.pack("!BBHI", NA, 0, 0, flags) + src.packed + struct.pack("!BB", OPT_TARGET_LL, 1) + _mac(mac)
     pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(body), PROTO_ICMPV6)
-    body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
     ip = struct.pack("!IHBB", 6 << 28, len(body), PROTO_ICMPV6, HOP_LIMIT) + src.packed + dst.packed
     return _mac(dst_mac) + _mac(mac) + struct.pack("!H", ETH_IPV6) + ip + body
 
@@ -107,8 +100,12 @@ def announce(switch, ip: str, mac: str, port: int, schedule: tuple[float, ...] =
     if ":" not in ip:
         switch.announce(ip, mac, port, schedule)  # GARPs, as always
         return
-    data = frames(ip, mac)
+    send_burst(switch.packet_out, frames(ip, mac), port, schedule, f"na-{ip}")
 
+
+def send_burst(packet_out, data: bytes, port: int, schedule: tuple[float, ...], name: str) -> None:
+    """``packet_out(data, port)`` at each time of ``schedule`` (seconds from
+    now), in a thread of its own; a lost connection ends the burst."""
     def burst():
         start = time.monotonic()
         for at in schedule:
@@ -116,11 +113,11 @@ def announce(switch, ip: str, mac: str, port: int, schedule: tuple[float, ...] =
             if delay > 0:
                 time.sleep(delay)
             try:
-                switch.packet_out(data, port)
+                packet_out(data, port)
             except Exception:  # noqa: BLE001 - connection gone; nothing to announce on
                 return
 
-    threading.Thread(target=burst, name=f"na-{ip}", daemon=True).start()
+    threading.Thread(target=burst, name=name, daemon=True).start()
 
 
 def on_solicitation(switch, view, data: bytes) -> bool:

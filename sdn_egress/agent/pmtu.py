@@ -54,7 +54,8 @@ class Answer:
     dropped: str | None = None
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -108,11 +109,11 @@ def _answer_v4(frame: bytes, mtu: int, held) -> Answer:
 def _frag_needed(frame: bytes, ip: bytes, ihl: int, mtu: int, src, dst) -> bytes:
     quoted = ip[:ICMP_MAX_V4 - 20 - 8]
     icmp = struct.pack("!BBHHH", ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, mtu) + quoted
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     ident = int.from_bytes(os.urandom(2), "big")
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), ident, 0, 64, PROTO_ICMP, 0,
                          dst.packed, src.packed)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return _eth_reply(frame, ETH_IP) + header + icmp
 
 
@@ -158,7 +159,7 @@ def fragment_v4(ip: bytes, mtu: int) -> list[bytes]:
         struct.pack_into("!H", h, 2, len(head) + len(chunk))
         struct.pack_into("!H", h, 6, ((base + pos // 8) & IP_OFFMASK) | (more if last else IP_MF))
         struct.pack_into("!H", h, 10, 0)
-        struct.pack_into("!H", h, 10, _checksum(bytes(h)))
+        struct.pack_into("!H", h, 10, checksum(bytes(h)))
         out.append(bytes(h) + chunk)
         pos += len(chunk)
     return out
@@ -182,6 +183,6 @@ def _answer_v6(frame: bytes, mtu: int, held) -> Answer:
     quoted = ip[:ICMP_MAX_V6 - 40 - 8]
     icmp = struct.pack("!BBHI", ICMPV6_PACKET_TOO_BIG, 0, 0, mtu) + quoted
     pseudo = dst.packed + src.packed + struct.pack("!I3xB", len(icmp), PROTO_ICMPV6)
-    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
     header = struct.pack("!IHBB16s16s", 0x60000000, len(icmp), PROTO_ICMPV6, 64, dst.packed, src.packed)
     return Answer(to_sender=(_eth_reply(frame, ETH_IPV6) + header + icmp,))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -183,20 +182,8 @@ class Switch:
                  schedule: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0)) -> None:
         """A burst of gratuitous ARPs (``ip`` is at ``mac``) out of ``port``,
         in the background: the first at once, the rest in case one is lost."""
-        data = gratuitous_arp(ip, mac)
-
-        def burst():
-            start = time.monotonic()
-            for at in schedule:
-                delay = start + at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                try:
-                    self.packet_out(data, port)
-                except Exception:  # noqa: BLE001 - connection gone; nothing to announce on
-                    return
-
-        threading.Thread(target=burst, name=f"garp-{ip}", daemon=True).start()
+        from sdn_egress.agent.announce import send_burst
+        send_burst(self.packet_out, gratuitous_arp(ip, mac), port, schedule, f"garp-{ip}")
 
 
 def gratuitous_arp(ip: str, mac: str) -> bytes:

@@ -23,6 +23,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from sdn_egress.kube.client import read_or_none
 from sdn_egress.allocation import codec, records
 from sdn_egress.allocation.store_file import FileAllocationStore
 from sdn_egress.allocation.types import Allocation
@@ -122,16 +123,8 @@ class KubeAllocationStore:
                 raise
 
     def _read_legacy(self) -> dict | None:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            resp = _api(self.api_client).read_namespaced_config_map(self.name, self.namespace,
-                                                                    _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return json.loads(resp.data)
+        return read_or_none(lambda: _api(self.api_client).read_namespaced_config_map(
+            self.name, self.namespace, _preload_content=False))
 
     def _list(self) -> dict[str, dict]:
         resp = _api(self.api_client).list_namespaced_config_map(

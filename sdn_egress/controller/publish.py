@@ -27,6 +27,7 @@ import datetime
 import json
 import logging
 
+from sdn_egress.kube.client import read_or_none
 from sdn_egress.allocation import (
     DELETION_BLOCKED,
     IN_USE,
@@ -212,21 +213,12 @@ class StatusPublisher:
         return client.CustomObjectsApi(self.api_client)
 
     def _get(self, res: Resource, obj: dict) -> dict | None:
-        from kubernetes.client.rest import ApiException
-
         meta = obj["metadata"]
-        try:
-            if res.namespaced:
-                resp = self._custom().get_namespaced_custom_object(
-                    res.group, res.version, meta["namespace"], res.plural, meta["name"], _preload_content=False)
-            else:
-                resp = self._custom().get_cluster_custom_object(res.group, res.version, res.plural, meta["name"],
-                                                                _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return json.loads(resp.data)
+        if res.namespaced:
+            return read_or_none(lambda: self._custom().get_namespaced_custom_object(
+                res.group, res.version, meta["namespace"], res.plural, meta["name"], _preload_content=False))
+        return read_or_none(lambda: self._custom().get_cluster_custom_object(
+            res.group, res.version, res.plural, meta["name"], _preload_content=False))
 
     def _replace(self, res: Resource, obj: dict, status: bool) -> dict:
         meta = obj["metadata"]

@@ -1,6 +1,7 @@
 """A ``kubernetes`` API client from a kubeconfig file, or from inside a pod."""
 from __future__ import annotations
 
+import json
 import os
 
 
@@ -52,3 +53,17 @@ def pod_namespace(default: str = "sdn-egress") -> str:
             return f.read().strip() or default
     except OSError:
         return default
+
+
+def read_or_none(read) -> dict | None:
+    """The object ``read()`` fetches (called with ``_preload_content=False``:
+    the raw JSON, parsed here), or None when the API server has none (404)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        resp = read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return json.loads(resp.data)

@@ -227,6 +227,20 @@ class Assembler:
         return dict(sorted(out.items()))
 
 
+def parse_guarded(doc: Any, source: str) -> tuple[Object | None, ObjectError | None]:
+    """``(object, None)`` or ``(None, its error)``: whatever goes wrong in the
+    parser is this object's error, never the pass's (a parser bug included)."""
+    try:
+        return parse_object(doc, source), None
+    except InvalidObject as exc:
+        return None, exc.error
+    except Exception as exc:  # noqa: BLE001 - a parser bug must cost only this object
+        LOG.exception("%s: cannot be parsed", source)
+        return None, ObjectError(ref_of(doc), WHOLE_DOCUMENT,
+                                 f"cannot be parsed ({type(exc).__name__}: {exc}); this is a bug of "
+                                 "sdn-egress, please report it", source)
+
+
 @dataclass
 class Pass:
     """What one snapshot gathers."""
@@ -239,17 +253,7 @@ class Pass:
     duplicates: dict[ObjectRef, list[Kept]] = field(default_factory=dict)  # ref -> the later copies
 
     def add(self, doc: Any, source: str, file: str) -> None:
-        try:
-            obj = parse_object(doc, source)
-        except InvalidObject as exc:
-            error = exc.error
-        except Exception as exc:  # noqa: BLE001 - a parser bug must cost only this object
-            LOG.exception("%s: cannot be parsed", source)
-            error = ObjectError(ref_of(doc), WHOLE_DOCUMENT,
-                                f"cannot be parsed ({type(exc).__name__}: {exc}); this is a bug of "
-                                "sdn-egress, please report it", source)
-        else:
-            error = None
+        obj, error = parse_guarded(doc, source)
         if error is not None:
             if error.ref.name != UNNAMED:
                 self.refused.setdefault(error.ref, len(self.errors))

@@ -29,9 +29,9 @@ import netaddr
 
 from sdn_egress.kube.informer import Informer
 from sdn_egress.kube.resources import PODS, SERVICE_CIDRS, TRIMS, WATCHED, Resource
-from sdn_egress.model import ClusterState, InvalidObject, ObjectError, ObjectRef
-from sdn_egress.model.manifests import UNNAMED, WHOLE_DOCUMENT, parse_object, ref_of
-from sdn_egress.source.assemble import Assembler, Kept, Pass
+from sdn_egress.model import ClusterState, ObjectError, ObjectRef
+from sdn_egress.model.manifests import UNNAMED
+from sdn_egress.source.assemble import Assembler, Kept, Pass, parse_guarded
 from sdn_egress.source.checks import KEPT_NOTE
 
 LOG = logging.getLogger(__name__)
@@ -228,18 +228,8 @@ class _Parsed:
 
     def _parse(self, key: tuple[str, str], raw: dict, last: _Entry | None) -> _Entry:
         path = self.res.path(key[0], str(key[1]))
-        error = parsed = None
-        try:
-            obj = parse_object(raw, path)
-        except InvalidObject as exc:
-            error = exc.error
-        except Exception as exc:  # noqa: BLE001 - a parser bug must cost only this object
-            LOG.exception("%s: cannot be parsed", path)
-            error = ObjectError(ref_of(raw), WHOLE_DOCUMENT,
-                                f"cannot be parsed ({type(exc).__name__}: {exc}); this is a bug of "
-                                "sdn-egress, please report it", path)
-        else:
-            parsed = Kept(obj, path, path) if obj is not None else None
+        obj, error = parse_guarded(raw, path)
+        parsed = Kept(obj, path, path) if obj is not None else None
         return _Entry(raw, parsed, error, last)
 
     def feed(self, run: Pass) -> None:

@@ -37,7 +37,7 @@ def parsed(frame: bytes):
     body = frame[14 + 40:]
     pseudo = (ipaddress.IPv6Address(ip6.src).packed + ipaddress.IPv6Address(ip6.dst).packed
               + struct.pack("!IxxxB", len(body), 58))
-    assert announce._checksum(pseudo + body) == 0
+    assert announce.checksum(pseudo + body) == 0
     return eth, ip6, icmp
 
 

@@ -103,8 +103,9 @@ def test_a_pod_event_parses_that_pod_alone(monkeypatch):
            + [pod(f"p{i}", "n0", f"203.0.113.{i + 2}", app="cart") for i in range(20)])
     src.snapshot()
     parsed = []
-    real = kube_source.parse_object
-    monkeypatch.setattr(kube_source, "parse_object", lambda doc, where: parsed.append(where) or real(doc, where))
+    from sdn_egress.source import assemble  # where every source parses an object (parse_guarded)
+    real = assemble.parse_object
+    monkeypatch.setattr(assemble, "parse_object", lambda doc, where: parsed.append(where) or real(doc, where))
     src.informers["Pod"]._apply("MODIFIED", pod("p3", "n0", "203.0.113.5", app="web"))
     state = src.snapshot()
     assert parsed == ["/api/v1/namespaces/shop/pods/p3"]

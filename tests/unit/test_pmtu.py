@@ -18,7 +18,7 @@ HELD = frozenset({EIP, EIP6})
 
 
 def csum_ok(data: bytes) -> bool:
-    return pmtu._checksum(data) == 0
+    return pmtu.checksum(data) == 0
 
 
 def ipv4(src: str, dst: str, payload: bytes, *, df: bool, proto: int = 17, ident: int = 0x1234,
@@ -27,7 +27,7 @@ def ipv4(src: str, dst: str, payload: bytes, *, df: bool, proto: int = 17, ident
     flags = (pmtu.IP_DF if df else 0) | frag
     h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(payload), ident, flags, 61, proto, 0,
                     ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed) + options
-    h = h[:10] + struct.pack("!H", pmtu._checksum(h)) + h[12:]
+    h = h[:10] + struct.pack("!H", pmtu.checksum(h)) + h[12:]
     return h + payload
 
 
