@@ -60,8 +60,25 @@ def cluster_pod_cidr(family: str) -> str:
     return CLUSTER_POD_CIDR6 if family == IPV6 else CLUSTER_POD_CIDR
 
 
+class _Addressed:
+    """A host with an address per family of the lab (``ip_of``)."""
+    families: tuple[str, ...]
+
+    def ip_of(self, family: str) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def ip(self) -> str:
+        """The primary address (first family): for a node, the InternalIP the tunnels use."""
+        return self.ip_of(self.families[0])
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return tuple(self.ip_of(f) for f in self.families)
+
+
 @dataclass(frozen=True)
-class LabNode:
+class LabNode(_Addressed):
     name: str
     index: int
     labels: dict = field(default_factory=dict, hash=False)
@@ -84,15 +101,6 @@ class LabNode:
         if family == IPV6:
             return str(ipaddress.ip_address(f"2001:db8:113:{self.index:x}::{offset:x}"))
         return f"203.0.113.{32 * self.index + offset}"
-
-    @property
-    def ip(self) -> str:
-        """The primary address (first family): the InternalIP the tunnels use."""
-        return self.ip_of(self.families[0])
-
-    @property
-    def ips(self) -> tuple[str, ...]:
-        return tuple(self.ip_of(f) for f in self.families)
 
     @property
     def pod_cidr(self) -> str:
@@ -126,7 +134,7 @@ class LabPod:
 
 
 @dataclass(frozen=True)
-class LabExternal:
+class LabExternal(_Addressed):
     """An external host.  With ``mtu`` it hangs off the router by a link of
     its own with that MTU (both ends), so a path from the cluster to it
     narrows past the gateway, as the Internet's paths do; without, it sits on
@@ -140,14 +148,6 @@ class LabExternal:
         if family not in self.families:
             return None
         return f"2001:db8:100::{10 + self.index}" if family == IPV6 else f"198.51.100.{10 + self.index}"
-
-    @property
-    def ip(self) -> str:
-        return self.ip_of(self.families[0])
-
-    @property
-    def ips(self) -> tuple[str, ...]:
-        return tuple(self.ip_of(f) for f in self.families)
 
 
 @dataclass(frozen=True)
