@@ -96,3 +96,14 @@ def model_node(name: str, i: int, labels: dict | None = None, ready: bool = True
 
     return Node(name=name, labels=frozen_labels(labels), addresses=(netaddr.IPAddress(node_ip(i)),),
                 pod_cidrs=(netaddr.IPNetwork(pod_cidr(i)),), ready=ready)
+
+
+def scattered(n: int, seed: int = 7) -> list[str]:
+    """``n`` distinct IPv4 addresses spread over the unicast space (a fixed seed: the same every run)."""
+    import random
+
+    rnd = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        out.add(f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+    return sorted(out)

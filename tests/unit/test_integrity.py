@@ -16,7 +16,7 @@ from sdn_egress.cli import main
 from sdn_egress.model.manifests import parse_object
 from sdn_egress.model import InvalidObject
 from sdn_egress.source import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, ManifestDirSource
-from tests.support.objects import set_path as edited, write
+from tests.support.objects import scattered, set_path as edited, write
 
 API = "sdn-egress.io/v1alpha1"
 GATEWAY = {
@@ -495,16 +495,6 @@ def test_the_crd_takes_the_namespace_selector():
 
 
 # -- item 7: one policy's cost on a node is bounded ------------------------------------------------------
-
-def scattered(n: int, seed: int = 7) -> list[str]:
-    import random
-
-    rnd = random.Random(seed)
-    out: set[str] = set()
-    while len(out) < n:
-        out.add(f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
-    return sorted(out)
-
 
 def test_scattered_exclusions_beyond_the_bound_are_refused_and_the_last_version_stays(mdir):
     from sdn_egress.model.manifests import MAX_STEERING_CIDRS

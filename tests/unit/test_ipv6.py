@@ -21,6 +21,8 @@ from sdn_egress.allocation import allocate
 from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node, Pod, frozen_labels
 from sdn_egress.view import NodeFacts, build_view, pod_steers
 
+from tests.support.objects import scattered
+
 IP, NET = netaddr.IPAddress, netaddr.IPNetwork
 ROUTER_MAC = "02:00:00:00:ff:01"
 EXT4, EXT6 = IP("198.51.100.10"), IP("2001:db8:ff::10")
@@ -239,16 +241,6 @@ def test_after_failover_only_the_standby_claims_the_ipv6_eip(lab):
 
 
 # -- issue 11, item 7: exclusions without multiplying ------------------------------------------
-
-def scattered(n: int, seed: int = 7) -> list[str]:
-    import random
-
-    rnd = random.Random(seed)
-    out: set[str] = set()
-    while len(out) < n:
-        out.add(f"{rnd.randrange(1, 223)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
-    return sorted(out)
-
 
 def test_256_scattered_excludes_cost_one_entry_each_and_are_still_not_steered(lab):
     excluded = [x for x in scattered(300) if not x.startswith(("192.0.2.", "203.0.113.", "127.", "169.254."))][:256]
