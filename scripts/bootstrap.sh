@@ -33,8 +33,10 @@ if [ ! -x "$venv/bin/python" ]; then
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ "$here/setup.py" -nt "$stamp" ] || ! "$venv/bin/python" -c "import sdn_egress" 2>/dev/null \
-    || [ "$("$venv/bin/python" -c 'import sdn_egress,os;print(os.path.dirname(os.path.dirname(sdn_egress.__file__)))')" != "$here" ]; then
+# -P: the check must not import the sdn_egress of the current directory (a
+# clone run from its own root would pass it while the venv points elsewhere).
+if [ ! -f "$stamp" ] || [ "$here/setup.py" -nt "$stamp" ] || ! "$venv/bin/python" -P -c "import sdn_egress" 2>/dev/null \
+    || [ "$("$venv/bin/python" -P -c 'import sdn_egress,os;print(os.path.dirname(os.path.dirname(sdn_egress.__file__)))')" != "$here" ]; then
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e "$here[test]"
     touch "$stamp"
