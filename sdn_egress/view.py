@@ -152,6 +152,18 @@ def live_order(nodes: tuple[str, ...], dead: frozenset[str]) -> tuple[str, ...]:
     return tuple(n for n in nodes if n not in dead)
 
 
+def contested_eips(node_name: str, alloc: Allocation, dead: frozenset[str]) -> list[str]:
+    """The EIPs ``node_name`` would hold with the ``dead`` peers dead while
+    another node of their list is alive, which may hold them now (a standby
+    that took over while this node was cut off)."""
+    out = []
+    for a in alloc.eips:
+        alive = live_order(a.nodes, dead)
+        if alive[:1] == (node_name,) and len(alive) > 1:
+            out.append(str(a.ip))
+    return out
+
+
 def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
                dead: frozenset[str] = frozenset()) -> NodeView:
     """``dead``: gateway nodes this node's BFD sessions see down.  A standby

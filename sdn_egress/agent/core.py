@@ -42,7 +42,7 @@ from sdn_egress.backoff import Backoff
 from sdn_egress.model import ClusterState
 from sdn_egress.reports import StatusWriter
 from sdn_egress.source import StateSource
-from sdn_egress.view import build_view
+from sdn_egress.view import build_view, contested_eips
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class AgentConfig:
     poll_interval: float = 0.05  # how often BFD state and the sources are looked at
     bfd: dict | None = None  # Interface.bfd of the tunnels to gateways; None: no BFD
     bfd_grace: float = 10.0  # a peer never seen up counts as dead only after this
+    failback_hold: float = 10.0  # after a cut heals: at most this long holding nothing (liveness.PeerWatch)
     tunnel_mtu: int | None = None  # None: derived from the underlay's MTU (pmtu.tunnel_mtu)
     # The new-pod hold (docs/pod-lifecycle.md): external traffic of a local pod
     # address not classified yet is dropped for at most this many seconds
@@ -100,7 +101,7 @@ class AgentCore:
         self.node = node or NodeReader(config.node, self.db, egw=config.egw, bfd=config.bfd,
                                        tunnel_mtu=config.tunnel_mtu)
         self.bridges = Bridges(metrics)
-        self.peers = PeerWatch(config.node, config.bfd_grace)
+        self.peers = PeerWatch(config.node, config.bfd_grace, failback_hold=config.failback_hold)
         self.host = HostStep(config.node, routing, config.new_pod_hold, config.hold_poll)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -232,7 +233,9 @@ class AgentCore:
         self.node.sync_tunnels(state, alloc)
         gateways = frozenset(n for a in alloc.eips for n in a.nodes)
         gateway = self.config.node in gateways
-        dead = self.peers.judge(self.node.bfd_states(), gateway, expected=gateways)
+        dead = self.peers.judge(self.node.bfd_states(), gateway, expected=gateways,
+                                contested=lambda d: contested_eips(self.config.node, alloc, d))
+        self.node.set_path_down(self.peers.path_down)
         if self.metrics:
             self.metrics.bfd_peers_down.set(len(self.peers.dead))
         facts = self.node.facts(state, alloc, refresh=full, dead=dead)
@@ -338,6 +341,7 @@ class AgentCore:
             "held_eips": [str(h.eip) for h in view.held] if view else [],
             "dead_peers": sorted(self.peers.dead),
             "isolated": self.peers.isolated,
+            "rejoining": self.peers.rejoining_since is not None,
             "tunnels": dict(sorted((self.node.peers or {}).items())),
             "tunnel_mtu": view.tunnel_mtu if view else None,
             "tunnel_mtu_source": mtu[1] if mtu else None,

@@ -37,6 +37,7 @@ class NodeReader:
         self.next_hop_mac = next_hop_mac
         self.address_mtu = address_mtu
         self.peers: dict[str, str] | None = None  # peer -> underlay address, as last synced
+        self.path_down = False  # the tunnels' BFD says this node forwards nothing (cpath_down)
         self.port_names: dict[str, str] = {}  # peer -> its tunnel port
         self._peer_of_port: dict[str, str] = {}  # the reverse, built once per change of peers
         self._next_hops: dict[str, str] = {}
@@ -53,12 +54,29 @@ class NodeReader:
         peers = tunnel_peers(self.node, state, alloc, keep=keep)
         if peers == self.peers:
             return
-        self.db.sync_tunnels("br-int", peers, self.bfd)
+        self.db.sync_tunnels("br-int", peers, self._bfd())
         LOG.info("tunnels: Geneve ports to %s", ", ".join(f"{n} ({ip})" for n, ip in sorted(peers.items()))
                  or "no gateway peers")
         self.peers = peers
         self.port_names = tunnel_port_names(peers)
         self._peer_of_port = {name: peer for peer, name in self.port_names.items()}
+
+    def _bfd(self) -> dict | None:
+        if self.bfd is None or not self.path_down:
+            return self.bfd
+        return {**self.bfd, "cpath_down": "true"}
+
+    def set_path_down(self, down: bool) -> None:
+        """Tell the peers through BFD that this node forwards nothing
+        (``bfd:cpath_down``: their sessions to it stay up, not forwarding),
+        or that it forwards again."""
+        if down == self.path_down or not self.bfd:
+            return
+        self.path_down = down
+        if self.peers is not None:
+            self.db.sync_tunnels("br-int", self.peers, self._bfd())
+        LOG.warning("BFD: telling the peers this node %s", "forwards nothing (cpath_down)" if down
+                    else "forwards again")
 
     def bfd_states(self) -> dict[str, dict]:
         """peer -> bfd_status of its tunnel port (OVSDB, from the IDL's cache)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable, Iterable
 
 LOG = logging.getLogger(__name__)
 
@@ -83,24 +84,55 @@ class Liveness:
 
 
 class PeerWatch:
-    """The liveness step of a pass: which peers are dead, and whether this
-    node is cut off, logged when that changes."""
+    """The liveness step of a pass: which peers are dead, whether this node
+    is cut off, and whether it is rejoining after a cut, logged when that
+    changes.
 
-    def __init__(self, node: str, grace: float, clock=time.monotonic):
+    Rejoining: when a cut-off node's link heals, a standby holds its EIPs
+    and the controller will list that standby first, but only once it has
+    seen the takeover.  Until then the healed node would find itself first
+    again and take the EIPs back (and the workers' bundles would follow it):
+    a fail-back nobody asked for.  So from the cut on, the node tells its
+    peers through BFD that it forwards nothing (``cpath_down``: their
+    sessions to it stay up but not forwarding, which makes their bundles and
+    their liveness skip it), and after the heal it stays so and holds nothing
+    while any EIP it would hold is held by a live peer (``contested``), at
+    most ``failback_hold`` seconds: with the controller alive that ends as
+    soon as it has re-ordered; without one, the old order returns after the
+    hold, all nodes switching on the same BFD signal."""
+
+    def __init__(self, node: str, grace: float, clock=time.monotonic, failback_hold: float = 10.0):
         self.node = node
+        self.clock = clock
         self.liveness = Liveness(grace, clock)
+        self.failback_hold = failback_hold
         self.dead: frozenset[str] = frozenset()
         self.expected: frozenset[str] | None = None
         self.isolated = False
+        self.rejoining_since: float | None = None
+
+    @property
+    def path_down(self) -> bool:
+        """Should this node's BFD sessions say it forwards nothing
+        (cut off, or rejoining)?"""
+        return self.isolated or self.rejoining_since is not None
 
     def changed(self, states: dict[str, dict]) -> bool:
-        """Would a pass now see other peers dead than the last one did?"""
-        return self.liveness.dead(states, self.expected) != self.dead
+        """Would a pass now see other peers dead than the last one did (or
+        has the rejoining hold run out)?"""
+        return self.liveness.dead(states, self.expected) != self.dead or self.rejoin_due()
+
+    def rejoin_due(self) -> bool:
+        return (self.rejoining_since is not None
+                and self.clock() - self.rejoining_since >= self.failback_hold)
 
     def judge(self, states: dict[str, dict], gateway: bool,
-              expected: frozenset[str] | None = None) -> frozenset[str]:
+              expected: frozenset[str] | None = None,
+              contested: Callable[[frozenset[str]], Iterable[str]] = lambda dead: ()) -> frozenset[str]:
         """The nodes the view must treat as dead: the dead peers, and this
-        node itself while it is cut off (``expected``: see :meth:`Liveness.judge`)."""
+        node itself while it is cut off or rejoining (``expected``: see
+        :meth:`Liveness.judge`; ``contested(dead)``: the EIPs this node would
+        hold with those peers dead that a live peer may hold now)."""
         self.expected = expected
         dead = self.liveness.judge(states, gateway, expected)
         if dead != self.dead:
@@ -113,8 +145,23 @@ class PeerWatch:
             if not self.isolated:
                 LOG.warning("BFD: every peer is down; this node considers itself cut off and "
                             "holds no EIP until a session is up again")
-            dead = dead | {self.node}
-        elif self.isolated:
-            LOG.warning("BFD: a session is up again; this node is no longer cut off")
-        self.isolated = self.liveness.cut_off
+            self.isolated = True
+            self.rejoining_since = None
+            return dead | {self.node}
+        if self.isolated:
+            LOG.warning("BFD: a session is up again; this node is no longer cut off; it forwards "
+                        "nothing while a live peer may hold its EIPs (at most %.0f s)", self.failback_hold)
+            self.isolated = False
+            self.rejoining_since = self.clock()
+        if self.rejoining_since is None:
+            return dead
+        waiting = sorted(contested(dead))
+        if not waiting:
+            LOG.warning("BFD: rejoined; no EIP this node would hold is held elsewhere")
+        elif self.rejoin_due():
+            LOG.warning("BFD: rejoined: the allocation still lists this node first after %.0f s; taking back %s",
+                        self.failback_hold, ", ".join(waiting))
+        else:
+            return dead | {self.node}
+        self.rejoining_since = None
         return dead

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BFD min_tx/min_rx on the tunnels to gateways (default 100 ms)")
     parser.add_argument("--bfd-mult", type=int, default=3,
                         help="BFD detection multiplier (default 3: down after 3 missed intervals)")
+    parser.add_argument("--failback-hold", type=float, default=10.0, metavar="SECONDS",
+                        help="after its cut-off link heals, a gateway node forwards nothing (BFD cpath_down) "
+                             "while a standby may hold its EIPs and the controller has not re-ordered them, "
+                             "at most this long (default 10; docs/ha.md)")
     parser.add_argument("--no-bfd", action="store_true",
                         help="no BFD: no data-plane failover, gateways follow the controller only")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     core = AgentCore(
         AgentConfig(node=args.node, ovs_db=args.ovs_db, status_dir=args.status,
                     resync_interval=args.resync_interval, tunnel_mtu=args.tunnel_mtu,
-                    new_pod_hold=args.new_pod_hold,
+                    new_pod_hold=args.new_pod_hold, failback_hold=args.failback_hold,
                     bfd=None if args.no_bfd else {
                         "enable": "true", "min_tx": str(args.bfd_interval),
                         "min_rx": str(args.bfd_interval), "decay_min_rx": "0",

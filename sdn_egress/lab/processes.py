@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 from ovs_setup.daemons import OvsInstance, process_alive as _alive, terminate as _kill
@@ -72,6 +73,14 @@ class Processes:
         """A new controller process: of the old one only the stored allocation remains."""
         _kill(self.load()["pids"].get("controller"))
         self._start_controller()
+
+    def pause_controller(self) -> None:
+        """Freeze the controller (SIGSTOP): a controller that lags behind the
+        data plane, as a loaded or partitioned one does."""
+        os.kill(self.load()["pids"]["controller"], signal.SIGSTOP)
+
+    def resume_controller(self) -> None:
+        os.kill(self.load()["pids"]["controller"], signal.SIGCONT)
 
     def set_agent_args(self, args: list[str]) -> None:
         """Extra command-line arguments of every agent (e.g. ``--new-pod-hold

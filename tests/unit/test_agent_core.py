@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import yaml
@@ -87,6 +88,7 @@ class FakeNodeDb:
 
     def sync_tunnels(self, bridge: str, peers: dict[str, str], bfd: dict | None) -> None:
         self.syncs += 1
+        self.bfd_config = dict(bfd or {})  # Interface.bfd of every tunnel port
         self.names = tunnel_port_names(peers)
         base = {n: p for n, p in self.ports[bridge].items() if not n.startswith("gnv-") or n == "gnv-flow"}
         self.ports[bridge] = {**base, **{self.names[p]: 10 + i for i, p in enumerate(sorted(peers))}}
@@ -158,11 +160,12 @@ class Unsynced(FileAllocationStore):
 class Agent:
     """One node's agent core with its fakes, both bridges connected."""
 
-    def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore):
+    def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore, failback_hold=10.0):
         self.mdir, self.sdir = allocate(tmp_path, docs)
         self.db = FakeNodeDb(node)
         self.routing = FakeRouting()
-        config = AgentConfig(node=node, ovs_db="unix:/nonexistent", bfd={"enable": "true"}, bfd_grace=10.0)
+        config = AgentConfig(node=node, ovs_db="unix:/nonexistent", bfd={"enable": "true"}, bfd_grace=10.0,
+                             failback_hold=failback_hold)
         self.core = AgentCore(
             config, ManifestDirSource(str(self.mdir)), reader(str(self.sdir)),
             routing=self.routing, writers=[FileStatusWriter(str(self.sdir), node)], db=self.db,
@@ -292,25 +295,54 @@ def test_a_second_pass_sends_nothing(tmp_path):
 
 # -- gateways: cut-off, takeover, gratuitous ARP -----------------------------------------
 
-def test_a_gateway_that_sees_every_bfd_session_down_gives_up_its_eip_until_one_is_back(tmp_path):
-    agent = Agent(tmp_path, holder(tmp_path))
+def cut_off_and_healed(tmp_path, failback_hold=10.0) -> tuple[Agent, list[str]]:
+    """The active gateway's agent, cut off (every session down) and healed
+    (one session back up); with its peers."""
+    agent = Agent(tmp_path, holder(tmp_path), failback_hold=failback_hold)
     others = [n for n in NODES if n != agent.core.config.node]
     agent.bfd(**{n: UP for n in others})
     agent.run_pass(full=True)
     assert agent.holds_eip() and agent.status()["held_eips"] == [EIP]
+    assert "cpath_down" not in agent.db.bfd_config
     agent.bfd(**{n: DOWN for n in others})
     agent.run_pass()
     status = agent.status()
     assert not agent.holds_eip()
     assert (status["held_eips"], status["isolated"], status["dead_peers"]) == ([], True, sorted(others))
+    # From the cut on its BFD says it forwards nothing, so the heal is not a fail-back.
+    assert agent.db.bfd_config["cpath_down"] == "true"
     assert AgentReports(str(agent.sdir)).held() == {}
     agent.run_pass()  # still cut off: nothing changes by itself
     assert not agent.holds_eip() and agent.status()["isolated"]
     agent.bfd(**{others[0]: UP})  # one session back
     agent.run_pass()
+    return agent, others
+
+
+def test_a_gateway_that_sees_every_bfd_session_down_gives_up_its_eip_and_rejoins_as_standby(tmp_path):
+    agent, others = cut_off_and_healed(tmp_path)
+    standby = next(n for n in others if n != "charlie")
+    status = agent.status()
+    # Healed, but a live standby may hold the EIP: it takes nothing back, still forwards nothing.
+    assert (status["held_eips"], status["isolated"], status["rejoining"]) == ([], False, True)
+    assert not agent.holds_eip() and agent.db.bfd_config["cpath_down"] == "true"
+    # The controller sees the standby's takeover and lists it first: the healed node is a standby now.
+    FileStatusWriter(str(agent.sdir), standby).report({"node": standby, "time": time.time(), "held_eips": [EIP]})
+    Controller(ManifestDirSource(str(agent.mdir)), FileAllocationStore(str(agent.sdir))).reconcile()
+    assert FileAllocationStore(str(agent.sdir)).load().eips[0].nodes[0] == standby
+    agent.run_pass()
+    status = agent.status()
+    assert (status["held_eips"], status["rejoining"]) == ([], False)
+    assert not agent.holds_eip() and "cpath_down" not in agent.db.bfd_config
+
+
+def test_without_a_controller_re_ordering_a_healed_gateway_takes_its_eip_back_after_the_hold(tmp_path):
+    agent, others = cut_off_and_healed(tmp_path, failback_hold=0.0)
     status = agent.status()
     assert agent.holds_eip()
-    assert (status["held_eips"], status["isolated"], status["dead_peers"]) == ([EIP], False, [])
+    assert (status["held_eips"], status["isolated"], status["rejoining"], status["dead_peers"]) == (
+        [EIP], False, False, [])
+    assert "cpath_down" not in agent.db.bfd_config
 
 
 def test_the_standby_takes_over_when_the_active_gateways_session_goes_down_and_announces_it(tmp_path):
