@@ -51,7 +51,8 @@ case "$what" in
         # lint and the import layers first, then the suite.
         "$venv/bin/ruff" check --no-cache .
         "$venv/bin/lint-imports" --no-cache
-        exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@" tests ;;
+        # --durations: the slowest tests named in every run, to keep the suite in its budget.
+        exec "$venv/bin/python" -m pytest -p no:cacheprovider --durations=25 "$@" tests ;;
     setup)
         echo "bootstrap.sh: ready: $venv/bin/sdn-egress" ;;
     *)
