@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -218,3 +219,37 @@ def product_gap(request, net: "Net", gaps: dict[str, str]) -> None:
     name = request.node.originalname
     if net.v6 and name in gaps:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 12, product side: {gaps[name]}"))
+
+
+# UDP datagrams with sequence numbers every 20 ms from one pod, to each
+# destination in turn (one address, or both families' of the external host).
+STREAM = r"""
+import socket, sys, time
+tag, dsts = sys.argv[1], sys.argv[2:]
+socks = [(socket.socket(socket.AF_INET6 if ":" in d else socket.AF_INET, socket.SOCK_DGRAM), d) for d in dsts]
+i = 0
+print("ready", flush=True)
+while True:
+    for s, d in socks:
+        s.sendto(f"{tag} {i}\n".encode(), (d, 8080))
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+class Stream:
+    """A pod sending a numbered UDP datagram every 20 ms to each of ``dsts``
+    (port 8080 of the external host ``ext``); ``seen()``: what arrived there."""
+
+    def __init__(self, lab, pod: str, dsts: list[str], ext: str = "ext-1"):
+        self.lab, self.ext, self.tag = lab, ext, uuid.uuid4().hex[:8]
+        self.proc = lab.popen(pod, [sys.executable, "-c", STREAM, self.tag, *dsts])
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def seen(self) -> list[dict]:
+        return [e for e in self.lab.echo_seen(self.ext)
+                if e.get("proto") == "udp" and e.get("data", "").startswith(self.tag + " ")]

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import yaml
 
-from .conftest import IPV4, IPV6, Net, lab_up, policy_doc, wait_for
+from .conftest import IPV4, IPV6, Net, Stream, lab_up, policy_doc, wait_for
 
 TOPOLOGY = {
     "ipFamilies": ["IPv4", "IPv6"],
@@ -30,22 +30,6 @@ GATEWAY = {"apiVersion": "sdn-egress.io/v1alpha1", "kind": "EgressGateway", "met
            "spec": {"nodeSelector": {"matchLabels": {"egress": "true"}},
                     # 10 addresses each (IPv6 host numbers are hex: ::200-::209), so they pair.
                     "ippools": {**V4.pool(200, 209), **V6.pool(200, 209)}}}
-
-# UDP datagrams with sequence numbers every 20 ms from one pod, to both
-# families' addresses of the external host in turn.
-STREAM = r"""
-import socket, sys, time
-tag, dsts = sys.argv[1], sys.argv[2:]
-socks = [(socket.socket(socket.AF_INET6 if ":" in d else socket.AF_INET, socket.SOCK_DGRAM), d) for d in dsts]
-i = 0
-print("ready", flush=True)
-while True:
-    for s, d in socks:
-        s.sendto(f"{tag} {i}\n".encode(), (d, 8080))
-    i += 1
-    time.sleep(0.02)
-"""
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
@@ -137,21 +121,6 @@ def test_the_tunnels_run_over_the_ipv4_underlay(lab, policy):
     assert remotes == ["192.0.2.11", "192.0.2.12"], out
 
 
-class Stream:
-    def __init__(self, lab, pod: str):
-        self.lab, self.tag = lab, uuid.uuid4().hex[:8]
-        self.proc = lab.popen(pod, [sys.executable, "-c", STREAM, self.tag, ext(lab, V4), ext(lab, V6)])
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def seen(self) -> list[dict]:
-        return [e for e in self.lab.echo_seen("ext-1")
-                if e.get("proto") == "udp" and e.get("data", "").startswith(self.tag + " ")]
-
-
 def active(lab, eip: str) -> str:
     return next(a["nodes"][0] for a in lab.status()["allocation"]["eips"] if a["ip"] == eip)
 
@@ -170,7 +139,7 @@ def test_killing_the_active_gateway_moves_both_eips_and_neither_leaks(lab, polic
     wait_for(lab.bfd_sessions_up, "every BFD session up", timeout=30)
     victim = active(lab, eip4)  # the IPv6 EIP may be active on the same node or the other one
     survivor = "bravo" if victim == "alpha" else "alpha"
-    stream = Stream(lab, "shop/cart-0")
+    stream = Stream(lab, "shop/cart-0", [ext(lab, V4), ext(lab, V6)])
     try:
         time.sleep(1.0)
         t_kill = time.time()

@@ -20,7 +20,7 @@ import yaml
 
 from tests.support.waiting import wait_for
 
-from .conftest import IPV4, IPV6, Net, lab_up, policy_doc, product_gap
+from .conftest import IPV4, IPV6, Net, Stream, lab_up, policy_doc, product_gap
 
 TOPOLOGY = {
     "ipFamilies": ["IPv4"],  # these tests on IPv4; their IPv6 twins on the same with [IPv6]
@@ -32,17 +32,6 @@ TOPOLOGY = {
              {"name": "etl-0", "namespace": "pay", "node": "charlie", "labels": {"app": "etl"}}],
     "externals": [{"name": "ext-1"}],
 }
-
-STREAM = r"""
-import socket, sys, time
-dst, tag = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
-i = 0
-print("ready", flush=True)
-while not sys.stdin.closed:
-    s.sendto(f"{tag} {i}\n".encode(), (dst, 8080)); i += 1
-    time.sleep(0.02)
-"""
 
 
 def net_of(lab) -> Net:
@@ -117,23 +106,6 @@ def active(lab, eip: str) -> str:
     return next(a["nodes"][0] for a in alloc["eips"] if a["ip"] == eip)
 
 
-class Stream:
-    """UDP datagrams with sequence numbers every 20 ms from a pod."""
-
-    def __init__(self, lab, pod: str):
-        self.lab, self.tag = lab, uuid.uuid4().hex[:8]
-        self.proc = lab.popen(pod, [sys.executable, "-c", STREAM, net_of(lab).ext1, self.tag])
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def seen(self) -> list[dict]:
-        return [e for e in self.lab.echo_seen("ext-1")
-                if e.get("proto") == "udp" and e.get("data", "").startswith(self.tag + " ")]
-
-
 def converged(lab):
     net = net_of(lab)
     wait_for(lab.bfd_sessions_up, "every BFD session up", timeout=30)
@@ -160,7 +132,7 @@ def test_killing_the_active_gateway_moves_traffic_with_the_same_eip_and_never_le
         make_active(lab, eip, "alpha")
     converged(lab)
     victim = active(lab, eip)
-    stream = Stream(lab, pod)
+    stream = Stream(lab, pod, [net_of(lab).ext1])
     try:
         time.sleep(1.0)
         t_kill = time.time()
@@ -206,7 +178,7 @@ def test_the_revived_old_active_does_not_take_the_eip_back(lab, net):
 def test_no_gateway_alive_means_nothing_leaves_then_traffic_resumes(lab, net):
     converged(lab)
     eip = net.eip(201)
-    stream = Stream(lab, "shop/cart-0")
+    stream = Stream(lab, "shop/cart-0", [net.ext1])
     try:
         lab.kill("alpha")
         lab.kill("bravo")
