@@ -10,6 +10,12 @@ is written, the save writes the *head*, ConfigMap ``sdn-egress-allocation-head``
 (key ``generation``): only then is the generation in force.  Then the
 tombstones are deleted.
 
+The head also names the generation in force before (key ``previous``) and,
+when they are few (at most :data:`NAMED`), the records the save wrote (key
+``written.json``): a reader whose watch of one of those has not brought its
+new version yet (the head comes through a watch of its own, which may be
+ahead) reads at the previous generation until it has (:func:`reading_at`).
+
 A reader takes of each record the value in force at the head's generation
 (:func:`in_force`): ``record.json`` when the record's generation is at most
 the head's, else ``previous.json`` (absent: the record did not exist).  Before
@@ -23,10 +29,15 @@ in force, as they were.
 """
 from __future__ import annotations
 
+import json
+
 GENERATION = "generation"
 KEY = "record.json"
 PREVIOUS = "previous.json"
 HEAD = "sdn-egress-allocation-head"
+PREVIOUS_HEAD = "previous"
+WRITTEN = "written.json"
+NAMED = 256  # records a head names at most (a first write or a migration writes them all: not named)
 
 
 def _number(text) -> int:
@@ -39,6 +50,27 @@ def _number(text) -> int:
 def head_generation(cm: dict | None) -> int:
     """The generation in force (0: none written yet, or an earlier version's records)."""
     return _number(((cm or {}).get("data") or {}).get(GENERATION, 0))
+
+
+def head_data(gen: int, previous: int, written) -> dict[str, str]:
+    written = sorted(written)
+    return {GENERATION: str(gen), PREVIOUS_HEAD: str(previous),
+            **({WRITTEN: json.dumps(written, separators=(",", ":"))} if len(written) <= NAMED else {})}
+
+
+def reading_at(head: dict | None, items) -> int:
+    """The generation a reader with these records (ConfigMaps) reads at: the
+    head's, or the one before while a record the head names as written at
+    it is still older here."""
+    gen = head_generation(head)
+    data = (head or {}).get("data") or {}
+    try:
+        written = set(json.loads(data.get(WRITTEN) or "[]"))
+    except ValueError:
+        written = set()
+    if any(record_generation(cm) < gen for cm in items if cm["metadata"]["name"] in written):
+        return _number(data.get(PREVIOUS_HEAD, 0))
+    return gen
 
 
 def record_generation(cm: dict) -> int:

@@ -29,7 +29,7 @@ import logging
 import threading
 
 from sdn_egress.allocation import records
-from sdn_egress.allocation.generations import HEAD, head_generation
+from sdn_egress.allocation.generations import HEAD, reading_at
 from sdn_egress.allocation.store_file import FileAllocationStore
 from sdn_egress.allocation.store_kube import CONFIGMAP, RECORD_LABEL, _ConfigMapWatch, legacy_allocation, \
     parse_records
@@ -147,8 +147,8 @@ class KubeAllocationReader:
             if self._parsed is None or self._parsed[0] != version:
                 self._parsed = (version, legacy_allocation(legacy, f"ConfigMap {self.namespace}/{self._legacy.name}"))
             return self._parsed[1]
-        head = head_generation(self._head.get())
         items = self._items()
+        head = reading_at(self._head.get(), items)
         version = (head, *(((cm.get("metadata") or {}).get("name"), (cm.get("metadata") or {}).get("resourceVersion"))
                            for cm in items))
         if self._parsed is None or self._parsed[0] != version:
