@@ -21,6 +21,7 @@ from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationStore
 from sdn_egress.model import ClusterState, Pod
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
+from tests.support.waiting import wait_for
 
 NS = "sdn-egress"
 
@@ -113,7 +114,7 @@ def test_an_agent_receives_only_its_nodes_part_of_2000_policies(emu, api):
             **state.nodes, lost: dataclasses.replace(state.nodes[lost], ready=False)}), alloc)
         store.save(failed)
         ip = alloc.policies[chosen[0]].eip_v4
-        emu.wait_for(lambda: reader.load().eip(ip).nodes == failed.eip(ip).nodes)
+        wait_for(lambda: reader.load().eip(ip).nodes == failed.eip(ip).nodes, "the failover")
     finally:
         reader.stop()
         gw_reader.stop()
@@ -208,3 +209,37 @@ def test_a_save_cut_short_after_any_write_is_never_read_and_the_next_pass_repair
             sampler.join(5)
         reader.stop()
     assert seen == {_eips(old), _eips(new)}
+
+
+def test_an_agent_on_its_own_source_follows_its_pods_policies(emu, api):
+    """With the agent's own KubeSource (its node's pods only), as the agent runs it."""
+    from sdn_egress.controller import Controller
+    from sdn_egress.source.kube import KubeSource
+    from tests.support.objects import gateway, namespace, node, pod, policy
+
+    for obj in (namespace("shop"), node("alpha", 0), node("beta", 1), node("gamma", 2, egress=False), gateway(),
+                policy("cart"), policy("shop"), policy("web"), pod("shop", "cart-1", "gamma", "203.0.113.65", app="cart")):
+        emu.apply(obj)
+    controller_source = KubeSource(api).start()
+    source = KubeSource(api, node="gamma").start()
+    reader = KubeAllocationReader(api, NS, node="gamma", source=source).start()
+    try:
+        assert controller_source.wait_synced(timeout=20) and source.wait_synced(timeout=20)
+        alloc = Controller(controller_source, KubeAllocationStore(api, NS)).reconcile()
+        assert len(alloc.eips) == 3
+        cart = alloc.policies["shop/cart"].eip_v4
+        # (not emu.wait_for: a load may wait for a list, which needs the server's lock)
+        wait_for(lambda: reader.synced and [a.ip for a in (reader.load() or _none()).eips] == [cart], "cart's EIP")
+        emu.apply(pod("shop", "web-1", "gamma", "203.0.113.66", app="web"))
+        web = alloc.policies["shop/web"].eip_v4
+        wait_for(lambda: {a.ip for a in reader.load().eips} == {cart, web}, "web's EIP too")
+        assert set(reader.policy_informers) == {"shop/cart", "shop/web"}
+    finally:
+        for part in (reader, source, controller_source):
+            part.stop()
+
+
+def _none():
+    from sdn_egress.allocation import Allocation
+
+    return Allocation()
