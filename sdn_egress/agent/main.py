@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.reports.leases import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.source.kube import KubeSource
-        from sdn_egress.allocation.store_kube import KubeAllocationReader
+        from sdn_egress.allocation.reader_kube import KubeAllocationReader
         from sdn_egress.model import ObjectRef
 
         api = api_client_from(args, "agent")

@@ -3,7 +3,8 @@ in force by generations (:mod:`.generations`); the agents read it through
 :mod:`.reader_kube`.
 
 Every EIP has its ConfigMap ``sdn-egress-eip-v4-192-0-2-200`` (label
-``sdn-egress.io/allocation-record=eip``: what the agents watch), and every
+``sdn-egress.io/allocation-record=eip``, and labels naming its gateway nodes
+and its policies: what the agents select), and every
 policy, gateway or other object the allocation speaks about has one
 ``sdn-egress-egresspolicy-shop.web`` (``=object``: the controller's alone),
 each under key ``record.json`` in the controller's namespace.  A pass writes
@@ -394,11 +395,3 @@ class MovesWatch:
             self._changed.clear()
             return True
         return False
-
-
-def __getattr__(name: str):
-    """:class:`~.reader_kube.KubeAllocationReader`, where it was imported from before it had a module."""
-    if name == "KubeAllocationReader":
-        from sdn_egress.allocation.reader_kube import KubeAllocationReader
-        return KubeAllocationReader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
