@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 
 import netaddr
 import pytest
@@ -166,6 +167,7 @@ def test_a_save_cut_short_after_any_write_is_never_read_and_the_next_pass_repair
                 continue
             if got is not None:
                 seen.add(_eips(got))
+            time.sleep(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
     try:
