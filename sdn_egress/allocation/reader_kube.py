@@ -15,7 +15,8 @@ An agent needs the EIP records of two kinds (:mod:`.store_kube`):
   when the policy first selects a pod of the node (the pass waits for its
   first list: the switch keeps its flows until the part is whole) and stays
   while the policy exists, so a pod selected again, as its tunnels, finds
-  its EIPs there.  Policies the agent's own checks refused are watched too
+  its EIPs there (the latest :data:`STICKY` of those that no longer select
+  any of its pods).  Policies the agent's own checks refused are watched too
   where they could select its pods: the controller may have accepted them
   (incumbency), and their records carry the incumbency that settles it.
 
@@ -39,6 +40,7 @@ from sdn_egress.model import ClusterState
 LOG = logging.getLogger(__name__)
 
 SYNC_WAIT = 5.0  # seconds a pass waits for a new policy's first list before it fails (the flows stay)
+STICKY = 32  # informers kept for policies that no longer select a pod of the node (the latest ones)
 POLICY_KINDS = ("EgressPolicy", "EgressClusterPolicy")
 
 
@@ -118,7 +120,10 @@ class KubeAllocationReader:
         if parts == self._selected_from:  # equal parts compare by identity first: cheap when unchanged
             return
         wanted, existing = policies_for(self.node, state)
-        for key in sorted(set(self.policy_informers) - existing):
+        for key in sorted(wanted & set(self.policy_informers)):  # the ones in use last, the idle ones oldest first
+            self.policy_informers[key] = self.policy_informers.pop(key)
+        idle = [key for key in self.policy_informers if key not in wanted]
+        for key in [k for k in idle if k not in existing] + [k for k in idle if k in existing][:-STICKY or None]:
             self.policy_informers.pop(key).stop()
         new = [key for key in sorted(wanted) if key not in self.policy_informers]
         for key in new:

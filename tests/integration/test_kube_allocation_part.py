@@ -15,7 +15,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from bench.alloc_size import changes, synthetic
-from sdn_egress.allocation import allocate, records
+from sdn_egress.allocation import allocate, reader_kube, records
 from sdn_egress.allocation.generations import HEAD, head_generation, record_generation
 from sdn_egress.allocation.reader_kube import KubeAllocationReader
 from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationStore
@@ -213,7 +213,7 @@ def test_a_save_cut_short_after_any_write_is_never_read_and_the_next_pass_repair
     assert seen == {_eips(old), _eips(new)}
 
 
-def test_an_agent_on_its_own_source_follows_its_pods_policies(emu, api):
+def test_an_agent_on_its_own_source_follows_its_pods_policies(emu, api, monkeypatch):
     """With the agent's own KubeSource (its node's pods only), as the agent runs it."""
     from sdn_egress.controller import Controller
     from sdn_egress.source.kube import KubeSource
@@ -236,6 +236,11 @@ def test_an_agent_on_its_own_source_follows_its_pods_policies(emu, api):
         web = alloc.policies["shop/web"].eip_v4
         wait_for(lambda: {a.ip for a in reader.load().eips} == {cart, web}, "web's EIP too")
         assert set(reader.policy_informers) == {"shop/cart", "shop/web"}
+        # The pods gone, the informers of their policies stay, the latest STICKY of them.
+        monkeypatch.setattr(reader_kube, "STICKY", 1)
+        emu.delete("Pod", "cart-1", "shop")
+        emu.delete("Pod", "web-1", "shop")
+        wait_for(lambda: reader.load() is not None and len(reader.policy_informers) == 1, "one policy's informer")
     finally:
         for part in (reader, source, controller_source):
             part.stop()
