@@ -213,7 +213,7 @@ class KubeAllocationStore:
         head = self._head or 0
         gone = sorted(set(known) - set(want))
         new = {name: rec for name, rec in want.items()
-               if (known.get(name) or {}).get("data", {}).get(KEY) != _encode(rec.data)}
+               if ((known.get(name) or {}).get("data") or {}).get(KEY) != _encode(rec.data)}
         half_written = any(record_generation(cm) > head for cm in known.values())
         if not (gone or new or half_written):
             return False
