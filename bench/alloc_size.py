@@ -6,9 +6,12 @@ useNodeIP policies, a gateway per ~100 policies with 3 gateway nodes each),
 allocated by the project's own :func:`allocate` and written through the lab's
 API server (:mod:`sdn_egress.lab.kubeapi`) by the controller's store.  Before
 (the single ConfigMap ``sdn-egress-allocation``): every change wrote the
-whole document and every agent received it whole.  Now: the records that
-changed are written; an agent receives the EIP records (all at its start,
-the changed ones after).  ``measure()`` is what bench/scale.py may call.
+whole document and every agent received it whole; then every agent
+received every EIP record.  Now: the records that changed are written (each
+with the value in force before, and a head after them); an agent receives
+its node's part: the EIP records it may hold (a gateway node's) and those of
+the policies selecting its pods (a worker with pods of 3 policies here), at
+its start and as they change.  ``measure()`` is what bench/scale.py may call.
 
 Usage: python bench/alloc_size.py [--no-write]
 """
@@ -19,6 +22,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,19 +100,67 @@ def _size(obj: dict) -> int:
     return len(json.dumps(obj, separators=(",", ":")))
 
 
+class _Fixed:
+    """An agent's state source as the reader asks it (a snapshot)."""
+
+    def __init__(self, state: ClusterState):
+        self.state = state
+
+    def snapshot(self) -> ClusterState:
+        return self.state
+
+
+def agent_start(api, state: ClusterState, node: str, policies: list[str]) -> int:
+    """The bytes an agent on ``node`` with a pod of each of ``policies``
+    receives at its start (the records its informers list)."""
+    from sdn_egress.allocation.reader_kube import KubeAllocationReader
+    from sdn_egress.model import Pod
+
+    pods = {}
+    for i, key in enumerate(policies):
+        p = state.policies[key]
+        pod = Pod(namespace=p.namespace or "team-001", name=f"pod-{i}", node=node,
+                  labels=p.pod_selector.match_labels, ips=(netaddr.IPAddress(f"10.200.0.{i + 1}"),))
+        pods[pod.key] = pod
+    reader = KubeAllocationReader(api, "sdn-egress", node=node,
+                                  source=_Fixed(dataclasses.replace(state, pods=pods))).start()
+    try:
+        while not reader.synced:
+            time.sleep(0.01)
+        reader.load()
+        return sum(_size(cm) for inf in (reader.informer, *reader.policy_informers.values()) for cm in inf.items())
+    finally:
+        reader.stop()
+
+
+def _events(emu, since: int) -> list[tuple[int, set[str]]]:
+    """(bytes, selection labels) of every watch event of an EIP record after ``since``."""
+    from sdn_egress.allocation import records
+
+    out = []
+    with emu.cond:
+        for rv, _, _, obj, before in emu.log:
+            labels = set((obj["metadata"].get("labels") or {}))
+            if rv <= since or (obj["metadata"].get("labels") or {}).get("sdn-egress.io/allocation-record") != "eip":
+                continue
+            labels |= set(((before or {}).get("metadata") or {}).get("labels") or {})
+            out.append((_size(obj), {k for k in labels if k.startswith((records.NODE_LABEL, records.POLICY_LABEL))}))
+    return out
+
+
 def measure(policies: int, nodes: int) -> dict:
     """Write the allocation of a synthetic cluster, then each change, through
     the lab's API server; the bytes of each, before and now."""
     from kubernetes import client
 
     from sdn_egress.allocation.store_kube import KubeAllocationStore
-    from sdn_egress.lab.kubeapi import KubeEmulator
+    from sdn_egress.lab.kubeapi import KubeApiServer
 
     state = synthetic(policies, nodes)
     alloc = allocate(state)
     out = {"policies": policies, "nodes": nodes, "eips": len(alloc.eips),
            "document": len(alloc.to_json()), "changes": {}}
-    emu = KubeEmulator().start()
+    emu = KubeApiServer().start()
     try:
         configuration = client.Configuration()
         configuration.host = emu.url
@@ -117,20 +169,22 @@ def measure(policies: int, nodes: int) -> dict:
             store.load()
             store.save(alloc)
             records = [cm for cm in emu.items("ConfigMap") if "record.json" in (cm.get("data") or {})]
-            eip_objs = _eip_objects(emu)
+            worker = f"node-{nodes - 1:05d}"  # no gateway's
+            pool = [k for k in state.policies if not state.policies[k].use_node_ip][:3]
             out.update(records=len(records), largest_record=max(len(cm["data"]["record.json"]) for cm in records),
-                       first_write=store.bytes_written, agent_start=sum(map(_size, eip_objs.values())))
+                       first_write=store.bytes_written, every_eip=sum(map(_size, _eip_objects(emu).values())),
+                       worker_start=agent_start(api, state, worker, pool),
+                       gateway_start=agent_start(api, state, "node-00000", []))
             for what, changed in changes(state).items():
-                before, written = _eip_objects(emu), store.bytes_written
-                new = allocate(changed, alloc)
-                store.save(new)
-                after = _eip_objects(emu)
-                received = sum(_size(o) for n, o in after.items()
-                               if before.get(n, {}).get("metadata", {}).get("resourceVersion")
-                               != o["metadata"]["resourceVersion"])
-                received += sum(_size(o) for n, o in before.items() if n not in after)  # DELETED events
-                out["changes"][what] = {"written": store.bytes_written - written, "agent": received,
-                                        "document": len(new.to_json())}
+                since, written = emu.rv, store.bytes_written
+                store.save(allocate(changed, alloc))
+                events = _events(emu, since)
+                told = {k for _, labels in events for k in labels}
+                # What an agent selecting one of the labels receives, at most; how many gateway nodes are told.
+                most = max((sum(n for n, labels in events if k in labels) for k in told), default=0)
+                out["changes"][what] = {"written": store.bytes_written - written, "agent": most,
+                                        "holders": len({k for k in told if k.startswith("node.")}),
+                                        "document": len(allocate(changed, alloc).to_json())}
                 store.save(alloc)  # back to the start for the next change
     finally:
         emu.stop()
@@ -152,10 +206,14 @@ def report(results: dict[str, dict]) -> str:
         lambda r: _kb(r["document"]))
     row("now: records (ConfigMaps), largest record's data", lambda r: f"{r['records']:,}, {_kb(r['largest_record'])}")
     row("now: first write (all records)", lambda r: _kb(r["first_write"]))
-    row("now: an agent's start (every EIP record, whole objects)", lambda r: _kb(r["agent_start"]))
+    row("every EIP record, whole objects (what an agent received at its start before its part was selected)",
+        lambda r: _kb(r["every_eip"]))
+    row("now: an agent's start: a worker with pods of 3 policies / a gateway node",
+        lambda r: f"{_kb(r['worker_start'])} / {_kb(r['gateway_start'])}")
     for what in next(iter(results.values()))["changes"]:
-        row(f"now: {what}: written / an agent receives",
-            lambda r, w=what: f"{_kb(r['changes'][w]['written'])} / {_kb(r['changes'][w]['agent'])}")
+        row(f"now: {what}: written / the most an agent receives / gateway nodes told",
+            lambda r, w=what: f"{_kb(r['changes'][w]['written'])} / {_kb(r['changes'][w]['agent'])} / "
+                              f"{r['changes'][w]['holders']}")
     return "\n".join(lines) + "\n"
 
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         from sdn_egress.kube.client import api_client_from, pod_namespace
         from sdn_egress.reports.leases import NAMESPACE as LEASE_NAMESPACE, LeaseReporter
         from sdn_egress.source.kube import KubeSource
-        from sdn_egress.allocation.store_kube import KubeAllocationReader
+        from sdn_egress.allocation.reader_kube import KubeAllocationReader
         from sdn_egress.model import ObjectRef
 
         api = api_client_from(args, "agent")
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         # Retries at most API_BACKOFF apart: a node that lost the API (its
         # restart, a cut link) picks the state up again soon after it is back.
         source = KubeSource(api, extra_cluster_cidrs=extra, backoff_max=API_BACKOFF, node=args.node)
-        store = KubeAllocationReader(api, namespace, backoff_max=API_BACKOFF)
+        store = KubeAllocationReader(api, namespace, backoff_max=API_BACKOFF, node=args.node, source=source)
         node_ref = ObjectRef("Node", "", args.node)
         from sdn_egress.kube.events import EventRecorder
         reporter = LeaseReporter(api, args.lease_namespace or LEASE_NAMESPACE, args.node,

@@ -102,6 +102,38 @@ def split(alloc: Allocation) -> dict[str, Record]:
     return out
 
 
+NODE_LABEL = "node.sdn-egress.io/"  # + a gateway node of the EIP: the records that node may hold
+POLICY_LABEL = "policy.sdn-egress.io/"  # + a policy using the EIP: the records a worker with its pods needs
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+
+
+def node_label(node: str) -> str:
+    """The label an EIP record carries for each of its gateway nodes
+    (``node.sdn-egress.io/NODE``; a hash where the name would not fit a
+    label's 63 characters)."""
+    name = node if len(node) <= 63 and _LABEL_NAME.match(node) else f"h-{_hashed(node)}"
+    return NODE_LABEL + name
+
+
+def policy_label(key: str) -> str:
+    """The label an EIP record carries for each policy using it:
+    ``policy.sdn-egress.io/`` and a hash of the policy's key (``ns/name``
+    holds a slash, and a cluster policy's name could be a namespaced one's
+    ``ns.name``)."""
+    return POLICY_LABEL + _hashed(key)
+
+
+def selection_labels(data: dict) -> dict[str, str]:
+    """The labels that select an EIP record (its JSON value) for the agents
+    that need it: its gateway nodes and its policies."""
+    eip = data.get("eip") if isinstance(data, dict) else None
+    if not isinstance(eip, dict):
+        return {}
+    labels = {node_label(str(n)): "" for n in eip.get("nodes") or ()}
+    labels.update({policy_label(str(k)): "" for k in eip.get("policies") or ()})
+    return labels
+
+
 def join(records: Iterable[tuple[str, Any]]) -> Allocation:
     """An allocation from (name, JSON value) records; raises ValueError naming
     the record and field that cannot be read.  Without object records (an

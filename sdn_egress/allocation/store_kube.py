@@ -1,7 +1,10 @@
-"""The allocation in Kubernetes: one ConfigMap per record (:mod:`.records`).
+"""The allocation in Kubernetes: one ConfigMap per record (:mod:`.records`),
+in force by generations (:mod:`.generations`); the agents read it through
+:mod:`.reader_kube`.
 
 Every EIP has its ConfigMap ``sdn-egress-eip-v4-192-0-2-200`` (label
-``sdn-egress.io/allocation-record=eip``: what the agents watch), and every
+``sdn-egress.io/allocation-record=eip``, and labels naming its gateway nodes
+and its policies: what the agents select), and every
 policy, gateway or other object the allocation speaks about has one
 ``sdn-egress-egresspolicy-shop.web`` (``=object``: the controller's alone),
 each under key ``record.json`` in the controller's namespace.  A pass writes
@@ -24,7 +27,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from sdn_egress.kube.client import read_or_none
-from sdn_egress.allocation import codec, records
+from sdn_egress.allocation import codec, generations, records
+from sdn_egress.allocation.generations import HEAD, KEY, in_force, next_generation, record_data, record_generation
 from sdn_egress.allocation.store_file import FileAllocationStore
 from sdn_egress.allocation.types import Allocation
 
@@ -33,7 +37,6 @@ LOG = logging.getLogger(__name__)
 CONFIGMAP = "sdn-egress-allocation"  # planned moves; before: the whole allocation
 RECORD_LABEL = "sdn-egress.io/allocation-record"
 GATEWAY_LABEL = "sdn-egress.io/gateway"
-KEY = "record.json"
 ATTEMPTS = 5
 WRITERS = 8  # requests in flight while a pass writes many records (a first write, a migration)
 LEGACY_KEYS = (FileAllocationStore.ALLOCATION, FileAllocationStore.ERRORS)
@@ -60,15 +63,22 @@ def legacy_allocation(cm: dict | None, where: str) -> Allocation | None:
         raise ValueError(f"{where}, key {FileAllocationStore.ALLOCATION}: {exc}") from None
 
 
-def parse_records(items, where: str) -> Allocation:
-    """The allocation of these record ConfigMaps (API objects)."""
+def parse_records(items, where: str, head: int = 0) -> Allocation | None:
+    """The allocation of these record ConfigMaps (API objects) in force at
+    generation ``head`` (:mod:`.generations`); None when no record has a value."""
     parsed = []
     for cm in items:
         name = cm["metadata"]["name"]
+        text = in_force(cm, head)
+        if text is None:
+            continue
         try:
-            parsed.append((name, codec.loads((cm.get("data") or {}).get(KEY) or "")))
+            parsed.append((name, codec.loads(text)))
         except ValueError as exc:
-            raise ValueError(f"{where}: ConfigMap {name}, key {KEY}: {exc}") from None
+            key = KEY if record_generation(cm) <= head else generations.PREVIOUS
+            raise ValueError(f"{where}: ConfigMap {name}, key {key}: {exc}") from None
+    if not parsed:
+        return None
     try:
         return records.join(parsed)
     except ValueError as exc:
@@ -88,6 +98,7 @@ class KubeAllocationStore:
         self.name = name
         self.mirror = mirror
         self._known: dict[str, dict] | None = None  # record name -> the ConfigMap as last read or written
+        self._head: int | None = None  # the generation in force, as last read or written
         self._migrating = False  # the single ConfigMap still holds the allocation
         self._unreadable: list[str] = []
         self._moves_ready = False
@@ -126,7 +137,12 @@ class KubeAllocationStore:
         return read_or_none(lambda: _api(self.api_client).read_namespaced_config_map(
             self.name, self.namespace, _preload_content=False))
 
+    def _read_head(self) -> dict | None:
+        return read_or_none(lambda: _api(self.api_client).read_namespaced_config_map(
+            HEAD, self.namespace, _preload_content=False))
+
     def _list(self) -> dict[str, dict]:
+        self._head = generations.head_generation(self._read_head())
         resp = _api(self.api_client).list_namespaced_config_map(
             self.namespace, label_selector=RECORD_LABEL, _preload_content=False)
         self._known = {cm["metadata"]["name"]: cm for cm in json.loads(resp.data).get("items") or ()
@@ -146,7 +162,7 @@ class KubeAllocationStore:
         if not known:
             return None
         try:
-            return parse_records(known.values(), self.where)
+            return parse_records(known.values(), self.where, self._head or 0)
         except ValueError as exc:
             self._unreadable = [n for n in known if f"ConfigMap {n}:" in str(exc) or f"ConfigMap {n}." in str(exc)]
             raise
@@ -190,33 +206,71 @@ class KubeAllocationStore:
         return changed or mirrored
 
     def _write(self, want: dict[str, records.Record]) -> bool:
-        """Deletions, then the objects' records, then the EIPs' (what agents
-        act on last); within each, the requests in parallel (WRITERS)."""
+        """One generation (:mod:`.generations`): the tombstones of the records
+        that go, the objects' records, the EIPs'; then the head; then the
+        tombstones are deleted.  Within each, the requests in parallel (WRITERS)."""
         known = self._known if self._known is not None else self._list()
+        head = self._head or 0
         gone = sorted(set(known) - set(want))
         new = {name: rec for name, rec in want.items()
-               if (known.get(name) or {}).get("data") != {KEY: _encode(rec.data)}}
+               if ((known.get(name) or {}).get("data") or {}).get(KEY) != _encode(rec.data)}
+        half_written = any(record_generation(cm) > head for cm in known.values())
+        if not (gone or new or half_written):
+            return False
+        gen = next_generation(head, known.values())
+        tombstones = [name for name in gone if KEY in (known[name].get("data") or {})]
         objects = [rec for name, rec in sorted(new.items()) if rec.part == records.OBJECT]
         eips = [rec for name, rec in sorted(new.items()) if rec.part != records.OBJECT]
-        for batch, do in ((gone, self._delete), (objects, self._put), (eips, self._put)):
-            if len(batch) == 1:
-                do(batch[0])
-            elif batch:
-                with ThreadPoolExecutor(WRITERS) as pool:
-                    list(pool.map(do, batch))  # the first failure raises here
-        return bool(gone or new)
+        for batch, do in ((tombstones, lambda n: self._tombstone(n, gen, head)),
+                          (objects, lambda r: self._put(r, gen, head)), (eips, lambda r: self._put(r, gen, head))):
+            _each(batch, do)
+        self._commit(gen, head, [*tombstones, *(r.name for r in objects), *(r.name for r in eips)])
+        _each(gone, self._delete)
+        return True
+
+    def _commit(self, gen: int, head: int, written: list[str]) -> None:
+        """The head names ``gen``: from now on the records written at it are in force."""
+        from kubernetes.client.rest import ApiException
+
+        api = _api(self.api_client)
+        cm = self._read_head()
+        if cm is None:
+            api.create_namespaced_config_map(self.namespace, {
+                "apiVersion": "v1", "kind": "ConfigMap", "data": generations.head_data(gen, head, written),
+                "metadata": {"name": HEAD, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/name": "sdn-egress"}}}, _preload_content=False)
+        else:
+            if generations.head_generation(cm) >= gen:  # another controller wrote since we read
+                raise ApiException(status=409, reason=f"ConfigMap {self.namespace}/{HEAD} moved past {gen}")
+            cm["data"] = generations.head_data(gen, head, written)
+            api.replace_namespaced_config_map(HEAD, self.namespace, cm, _preload_content=False)
+        self._head = gen
+
+    def _tombstone(self, name: str, gen: int, head: int) -> None:
+        """A record that goes: no value at ``gen``, its value in force until then kept."""
+        old = self._known[name]
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "data": record_data(None, gen, in_force(old, head)),
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "labels": dict(old["metadata"].get("labels") or {}),
+                             "resourceVersion": old["metadata"].get("resourceVersion")}}
+        resp = _api(self.api_client).replace_namespaced_config_map(name, self.namespace, body,
+                                                                   _preload_content=False)
+        with self._lock:
+            self._known[name] = json.loads(resp.data)
 
     def _delete(self, name: str) -> None:
         _api(self.api_client).delete_namespaced_config_map(name, self.namespace, _preload_content=False)
         self._known.pop(name, None)
 
-    def _put(self, rec: records.Record) -> None:
+    def _put(self, rec: records.Record, gen: int, head: int) -> None:
         api = _api(self.api_client)
-        data = {KEY: _encode(rec.data)}
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": rec.name, "namespace": self.namespace, "labels": self._labels(rec)},
-                "data": data}
         old = self._known.get(rec.name)
+        previous = in_force(old, head) if old is not None else None
+        data = record_data(_encode(rec.data), gen, previous)
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": rec.name, "namespace": self.namespace,
+                             "labels": self._labels(rec, previous)},
+                "data": data}
         if old is None:
             resp = api.create_namespaced_config_map(self.namespace, body, _preload_content=False)
         else:
@@ -224,13 +278,22 @@ class KubeAllocationStore:
             resp = api.replace_namespaced_config_map(rec.name, self.namespace, body, _preload_content=False)
         with self._lock:
             self._known[rec.name] = json.loads(resp.data)
-            self.bytes_written += len(data[KEY])
+            self.bytes_written += sum(len(v.encode()) for v in data.values())
 
     @staticmethod
-    def _labels(rec: records.Record) -> dict[str, str]:
+    def _labels(rec: records.Record, previous: str | None) -> dict[str, str]:
+        """Its kind, gateway, and the nodes and policies that select it
+        (:func:`.records.selection_labels`), of the value in force until
+        this generation as well: a reader that had it sees it change."""
         labels = {"app.kubernetes.io/name": "sdn-egress", RECORD_LABEL: rec.part}
         if rec.gateway and len(rec.gateway) <= 63:
             labels[GATEWAY_LABEL] = rec.gateway
+        if previous is not None:
+            try:
+                labels.update(records.selection_labels(json.loads(previous)))
+            except ValueError:
+                pass
+        labels.update(records.selection_labels(rec.data))
         return labels
 
     def _finish_migration(self) -> None:
@@ -288,6 +351,14 @@ class KubeAllocationStore:
                     raise
 
 
+def _each(batch, do) -> None:
+    """``do`` for each of ``batch``; many: WRITERS in parallel (the first failure raises)."""
+    if len(batch) == 1:
+        do(batch[0])
+    elif batch:
+        with ThreadPoolExecutor(WRITERS) as pool:
+            list(pool.map(do, batch))
+
 
 class _ConfigMapWatch:
     """An informer on the single ConfigMap: the planned moves wake the
@@ -320,66 +391,6 @@ class MovesWatch:
         self._watch.informer.stop()
 
     def changed(self) -> bool:
-        if self._changed.is_set():
-            self._changed.clear()
-            return True
-        return False
-
-
-class KubeAllocationReader:
-    """The agents' :class:`~.store.AllocationReader`: the EIP records
-    through an informer (label ``sdn-egress.io/allocation-record=eip``: an
-    agent receives no condition, gateway status or refusal), parsed once per
-    version.  Until the first list, :attr:`synced` is False and the agent
-    changes nothing; while the API server is away, the last version read
-    stays in force.  The old single ConfigMap, while it holds an allocation
-    (an upgrade, before the controller moved it), is read instead."""
-
-    def __init__(self, api_client, namespace: str, name: str = CONFIGMAP, backoff_max: float | None = None):
-        from sdn_egress.kube.informer import BACKOFF_MAX, Informer
-        from sdn_egress.kube.resources import CONFIGMAPS
-
-        self.namespace = namespace
-        self._changed = threading.Event()
-        self.informer = Informer(api_client, CONFIGMAPS, on_change=self._changed.set, namespace=namespace,
-                                 label_selector=f"{RECORD_LABEL}={records.EIP}",
-                                 backoff_max=backoff_max or BACKOFF_MAX)
-        self._legacy = _ConfigMapWatch(api_client, namespace, name, self._changed.set, backoff_max)
-        self._parsed: tuple[tuple, Allocation | None] | None = None
-
-    @property
-    def where(self) -> str:
-        return f"ConfigMaps {self.namespace}/{records.PREFIX}eip-* (label {RECORD_LABEL}={records.EIP})"
-
-    @property
-    def synced(self) -> bool:
-        return self.informer.synced.is_set() and self._legacy.informer.synced.is_set()
-
-    def start(self) -> "KubeAllocationReader":
-        self.informer.start()
-        self._legacy.informer.start()
-        return self
-
-    def stop(self) -> None:
-        self.informer.stop()
-        self._legacy.informer.stop()
-
-    def load(self) -> Allocation | None:
-        legacy = self._legacy.get()
-        if legacy is not None and FileAllocationStore.ALLOCATION in (legacy.get("data") or {}):
-            version: tuple = ("legacy", (legacy.get("metadata") or {}).get("resourceVersion"))
-            if self._parsed is None or self._parsed[0] != version:
-                self._parsed = (version, legacy_allocation(legacy, f"ConfigMap {self.namespace}/{self._legacy.name}"))
-            return self._parsed[1]
-        items = self.informer.items()
-        version = tuple(((cm.get("metadata") or {}).get("name"), (cm.get("metadata") or {}).get("resourceVersion"))
-                        for cm in items)
-        if self._parsed is None or self._parsed[0] != version:
-            self._parsed = (version, parse_records(items, self.where) if items else None)
-        return self._parsed[1]
-
-    def changed(self) -> bool:
-        """True once after every change of the records (or of the old ConfigMap)."""
         if self._changed.is_set():
             self._changed.clear()
             return True

@@ -166,6 +166,12 @@ class Handler(BaseHTTPRequestHandler):
                 if w in emu.watches:
                     emu.watches.remove(w)
 
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # a client that went between requests (a stopped informer): nothing to answer
+
     def do_GET(self):  # noqa: N802 - http.server's names
         self._handle("GET")
 

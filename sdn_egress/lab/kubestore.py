@@ -178,7 +178,7 @@ class ApiStore:
         self.cond = threading.Condition()
         self.rv = 0
         self.objects: dict[tuple, dict] = {}  # (res, namespace or "", name) -> object
-        self.log: list[tuple[int, tuple, str, dict]] = []  # (rv, res, type, object)
+        self.log: list[tuple[int, tuple, str, dict, dict | None]] = []  # (rv, res, type, object, before)
         self.compacted = 0
         self.watches: list[Watch] = []
         self.state_file: str | None = None
@@ -253,15 +253,25 @@ class ApiStore:
                 if r == res and (not namespace or ons == namespace) and match(obj)]
 
     def events_since(self, since: int, res, namespace: str | None, match) -> list[dict]:
-        return [{"type": t, "object": o} for rv, r, t, o in self.log
-                if rv > since and r == res and (not namespace or o["metadata"].get("namespace") == namespace)
-                and match(o)]
+        """The events a watch with this selector gets, as the real server's
+        cacher sends them: an object that comes into the selection is
+        ``ADDED``, one that leaves it ``DELETED`` (its last state)."""
+        out = []
+        for rv, r, t, o, before in self.log:
+            if rv <= since or r != res or (namespace and o["metadata"].get("namespace") != namespace):
+                continue
+            now, was = match(o), before is not None and match(before)
+            if t == "MODIFIED" and before is not None and now != was:
+                out.append({"type": "ADDED" if now else "DELETED", "object": o})
+            elif now:
+                out.append({"type": t, "object": o})
+        return out
 
     # -- the store (self.cond held) -------------------------------------------------------------------
-    def _bump(self, res, type_: str, obj: dict) -> None:
+    def _bump(self, res, type_: str, obj: dict, before: dict | None = None) -> None:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        self.log.append((self.rv, res, type_, copy.deepcopy(obj)))
+        self.log.append((self.rv, res, type_, copy.deepcopy(obj), before))
         if len(self.log) > HISTORY:
             drop = len(self.log) - HISTORY // 2
             self.compacted = self.log[drop - 1][0]
@@ -323,7 +333,7 @@ class ApiStore:
             return copy.deepcopy(new)
         check_size(kind, new)
         self.objects[key] = new
-        self._bump(res, "MODIFIED", new)
+        self._bump(res, "MODIFIED", new, before=old)
         return copy.deepcopy(new)
 
     def _delete(self, res, namespace: str, name: str) -> dict:

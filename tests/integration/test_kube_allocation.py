@@ -8,7 +8,8 @@ import json
 
 from bench.alloc_size import synthetic
 from sdn_egress.allocation import Allocation, allocate
-from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationReader, KubeAllocationStore
+from sdn_egress.allocation.reader_kube import KubeAllocationReader
+from sdn_egress.allocation.store_kube import RECORD_LABEL, KubeAllocationStore
 from sdn_egress.controller import Controller
 from sdn_egress.source.kube import KubeSource
 

@@ -8,7 +8,8 @@ import pytest
 
 from sdn_egress.allocation import Allocation
 from sdn_egress.reports.leases import REPORT, LeaseReporter, LeaseReports, lease_name
-from sdn_egress.allocation.store_kube import KubeAllocationReader, KubeAllocationStore
+from sdn_egress.allocation.reader_kube import KubeAllocationReader
+from sdn_egress.allocation.store_kube import KubeAllocationStore
 
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 

@@ -22,6 +22,7 @@ class Fault:
     code: int
     times: int
     reason: str = "InternalError"
+    after: int = 0  # matching requests let through first
 
 
 class KubeEmulator(KubeApiServer):
@@ -37,14 +38,19 @@ class KubeEmulator(KubeApiServer):
         with self.cond:
             for fault in self.faults:
                 if fault.times > 0 and fault.method == request.method and fault.pattern.search(request.path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     raise ApiError(fault.code, fault.reason,
                                    f"injected {fault.code} for {request.method} {request.path}")
 
-    def fail(self, method: str, path_regex: str, code: int, times: int = 1, reason: str = "Conflict") -> None:
-        """The next ``times`` requests ``method`` to a path ``path_regex`` matches get ``code``."""
+    def fail(self, method: str, path_regex: str, code: int, times: int = 1, reason: str = "Conflict",
+             after: int = 0) -> None:
+        """The next ``times`` requests ``method`` to a path ``path_regex`` matches get ``code``
+        (``after``: once that many such requests went through, as a writer cut short after them)."""
         with self.cond:
-            self.faults.append(Fault(method, re.compile(path_regex), code, times, reason))
+            self.faults.append(Fault(method, re.compile(path_regex), code, times, reason, after))
 
     def requests_to(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in list(self.requests) if r.method == method and re.search(path_regex, r.path)]

@@ -1,0 +1,99 @@
+"""Which version of each allocation record is in force: generations and a head.
+
+A save writes several records one by one; a crash (or a lost leadership) half
+way must not leave a reader acting on part of the new allocation and part of
+the old.  So every record a save writes carries that save's *generation*
+(key ``generation``) and, when it had a value before, the value in force
+until then (key ``previous.json``); a record that goes is first written as a
+*tombstone* (no ``record.json``, its previous value kept).  When every record
+is written, the save writes the *head*, ConfigMap ``sdn-egress-allocation-head``
+(key ``generation``): only then is the generation in force.  Then the
+tombstones are deleted.
+
+The head also names the generation in force before (key ``previous``) and,
+when they are few (at most :data:`NAMED`), the records the save wrote (key
+``written.json``): a reader whose watch of one of those has not brought its
+new version yet (the head comes through a watch of its own, which may be
+ahead) reads at the previous generation until it has (:func:`reading_at`).
+
+A reader takes of each record the value in force at the head's generation
+(:func:`in_force`): ``record.json`` when the record's generation is at most
+the head's, else ``previous.json`` (absent: the record did not exist).  Before
+the head moves it reads the old allocation whole, after it the new one whole;
+a save that never finished is never read.  The next save writes at a
+generation above every one it finds (:func:`next_generation`), so the
+leftovers of a failed one are written over or, once the head moves past
+them, in force only where they are what that save wants.  Records of
+earlier versions (no generation) and a missing head count as generation 0:
+in force, as they were.
+"""
+from __future__ import annotations
+
+import json
+
+GENERATION = "generation"
+KEY = "record.json"
+PREVIOUS = "previous.json"
+HEAD = "sdn-egress-allocation-head"
+PREVIOUS_HEAD = "previous"
+WRITTEN = "written.json"
+NAMED = 256  # records a head names at most (a first write or a migration writes them all: not named)
+
+
+def _number(text) -> int:
+    try:
+        return max(int(str(text)), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def head_generation(cm: dict | None) -> int:
+    """The generation in force (0: none written yet, or an earlier version's records)."""
+    return _number(((cm or {}).get("data") or {}).get(GENERATION, 0))
+
+
+def head_data(gen: int, previous: int, written) -> dict[str, str]:
+    written = sorted(written)
+    return {GENERATION: str(gen), PREVIOUS_HEAD: str(previous),
+            **({WRITTEN: json.dumps(written, separators=(",", ":"))} if len(written) <= NAMED else {})}
+
+
+def reading_at(head: dict | None, items) -> int:
+    """The generation a reader with these records (ConfigMaps) reads at: the
+    head's, or the one before while a record the head names as written at
+    it is still older here."""
+    gen = head_generation(head)
+    data = (head or {}).get("data") or {}
+    try:
+        written = set(json.loads(data.get(WRITTEN) or "[]"))
+    except ValueError:
+        written = set()
+    if any(record_generation(cm) < gen for cm in items if cm["metadata"]["name"] in written):
+        return _number(data.get(PREVIOUS_HEAD, 0))
+    return gen
+
+
+def record_generation(cm: dict) -> int:
+    return _number((cm.get("data") or {}).get(GENERATION, 0))
+
+
+def in_force(cm: dict, head: int) -> str | None:
+    """The record's value (its JSON text) at generation ``head``; None: it has none."""
+    data = cm.get("data") or {}
+    return data.get(KEY) if record_generation(cm) <= head else data.get(PREVIOUS)
+
+
+def next_generation(head: int, stored) -> int:
+    """Above the head and above every record's, written or half-written."""
+    return max([head, *(record_generation(cm) for cm in stored)]) + 1
+
+
+def record_data(text: str | None, generation: int, previous: str | None) -> dict[str, str]:
+    """A record's ConfigMap data: ``text`` (None: a tombstone) at ``generation``,
+    ``previous`` the value in force until that generation is."""
+    data = {GENERATION: str(generation)}
+    if text is not None:
+        data[KEY] = text
+    if previous is not None:
+        data[PREVIOUS] = previous
+    return data
