@@ -24,6 +24,8 @@ from sdn_egress.model import ClusterState, Pod
 from tests.support.kubeemu import api, emu  # noqa: F401 - fixtures
 from tests.support.waiting import wait_for
 
+from .test_kube_allocation import MiB, assert_fit
+
 NS = "sdn-egress"
 
 
@@ -62,9 +64,12 @@ def _received(reader: KubeAllocationReader) -> dict[str, dict]:
 def test_an_agent_receives_only_its_nodes_part_of_2000_policies(emu, api):
     state = synthetic(2000, nodes=1000)
     alloc = allocate(state)
+    assert len(alloc.to_json()) > 1.5 * MiB  # what the single ConfigMap could not hold
     store = KubeAllocationStore(api, NS)
     store.load()
     store.save(alloc)
+    assert_fit({cm["metadata"]["name"]: cm for cm in emu.items("ConfigMap")})
+    assert KubeAllocationStore(api, NS).load() == alloc  # a new leader reads all of it back
     everything = _eip_records(emu)
     total = sum(len(json.dumps(cm)) for cm in everything.values())
     worker, holder = "node-00500", "node-00000"
