@@ -8,23 +8,30 @@ from __future__ import annotations
 from flows import arp, base, gateway, nd, uplink, worker
 from flows.check import ViewError, check
 from flows.cookie import legend
+from flows.memo import Memo
 from flows.records import Flow
 from flows.render import describe
 from flows.tables import PIPELINE
 from flows.view import NodeView
 
-__all__ = ["build", "ViewError"]
+__all__ = ["build", "Memo", "ViewError"]
 
 
-def build(view: NodeView) -> dict[str, frozenset[Flow]]:
+def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]]:
     """Every flow ``view``'s node must hold, by bridge name ("br-int", "br-ex").
 
     br-ex always holds its NORMAL miss flow, so a bridge that exists without
     an uplink still switches the node's own traffic; everything else needs the
-    ports it uses."""
-    check(view)
-    flows = (base.flows() + worker.flows(view) + gateway.flows(view) + uplink.flows(view)
-             + arp.flows(view) + nd.flows(view))
+    ports it uses.  ``memo`` (:class:`flows.memo.Memo`, one per node, kept
+    between builds): the flows of the view objects that did not change are
+    taken from the last build; the result is the same."""
+    try:
+        check(view, memo)
+        flows = (base.flows() + worker.flows(view, memo) + gateway.flows(view, memo) + uplink.flows(view)
+                 + arp.flows(view) + nd.flows(view))
+    finally:
+        if memo is not None:
+            memo.turn()
     by_key: dict[tuple, Flow] = {}
     for f in flows:
         other = by_key.setdefault(f.key, f)

@@ -17,6 +17,7 @@ that are about to be deleted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Union
 
 import netaddr
@@ -72,7 +73,46 @@ def _from_int(name: str, n: int) -> Any:
 
 
 def canonical_entry(name: str, value: Any, mask: Any = None) -> MatchEntry | None:
-    """``(field, value[, mask])`` in canonical form; None for a wildcard."""
+    """``(field, value[, mask])`` in canonical form; None for a wildcard.
+    The same entry recurs in many flows (a pod's address in each of its
+    steers, a port, an eth_type): hashable ones are canonicalised once
+    (``typed``: ``True`` is not taken for ``1``)."""
+    if mask is None:
+        kind = type(value)
+        if kind is int and name in _PLAIN_INT and 0 <= value < _PLAIN_INT[name]:
+            return (name, value)
+        # netaddr hashes in Python: key its objects by their ints instead.
+        if kind is netaddr.IPNetwork:
+            return _network_entry(name, value.version, value.first, value.prefixlen)
+        if kind is netaddr.IPAddress:
+            return _address_entry(name, value.version, value.value)
+    try:
+        return _canonical_entry_cached(name, value, mask)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _canonical_entry(name, value, mask)
+
+
+_PLAIN_INT = {f.name: 2 ** f.bits for f in F.FIELDS.values() if f.kind == F.INT}
+
+
+@lru_cache(maxsize=1 << 16, typed=True)
+def _canonical_entry_cached(name: str, value: Any, mask: Any) -> MatchEntry | None:
+    return _canonical_entry(name, value, mask)
+
+
+@lru_cache(maxsize=1 << 16)
+def _network_entry(name: str, version: int, first: int, prefixlen: int) -> MatchEntry | None:
+    return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+
+
+@lru_cache(maxsize=1 << 16)
+def _address_entry(name: str, version: int, value: int) -> MatchEntry | None:
+    return _canonical_entry(name, netaddr.IPAddress(value, version), None)
+
+
+def _canonical_entry(name: str, value: Any, mask: Any) -> MatchEntry | None:
     if isinstance(value, netaddr.IPNetwork):
         if mask is not None:
             raise ValueError(f"field {name}: a CIDR value carries its own mask")
@@ -100,7 +140,7 @@ def canonical_match(spec: MatchSpec) -> tuple[MatchEntry, ...]:
     """A match as a sorted tuple of entries.  ``spec`` is a mapping
     ``{field: value | (value, mask) | IPNetwork}`` or an iterable of
     ``(field, value[, mask])``."""
-    if isinstance(spec, Mapping):
+    if type(spec) is dict or isinstance(spec, Mapping):  # a dict, as the pipeline writes them, quickly
         entries = [(k, *v) if isinstance(v, tuple) else (k, v) for k, v in spec.items()]
     else:
         entries = [tuple(e) for e in spec]
@@ -290,7 +330,7 @@ ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bu
 
 # -- the flow ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Flow:
     """One flow entry.  ``table`` is a table name of ``flows.tables`` (or
     ``table<N>`` for a table the pipeline does not declare)."""
@@ -318,11 +358,23 @@ class Flow:
         if gotos and gotos != [len(actions) - 1]:
             raise ValueError(f"{self.bridge}/{self.table}: goto must be the single last action")
         object.__setattr__(self, "actions", actions)
+        # Computed once: a pass hashes and keys every flow it diffs.
+        object.__setattr__(self, "key", (self.bridge, self.table, self.priority, self.match))
+        object.__setattr__(self, "_hash", hash((self.key, actions, self.cookie)))
 
-    @property
-    def key(self) -> tuple:
-        """The flow's identity on a switch: an add with the same key replaces it."""
-        return (self.bridge, self.table, self.priority, self.match)
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Flow:
+            return NotImplemented
+        return (self._hash == other._hash and self.cookie == other.cookie and self.key == other.key
+                and self.actions == other.actions)
+
+    # ``key``: the flow's identity on a switch (bridge, table, priority,
+    # match): an add with the same key replaces it.  Set in __post_init__.
 
     def match_dict(self) -> dict[str, tuple]:
         """``{field: (value, mask-or-None)}``."""

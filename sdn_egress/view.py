@@ -13,9 +13,11 @@ from typing import Iterable
 
 import netaddr
 
+from flows.memo import Memo as ViewMemo
 from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
+from sdn_egress.source.index import policy_index
 
 # Destinations no policy ever steers, whatever it says: they are not "outside
 # the cluster" in any sense a gateway could serve.
@@ -48,7 +50,7 @@ def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[
     then a namespaced policy before a cluster policy, then by key."""
     found = []
     namespace_labels = state.namespace_labels(pod.namespace)
-    for policy in state.policies.values():
+    for policy in policy_index(state.policies).candidates(pod):
         if not policy.selects(pod, namespace_labels):
             continue
         status = alloc.policies.get(policy.key)
@@ -164,20 +166,46 @@ def contested_eips(node_name: str, alloc: Allocation, dead: frozenset[str]) -> l
     return out
 
 
+def _return_routes(n, node_name: str) -> tuple[ReturnRoute, ...]:
+    """Where replies for a node's pods go.  Replies of both families travel
+    back over the underlay's family."""
+    ip = underlay_address(n)
+    if ip is None:
+        return ()
+    return tuple(ReturnRoute(node=n.name, node_ip=ip, pod_cidr=cidr, local=n.name == node_name)
+                 for cidr in n.pod_cidrs)
+
+
 def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
-               dead: frozenset[str] = frozenset()) -> NodeView:
+               dead: frozenset[str] = frozenset(), memo: ViewMemo | None = None) -> NodeView:
     """``dead``: gateway nodes this node's BFD sessions see down.  A standby
     whose predecessors in an EIP's list are all dead holds the EIP (takes it
     over); workers keep every gateway in their bundle, the switch skips the
-    dead ones by itself."""
+    dead ones by itself.  ``memo``: a :class:`~flows.memo.Memo` kept from
+    this node's last build: a pod's steers and a node's return routes are
+    computed again only when what they are computed from changed (the view
+    is exactly the one built without it)."""
+    memo = memo if memo is not None else ViewMemo()
     node = state.nodes[node_name]
     node_ip = underlay_address(node)
     steers: list[Steer] = []
     local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
     unsteered = {v: never_steered(state, v) for v in (4, 6)} if local else {}
+    index = policy_index(state.policies) if local else None
+    labels: dict[str, dict] = {}
     for pod in local:
-        for version in (4, 6):
-            steers.extend(pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
+        ns = labels.get(pod.namespace)
+        if ns is None:
+            ns = labels[pod.namespace] = state.namespace_labels(pod.namespace)
+        # Everything the pod's steers depend on: the pod, its namespace's
+        # labels, the policies that may select it with their allocation, the
+        # cluster's own ranges.
+        inputs = (pod, tuple(sorted(ns.items())), unsteered[4], unsteered[6],
+                  tuple(sorted(((p.key, p, alloc.policies.get(p.key)) for p in index.candidates(pod)),
+                               key=lambda c: c[0])))
+        steers.extend(memo.get(("steers", pod.key), inputs, lambda pod=pod: tuple(
+            s for version in (4, 6)
+            for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))))
 
     by_ip = {str(a.ip): a for a in alloc.eips}
     eip_routes = []
@@ -195,14 +223,12 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
         for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
         if live_order(a.nodes, dead)[:1] == (node_name,))
 
-    return_routes = ()
+    return_routes: tuple[ReturnRoute, ...] = ()
     if held:
-        # Replies of both families travel back over the underlay's family.
-        return_routes = tuple(
-            ReturnRoute(node=n.name, node_ip=underlay_address(n), pod_cidr=cidr, local=n.name == node_name)
-            for n in sorted(state.nodes.values(), key=lambda n: n.name)
-            if underlay_address(n) is not None
-            for cidr in n.pod_cidrs)
+        return_routes = tuple(rr for name in sorted(state.nodes)
+                              for rr in memo.get(("return", name), (state.nodes[name], name == node_name),
+                                                 lambda n=state.nodes[name]: _return_routes(n, node_name)))
+    memo.turn()
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
@@ -241,17 +267,18 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
 def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
     """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
     nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
-    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
-    with_eip = [(p, [str(ip) for ip in (st.eip_v4, st.eip_v6) if ip is not None])
-                for p in state.policies.values()
-                if (st := alloc.policies.get(p.key)) is not None and (st.eip_v4 is not None or st.eip_v6 is not None)]
+    index = policy_index(state.policies)
     out: set[str] = set()
     for pod in state.pods.values():
         if pod.node != node_name:
             continue
         namespace_labels = state.namespace_labels(pod.namespace)
-        for policy, eips in with_eip:
-            if policy.selects(pod, namespace_labels):
-                for ip in eips:
-                    out.update(nodes_of.get(ip, ()))
+        # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
+        for policy in index.candidates(pod):
+            st = alloc.policies.get(policy.key)
+            if st is None or (st.eip_v4 is None and st.eip_v6 is None) or not policy.selects(pod, namespace_labels):
+                continue
+            for ip in (st.eip_v4, st.eip_v6):
+                if ip is not None:
+                    out.update(nodes_of.get(str(ip), ()))
     return out

@@ -112,6 +112,10 @@ class AgentCore:
         self.oversized = {"icmp": 0, "fragmented": 0, "dropped": 0}  # packet-ins of uplink_mtu
         self.last_result = PassResult()
         self.passes = 0
+        # What the last pass computed per object (steers, return routes, their
+        # flows), so a pass redoes only what changed; a full pass starts afresh.
+        self._view_memo = flows.Memo()
+        self._flow_memo = flows.Memo()
 
     # -- switch connections (called from os-ken's thread) --------------------
     def bridge_of(self, dpid: int) -> str | None:
@@ -239,8 +243,11 @@ class AgentCore:
         if self.metrics:
             self.metrics.bfd_peers_down.set(len(self.peers.dead))
         facts = self.node.facts(state, alloc, refresh=full, dead=dead)
-        view = build_view(self.config.node, state, alloc, facts, dead=dead)
-        desired = flows.build(view)
+        if full:
+            self._view_memo.clear()
+            self._flow_memo.clear()
+        view = build_view(self.config.node, state, alloc, facts, dead=dead, memo=self._view_memo)
+        desired = flows.build(view, self._flow_memo)
         self._record(desired, view)
         result = PassResult(view=view, changes=self.bridges.sync(bridges, desired, full))
         self.host.sync(state, view)

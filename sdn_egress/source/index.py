@@ -1,0 +1,64 @@
+"""Policies indexed by what can make them select a pod, so that a pod's
+policies are judged against a handful of candidates, not every policy of
+the cluster.
+
+A namespaced policy can select only pods of its namespace; one with
+``matchLabels`` only pods carrying its first label pair; any namespaced
+policy also the pods whose annotation names it.  A cluster policy can
+select pods of any namespace (its namespaceSelector is judged per pod), with
+the same label rule.  :meth:`PolicyIndex.candidates` is a superset of the
+policies that select a pod; :meth:`~sdn_egress.model.EgressPolicy.selects`
+still decides.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from sdn_egress.model import POLICY_ANNOTATION, EgressPolicy, Pod
+
+CLUSTER = ""  # the scope of cluster policies (their namespace is empty)
+
+
+class PolicyIndex:
+    def __init__(self, policies: Mapping[str, EgressPolicy]):
+        self.by_label: dict[tuple[str, str, str], list[EgressPolicy]] = {}  # (scope, key, value)
+        self.unlabelled: dict[str, list[EgressPolicy]] = {}  # scope -> no matchLabels to index by
+        self.by_name: dict[tuple[str, str], EgressPolicy] = {}  # (namespace, name): the annotation
+        for p in policies.values():
+            scope = CLUSTER if p.cluster else p.namespace
+            if not p.cluster:
+                self.by_name[(p.namespace, p.name)] = p
+            pairs = p.pod_selector.match_labels if p.pod_selector is not None else ()
+            if pairs:
+                self.by_label.setdefault((scope, *pairs[0]), []).append(p)
+            else:
+                self.unlabelled.setdefault(scope, []).append(p)
+
+    def candidates(self, pod: Pod) -> list[EgressPolicy]:
+        """Every policy that may select ``pod`` (each once), in no particular order."""
+        found: dict[str, EgressPolicy] = {}
+        for scope in (pod.namespace, CLUSTER):
+            for p in self.unlabelled.get(scope, ()):
+                found[p.key] = p
+            for k, v in pod.labels:
+                for p in self.by_label.get((scope, k, v), ()):
+                    found[p.key] = p
+        named = dict(pod.annotations).get(POLICY_ANNOTATION) if pod.annotations else None
+        if named is not None:
+            p = self.by_name.get((pod.namespace, named))
+            if p is not None:
+                found[p.key] = p
+        return list(found.values())
+
+
+_LAST: list = [None, None]  # (the policies it was built from, the index): one per process
+
+
+def policy_index(policies: Mapping[str, EgressPolicy]) -> PolicyIndex:
+    """The index of ``policies``, built again only when one of them changed
+    (the incremental snapshot hands out the same objects while they do not,
+    so the comparison is one pointer per policy)."""
+    key = tuple(policies.values())
+    if _LAST[0] != key:
+        _LAST[:] = [key, PolicyIndex(policies)]
+    return _LAST[1]
