@@ -109,7 +109,8 @@ class Switch:
         return set(self.flows)
 
     def apply(self, adds, deletes):
-        self.flows -= {f for f in self.flows if f.key in {d.key for d in deletes}}
+        gone = {d.key for d in deletes}
+        self.flows = {f for f in self.flows if f.key not in gone}
         self.flows |= set(adds)
 
     def announce(self, *args):

@@ -32,15 +32,17 @@ def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]
     finally:
         if memo is not None:
             memo.turn()
-    by_key: dict[tuple, Flow] = {}
-    for f in flows:
-        other = by_key.setdefault(f.key, f)
-        if other != f:
-            names = legend(view)
-            raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
-                            f"{f.priority} with different actions: {describe(other, names)} "
-                            f"| {describe(f, names)}")
-    out: dict[str, set[Flow]] = {b: set() for b in PIPELINE}
+    by_key = {f.key: f for f in flows}
+    if len(by_key) != len(flows):  # one identity wanted twice: the same flow, or a conflict
+        by_key = {}
+        for f in flows:
+            other = by_key.setdefault(f.key, f)
+            if other != f:
+                names = legend(view)
+                raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
+                                f"{f.priority} with different actions: {describe(other, names)} "
+                                f"| {describe(f, names)}")
+    out: dict[str, list[Flow]] = {b: [] for b in PIPELINE}
     for f in by_key.values():
-        out[f.bridge].add(f)
+        out[f.bridge].append(f)
     return {b: frozenset(fs) for b, fs in out.items()}

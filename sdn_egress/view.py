@@ -176,6 +176,48 @@ def _return_routes(n, node_name: str) -> tuple[ReturnRoute, ...]:
                  for cidr in n.pod_cidrs)
 
 
+def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
+                  memo: ViewMemo) -> tuple[list[Steer], set[str]]:
+    """The steers of the node's pods (by pod key) and the EIPs they use.  A
+    pod's are computed again only when something they depend on changed: the
+    pod, its namespace's labels, the policies that may select it (the
+    index's candidates) with their allocation, the cluster's own ranges."""
+    steers: list[Steer] = []
+    used: set[str] = set()
+    local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
+    if not local:
+        return steers, used
+    unsteered = {v: never_steered(state, v) for v in (4, 6)}
+    index = policy_index(state.policies)
+    labels: dict[str, tuple] = {}
+    for pod in local:
+        ns = labels.get(pod.namespace)
+        if ns is None:
+            ns = labels[pod.namespace] = tuple(sorted(state.namespace_labels(pod.namespace).items()))
+        inputs = (pod, ns, unsteered[4], unsteered[6],
+                  tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items()))
+
+        def make(pod=pod):
+            mine = tuple(s for version in (4, 6)
+                         for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
+            return mine, frozenset(str(s.eip) for s in mine)
+        mine, eips = memo.get(("steers", pod.key), inputs, make)
+        steers.extend(mine)
+        used |= eips
+    return steers, used
+
+
+def _held(node_name: str, alloc: Allocation, facts: NodeFacts, dead: frozenset[str]):
+    """(EIP -> its assignment, the EIPs this node holds)."""
+    held = tuple(
+        HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
+                next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)),
+                node_ip=a.node_ip)
+        for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
+        if live_order(a.nodes, dead)[:1] == (node_name,))
+    return {str(a.ip): a for a in alloc.eips}, held
+
+
 def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
                dead: frozenset[str] = frozenset(), memo: ViewMemo | None = None) -> NodeView:
     """``dead``: gateway nodes this node's BFD sessions see down.  A standby
@@ -188,40 +230,17 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     memo = memo if memo is not None else ViewMemo()
     node = state.nodes[node_name]
     node_ip = underlay_address(node)
-    steers: list[Steer] = []
-    local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
-    unsteered = {v: never_steered(state, v) for v in (4, 6)} if local else {}
-    index = policy_index(state.policies) if local else None
-    labels: dict[str, dict] = {}
-    for pod in local:
-        ns = labels.get(pod.namespace)
-        if ns is None:
-            ns = labels[pod.namespace] = state.namespace_labels(pod.namespace)
-        # Everything the pod's steers depend on: the pod, its namespace's
-        # labels, the policies that may select it with their allocation, the
-        # cluster's own ranges.
-        inputs = (pod, tuple(sorted(ns.items())), unsteered[4], unsteered[6],
-                  tuple(sorted(((p.key, p, alloc.policies.get(p.key)) for p in index.candidates(pod)),
-                               key=lambda c: c[0])))
-        steers.extend(memo.get(("steers", pod.key), inputs, lambda pod=pod: tuple(
-            s for version in (4, 6)
-            for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))))
+    steers, used = _local_steers(node_name, state, alloc, memo)
 
-    by_ip = {str(a.ip): a for a in alloc.eips}
+    by_ip, held = memo.get("eips", (alloc.eips, dead, facts.next_hop_macs, node_name),
+                           lambda: _held(node_name, alloc, facts, dead))
     eip_routes = []
-    for eip in sorted({str(s.eip) for s in steers}):
+    for eip in sorted(used):
         a = by_ip[eip]
         alive = live_order(a.nodes, dead)
         eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
                                    gateways=tuple(a.nodes),
                                    local=bool(alive) and alive[0] == node_name))
-
-    held = tuple(
-        HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
-                next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)),
-                node_ip=a.node_ip)
-        for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
-        if live_order(a.nodes, dead)[:1] == (node_name,))
 
     return_routes: tuple[ReturnRoute, ...] = ()
     if held:
@@ -266,7 +285,7 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
 
 def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
     """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
-    nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
+    nodes_of = _nodes_of(alloc.eips)
     index = policy_index(state.policies)
     out: set[str] = set()
     for pod in state.pods.values():
@@ -282,3 +301,12 @@ def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set
                 if ip is not None:
                     out.update(nodes_of.get(str(ip), ()))
     return out
+
+
+_NODES_OF: list = [None, None]  # (the EIP assignments, EIP -> its gateway nodes): one per process
+
+
+def _nodes_of(eips) -> dict[str, tuple[str, ...]]:
+    if _NODES_OF[0] != eips:  # the same assignments (one allocation version): one pointer each
+        _NODES_OF[:] = [eips, {str(a.ip): a.nodes for a in eips}]
+    return _NODES_OF[1]

@@ -21,34 +21,37 @@ CLUSTER = ""  # the scope of cluster policies (their namespace is empty)
 
 class PolicyIndex:
     def __init__(self, policies: Mapping[str, EgressPolicy]):
-        self.by_label: dict[tuple[str, str, str], list[EgressPolicy]] = {}  # (scope, key, value)
-        self.unlabelled: dict[str, list[EgressPolicy]] = {}  # scope -> no matchLabels to index by
-        self.by_name: dict[tuple[str, str], EgressPolicy] = {}  # (namespace, name): the annotation
+        # Each entry (policy key, policy).
+        self.by_label: dict[tuple[str, str, str], list[tuple]] = {}  # (scope, label key, value)
+        self.unlabelled: dict[str, list[tuple]] = {}  # scope -> no matchLabels to index by
+        self.by_name: dict[tuple[str, str], tuple] = {}  # (namespace, name): the annotation
         for p in policies.values():
+            key = p.key
             scope = CLUSTER if p.cluster else p.namespace
             if not p.cluster:
-                self.by_name[(p.namespace, p.name)] = p
+                self.by_name[(p.namespace, p.name)] = (key, p)
             pairs = p.pod_selector.match_labels if p.pod_selector is not None else ()
             if pairs:
-                self.by_label.setdefault((scope, *pairs[0]), []).append(p)
+                self.by_label.setdefault((scope, *pairs[0]), []).append((key, p))
             else:
-                self.unlabelled.setdefault(scope, []).append(p)
+                self.unlabelled.setdefault(scope, []).append((key, p))
 
     def candidates(self, pod: Pod) -> list[EgressPolicy]:
         """Every policy that may select ``pod`` (each once), in no particular order."""
+        return list(self.candidates_by_key(pod).values())
+
+    def candidates_by_key(self, pod: Pod) -> dict[str, EgressPolicy]:
+        """:meth:`candidates` by policy key, in an order that depends only on
+        the index and the pod."""
         found: dict[str, EgressPolicy] = {}
         for scope in (pod.namespace, CLUSTER):
-            for p in self.unlabelled.get(scope, ()):
-                found[p.key] = p
+            found.update(self.unlabelled.get(scope, ()))
             for k, v in pod.labels:
-                for p in self.by_label.get((scope, k, v), ()):
-                    found[p.key] = p
+                found.update(self.by_label.get((scope, k, v), ()))
         named = dict(pod.annotations).get(POLICY_ANNOTATION) if pod.annotations else None
-        if named is not None:
-            p = self.by_name.get((pod.namespace, named))
-            if p is not None:
-                found[p.key] = p
-        return list(found.values())
+        if named is not None and (pair := self.by_name.get((pod.namespace, named))) is not None:
+            found[pair[0]] = pair[1]
+        return found
 
 
 _LAST: list = [None, None]  # (the policies it was built from, the index): one per process
