@@ -275,6 +275,8 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
         pass_()
         out["event_pass_s"] = time.perf_counter() - t
         out["event_snapshot_s"] = snaps[0]
+    if role == "worker" and out.get("event_pass_s") is not None:
+        out["relabel_s"] = relabels(source, core, size, picked["pod"])
     if role != "controller":
         view = core.last_result.view
         t = time.perf_counter()
@@ -287,6 +289,25 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
     out["pods_cached"] = len(source.informers["Pod"].items()) if "Pod" in source.informers else 0
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def relabels(source, core, size: gen.Size, j: int, rounds: int = 5) -> tuple[float, float]:
+    """The event pod relabelled out of its policies and back, ``rounds``
+    times: the median pass (from the watch event) of each direction."""
+    import statistics
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for k in range(rounds):
+        for selected in (False, True):
+            event = gen.pod(size, j, app=0, rv=3 + 2 * k + selected)
+            if not selected:
+                event["metadata"]["labels"]["app"] = f"a{gen.APPS - 1}"  # an app no policy selects
+            t = time.perf_counter()
+            deliver(source, event)
+            if source.wait_for_change(0):
+                core.reconcile()
+            times[selected].append(time.perf_counter() - t)
+    return statistics.median(times[True]), statistics.median(times[False])
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -344,6 +365,8 @@ ROWS = (
     ("first snapshot (cold parse) worker / gateway / controller", lambda r: " / ".join(
         ms(r[k]["first_snapshot_s"]) for k in ("worker", "gateway", "controller"))),
     ("one pod relabelled into a policy → new flows on its node (agent pass)", lambda r: event_cell(r["worker"])),
+    ("the same pod relabelled into / out of its policies again (median of 5 each)", lambda r: (
+        " / ".join(ms(v) for v in r["worker"]["relabel_s"]) if r["worker"].get("relabel_s") else "—")),
     ("the same event on an unrelated worker", lambda r: event_cell(r["unrelated"])),
     ("the same event on the busiest gateway node", lambda r: event_cell(r["gateway"])),
     ("controller pass after one pod event", lambda r: event_cell(r["controller"])),

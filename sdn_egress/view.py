@@ -260,7 +260,7 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
-                 keep: Iterable[str] = ()) -> dict[str, str]:
+                 keep: Iterable[str] = (), memo: ViewMemo | None = None) -> dict[str, str]:
     """Nodes this node keeps a Geneve port (with BFD) to.
 
     A worker: the gateway nodes, active and standbys, of the EIPs its own
@@ -273,34 +273,48 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
     (of any EIP): every other node, because a BFD session needs both ends and
     the gateway does not know which workers send to it (it watches only its
     own node's pods); a session comes up with the workers that have a port
-    back, the others' ports stay idle."""
+    back, the others' ports stay idle.  ``memo``: see :func:`used_gateways`."""
     gateways = {n for a in alloc.eips for n in a.nodes}
     if node_name in gateways:
         wanted = set(state.nodes)
     else:
-        wanted = used_gateways(node_name, state, alloc) | (set(keep) & gateways)
+        wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
     return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
             if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
 
 
-def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
-    """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
-    nodes_of = _nodes_of(alloc.eips)
+def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
+                  memo: ViewMemo | None = None) -> set[str]:
+    """Every gateway node of every EIP of a policy selecting a pod of
+    ``node_name``.  ``memo``: kept between calls, a pod's are found again
+    only when the pod, its namespace's labels, its candidate policies or
+    their allocation changed."""
+    memo = memo if memo is not None else ViewMemo()
     index = policy_index(state.policies)
     out: set[str] = set()
     for pod in state.pods.values():
         if pod.node != node_name:
             continue
         namespace_labels = state.namespace_labels(pod.namespace)
-        # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
-        for policy in index.candidates(pod):
-            st = alloc.policies.get(policy.key)
-            if st is None or (st.eip_v4 is None and st.eip_v6 is None) or not policy.selects(pod, namespace_labels):
-                continue
-            for ip in (st.eip_v4, st.eip_v6):
-                if ip is not None:
-                    out.update(nodes_of.get(str(ip), ()))
+        candidates = tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items())
+        out |= memo.get(("gateways", pod.key), (pod, namespace_labels, candidates, alloc.eips),
+                        lambda pod=pod, labels=namespace_labels, candidates=candidates:
+                        _pod_gateways(pod, labels, candidates, alloc))
+    memo.turn()
     return out
+
+
+def _pod_gateways(pod: Pod, namespace_labels, candidates, alloc: Allocation) -> frozenset[str]:
+    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
+    nodes_of = _nodes_of(alloc.eips)
+    out: set[str] = set()
+    for policy, st in candidates:
+        if st is None or (st.eip_v4 is None and st.eip_v6 is None) or not policy.selects(pod, namespace_labels):
+            continue
+        for ip in (st.eip_v4, st.eip_v6):
+            if ip is not None:
+                out.update(nodes_of.get(str(ip), ()))
+    return frozenset(out)
 
 
 _NODES_OF: list = [None, None]  # (the EIP assignments, EIP -> its gateway nodes): one per process
