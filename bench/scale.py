@@ -102,16 +102,23 @@ def timed_snapshots(source) -> list[float]:
 # -- the agent's stand-ins -----------------------------------------------------------------------
 
 class Switch:
+    """A switch's flow table: one flow per identity (its own work, in its own
+    process on a real node, is not the agent's)."""
+
     def __init__(self, bridge: str):
-        self.bridge, self.dpid, self.flows = bridge, 1 if bridge == "br-int" else 2, set()
+        self.bridge, self.dpid, self.table = bridge, 1 if bridge == "br-int" else 2, {}
+
+    @property
+    def flows(self) -> set:
+        return set(self.table.values())
 
     def dump_flows(self, names):
-        return set(self.flows)
+        return set(self.table.values())
 
     def apply(self, adds, deletes):
-        gone = {d.key for d in deletes}
-        self.flows = {f for f in self.flows if f.key not in gone}
-        self.flows |= set(adds)
+        for d in deletes:
+            self.table.pop(d.key, None)
+        self.table.update((f.key, f) for f in adds)
 
     def announce(self, *args):
         pass

@@ -29,11 +29,31 @@ def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]
         check(view, memo)
         flows = (base.flows() + worker.flows(view, memo) + gateway.flows(view, memo) + uplink.flows(view)
                  + arp.flows(view) + nd.flows(view))
+        return _by_bridge(flows, view, memo)
     finally:
         if memo is not None:
             memo.turn()
+
+
+def _by_bridge(flows: list[Flow], view: NodeView, memo: Memo | None) -> dict[str, frozenset[Flow]]:
+    """The flows by bridge, each identity once (a conflict raises).  With
+    ``memo``, from the last build's result and the flows that came or went
+    (set operations, no loop over every flow)."""
+    wanted = set(flows)
+    last = memo.peek("built", ()) if memo is not None else None
+    if last is not None:
+        had, by_key, out = last
+        added, removed = wanted - had, had - wanted
+        by_key = dict(by_key)
+        for f in removed:
+            del by_key[f.key]
+        by_key.update((f.key, f) for f in added)
+        if len(by_key) == len(wanted):  # else two flows want one identity: the full way names them
+            out = {b: fs - removed | {f for f in added if f.bridge == b} for b, fs in out.items()}
+            memo.put("built", (), (wanted, by_key, out))
+            return out
     by_key = {f.key: f for f in flows}
-    if len(by_key) != len(flows):  # one identity wanted twice: the same flow, or a conflict
+    if len(by_key) != len(wanted):  # one identity, two different flows
         by_key = {}
         for f in flows:
             other = by_key.setdefault(f.key, f)
@@ -42,7 +62,10 @@ def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]
                 raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
                                 f"{f.priority} with different actions: {describe(other, names)} "
                                 f"| {describe(f, names)}")
-    out: dict[str, list[Flow]] = {b: [] for b in PIPELINE}
+    grouped: dict[str, list[Flow]] = {b: [] for b in PIPELINE}
     for f in by_key.values():
-        out[f.bridge].append(f)
-    return {b: frozenset(fs) for b, fs in out.items()}
+        grouped[f.bridge].append(f)
+    out = {b: frozenset(fs) for b, fs in grouped.items()}
+    if memo is not None:
+        memo.put("built", (), (wanted, by_key, out))
+    return out
