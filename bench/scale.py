@@ -439,7 +439,13 @@ sent what its informers select (a watch event only where the selector matches: "
 API server does not send that process the event at all). OVSDB, switches and the kernel are
 stand-ins: the switch side is not measured here; the allocation comes as the ConfigMap reader gives it
 (parsed once per version). "new flows on its node" runs from the watch event
-to the end of the agent's pass (snapshot, view, `flows.build`, diff). BFD: the agent enables it on
+to the end of the agent's pass (snapshot, view, `flows.build`, diff); a pass reuses what the last one
+computed for every object that did not change (a pod's steers and flows, a node's return routes,
+through `flows.memo.Memo`: equal inputs, equal result), so it pays for the changed pod. The first
+event comes right after the startup and often meets a full collection of the startup heap by
+Python's garbage collector (~0.2 s at L); the median of the five relabels after it does not. "full
+recompute" is the agent's periodic full pass: memos dropped, the switch dumped, every steer, route
+and flow built again and diffed. `flows.build` for the gateway: without a memo. BFD: the agent enables it on
 every tunnel port; a gateway node has a port to every node (it does not watch other nodes' pods, so
 it cannot tell which workers send to it), but a session comes up only with the nodes that have a
 port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10

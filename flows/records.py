@@ -140,7 +140,19 @@ def canonical_match(spec: MatchSpec) -> tuple[MatchEntry, ...]:
     """A match as a sorted tuple of entries.  ``spec`` is a mapping
     ``{field: value | (value, mask) | IPNetwork}`` or an iterable of
     ``(field, value[, mask])``."""
-    if type(spec) is dict or isinstance(spec, Mapping):  # a dict, as the pipeline writes them, quickly
+    if type(spec) is dict:  # as the pipeline writes them: each field once already
+        out = {}
+        for k, v in spec.items():
+            if type(v) is tuple:
+                if len(v) != 2:
+                    raise ValueError(f"match entry {(k, *v)!r}: expected (field, value[, mask])")
+                entry = canonical_entry(k, v[0], v[1])
+            else:
+                entry = canonical_entry(k, v)
+            if entry is not None:
+                out[k] = entry
+        return tuple(out[k] for k in sorted(out))
+    if isinstance(spec, Mapping):
         entries = [(k, *v) if isinstance(v, tuple) else (k, v) for k, v in spec.items()]
     else:
         entries = [tuple(e) for e in spec]
@@ -349,14 +361,14 @@ class Flow:
             raise ValueError(f"{self.bridge}/{self.table}: cookie {self.cookie:#x} is not 64-bit")
         object.__setattr__(self, "match", canonical_match(self.match))
         actions = tuple(self.actions) or (Drop(),)
-        for a in actions:
+        last = len(actions) - 1
+        for i, a in enumerate(actions):
             if not isinstance(a, ACTION_TYPES):
                 raise ValueError(f"{self.bridge}/{self.table}: not an action record: {a!r}")
-        if any(isinstance(a, Drop) for a in actions) and len(actions) > 1:
-            raise ValueError(f"{self.bridge}/{self.table}: drop cannot be combined with other actions")
-        gotos = [i for i, a in enumerate(actions) if isinstance(a, Goto)]
-        if gotos and gotos != [len(actions) - 1]:
-            raise ValueError(f"{self.bridge}/{self.table}: goto must be the single last action")
+            if last and isinstance(a, Drop):
+                raise ValueError(f"{self.bridge}/{self.table}: drop cannot be combined with other actions")
+            if i != last and isinstance(a, Goto):
+                raise ValueError(f"{self.bridge}/{self.table}: goto must be the single last action")
         object.__setattr__(self, "actions", actions)
         # Computed once: a pass hashes and keys every flow it diffs.
         object.__setattr__(self, "key", (self.bridge, self.table, self.priority, self.match))
