@@ -317,10 +317,12 @@ def _pod_gateways(pod: Pod, namespace_labels, candidates, alloc: Allocation) -> 
     return frozenset(out)
 
 
-_NODES_OF: list = [None, None]  # (the EIP assignments, EIP -> its gateway nodes): one per process
+_NODES_OF: tuple = (None, None)  # (the EIP assignments, EIP -> its gateway nodes): one per process
 
 
 def _nodes_of(eips) -> dict[str, tuple[str, ...]]:
-    if _NODES_OF[0] != eips:  # the same assignments (one allocation version): one pointer each
-        _NODES_OF[:] = [eips, {str(a.ip): a.nodes for a in eips}]
-    return _NODES_OF[1]
+    global _NODES_OF
+    last = _NODES_OF
+    if last[0] != eips:  # the same assignments (one allocation version): one pointer each
+        last = _NODES_OF = (eips, {str(a.ip): a.nodes for a in eips})
+    return last[1]

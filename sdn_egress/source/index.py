@@ -54,14 +54,17 @@ class PolicyIndex:
         return found
 
 
-_LAST: list = [None, None]  # (the policies it was built from, the index): one per process
+_LAST: tuple = (None, None)  # (the policies it was built from, the index): one per process
 
 
 def policy_index(policies: Mapping[str, EgressPolicy]) -> PolicyIndex:
     """The index of ``policies``, built again only when one of them changed
     (the incremental snapshot hands out the same objects while they do not,
-    so the comparison is one pointer per policy)."""
+    so the comparison is one pointer per policy).  Safe across threads: the
+    pair is read and replaced whole."""
+    global _LAST
     key = tuple(policies.values())
-    if _LAST[0] != key:
-        _LAST[:] = [key, PolicyIndex(policies)]
-    return _LAST[1]
+    last = _LAST
+    if last[0] != key:
+        last = _LAST = (key, PolicyIndex(policies))
+    return last[1]
