@@ -149,8 +149,9 @@ def flow(bridge_name: str, table: str, priority: int, match: MatchSpec, actions,
     t = bridge(bridge_name).table(table)
     f = Flow(bridge_name, table, priority, match, tuple(actions), cookie)
     # The rules below depend on the flow's shape only: each shape is judged once.
-    shape = (bridge_name, table, tuple(e[0] for e in f.match),
-             next((e[1] for e in f.match if e[0] == "eth_type"), None), tuple(_targets(f.actions)))
+    names = [e[0] for e in f.match]
+    shape = (bridge_name, table, *names, f.match[names.index("eth_type")][1] if "eth_type" in names else None,
+             *[a.table for a in f.actions if isinstance(a, (Goto, CT))])  # the one int or None: eth_type
     if shape not in _JUDGED:
         _judge(t, f, shape)
         _JUDGED.add(shape)
@@ -161,7 +162,10 @@ _JUDGED: set[tuple] = set()  # flow shapes (bridge, table, fields, eth_type, nex
 
 
 def _judge(t: Table, f: Flow, shape: tuple) -> None:
-    bridge_name, table, names, eth_type, targets = shape
+    bridge_name, table = shape[:2]
+    names = [e[0] for e in f.match]
+    eth_type = next((e[1] for e in f.match if e[0] == "eth_type"), None)
+    targets = _targets(f.actions)
     where = f"{bridge_name}/{table}"
     for name in names:
         if name not in t.match:

@@ -99,7 +99,8 @@ def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
     whose BFD session is up, and to none while all are down (never a leak)."""
     if route.local:
         return (Goto("snat"),)
-    tunnels = [p for p in (ports.tunnel(g) for g in route.gateways) if p is not None]
+    by_peer = dict(ports.tunnels)
+    tunnels = [p for p in (by_peer.get(g) for g in route.gateways) if p is not None]
     if not tunnels:
         return None
     out = Output(tunnels[0]) if len(tunnels) == 1 else Bundle(tuple(tunnels))
