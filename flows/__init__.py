@@ -8,32 +8,64 @@ from __future__ import annotations
 from flows import arp, base, gateway, nd, uplink, worker
 from flows.check import ViewError, check
 from flows.cookie import legend
+from flows.memo import Memo
 from flows.records import Flow
 from flows.render import describe
 from flows.tables import PIPELINE
 from flows.view import NodeView
 
-__all__ = ["build", "ViewError"]
+__all__ = ["build", "Memo", "ViewError"]
 
 
-def build(view: NodeView) -> dict[str, frozenset[Flow]]:
+def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]]:
     """Every flow ``view``'s node must hold, by bridge name ("br-int", "br-ex").
 
     br-ex always holds its NORMAL miss flow, so a bridge that exists without
     an uplink still switches the node's own traffic; everything else needs the
-    ports it uses."""
-    check(view)
-    flows = (base.flows() + worker.flows(view) + gateway.flows(view) + uplink.flows(view)
-             + arp.flows(view) + nd.flows(view))
-    by_key: dict[tuple, Flow] = {}
-    for f in flows:
-        other = by_key.setdefault(f.key, f)
-        if other != f:
-            names = legend(view)
-            raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
-                            f"{f.priority} with different actions: {describe(other, names)} "
-                            f"| {describe(f, names)}")
-    out: dict[str, set[Flow]] = {b: set() for b in PIPELINE}
+    ports it uses.  ``memo`` (:class:`flows.memo.Memo`, one per node, kept
+    between builds): the flows of the view objects that did not change are
+    taken from the last build; the result is the same."""
+    try:
+        check(view, memo)
+        flows = (base.flows() + worker.flows(view, memo) + gateway.flows(view, memo) + uplink.flows(view)
+                 + arp.flows(view) + nd.flows(view))
+        return _by_bridge(flows, view, memo)
+    finally:
+        if memo is not None:
+            memo.turn()
+
+
+def _by_bridge(flows: list[Flow], view: NodeView, memo: Memo | None) -> dict[str, frozenset[Flow]]:
+    """The flows by bridge, each identity once (a conflict raises).  With
+    ``memo``, from the last build's result and the flows that came or went
+    (set operations, no loop over every flow)."""
+    wanted = set(flows)
+    last = memo.peek("built", ()) if memo is not None else None
+    if last is not None:
+        had, by_key, out = last
+        added, removed = wanted - had, had - wanted
+        by_key = dict(by_key)
+        for f in removed:
+            del by_key[f.key]
+        by_key.update((f.key, f) for f in added)
+        if len(by_key) == len(wanted):  # else two flows want one identity: the full way names them
+            out = {b: fs - removed | {f for f in added if f.bridge == b} for b, fs in out.items()}
+            memo.put("built", (), (wanted, by_key, out))
+            return out
+    by_key = {f.key: f for f in flows}
+    if len(by_key) != len(wanted):  # one identity, two different flows
+        by_key = {}
+        for f in flows:
+            other = by_key.setdefault(f.key, f)
+            if other != f:
+                names = legend(view)
+                raise ViewError(f"two objects of the view want {f.bridge}/{f.table} priority "
+                                f"{f.priority} with different actions: {describe(other, names)} "
+                                f"| {describe(f, names)}")
+    grouped: dict[str, list[Flow]] = {b: [] for b in PIPELINE}
     for f in by_key.values():
-        out[f.bridge].add(f)
-    return {b: frozenset(fs) for b, fs in out.items()}
+        grouped[f.bridge].append(f)
+    out = {b: frozenset(fs) for b, fs in grouped.items()}
+    if memo is not None:
+        memo.put("built", (), (wanted, by_key, out))
+    return out

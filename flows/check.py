@@ -7,9 +7,13 @@ object and the field.
 """
 from __future__ import annotations
 
+from itertools import groupby
+from operator import attrgetter
+
 import netaddr
 
 from flows import fields as F
+from flows.memo import Memo
 from flows.view import EipRoute, NodeView, Steer
 
 
@@ -50,7 +54,7 @@ def steer_name(s: Steer) -> str:
     return f"Steer {s.pod} -> {s.dest} (policy {s.policy})"
 
 
-def check(view: NodeView) -> None:
+def check(view: NodeView, memo: Memo | None = None) -> None:
     node = f"NodeView {view.node}"
     p = view.ports
     _port(node, "ports.egw", p.egw, True)
@@ -103,23 +107,55 @@ def check(view: NodeView) -> None:
         if h.next_hop_mac is not None:
             _mac(obj, "next_hop_mac", h.next_hop_mac)
 
-    for s in view.steers:
-        obj = steer_name(s)
-        _ip(obj, "pod_ip", s.pod_ip, netaddr.IPAddress)
-        _ip(obj, "dest", s.dest, netaddr.IPNetwork)
-        _ip(obj, "eip", s.eip, netaddr.IPAddress)
-        if not s.pod_ip.version == s.dest.version == s.eip.version:
-            raise ViewError(f"{obj}: pod_ip {s.pod_ip}, dest {s.dest} and eip {s.eip} "
-                            "are not all of one IP family")
-        if str(s.eip) not in routes:
-            raise ViewError(f"{obj}: eip: {s.eip} has no EipRoute in the view")
-
+    if memo is None:
+        for s in view.steers:
+            _check_steer(s)
+            if str(s.eip) not in routes:
+                raise ViewError(f"{steer_name(s)}: eip: {s.eip} has no EipRoute in the view")
+    else:
+        _check_steers(view, routes, memo)
     for rr in view.return_routes:
-        obj = f"ReturnRoute {rr.node} {rr.pod_cidr}"
-        _ip(obj, "pod_cidr", rr.pod_cidr, netaddr.IPNetwork)
-        _ip(obj, "node_ip", rr.node_ip, netaddr.IPAddress)
-        if rr.local != (rr.node == view.node):
-            raise ViewError(f"{obj}: local: {rr.local}, but this node is {view.node!r}")
+        key, inputs = ("checked", id(rr)), (rr, view.node)
+        if memo is None or memo.peek(key, inputs) is None:
+            _check_return_route(view, rr)
+        if memo is not None:
+            memo.put(key, inputs, True)
+
+
+def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
+    """Each steer's own fields once (a pod's steers that are the same
+    objects as last time are not checked again); that its EIP has a route,
+    every time."""
+    for group in [tuple(g) for _, g in groupby(view.steers, key=attrgetter("pod"))]:
+        key = ("checked", id(group[0]))
+        eips = memo.peek(key, (group,))
+        if eips is None:
+            for s in group:
+                _check_steer(s)
+            eips = frozenset(str(s.eip) for s in group)
+        memo.put(key, (group,), eips)
+        for eip in eips:
+            if eip not in routes:
+                s = next(s for s in group if str(s.eip) == eip)
+                raise ViewError(f"{steer_name(s)}: eip: {s.eip} has no EipRoute in the view")
+
+
+def _check_steer(s: Steer) -> None:
+    obj = steer_name(s)
+    _ip(obj, "pod_ip", s.pod_ip, netaddr.IPAddress)
+    _ip(obj, "dest", s.dest, netaddr.IPNetwork)
+    _ip(obj, "eip", s.eip, netaddr.IPAddress)
+    if not s.pod_ip.version == s.dest.version == s.eip.version:
+        raise ViewError(f"{obj}: pod_ip {s.pod_ip}, dest {s.dest} and eip {s.eip} "
+                        "are not all of one IP family")
+
+
+def _check_return_route(view: NodeView, rr) -> None:
+    obj = f"ReturnRoute {rr.node} {rr.pod_cidr}"
+    _ip(obj, "pod_cidr", rr.pod_cidr, netaddr.IPNetwork)
+    _ip(obj, "node_ip", rr.node_ip, netaddr.IPAddress)
+    if rr.local != (rr.node == view.node):
+        raise ViewError(f"{obj}: local: {rr.local}, but this node is {view.node!r}")
 
 
 def route_by_eip(view: NodeView) -> dict[str, EipRoute]:

@@ -16,6 +16,7 @@ object gets the same cookie in every process and after every restart.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -45,6 +46,7 @@ class Feature(IntEnum):
     ND = 14  # br-ex: neighbour solicitations for a held IPv6 EIP go to the agent (object: EIP)
 
 
+@lru_cache(maxsize=1 << 16)
 def stable_hash(key: str, bits: int) -> int:
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << bits) - 1)

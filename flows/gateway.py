@@ -13,7 +13,8 @@ from flows import family
 from flows import fields as F
 from flows.records import CT, CheckLarger, Controller, Drop, Flow, Goto, Load, Nat, Output, SetField
 from flows.tables import flow
-from flows.view import NODE_IP_PORTS, NodeView
+from flows.memo import Memo
+from flows.view import NODE_IP_PORTS, NodeView, ReturnRoute
 
 BR = "br-int"
 
@@ -106,25 +107,35 @@ def uplink_mtu(view: NodeView) -> list[Flow]:
     return out
 
 
-def reply_route(view: NodeView) -> list[Flow]:
+def reply_route(view: NodeView, memo: Memo | None = None) -> list[Flow]:
+    """With ``memo``: a route's flows are built again only when the route
+    (the same object) or the flow-based tunnel port changed."""
     if not view.held:
         return []
     out = []
     for rr in view.return_routes:
-        fam = family.of(rr.pod_cidr)
-        if rr.local:
-            actions = (Goto("to_host"),)
+        if memo is None:
+            out.extend(_reply_flows(rr, view.ports.tun_flow))
         else:
-            actions = (SetField("tunnel_id", F.TUNNEL_KEY_REPLY),
-                       SetField(family.of(rr.node_ip).tun_dst, rr.node_ip),
-                       Output(view.ports.tun_flow))
-        for state in REPLY_STATES:
-            out.append(flow(BR, "reply_route", PRIO_RETURN + rr.pod_cidr.prefixlen,
-                            {"ct_state": state, "eth_type": fam.eth_type, fam.dst: rr.pod_cidr},
-                            actions, C.encode(C.Feature.RETURN, C.object_id(C.node_key(rr.node)))))
+            out.extend(memo.get(("return", id(rr)), (rr, view.ports.tun_flow),
+                                lambda rr=rr: tuple(_reply_flows(rr, view.ports.tun_flow))))
     return out
 
 
-def flows(view: NodeView) -> list[Flow]:
+def _reply_flows(rr: ReturnRoute, tun_flow: int) -> list[Flow]:
+    fam = family.of(rr.pod_cidr)
+    if rr.local:
+        actions = (Goto("to_host"),)
+    else:
+        actions = (SetField("tunnel_id", F.TUNNEL_KEY_REPLY),
+                   SetField(family.of(rr.node_ip).tun_dst, rr.node_ip),
+                   Output(tun_flow))
+    cookie = C.encode(C.Feature.RETURN, C.object_id(C.node_key(rr.node)))
+    return [flow(BR, "reply_route", PRIO_RETURN + rr.pod_cidr.prefixlen,
+                 {"ct_state": state, "eth_type": fam.eth_type, fam.dst: rr.pod_cidr}, actions, cookie)
+            for state in REPLY_STATES]
+
+
+def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
     return (tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + uplink_mtu(view)
-            + reply_route(view))
+            + reply_route(view, memo))

@@ -17,6 +17,7 @@ that are about to be deleted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Union
 
 import netaddr
@@ -72,7 +73,46 @@ def _from_int(name: str, n: int) -> Any:
 
 
 def canonical_entry(name: str, value: Any, mask: Any = None) -> MatchEntry | None:
-    """``(field, value[, mask])`` in canonical form; None for a wildcard."""
+    """``(field, value[, mask])`` in canonical form; None for a wildcard.
+    The same entry recurs in many flows (a pod's address in each of its
+    steers, a port, an eth_type): hashable ones are canonicalised once
+    (``typed``: ``True`` is not taken for ``1``)."""
+    if mask is None:
+        kind = type(value)
+        if kind is int and name in _PLAIN_INT and 0 <= value < _PLAIN_INT[name]:
+            return (name, value)
+        # netaddr hashes in Python: key its objects by their ints instead.
+        if kind is netaddr.IPNetwork:
+            return _network_entry(name, value.version, value.first, value.prefixlen)
+        if kind is netaddr.IPAddress:
+            return _address_entry(name, value.version, value.value)
+    try:
+        return _canonical_entry_cached(name, value, mask)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _canonical_entry(name, value, mask)
+
+
+_PLAIN_INT = {f.name: 2 ** f.bits for f in F.FIELDS.values() if f.kind == F.INT}
+
+
+@lru_cache(maxsize=1 << 16, typed=True)
+def _canonical_entry_cached(name: str, value: Any, mask: Any) -> MatchEntry | None:
+    return _canonical_entry(name, value, mask)
+
+
+@lru_cache(maxsize=1 << 16)
+def _network_entry(name: str, version: int, first: int, prefixlen: int) -> MatchEntry | None:
+    return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+
+
+@lru_cache(maxsize=1 << 16)
+def _address_entry(name: str, version: int, value: int) -> MatchEntry | None:
+    return _canonical_entry(name, netaddr.IPAddress(value, version), None)
+
+
+def _canonical_entry(name: str, value: Any, mask: Any) -> MatchEntry | None:
     if isinstance(value, netaddr.IPNetwork):
         if mask is not None:
             raise ValueError(f"field {name}: a CIDR value carries its own mask")
@@ -100,6 +140,18 @@ def canonical_match(spec: MatchSpec) -> tuple[MatchEntry, ...]:
     """A match as a sorted tuple of entries.  ``spec`` is a mapping
     ``{field: value | (value, mask) | IPNetwork}`` or an iterable of
     ``(field, value[, mask])``."""
+    if type(spec) is dict:  # as the pipeline writes them: each field once already
+        out = {}
+        for k, v in spec.items():
+            if type(v) is tuple:
+                if len(v) != 2:
+                    raise ValueError(f"match entry {(k, *v)!r}: expected (field, value[, mask])")
+                entry = canonical_entry(k, v[0], v[1])
+            else:
+                entry = canonical_entry(k, v)
+            if entry is not None:
+                out[k] = entry
+        return tuple(out[k] for k in sorted(out))
     if isinstance(spec, Mapping):
         entries = [(k, *v) if isinstance(v, tuple) else (k, v) for k, v in spec.items()]
     else:
@@ -290,7 +342,7 @@ ACTION_TYPES = (Output, InPort, Normal, Drop, Goto, SetField, Load, Move, CT, Bu
 
 # -- the flow ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Flow:
     """One flow entry.  ``table`` is a table name of ``flows.tables`` (or
     ``table<N>`` for a table the pipeline does not declare)."""
@@ -309,20 +361,32 @@ class Flow:
             raise ValueError(f"{self.bridge}/{self.table}: cookie {self.cookie:#x} is not 64-bit")
         object.__setattr__(self, "match", canonical_match(self.match))
         actions = tuple(self.actions) or (Drop(),)
-        for a in actions:
+        last = len(actions) - 1
+        for i, a in enumerate(actions):
             if not isinstance(a, ACTION_TYPES):
                 raise ValueError(f"{self.bridge}/{self.table}: not an action record: {a!r}")
-        if any(isinstance(a, Drop) for a in actions) and len(actions) > 1:
-            raise ValueError(f"{self.bridge}/{self.table}: drop cannot be combined with other actions")
-        gotos = [i for i, a in enumerate(actions) if isinstance(a, Goto)]
-        if gotos and gotos != [len(actions) - 1]:
-            raise ValueError(f"{self.bridge}/{self.table}: goto must be the single last action")
+            if last and isinstance(a, Drop):
+                raise ValueError(f"{self.bridge}/{self.table}: drop cannot be combined with other actions")
+            if i != last and isinstance(a, Goto):
+                raise ValueError(f"{self.bridge}/{self.table}: goto must be the single last action")
         object.__setattr__(self, "actions", actions)
+        # Computed once: a pass hashes and keys every flow it diffs.
+        object.__setattr__(self, "key", (self.bridge, self.table, self.priority, self.match))
+        object.__setattr__(self, "_hash", hash((self.key, actions, self.cookie)))
 
-    @property
-    def key(self) -> tuple:
-        """The flow's identity on a switch: an add with the same key replaces it."""
-        return (self.bridge, self.table, self.priority, self.match)
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Flow:
+            return NotImplemented
+        return (self._hash == other._hash and self.cookie == other.cookie and self.key == other.key
+                and self.actions == other.actions)
+
+    # ``key``: the flow's identity on a switch (bridge, table, priority,
+    # match): an add with the same key replaces it.  Set in __post_init__.
 
     def match_dict(self) -> dict[str, tuple]:
         """``{field: (value, mask-or-None)}``."""

@@ -52,6 +52,7 @@ class BridgeTables:
                 if names.index(n) <= i:
                     raise ValueError(f"{self.bridge}/{t.name}: next table {n!r} must come later "
                                      "(OpenFlow only goes forward)")
+        object.__setattr__(self, "_by_name", {t.name: t for t in self.tables})
 
     def id(self, name: str) -> int:
         for i, t in enumerate(self.tables):
@@ -64,9 +65,9 @@ class BridgeTables:
                          f"(declared: {', '.join(t.name for t in self.tables)})")
 
     def table(self, name: str) -> Table:
-        for t in self.tables:
-            if t.name == name:
-                return t
+        t = self._by_name.get(name)
+        if t is not None:
+            return t
         raise ValueError(f"{self.bridge}: undeclared table {name!r} "
                          f"(declared: {', '.join(t.name for t in self.tables)})")
 
@@ -147,22 +148,37 @@ def flow(bridge_name: str, table: str, priority: int, match: MatchSpec, actions,
     """A pipeline flow, checked against the declared tables."""
     t = bridge(bridge_name).table(table)
     f = Flow(bridge_name, table, priority, match, tuple(actions), cookie)
-    where = f"{bridge_name}/{table}"
+    # The rules below depend on the flow's shape only: each shape is judged once.
     names = [e[0] for e in f.match]
+    shape = (bridge_name, table, *names, f.match[names.index("eth_type")][1] if "eth_type" in names else None,
+             *[a.table for a in f.actions if isinstance(a, (Goto, CT))])  # the one int or None: eth_type
+    if shape not in _JUDGED:
+        _judge(t, f, shape)
+        _JUDGED.add(shape)
+    return f
+
+
+_JUDGED: set[tuple] = set()  # flow shapes (bridge, table, fields, eth_type, next tables) found right
+
+
+def _judge(t: Table, f: Flow, shape: tuple) -> None:
+    bridge_name, table = shape[:2]
+    names = [e[0] for e in f.match]
+    eth_type = next((e[1] for e in f.match if e[0] == "eth_type"), None)
+    targets = _targets(f.actions)
+    where = f"{bridge_name}/{table}"
     for name in names:
         if name not in t.match:
             raise ValueError(f"{where}: field {name} is not declared for this table "
                              f"(declared: {', '.join(sorted(t.match))})")
-    eth_type = f.match_dict().get("eth_type", (None, None))[0]
     for name in names:
         need = F.FIELDS[name].prereq
         if need is not None and eth_type != need:
             raise ValueError(f"{where}: field {name} needs eth_type={need:#06x} in the match")
-    for target in _targets(f.actions):
+    for target in targets:
         if target not in t.next:
             raise ValueError(f"{where}: may not continue in {target!r} "
                              f"(allowed: {', '.join(t.next) or 'none'})")
-    return f
 
 
 def miss_flows(bridge_name: str, cookie_of) -> list[Flow]:

@@ -7,10 +7,14 @@ alive.  classify (tunnel, tun_id = REPLY) -> to_host -> egw0.
 """
 from __future__ import annotations
 
+from itertools import groupby
+from operator import attrgetter
+
 from flows import cookie as C
 from flows import family
 from flows import fields as F
 from flows.check import route_by_eip
+from flows.memo import Memo
 from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField
 from flows.tables import flow
 from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer
@@ -44,10 +48,38 @@ def steer_priority(s: Steer) -> int:
     return PRIO_STEER + s.rank * PRIO_RANK + (PRIO_EXCLUDE if s.exclude else 0) + s.dest.prefixlen
 
 
-def steers(view: NodeView) -> list[Flow]:
+def pod_groups(steers) -> list[tuple[Steer, ...]]:
+    """The steers in runs of one pod (the view lists a pod's steers together)."""
+    return [tuple(g) for _, g in groupby(steers, key=attrgetter("pod"))]
+
+
+def steers(view: NodeView, memo: Memo | None = None) -> list[Flow]:
+    """One flow per steer, and the catch-all drop.  With ``memo``, a pod's
+    flows are built again only when its steers (the same objects), egw0's
+    port or the tunnel key of one of its EIPs changed."""
     keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
     out = []
-    for s in view.steers:
+    for group in pod_groups(view.steers):
+        if memo is None:
+            out.extend(_steer_flows(group, view.ports.egw, keys))
+            continue
+        key, inputs = ("steers", id(group[0])), (group, view.ports.egw)
+        hit = memo.peek(key, inputs)
+        if hit is None or any(keys.get(eip) != k for eip, k in hit[0]):
+            made = tuple(_steer_flows(group, view.ports.egw, keys))
+            hit = (tuple({(str(s.eip), keys[str(s.eip)]) for s in group if not s.exclude}), made)
+        memo.put(key, inputs, hit)
+        out.extend(hit[1])
+    # Whatever the host sends into egw0 that no steer claims dies here: never
+    # let a selected pod's packet out with the wrong source.
+    out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
+                    C.encode(C.Feature.UNSTEERED)))
+    return out
+
+
+def _steer_flows(group, egw: int, keys: dict[str, int]) -> list[Flow]:
+    out = []
+    for s in group:
         fam = family.of(s.pod_ip)
         if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
             actions, feature = (Drop(),), C.Feature.UNSTEERED
@@ -55,13 +87,8 @@ def steers(view: NodeView) -> list[Flow]:
             actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
         out.append(flow(
             BR, "classify", steer_priority(s),
-            {"in_port": view.ports.egw, "eth_type": fam.eth_type, fam.src: s.pod_ip,
-             fam.dst: s.dest},
+            {"in_port": egw, "eth_type": fam.eth_type, fam.src: s.pod_ip, fam.dst: s.dest},
             actions, C.encode(feature, C.steer_object(s.policy, s.pod))))
-    # Whatever the host sends into egw0 that no steer claims dies here: never
-    # let a selected pod's packet out with the wrong source.
-    out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
-                    C.encode(C.Feature.UNSTEERED)))
     return out
 
 
@@ -72,7 +99,8 @@ def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
     whose BFD session is up, and to none while all are down (never a leak)."""
     if route.local:
         return (Goto("snat"),)
-    tunnels = [p for p in (ports.tunnel(g) for g in route.gateways) if p is not None]
+    by_peer = dict(ports.tunnels)
+    tunnels = [p for p in (by_peer.get(g) for g in route.gateways) if p is not None]
     if not tunnels:
         return None
     out = Output(tunnels[0]) if len(tunnels) == 1 else Bundle(tuple(tunnels))
@@ -92,10 +120,14 @@ def eip_out(view: NodeView) -> list[Flow]:
     return out
 
 
-def replies_in(view: NodeView) -> list[Flow]:
+def replies_in(view: NodeView, memo: Memo | None = None) -> list[Flow]:
     """Replies tunnelled back by a gateway (tun_id = REPLY) -> to_host."""
-    return [flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": F.TUNNEL_KEY_REPLY},
-                 (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
+    def make(peer: str, port: int) -> Flow:
+        return flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": F.TUNNEL_KEY_REPLY},
+                    (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
+    if memo is None:
+        return [make(peer, port) for peer, port in tunnel_ports(view.ports)]
+    return [memo.get(("reply_in", peer, port), (), lambda peer=peer, port=port: make(peer, port))
             for peer, port in tunnel_ports(view.ports)]
 
 
@@ -110,5 +142,5 @@ def to_host(view: NodeView) -> list[Flow]:
     return out
 
 
-def flows(view: NodeView) -> list[Flow]:
-    return steers(view) + eip_out(view) + replies_in(view) + to_host(view)
+def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
+    return steers(view, memo) + eip_out(view) + replies_in(view, memo) + to_host(view)

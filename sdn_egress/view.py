@@ -13,9 +13,11 @@ from typing import Iterable
 
 import netaddr
 
+from flows.memo import Memo as ViewMemo
 from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
+from sdn_egress.source.index import policy_index
 
 # Destinations no policy ever steers, whatever it says: they are not "outside
 # the cluster" in any sense a gateway could serve.
@@ -48,7 +50,7 @@ def selected_policies(state: ClusterState, alloc: Allocation, pod: Pod) -> list[
     then a namespaced policy before a cluster policy, then by key."""
     found = []
     namespace_labels = state.namespace_labels(pod.namespace)
-    for policy in state.policies.values():
+    for policy in policy_index(state.policies).candidates(pod):
         if not policy.selects(pod, namespace_labels):
             continue
         status = alloc.policies.get(policy.key)
@@ -164,45 +166,88 @@ def contested_eips(node_name: str, alloc: Allocation, dead: frozenset[str]) -> l
     return out
 
 
-def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
-               dead: frozenset[str] = frozenset()) -> NodeView:
-    """``dead``: gateway nodes this node's BFD sessions see down.  A standby
-    whose predecessors in an EIP's list are all dead holds the EIP (takes it
-    over); workers keep every gateway in their bundle, the switch skips the
-    dead ones by itself."""
-    node = state.nodes[node_name]
-    node_ip = underlay_address(node)
+def _return_routes(n, node_name: str) -> tuple[ReturnRoute, ...]:
+    """Where replies for a node's pods go.  Replies of both families travel
+    back over the underlay's family."""
+    ip = underlay_address(n)
+    if ip is None:
+        return ()
+    return tuple(ReturnRoute(node=n.name, node_ip=ip, pod_cidr=cidr, local=n.name == node_name)
+                 for cidr in n.pod_cidrs)
+
+
+def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
+                  memo: ViewMemo) -> tuple[list[Steer], set[str]]:
+    """The steers of the node's pods (by pod key) and the EIPs they use.  A
+    pod's are computed again only when something they depend on changed: the
+    pod, its namespace's labels, the policies that may select it (the
+    index's candidates) with their allocation, the cluster's own ranges."""
     steers: list[Steer] = []
+    used: set[str] = set()
     local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
-    unsteered = {v: never_steered(state, v) for v in (4, 6)} if local else {}
+    if not local:
+        return steers, used
+    unsteered = {v: never_steered(state, v) for v in (4, 6)}
+    index = policy_index(state.policies)
+    labels: dict[str, tuple] = {}
     for pod in local:
-        for version in (4, 6):
-            steers.extend(pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
+        ns = labels.get(pod.namespace)
+        if ns is None:
+            ns = labels[pod.namespace] = tuple(sorted(state.namespace_labels(pod.namespace).items()))
+        inputs = (pod, ns, unsteered[4], unsteered[6],
+                  tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items()))
 
-    by_ip = {str(a.ip): a for a in alloc.eips}
-    eip_routes = []
-    for eip in sorted({str(s.eip) for s in steers}):
-        a = by_ip[eip]
-        alive = live_order(a.nodes, dead)
-        eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
-                                   gateways=tuple(a.nodes),
-                                   local=bool(alive) and alive[0] == node_name))
+        def make(pod=pod):
+            mine = tuple(s for version in (4, 6)
+                         for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
+            return mine, frozenset(str(s.eip) for s in mine)
+        mine, eips = memo.get(("steers", pod.key), inputs, make)
+        steers.extend(mine)
+        used |= eips
+    return steers, used
 
+
+def _held(node_name: str, alloc: Allocation, facts: NodeFacts, dead: frozenset[str]):
+    """(EIP -> its assignment, the EIPs this node holds)."""
     held = tuple(
         HeldEip(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key,
                 next_hop_mac=facts.next_hop_mac(a.ip), policies=tuple(sorted(a.policies)),
                 node_ip=a.node_ip)
         for a in sorted(alloc.eips, key=lambda a: a.tunnel_key)
         if live_order(a.nodes, dead)[:1] == (node_name,))
+    return {str(a.ip): a for a in alloc.eips}, held
 
-    return_routes = ()
+
+def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: NodeFacts,
+               dead: frozenset[str] = frozenset(), memo: ViewMemo | None = None) -> NodeView:
+    """``dead``: gateway nodes this node's BFD sessions see down.  A standby
+    whose predecessors in an EIP's list are all dead holds the EIP (takes it
+    over); workers keep every gateway in their bundle, the switch skips the
+    dead ones by itself.  ``memo``: a :class:`~flows.memo.Memo` kept from
+    this node's last build: a pod's steers and a node's return routes are
+    computed again only when what they are computed from changed (the view
+    is exactly the one built without it)."""
+    memo = memo if memo is not None else ViewMemo()
+    node = state.nodes[node_name]
+    node_ip = underlay_address(node)
+    steers, used = _local_steers(node_name, state, alloc, memo)
+
+    by_ip, held = memo.get("eips", (alloc.eips, dead, facts.next_hop_macs, node_name),
+                           lambda: _held(node_name, alloc, facts, dead))
+    eip_routes = []
+    for eip in sorted(used):
+        a = by_ip[eip]
+        alive = live_order(a.nodes, dead)
+        eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
+                                   gateways=tuple(a.nodes),
+                                   local=bool(alive) and alive[0] == node_name))
+
+    return_routes: tuple[ReturnRoute, ...] = ()
     if held:
-        # Replies of both families travel back over the underlay's family.
-        return_routes = tuple(
-            ReturnRoute(node=n.name, node_ip=underlay_address(n), pod_cidr=cidr, local=n.name == node_name)
-            for n in sorted(state.nodes.values(), key=lambda n: n.name)
-            if underlay_address(n) is not None
-            for cidr in n.pod_cidrs)
+        return_routes = tuple(rr for name in sorted(state.nodes)
+                              for rr in memo.get(("return", name), (state.nodes[name], name == node_name),
+                                                 lambda n=state.nodes[name]: _return_routes(n, node_name)))
+    memo.turn()
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
@@ -215,7 +260,7 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
-                 keep: Iterable[str] = ()) -> dict[str, str]:
+                 keep: Iterable[str] = (), memo: ViewMemo | None = None) -> dict[str, str]:
     """Nodes this node keeps a Geneve port (with BFD) to.
 
     A worker: the gateway nodes, active and standbys, of the EIPs its own
@@ -228,30 +273,56 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
     (of any EIP): every other node, because a BFD session needs both ends and
     the gateway does not know which workers send to it (it watches only its
     own node's pods); a session comes up with the workers that have a port
-    back, the others' ports stay idle."""
+    back, the others' ports stay idle.  ``memo``: see :func:`used_gateways`."""
     gateways = {n for a in alloc.eips for n in a.nodes}
     if node_name in gateways:
         wanted = set(state.nodes)
     else:
-        wanted = used_gateways(node_name, state, alloc) | (set(keep) & gateways)
+        wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
     return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
             if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
 
 
-def used_gateways(node_name: str, state: ClusterState, alloc: Allocation) -> set[str]:
-    """Every gateway node of every EIP of a policy selecting a pod of ``node_name``."""
-    nodes_of = {str(a.ip): a.nodes for a in alloc.eips}
-    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
-    with_eip = [(p, [str(ip) for ip in (st.eip_v4, st.eip_v6) if ip is not None])
-                for p in state.policies.values()
-                if (st := alloc.policies.get(p.key)) is not None and (st.eip_v4 is not None or st.eip_v6 is not None)]
+def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
+                  memo: ViewMemo | None = None) -> set[str]:
+    """Every gateway node of every EIP of a policy selecting a pod of
+    ``node_name``.  ``memo``: kept between calls, a pod's are found again
+    only when the pod, its namespace's labels, its candidate policies or
+    their allocation changed."""
+    memo = memo if memo is not None else ViewMemo()
+    index = policy_index(state.policies)
     out: set[str] = set()
     for pod in state.pods.values():
         if pod.node != node_name:
             continue
         namespace_labels = state.namespace_labels(pod.namespace)
-        for policy, eips in with_eip:
-            if policy.selects(pod, namespace_labels):
-                for ip in eips:
-                    out.update(nodes_of.get(ip, ()))
+        candidates = tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items())
+        out |= memo.get(("gateways", pod.key), (pod, namespace_labels, candidates, alloc.eips),
+                        lambda pod=pod, labels=namespace_labels, candidates=candidates:
+                        _pod_gateways(pod, labels, candidates, alloc))
+    memo.turn()
     return out
+
+
+def _pod_gateways(pod: Pod, namespace_labels, candidates, alloc: Allocation) -> frozenset[str]:
+    # selected_policies' rule, over the policies that have an EIP only (the others lead nowhere)
+    nodes_of = _nodes_of(alloc.eips)
+    out: set[str] = set()
+    for policy, st in candidates:
+        if st is None or (st.eip_v4 is None and st.eip_v6 is None) or not policy.selects(pod, namespace_labels):
+            continue
+        for ip in (st.eip_v4, st.eip_v6):
+            if ip is not None:
+                out.update(nodes_of.get(str(ip), ()))
+    return frozenset(out)
+
+
+_NODES_OF: tuple = (None, None)  # (the EIP assignments, EIP -> its gateway nodes): one per process
+
+
+def _nodes_of(eips) -> dict[str, tuple[str, ...]]:
+    global _NODES_OF
+    last = _NODES_OF
+    if last[0] != eips:  # the same assignments (one allocation version): one pointer each
+        last = _NODES_OF = (eips, {str(a.ip): a.nodes for a in eips})
+    return last[1]

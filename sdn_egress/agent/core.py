@@ -112,6 +112,11 @@ class AgentCore:
         self.oversized = {"icmp": 0, "fragmented": 0, "dropped": 0}  # packet-ins of uplink_mtu
         self.last_result = PassResult()
         self.passes = 0
+        # What the last pass computed per object (steers, return routes, their
+        # flows), so a pass redoes only what changed; a full pass starts afresh.
+        self._view_memo = flows.Memo()
+        self._flow_memo = flows.Memo()
+        self._v6_of: tuple = (None, False)  # (the last view, whether it steers IPv6)
 
     # -- switch connections (called from os-ken's thread) --------------------
     def bridge_of(self, dpid: int) -> str | None:
@@ -239,8 +244,11 @@ class AgentCore:
         if self.metrics:
             self.metrics.bfd_peers_down.set(len(self.peers.dead))
         facts = self.node.facts(state, alloc, refresh=full, dead=dead)
-        view = build_view(self.config.node, state, alloc, facts, dead=dead)
-        desired = flows.build(view)
+        if full:
+            self._view_memo.clear()
+            self._flow_memo.clear()
+        view = build_view(self.config.node, state, alloc, facts, dead=dead, memo=self._view_memo)
+        desired = flows.build(view, self._flow_memo)
         self._record(desired, view)
         result = PassResult(view=view, changes=self.bridges.sync(bridges, desired, full))
         self.host.sync(state, view)
@@ -347,12 +355,17 @@ class AgentCore:
             "tunnel_mtu_source": mtu[1] if mtu else None,
             "mss": view.tunnel_mtu - 40 if view else None,
             # IPv6 steered (its route into egw0 carries max(tunnel MTU, 1280)): its MSS clamp
-            "mss_v6": (max(view.tunnel_mtu, 1280) - 60
-                       if view and any(s.pod_ip.version == 6 for s in view.steers) else None),
+            "mss_v6": (max(view.tunnel_mtu, 1280) - 60 if view and self._steers_v6(view) else None),
             "oversized": dict(self.oversized),
             "bfd": self.node.bfd_report(),
             "new_pod_hold": self.host.status(),
         }
+
+    def _steers_v6(self, view: NodeView) -> bool:
+        """Whether the view steers IPv6 (looked at once per view, not at every status)."""
+        if self._v6_of[0] is not view:
+            self._v6_of = (view, any(s.pod_ip.version == 6 for s in view.steers))
+        return self._v6_of[1]
 
     def _write_status(self) -> None:
         status = self.status()

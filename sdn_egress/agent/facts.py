@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from flows.memo import Memo
 from flows.view import Ports
 from ovs_setup.ovsdb import FLOW_PORT, TUNNEL_PREFIX, tunnel_port_names
 from sdn_egress.agent import pmtu
@@ -41,6 +42,7 @@ class NodeReader:
         self.port_names: dict[str, str] = {}  # peer -> its tunnel port
         self._peer_of_port: dict[str, str] = {}  # the reverse, built once per change of peers
         self._next_hops: dict[str, str] = {}
+        self._gateways_memo = Memo()  # each local pod's gateway nodes, while it and its policies stay
         self.unresolved: list[str] = []
         self.tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
 
@@ -51,7 +53,7 @@ class NodeReader:
             names = set(self.db.ofports("br-int"))
             keep = [p for p, name in tunnel_port_names({n for a in alloc.eips for n in a.nodes}).items()
                     if name in names]
-        peers = tunnel_peers(self.node, state, alloc, keep=keep)
+        peers = tunnel_peers(self.node, state, alloc, keep=keep, memo=self._gateways_memo)
         if peers == self.peers:
             return
         self.db.sync_tunnels("br-int", peers, self._bfd())

@@ -105,10 +105,17 @@ class Assembler:
     def __init__(self) -> None:
         self.kept: dict[ObjectRef, Kept] = {}  # the last valid version of every object
         self.accepted: dict[str, Accepted] = {}  # str(ref) -> incumbency
+        self._remembered: tuple = (None, None)  # (the mapping last remembered, the copy made of it)
 
     def remember(self, accepted: Mapping[str, Accepted]) -> None:
-        """Incumbency as the stored allocation records it (its ``accepted``)."""
+        """Incumbency as the stored allocation records it (its ``accepted``).
+        The same mapping again, while :attr:`accepted` is still the copy made
+        of it, changes nothing and keeps that copy (a caller that compares
+        it by identity sees it unchanged)."""
+        if self._remembered[0] is accepted and self._remembered[1] is self.accepted:
+            return
         self.accepted = dict(accepted)
+        self._remembered = (accepted, self.accepted)
 
     def assemble(self, objects: Iterable[tuple[Any, str]],
                  extra_cluster_cidrs: Iterable[netaddr.IPNetwork] = ()) -> ClusterState:

@@ -61,6 +61,7 @@ class KubeSource:
         self._parsed = {kind: _Parsed(inf.res) for kind, inf in self.informers.items()}
         self._checked: dict | None = None  # the Assembler's last result (namespaces, gateways, policies)
         self._checked_with: dict | None = None  # the incumbency it started from
+        self._compared: tuple | None = None  # (incumbency, _checked_with, equal) as last compared
         self.service_cidr_informer = (
             Informer(api_client, SERVICE_CIDRS, on_change=self._changed.set, optional=True, **kwargs)
             if detect_service_cidrs else None)
@@ -132,8 +133,7 @@ class KubeSource:
         again only when one of them, or the incumbency, changed."""
         kinds = [k for k in ("Namespace", "EgressGateway", "EgressPolicy", "EgressClusterPolicy")
                  if k in self._parsed]
-        if self._checked is not None and not moved.intersection(kinds) \
-                and self._history.accepted == self._checked_with:
+        if self._checked is not None and not moved.intersection(kinds) and self._same_incumbency():
             return self._checked
         run = Pass()
         namespace_errors = 0
@@ -145,6 +145,16 @@ class KubeSource:
         self._checked_with = self._history.accepted
         self._checked = {"by_kind": by_kind, "errors": tuple(run.errors), "namespace_errors": namespace_errors}
         return self._checked
+
+    def _same_incumbency(self) -> bool:
+        """Whether the incumbency is the one the last check started from;
+        compared once per pair of mappings (neither is changed in place:
+        each is replaced), not object by object at every snapshot."""
+        pair = (self._history.accepted, self._checked_with)
+        last = self._compared
+        if last is None or last[0] is not pair[0] or last[1] is not pair[1]:
+            last = self._compared = (*pair, pair[0] == pair[1])
+        return last[2]
 
     def service_cidrs(self) -> list[netaddr.IPNetwork]:
         """The CIDRs of the cluster's ServiceCIDR objects (none where it serves none)."""
