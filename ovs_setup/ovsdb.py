@@ -161,6 +161,10 @@ def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNE
             attrs = [("type", "geneve"), ("options", {"remote_ip": ip, "key": "flow"}),
                      ("external_ids", {"sdn-egress-peer": peer})]
             attrs.append(("bfd", dict(bfd or {})))
+            # db_set merges a map into what the column has: without the clear
+            # a key dropped from ``bfd`` (cpath_down after a rejoin) stayed.
+            if port in existing:  # (a port new in this transaction has no column to clear)
+                txn.add(api.db_clear("Interface", port, "bfd"))
             txn.add(api.db_set("Interface", port, *attrs))
         for port in sorted(existing - set(wanted) - {flow_port}):
             txn.add(api.del_port(port, bridge=bridge, if_exists=True))

@@ -57,7 +57,9 @@ def _current_rules(ipr, version: int) -> set[Rule]:
 def _rule(ipr, cmd: str, rule: Rule) -> None:
     kw = dict(family=AF[rule.src.version], priority=rule.priority, src=str(rule.src.ip), src_len=rule.src.prefixlen)
     if rule.dst.prefixlen:
-        kw.update(dst=str(rule.dst.network), dst_len=rule.dst.prefixlen)
+        # As ADDRESS/LEN: pyroute2 drops a bare "::" or "0.0.0.0" (taken for the
+        # default), and the kernel refuses a dst_len without its address (EINVAL).
+        kw["dst"] = f"{rule.dst.network}/{rule.dst.prefixlen}"
     if rule.iif:
         kw["iifname"] = rule.iif
     if rule.table == 0:

@@ -94,8 +94,19 @@ def local_addresses(pods, node: str) -> dict[str, str]:
     return out
 
 
-def _rule_of(s: Steer, iif: str = "") -> Rule:
-    return steer_rule(s.pod_ip, s.dest, iif, s.rank, s.exclude)
+def _rules_of(s: Steer, iif: str = "") -> tuple[Rule, ...]:
+    """The steer's rule; a steer to everywhere (``::/0``: an IPv6 policy
+    without destSubnet, its exclusions being rules of their own) is two, the
+    halves of the address space.  The kernel takes a rule without a
+    destination for a duplicate of every rule of the same priority, source,
+    iif and table whatever that one's destination (fib_rules' compare skips
+    an absent dst): it refused ``to ::/0`` with EEXIST while the rule of a
+    narrower destSubnet was still there, as adds go before deletes, and the
+    agent never finished a pass again (issue 12: a policy replaced by a
+    wider one)."""
+    if s.dest.prefixlen:
+        return (steer_rule(s.pod_ip, s.dest, iif, s.rank, s.exclude),)
+    return tuple(steer_rule(s.pod_ip, half, iif, s.rank, s.exclude) for half in s.dest.subnet(1))
 
 
 def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None = None,
@@ -113,11 +124,11 @@ def desired_rules(steers: tuple[Steer, ...], interfaces: dict[str, str] | None =
     # rule (EINVAL for a destination whose address is ::), and never forwards a packet there.
     steers = tuple(s for s in steers if not (s.dest.version == 6 and s.dest in UNSPECIFIED6))
     if not interfaces:
-        return {_rule_of(s) for s in steers}
+        return {r for s in steers for r in _rules_of(s)}
     if bound is None:
         bound = {address_key(s.pod, s.pod_ip): interfaces[str(s.pod_ip)] for s in steers
                  if str(s.pod_ip) in interfaces}
-    return {_rule_of(s, bound[k]) for s in steers if (k := address_key(s.pod, s.pod_ip)) in bound}
+    return {r for s in steers if (k := address_key(s.pod, s.pod_ip)) in bound for r in _rules_of(s, bound[k])}
 
 
 def hold_rules(hold: Hold, released) -> set[Rule]:

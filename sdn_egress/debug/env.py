@@ -278,10 +278,11 @@ class ClusterEnv:
         return {}
 
     def address(self, node: str) -> str:
+        from sdn_egress.view import underlay_address
         n = self.cluster_state().nodes.get(node)
-        addr = n.address(4) if n else None
+        addr = underlay_address(n) if n else None  # IPv4, or IPv6 on an IPv6-only cluster
         if addr is None:
-            raise EnvError(f"Node {node}: no IPv4 address in status.addresses")
+            raise EnvError(f"Node {node}: no address in status.addresses")
         return str(addr)
 
     # -- this node -----------------------------------------------------------------------

@@ -78,6 +78,14 @@ def _packet(proto: str, src: str, dst: str, port: int | None) -> str:
     return spec
 
 
+def _tunnel_ends(src: str, dst: str) -> str:
+    """The outer addresses of the Geneve packet: ``tun_src``/``tun_dst`` are
+    IPv4 only, an IPv6 underlay (an IPv6-only cluster) has its own fields."""
+    if ":" in src:
+        return f"tun_ipv6_src={src},tun_ipv6_dst={dst}"
+    return f"tun_src={src},tun_dst={dst}"
+
+
 def split_destination(dst: str) -> tuple[str, int | None]:
     """``IP``, ``IPv4:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address -> (address, port)."""
     if dst.startswith("["):
@@ -197,7 +205,7 @@ def _gateway(env, out: dict, gw: str, node: str, key: int, proto: str, pod_ip: s
         return
     from ovs_setup.ovsdb import FLOW_PORT, tunnel_port_name
     in_port = tunnel_port_name(node) if tunnel_port_name(node) in ports else FLOW_PORT
-    flow = (f"in_port={in_port},tun_id={key:#x},tun_src={env.address(node)},tun_dst={env.address(gw)},"
+    flow = (f"in_port={in_port},tun_id={key:#x},{_tunnel_ends(env.address(node), env.address(gw))},"
             f"dl_dst={GW_MAC}," + _packet(proto, pod_ip, host, dport))
     second = parse_trace(gw_ovs.appctl("ofproto/trace", "br-int", flow), owners(gw))
     out["hops"].append({"where": f"{gw} br-int (gateway, over Geneve tun_id={key:#x})", "flow": flow, **second})

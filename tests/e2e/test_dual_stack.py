@@ -129,9 +129,6 @@ def brex_mac(lab, node: str) -> str:
     return lab.exec(node, ["cat", "/sys/class/net/br-ex/address"]).stdout.strip()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12, product side: in the dual-stack lab the revived node's agent "
-                   "reports no second pass within 20 s (the failover itself passes: both EIPs on the survivor, "
-                   "no leak, one ARP and one NA answerer); seen once at 13:10, cause not found")
 def test_killing_the_active_gateway_moves_both_eips_and_neither_leaks(lab, policy):
     eip4, eip6 = policy(policy_doc("cart", "shop"))
     seen_as(lab, "shop/cart-0", V4, eip4)

@@ -103,6 +103,18 @@ def test_tunnels_follow_the_peer_set(node):
     long = ovsdb.tunnel_port_name("a-very-long-node-name-indeed")
     assert len(long) <= 15 and long == ovsdb.tunnel_port_name("a-very-long-node-name-indeed")
     assert set(ovsdb.ofports(api, "br-int")) >= {"egw0", "gnv-flow", "gnv-alpha"}
+    # A tunnel's bfd is exactly what the last sync asked for: a key left out
+    # (cpath_down once a healed gateway has rejoined, all of it with BFD off)
+    # is gone. OVSDB map columns are merged by db_set: cpath_down stayed, and
+    # the peers kept seeing the rejoined node not forwarding.  (Here, not in a
+    # test of its own: ovsdbapp keeps one connection per process.)
+    bfd = {"enable": "true", "min_tx": "100", "min_rx": "100"}
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31"}, bfd={**bfd, "cpath_down": "true"})
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd:cpath_down").strip() == '"true"'
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31"}, bfd=bfd)
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd").strip() == '{enable="true", min_rx="100", min_tx="100"}'
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31"})
+    assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd").strip() == "{}"
 
 
 def test_a_missing_uplink_is_one_clear_error(node):

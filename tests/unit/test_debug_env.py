@@ -129,6 +129,41 @@ def test_trace_gateway_hop_on_the_gateway_uses_the_eips_tunnel_key_from_the_allo
     assert hop["datapath_actions"].startswith("ct(commit,zone=7100,nat(src=192.0.2.200))")
 
 
+def ipv6_cluster():
+    """The cart cluster on IPv6 only: the tunnels run over the IPv6 underlay."""
+    import netaddr
+
+    from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy, LabelSelector, Node, Pod, frozen_labels
+    ip, net = netaddr.IPAddress, netaddr.IPNetwork
+    nodes = [Node(name=n, labels=frozen_labels(lb), addresses=(ip(f"2001:db8::{11 + i}"),),
+                  pod_cidrs=(net(f"2001:db8:1:{i}::/64"),)) for i, (n, lb) in
+             enumerate((("alpha", {"egress": "true"}), ("bravo", {})))]
+    cart = Pod(namespace="shop", name="cart-0", node="bravo", labels=frozen_labels({"app": "cart"}),
+               ips=(ip("2001:db8:1:1::2"),))
+    gw = EgressGateway(name="edge", node_selector=LabelSelector(match_labels=(("egress", "true"),)),
+                       pool_v6=(netaddr.IPRange("2001:db8::200", "2001:db8::210"),))
+    pol = EgressPolicy(namespace="shop", name="cart", gateway="edge",
+                       pod_selector=LabelSelector(match_labels=frozen_labels({"app": "cart"})),
+                       dest_subnets=(net("2001:db8:100::/64"),))
+    st = ClusterState(nodes={n.name: n for n in nodes}, pods={cart.key: cart}, gateways={"edge": gw},
+                      policies={pol.key: pol})
+    return st, allocate(st)
+
+
+def test_trace_gateway_hop_over_an_ipv6_underlay_gives_the_tunnels_ipv6_ends():
+    st, alloc = ipv6_cluster()
+    sw = FakeSwitch({"br-int": ALPHA_TRACE})
+    reports = {"alpha": {"time": NOW - 2, "held_eips": ["2001:db8::200"]}}
+    t = trace(FakeNode(st, alloc, "alpha", reports, sw, {}), "shop/cart-0", "[2001:db8:100::10]:53", "udp",
+              gateway_hop=True)
+    key = alloc.eip("2001:db8::200").tunnel_key
+    # tun_src/tun_dst take IPv4 only: ofproto/trace refuses an IPv6 address there
+    assert sw.asked == [f"in_port=gnv-bravo,tun_id={key:#x},tun_ipv6_src=2001:db8::12,tun_ipv6_dst=2001:db8::11,"
+                        "dl_dst=0a:58:a9:fe:00:01,udp6,ipv6_src=2001:db8:1:1::2,ipv6_dst=2001:db8:100::10,"
+                        "nw_ttl=64,udp_src=40000,udp_dst=53"]
+    assert t["hops"][0]["where"] == f"alpha br-int (gateway, over Geneve tun_id={key:#x})"
+
+
 def test_trace_gateway_hop_for_an_unsteered_pod_says_there_is_none():
     st, alloc = cart_cluster()
     t = trace(FakeNode(st, alloc, "alpha", {}, FakeSwitch({}), {}), "shop/web-0", "198.51.100.10", "udp",

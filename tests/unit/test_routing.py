@@ -146,7 +146,7 @@ def test_a_rule_the_kernel_refuses_does_not_keep_the_others_out(monkeypatch, tmp
             return []
 
         def rule(self, cmd, **kw):
-            if kw.get("dst") == "2001:db8:ff::7":
+            if kw.get("dst") == "2001:db8:ff::7/128":
                 raise OSError(22, "Invalid argument")
             added.append((kw["priority"], kw["src"], kw.get("dst")))
 
@@ -161,5 +161,23 @@ def test_a_rule_the_kernel_refuses_does_not_keep_the_others_out(monkeypatch, tmp
     hold = routing.Hold(pod_cidrs=(net("203.0.113.32/27"),), exempt=())
     with pytest.raises(RuntimeError, match="1 rules refused"):
         r.sync(steers, 1450, local_pods={"shop/a": "203.0.113.34"}, hold=hold)
-    assert (7100, "203.0.113.34", "198.51.100.0") in added  # the IPv4 steer went in
+    assert (7100, "203.0.113.34", "198.51.100.0/24") in added  # the IPv4 steer went in
     assert (7220, "203.0.113.32", None) in added  # and the hold
+
+
+def test_a_steer_to_everywhere_is_two_rules_the_halves_of_the_address_space():
+    """A rule without a destination would be a duplicate, for the kernel, of
+    any rule of the same priority, source, iif and table (the narrower
+    destSubnet's, not yet deleted): see tests/integration/test_routing_kernel.py."""
+    import netaddr
+
+    from flows.view import Steer
+    from sdn_egress.agent.routing import desired_rules
+    ip, net = netaddr.IPAddress, netaddr.IPNetwork
+    steers = (Steer("shop/a", ip("2001:db8:1:1::2"), net("::/0"), "shop/cart", ip("2001:db8::200")),
+              Steer("shop/a", ip("203.0.113.34"), net("0.0.0.0/0"), "shop/cart", ip("192.0.2.200")))
+    assert sorted(str(r) for r in desired_rules(steers, {"2001:db8:1:1::2": "cali1", "203.0.113.34": "cali1"})) == [
+        "7100: from 2001:db8:1:1::2/128 to 8000::/1 iif cali1 lookup 7100",
+        "7100: from 2001:db8:1:1::2/128 to ::/1 iif cali1 lookup 7100",
+        "7100: from 203.0.113.34/32 to 0.0.0.0/1 iif cali1 lookup 7100",
+        "7100: from 203.0.113.34/32 to 128.0.0.0/1 iif cali1 lookup 7100"]
