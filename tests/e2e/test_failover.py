@@ -256,6 +256,9 @@ def test_a_cut_off_active_releases_its_eip_and_one_holder_remains_after_the_heal
     # The controller lists the survivor first; the healed node becomes its standby.
     wait_for(lambda: active(lab, eip) == survivor, "the controller re-ordered")
     wait_for(lambda: lab.agent_status(victim).get("rejoining") is False, "the healed node rejoined")
+    # It forwards again (cpath_down cleared): the survivor and the worker see it alive, a standby.
+    wait_for(lambda: all(victim not in lab.agent_status(n).get("dead_peers", []) for n in (survivor, "charlie")),
+             "the peers see the healed node forwarding again")
     converged(lab)
     time.sleep(1.0)  # room for a flap to show
     assert holders(lab, eip) == [survivor]
