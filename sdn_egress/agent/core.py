@@ -105,6 +105,7 @@ class AgentCore:
         self.host = HostStep(config.node, routing, config.new_pod_hold, config.hold_poll)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._stopped = threading.Event()  # run() has returned
         self._dpids: dict[int, str] = {}
         self._logged_errors: tuple = ()
         self._held: set[str] = set()
@@ -148,13 +149,20 @@ class AgentCore:
     def run(self) -> None:
         next_full = 0.0
         backoff = Backoff(most=5.0)
-        while not self._stop.is_set():
-            now = time.monotonic()
-            full = now >= next_full
-            self.run_pass(full, backoff)
-            if full:
-                next_full = now + self.config.resync_interval
-            self._wait(next_full, backoff)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                full = now >= next_full
+                self.run_pass(full, backoff)
+                if full:
+                    next_full = now + self.config.resync_interval
+                self._wait(next_full, backoff)
+        finally:
+            self._stopped.set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After :meth:`stop`: wait for the pass under way to end."""
+        return self._stopped.wait(timeout)
 
     def run_pass(self, full: bool, backoff: Backoff) -> None:
         """One pass that never raises: a failure is logged, reported and

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import threading
 
 from sdn_egress.kube.client import add_source_arguments
 
+STOP_TIMEOUT = 5.0  # seconds for the pass under way to end at a stop
 LOG = logging.getLogger(__name__)
 
 API_BACKOFF = 10.0  # seconds: the longest wait between two tries to reach the API server
@@ -71,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from os_ken.lib import hub
 
     from sdn_egress.agent.core import AgentConfig, AgentCore
     from sdn_egress.agent.nodedb import OvsdbNode
@@ -162,18 +164,29 @@ def run(args: argparse.Namespace) -> int:
     contexts = manager.create_contexts()
     services = manager.instantiate_apps(agent_core=core, **contexts)
 
+    stopping = threading.Event()
+
     def stop(signum, frame):
         LOG.info("agent %s: signal %d, stopping (flows stay on the switch)", args.node, signum)
-        core.stop()
-        manager.close()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     LOG.info("agent %s: listening for OpenFlow on %s", args.node, listen)
     try:
-        hub.joinall(services)
+        while not stopping.wait(1.0) and any(t.is_alive() for t in services):
+            pass
     finally:
         core.stop()
+        if not core.wait_stopped(STOP_TIMEOUT):
+            LOG.warning("agent %s: the pass under way did not end within %.0f s", args.node, STOP_TIMEOUT)
         for part in started:
             part.stop()
-    return 0
+    LOG.info("agent %s: stopped", args.node)
+    logging.shutdown()
+    # os-ken's native hub cannot stop its threads (hub.kill does nothing; the
+    # OpenFlow server and the datapaths' loops are not daemons): a return
+    # would leave the process hanging until SIGKILL, the pod's whole grace
+    # period.  Our own work is done and written (files atomically, flows by
+    # bundle), so the process ends here.
+    os._exit(0)

@@ -128,6 +128,9 @@ class Node:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+STOP_BOUND = 8  # seconds: a stop ends the pass under way (at most 5 s), then the process
+
+
 @pytest.fixture
 def node(tmp_path):
     if os.geteuid() != 0:
@@ -190,8 +193,13 @@ def test_agent_installs_exactly_the_pipeline_and_keeps_it(node):
     wait_for(lambda: any("nw_src=203.0.113.2" in f for f in node.flows()), "deleted flow restored")
 
     # Restart: flows that are still right are not touched (no flow added or removed).
-    node.stop_agent()
+    # SIGTERM ends the agent by itself (exit 0, the pod's grace period not
+    # spent waiting for a SIGKILL), its flows left on the switch.
+    node.agent.terminate()
+    assert node.agent.wait(STOP_BOUND) == 0
+    assert node.log_text().rstrip().endswith("agent alpha: stopped")
     before = node.flows()
+    assert before == dump
     mark = len(node.log_text())
     node.start_agent()
     wait_for(lambda: node.agent_status().get("passes", 0) >= 1 and
