@@ -37,6 +37,7 @@ PREVIOUS = "previous.json"
 HEAD = "sdn-egress-allocation-head"
 PREVIOUS_HEAD = "previous"
 WRITTEN = "written.json"
+CREATED = "created.json"
 NAMED = 256  # records a head names at most (a first write or a migration writes them all: not named)
 
 
@@ -52,25 +53,40 @@ def head_generation(cm: dict | None) -> int:
     return _number(((cm or {}).get("data") or {}).get(GENERATION, 0))
 
 
-def head_data(gen: int, previous: int, written) -> dict[str, str]:
-    written = sorted(written)
+def head_data(gen: int, previous: int, written, created=()) -> dict[str, str]:
+    """``created``: the names of ``written`` that did not exist before."""
+    written, created = sorted(written), sorted(created)
+    if len(written) > NAMED:
+        return {GENERATION: str(gen), PREVIOUS_HEAD: str(previous)}
     return {GENERATION: str(gen), PREVIOUS_HEAD: str(previous),
-            **({WRITTEN: json.dumps(written, separators=(",", ":"))} if len(written) <= NAMED else {})}
+            WRITTEN: json.dumps(written, separators=(",", ":")),
+            **({CREATED: json.dumps(created, separators=(",", ":"))} if created else {})}
 
 
-def reading_at(head: dict | None, items) -> int:
+def _names(data: dict, key: str) -> set[str]:
+    try:
+        return set(json.loads(data.get(key) or "[]"))
+    except ValueError:
+        return set()
+
+
+def reading_at(head: dict | None, items, selects_all: str | None = None) -> int:
     """The generation a reader with these records (ConfigMaps) reads at: the
     head's, or the one before while a record the head names as written at
-    it is still older here."""
+    it is still older here.  ``selects_all``: the reader receives every
+    record whose name starts so (a reader of all EIP records): a record the
+    head names as created at its generation that has not arrived yet is
+    waited for too.  (A reader of a node's part cannot tell which created
+    records are its own: for it, one that arrives after the head is missing
+    from the new generation until it does, docs/kubernetes.md.)"""
     gen = head_generation(head)
     data = (head or {}).get("data") or {}
-    try:
-        written = set(json.loads(data.get(WRITTEN) or "[]"))
-    except ValueError:
-        written = set()
-    if any(record_generation(cm) < gen for cm in items if cm["metadata"]["name"] in written):
-        return _number(data.get(PREVIOUS_HEAD, 0))
-    return gen
+    written = _names(data, WRITTEN)
+    behind = any(record_generation(cm) < gen for cm in items if cm["metadata"]["name"] in written)
+    if not behind and selects_all is not None:
+        have = {cm["metadata"]["name"] for cm in items}
+        behind = any(n.startswith(selects_all) and n not in have for n in _names(data, CREATED))
+    return _number(data.get(PREVIOUS_HEAD, 0)) if behind else gen
 
 
 def record_generation(cm: dict) -> int:

@@ -30,12 +30,13 @@ import logging
 import threading
 
 from sdn_egress.allocation import records
-from sdn_egress.allocation.generations import HEAD, reading_at
+from sdn_egress.allocation.generations import HEAD, head_generation, reading_at
 from sdn_egress.allocation.store_file import FileAllocationStore
 from sdn_egress.allocation.store_kube import CONFIGMAP, RECORD_LABEL, _ConfigMapWatch, legacy_allocation, \
     parse_records
 from sdn_egress.allocation.types import Allocation
 from sdn_egress.model import ClusterState
+from sdn_egress.source.index import policy_index
 
 LOG = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ def policies_for(node: str, state: ClusterState) -> tuple[set[str], set[str]]:
     local = [p for p in state.pods.values() if p.node == node]
     namespaces = {p.namespace for p in local}
     wanted: set[str] = set()
+    index = policy_index(state.policies)  # only the policies that could select each pod
     for pod in local:
         labels = state.namespace_labels(pod.namespace)
-        wanted.update(p.key for p in state.policies.values() if p.key not in wanted and p.selects(pod, labels))
+        wanted.update(p.key for p in index.candidates(pod) if p.key not in wanted and p.selects(pod, labels))
     refused = {e.ref.key for e in state.errors if e.ref.kind in POLICY_KINDS}
     wanted.update(k for k in refused if "/" not in k or k.split("/", 1)[0] in namespaces)
     return wanted, set(state.policies) | refused
@@ -83,6 +85,9 @@ class KubeAllocationReader:
         self._parsed: tuple[tuple, Allocation | None] | None = None
         self._selected_from: tuple | None = None  # the state parts the selection was made from
         self._running = False
+        self._last: dict[str, dict[str, dict]] = {}  # watch ("" or a policy key) -> its records last read
+        self._last_head = 0  # the head's generation at the last read
+        self._vanished: dict[str, tuple[int, dict]] = {}  # record -> (the head when it vanished, its last value)
 
     def _informer(self, label_selector: str):
         from sdn_egress.kube.informer import BACKOFF_MAX, Informer
@@ -135,14 +140,31 @@ class KubeAllocationReader:
                                    "listed yet; the switch keeps its flows")
         self._selected_from = parts
 
-    def _items(self) -> list[dict]:
+    def _items(self, head: int) -> list[dict]:
+        """The records of the node's part (or all), with those that vanished
+        from a watch that still runs while this reader's head has not moved:
+        a record is deleted only after a head past its tombstone is written,
+        so its deletion seen before that head means the head's watch trails;
+        until it moves, the record's last value stays in force here."""
         if self.node is None or self.source is None:
-            return self.informer.items()
-        self._select()
+            by_watch = {"": self.informer.items()}
+        else:
+            self._select()
+            by_watch = {"": self.informer.items(), **{k: inf.items() for k, inf in self.policy_informers.items()}}
         seen = {}
-        for inf in (self.informer, *self.policy_informers.values()):
-            for cm in inf.items():
-                seen[cm["metadata"]["name"]] = cm
+        for key, got in by_watch.items():
+            names = {cm["metadata"]["name"]: cm for cm in got}
+            for name, cm in (self._last.get(key) or {}).items():
+                if name not in names and name not in self._vanished and head <= self._last_head:
+                    self._vanished[name] = (head, cm)  # gone, and no newer head seen since it was there
+            seen.update(names)
+        self._last = {key: {cm["metadata"]["name"]: cm for cm in got} for key, got in by_watch.items()}
+        self._last_head = head
+        for name, (at, cm) in list(self._vanished.items()):
+            if name in seen or head > at:
+                del self._vanished[name]
+            else:
+                seen[name] = cm
         return [seen[n] for n in sorted(seen)]
 
     def load(self) -> Allocation | None:
@@ -152,8 +174,13 @@ class KubeAllocationReader:
             if self._parsed is None or self._parsed[0] != version:
                 self._parsed = (version, legacy_allocation(legacy, f"ConfigMap {self.namespace}/{self._legacy.name}"))
             return self._parsed[1]
-        items = self._items()
-        head = reading_at(self._head.get(), items)
+        head_cm = self._head.get()  # read once, before the records: a newer record is waited for
+        items = self._items(head_generation(head_cm))
+        head = reading_at(head_cm, items, selects_all=None if self.node else records.EIP_PREFIX)
+        if head < head_generation(head_cm) and self._parsed is not None:
+            # Behind the head: what was read last stays (a whole generation);
+            # the one before the head cannot be rebuilt once its tombstones are gone.
+            return self._parsed[1]
         version = (head, *(((cm.get("metadata") or {}).get("name"), (cm.get("metadata") or {}).get("resourceVersion"))
                            for cm in items))
         if self._parsed is None or self._parsed[0] != version:

@@ -46,8 +46,11 @@ def _hashed(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+EIP_PREFIX = f"{PREFIX}eip-"  # every EIP record's name starts so
+
+
 def eip_name(ip) -> str:
-    return f"{PREFIX}eip-v{ip.version}-" + str(ip).replace(".", "-").replace(":", "-")
+    return f"{EIP_PREFIX}v{ip.version}-" + str(ip).replace(".", "-").replace(":", "-")
 
 
 def object_name(ref: ObjectRef) -> str:

@@ -224,11 +224,12 @@ class KubeAllocationStore:
         for batch, do in ((tombstones, lambda n: self._tombstone(n, gen, head)),
                           (objects, lambda r: self._put(r, gen, head)), (eips, lambda r: self._put(r, gen, head))):
             _each(batch, do)
-        self._commit(gen, head, [*tombstones, *(r.name for r in objects), *(r.name for r in eips)])
+        self._commit(gen, head, [*tombstones, *(r.name for r in objects), *(r.name for r in eips)],
+                     [name for name in new if name not in known])
         _each(gone, self._delete)
         return True
 
-    def _commit(self, gen: int, head: int, written: list[str]) -> None:
+    def _commit(self, gen: int, head: int, written: list[str], created: list[str]) -> None:
         """The head names ``gen``: from now on the records written at it are in force."""
         from kubernetes.client.rest import ApiException
 
@@ -236,13 +237,13 @@ class KubeAllocationStore:
         cm = self._read_head()
         if cm is None:
             api.create_namespaced_config_map(self.namespace, {
-                "apiVersion": "v1", "kind": "ConfigMap", "data": generations.head_data(gen, head, written),
+                "apiVersion": "v1", "kind": "ConfigMap", "data": generations.head_data(gen, head, written, created),
                 "metadata": {"name": HEAD, "namespace": self.namespace,
                              "labels": {"app.kubernetes.io/name": "sdn-egress"}}}, _preload_content=False)
         else:
             if generations.head_generation(cm) >= gen:  # another controller wrote since we read
                 raise ApiException(status=409, reason=f"ConfigMap {self.namespace}/{HEAD} moved past {gen}")
-            cm["data"] = generations.head_data(gen, head, written)
+            cm["data"] = generations.head_data(gen, head, written, created)
             api.replace_namespaced_config_map(HEAD, self.namespace, cm, _preload_content=False)
         self._head = gen
 

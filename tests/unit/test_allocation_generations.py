@@ -41,6 +41,14 @@ def test_a_reader_whose_record_watch_trails_the_head_reads_the_generation_before
     many = head_data(9, 7, [f"r{i}" for i in range(1000)])
     assert "written.json" not in many and json.loads(head_data(1, 0, ["x"])["written.json"]) == ["x"]
     assert reading_at(None, behind) == 0
+    # A record created at the head's generation that has not come yet: a reader
+    # of every EIP record waits for it; a node's part cannot tell it is its own.
+    created = {"metadata": {"name": HEAD}, "data": head_data(7, 4, ["sdn-egress-eip-a", "b"], ["sdn-egress-eip-a"])}
+    mine = [cm("b", record_data("{}", 7, None))]
+    assert reading_at(created, mine, selects_all="sdn-egress-eip-") == 4
+    assert reading_at(created, [*mine, cm("sdn-egress-eip-a", record_data("{}", 7, None))],
+                      selects_all="sdn-egress-eip-") == 7
+    assert reading_at(created, mine) == 7
 
 
 def test_an_eip_record_is_labelled_with_its_gateway_nodes_and_policies():
