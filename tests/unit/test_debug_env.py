@@ -114,21 +114,6 @@ def test_trace_on_the_pods_node_follows_its_switch_and_says_where_the_gateway_ho
     assert "[alpha (gateway)]\n  => not traced from here" in render(t)
 
 
-def test_trace_gateway_hop_on_the_gateway_uses_the_eips_tunnel_key_from_the_allocation():
-    st, alloc = cart_cluster()
-    sw = FakeSwitch({"br-int": ALPHA_TRACE})
-    reports = {"alpha": {"time": NOW - 2, "held_eips": ["192.0.2.200"]}}
-    t = trace(FakeNode(st, alloc, "alpha", reports, sw, {}), "shop/cart-0", "198.51.100.10:53", "udp",
-              gateway_hop=True)
-    key = alloc.eip("192.0.2.200").tunnel_key
-    assert sw.asked == [f"in_port=gnv-bravo,tun_id={key:#x},tun_src=192.0.2.12,tun_dst=192.0.2.11,"
-                        "dl_dst=0a:58:a9:fe:00:01,udp,nw_src=203.0.113.34,nw_dst=198.51.100.10,nw_ttl=64,"
-                        "udp_src=40000,udp_dst=53"]
-    (hop,) = t["hops"]
-    assert hop["where"] == f"alpha br-int (gateway, over Geneve tun_id={key:#x})"
-    assert hop["datapath_actions"].startswith("ct(commit,zone=7100,nat(src=192.0.2.200))")
-
-
 def ipv6_cluster():
     """The cart cluster on IPv6 only: the tunnels run over the IPv6 underlay."""
     import netaddr
@@ -150,18 +135,32 @@ def ipv6_cluster():
     return st, allocate(st)
 
 
-def test_trace_gateway_hop_over_an_ipv6_underlay_gives_the_tunnels_ipv6_ends():
-    st, alloc = ipv6_cluster()
+# IPv4, and the cart cluster on an IPv6 underlay: tun_src/tun_dst take IPv4
+# only (ofproto/trace refuses an IPv6 address there), tun_ipv6_src/dst the rest.
+GATEWAY_HOPS = {
+    "IPv4": ("192.0.2.200", "198.51.100.10:53",
+             "in_port=gnv-bravo,tun_id={key:#x},tun_src=192.0.2.12,tun_dst=192.0.2.11,dl_dst=0a:58:a9:fe:00:01,"
+             "udp,nw_src=203.0.113.34,nw_dst=198.51.100.10,nw_ttl=64,udp_src=40000,udp_dst=53"),
+    "IPv6": ("2001:db8::200", "[2001:db8:100::10]:53",
+             "in_port=gnv-bravo,tun_id={key:#x},tun_ipv6_src=2001:db8::12,tun_ipv6_dst=2001:db8::11,"
+             "dl_dst=0a:58:a9:fe:00:01,udp6,ipv6_src=2001:db8:1:1::2,ipv6_dst=2001:db8:100::10,nw_ttl=64,"
+             "udp_src=40000,udp_dst=53"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(GATEWAY_HOPS))
+def test_trace_gateway_hop_on_the_gateway_uses_the_eips_tunnel_key_and_the_underlays_family(family):
+    st, alloc = cart_cluster() if family == "IPv4" else ipv6_cluster()
+    eip, dst, asked = GATEWAY_HOPS[family]
     sw = FakeSwitch({"br-int": ALPHA_TRACE})
-    reports = {"alpha": {"time": NOW - 2, "held_eips": ["2001:db8::200"]}}
-    t = trace(FakeNode(st, alloc, "alpha", reports, sw, {}), "shop/cart-0", "[2001:db8:100::10]:53", "udp",
-              gateway_hop=True)
-    key = alloc.eip("2001:db8::200").tunnel_key
-    # tun_src/tun_dst take IPv4 only: ofproto/trace refuses an IPv6 address there
-    assert sw.asked == [f"in_port=gnv-bravo,tun_id={key:#x},tun_ipv6_src=2001:db8::12,tun_ipv6_dst=2001:db8::11,"
-                        "dl_dst=0a:58:a9:fe:00:01,udp6,ipv6_src=2001:db8:1:1::2,ipv6_dst=2001:db8:100::10,"
-                        "nw_ttl=64,udp_src=40000,udp_dst=53"]
-    assert t["hops"][0]["where"] == f"alpha br-int (gateway, over Geneve tun_id={key:#x})"
+    reports = {"alpha": {"time": NOW - 2, "held_eips": [eip]}}
+    t = trace(FakeNode(st, alloc, "alpha", reports, sw, {}), "shop/cart-0", dst, "udp", gateway_hop=True)
+    key = alloc.eip(eip).tunnel_key
+    assert sw.asked == [asked.format(key=key)]
+    (hop,) = t["hops"]
+    assert hop["where"] == f"alpha br-int (gateway, over Geneve tun_id={key:#x})"
+    if family == "IPv4":
+        assert hop["datapath_actions"].startswith("ct(commit,zone=7100,nat(src=192.0.2.200))")
 
 
 def test_trace_gateway_hop_for_an_unsteered_pod_says_there_is_none():
