@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"EIP {args.eip}: planned move {active} -> {args.to} requested")
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
-        if AgentReports(status).held().get(args.eip) == args.to and args.eip not in store.read_moves():
+        # Done when the target is the only holder: the old one has let go too.
+        if AgentReports(status).claimants(args.eip) == [args.to] and args.eip not in store.read_moves():
             print(f"EIP {args.eip}: now held by {args.to}")
             return 0
         time.sleep(0.1)

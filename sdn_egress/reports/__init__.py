@@ -95,6 +95,14 @@ class AgentReports:
                     best[eip] = (t, node)
         return {eip: node for eip, (_, node) in best.items()}
 
+    def claimants(self, eip: str) -> list[str]:
+        """The nodes whose fresh report says they hold ``eip`` (more than one:
+        a handover under way, or a split brain)."""
+        now = self.clock()
+        return sorted(node for node, r in self.read().items()
+                      if isinstance(r.get("time"), (int, float)) and now - r["time"] <= self.fresh
+                      and eip in (r.get("held_eips") or []))
+
     def gone(self) -> set[str]:
         """Nodes whose agent reported before but not for ``fresh`` seconds: a
         missed heartbeat. (No report at all means not started yet, not gone.)"""

@@ -75,6 +75,18 @@ def test_stale_and_damaged_reports_claim_nothing(tmp_path):
     assert reports.held() == {"192.0.2.200": "alpha"}
 
 
+def test_during_a_handover_both_holders_are_claimants_until_the_old_one_lets_go(tmp_path):
+    report(tmp_path, "bravo", 98.0, ["192.0.2.200"])
+    report(tmp_path, "alpha", 99.0, ["192.0.2.200"])  # the move's target, newer
+    reports = AgentReports(str(tmp_path), fresh=30, clock=lambda: 100.0)
+    assert reports.held() == {"192.0.2.200": "alpha"}  # the election follows the newest claim...
+    assert reports.claimants("192.0.2.200") == ["alpha", "bravo"]  # ... but the move is not done yet
+    report(tmp_path, "bravo", 99.5, [])
+    assert reports.claimants("192.0.2.200") == ["alpha"]
+    report(tmp_path, "charlie", 10.0, ["192.0.2.200"])  # stale: claims nothing
+    assert reports.claimants("192.0.2.200") == ["alpha"]
+
+
 def test_the_agents_flow_records_are_not_reports(tmp_path):
     report(tmp_path, "alpha", 99.0, ["192.0.2.200"])
     (tmp_path / "nodes" / "alpha.flows.json").write_text(json.dumps({"node": "alpha", "bridges": {}}))
