@@ -114,11 +114,16 @@ def test_a_policy_of_ipv6_destinations_steers_only_ipv6(lab, policy):
 
 def test_the_tunnels_run_over_the_ipv4_underlay(lab, policy):
     policy(policy_doc("cart", "shop"))
+
+    def remotes() -> list[str]:
+        out = lab.ovs("charlie").vsctl("--columns=name,options", "--format=csv", "find", "Interface", "type=geneve")
+        return sorted(line.split("remote_ip=")[1].split(",")[0].strip('"}') for line in out.splitlines()[1:]
+                      if "remote_ip=flow" not in line)
+
+    # The worker makes its tunnels to the gateway nodes once its pod is selected (its next pass).
+    wait_for(lambda: remotes() == ["192.0.2.11", "192.0.2.12"], "charlie's tunnels to both gateway nodes")
     wait_for(lab.bfd_sessions_up, "every BFD session up", timeout=30)
-    out = lab.ovs("charlie").vsctl("--columns=name,options", "--format=csv", "find", "Interface", "type=geneve")
-    remotes = sorted(line.split("remote_ip=")[1].split(",")[0].strip('"}') for line in out.splitlines()[1:]
-                     if "remote_ip=flow" not in line)
-    assert remotes == ["192.0.2.11", "192.0.2.12"], out
+    assert remotes() == ["192.0.2.11", "192.0.2.12"]
 
 
 def active(lab, eip: str) -> str:
