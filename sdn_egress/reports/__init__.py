@@ -81,34 +81,32 @@ class AgentReports:
                 out[report["node"]] = report
         return out
 
+    def _fresh(self, reports: dict[str, dict] | None = None) -> dict[str, dict]:
+        """node -> its report, for the reports (default: read now) younger than ``fresh`` seconds."""
+        now = self.clock()
+        return {node: r for node, r in (self.read() if reports is None else reports).items()
+                if isinstance(r.get("time"), (int, float)) and now - r["time"] <= self.fresh}
+
     def held(self) -> dict[str, str]:
         """EIP -> node, from fresh reports; when two nodes claim one EIP (a
         split brain while a link is cut) the most recent report wins."""
-        now = self.clock()
         best: dict[str, tuple[float, str]] = {}
-        for node, r in self.read().items():
-            t = r.get("time")
-            if not isinstance(t, (int, float)) or now - t > self.fresh:
-                continue
+        for node, r in self._fresh().items():
             for eip in r.get("held_eips") or []:
-                if eip not in best or t > best[eip][0]:
-                    best[eip] = (t, node)
+                if eip not in best or r["time"] > best[eip][0]:
+                    best[eip] = (r["time"], node)
         return {eip: node for eip, (_, node) in best.items()}
 
     def claimants(self, eip: str) -> list[str]:
         """The nodes whose fresh report says they hold ``eip`` (more than one:
         a handover under way, or a split brain)."""
-        now = self.clock()
-        return sorted(node for node, r in self.read().items()
-                      if isinstance(r.get("time"), (int, float)) and now - r["time"] <= self.fresh
-                      and eip in (r.get("held_eips") or []))
+        return sorted(node for node, r in self._fresh().items() if eip in (r.get("held_eips") or []))
 
     def gone(self) -> set[str]:
         """Nodes whose agent reported before but not for ``fresh`` seconds: a
         missed heartbeat. (No report at all means not started yet, not gone.)"""
-        now = self.clock()
-        return {node for node, r in self.read().items()
-                if not isinstance(r.get("time"), (int, float)) or now - r["time"] > self.fresh}
+        reports = self.read()
+        return set(reports) - set(self._fresh(reports))
 
     def changed(self) -> bool:
         """True when a report file changed since the last call."""
