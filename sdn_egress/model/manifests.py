@@ -195,15 +195,22 @@ class _Ctx:
             self.fail(path, f"{quote(s)} is not an IPv{version} address")
         return netaddr.IPAddress(int(addr), addr.version)  # checked once, by ipaddress: not parsed again
 
+    def _network(self, s: str, path: str, what: str):
+        """``s`` as an ipaddress network without host bits, parsed once (a
+        second, loose parse only to name the network in the error)."""
+        try:
+            return ipaddress.ip_network(s)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(s, strict=False)
+            except ValueError:
+                self.fail(path, f"{quote(s)} is not {what}")
+            self.fail(path, f"{quote(s)} is not a CIDR: host bits are set (the network is {loose})")
+
     def cidr(self, value: Any, path: str, version: int | None = None) -> netaddr.IPNetwork:
         s = self.string(value, path, "a CIDR string")
         self.no_zone(s, path, "a CIDR")
-        try:
-            net = ipaddress.ip_network(s, strict=False)
-        except ValueError:
-            self.fail(path, f"{quote(s)} is not a CIDR")
-        if "/" in s and ipaddress.ip_interface(s).ip != net.network_address:
-            self.fail(path, f"{quote(s)} is not a CIDR: host bits are set (the network is {net})")
+        net = self._network(s, path, "a CIDR")
         if version is not None and net.version != version:
             self.fail(path, f"{quote(s)} is not an IPv{version} CIDR")
         return netaddr.IPNetwork((int(net.network_address), net.prefixlen), version=net.version)
@@ -213,12 +220,7 @@ class _Ctx:
         s = self.string(value, path, f"a string: {what}")
         self.no_zone(s, path, what)
         if "/" in s:
-            try:
-                net = ipaddress.ip_network(s, strict=False)
-            except ValueError:
-                self.fail(path, f"{quote(s)} is not {what}")
-            if ipaddress.ip_interface(s).ip != net.network_address:
-                self.fail(path, f"{quote(s)} is not a CIDR: host bits are set (the network is {net})")
+            net = self._network(s, path, what)
             first, last = net.network_address, net.broadcast_address
         else:
             ends = s.split("-")
