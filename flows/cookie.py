@@ -20,7 +20,7 @@ from functools import lru_cache
 from dataclasses import dataclass
 from enum import IntEnum
 
-GENERATION = 1
+GENERATION = 2  # 2: reply_route checks the reply states once, then one flow per pod CIDR
 
 GENERATION_SHIFT, FEATURE_SHIFT = 56, 48
 OBJECT_MASK = (1 << 48) - 1
@@ -44,6 +44,8 @@ class Feature(IntEnum):
     NO_GATEWAY = 12  # eip_out: the EIP has no live gateway (or no tunnel to it yet): drop
     MTU = 13  # uplink_mtu: a packet to an EIP too big for the tunnel goes to the agent (object 0)
     ND = 14  # br-ex: neighbour solicitations for a held IPv6 EIP go to the agent (object: EIP)
+    NOT_REPLY = 15  # reply_route: not a reply to a connection our SNAT committed (untracked,
+    # invalid, new): dropped before the routes (object 0)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -3,8 +3,13 @@
 classify (tunnel, tun_id = EIP key) -> snat -> ct(commit, SNAT zone,
 nat(src=EIP)) -> snat_out -> next hop MACs -> patch to br-ex.
 classify (patch from br-ex) -> from_uplink -> ct(SNAT zone, nat) ->
-reply_route -> by pod CIDR: tunnel to the pod's node (tun_id = REPLY) or
-to_host.  A packet to an EIP that is not a reply never passes reply_route.
+reply_route -> not a reply: drop; by pod CIDR: tunnel to the pod's node
+(tun_id = REPLY) or to_host.  A packet to an EIP that is not a reply never
+passes reply_route.
+
+Flow count: O(EIPs) per held EIP, plus one ``reply_route`` flow per pod CIDR
+of the cluster (the reply states are checked once, before the routes), plus
+a constant: 2 x (EIPs + nodes) at most, whatever the number of tunnel ports.
 """
 from __future__ import annotations
 
@@ -22,12 +27,16 @@ PRIO_TUNNEL = 100
 PRIO_EIP = 100
 PRIO_UPLINK = 100
 PRIO_RETURN = 100  # + the pod CIDR's prefix length
+PRIO_NOT_REPLY = 1000  # above every route
 PRIO_LARGER = 200
 
-# Reply states let back towards a pod: packets of connections our SNAT
-# committed (+est) and ICMP errors about them (+rel).  +new (an outside host
-# opening a connection to an EIP) has no flow: it meets the table miss.
-REPLY_STATES = (F.ct_state(F.CT_TRK, F.CT_EST), F.ct_state(F.CT_TRK, F.CT_REL))
+# Only replies go back towards a pod: packets of connections our SNAT
+# committed (+est) and ICMP errors about them (+rel).  Everything else is
+# dropped before the routes, once for every pod CIDR: untracked (-trk),
+# invalid (+inv), and neither +est nor +rel (+new: an outside host opening a
+# connection to an EIP).
+NOT_REPLY_STATES = (F.ct_state(off=(F.CT_TRK,)), F.ct_state(F.CT_TRK, F.CT_INV),
+                    F.ct_state(F.CT_TRK, off=(F.CT_EST, F.CT_REL)))
 
 
 def _eip_cookie(feature: C.Feature, eip) -> int:
@@ -112,7 +121,10 @@ def reply_route(view: NodeView, memo: Memo | None = None) -> list[Flow]:
     (the same object) or the flow-based tunnel port changed."""
     if not view.held:
         return []
-    out = []
+    # Distinct priorities: the three may overlap (+inv is also -est-rel).
+    out = [flow(BR, "reply_route", PRIO_NOT_REPLY + i, {"ct_state": state}, (Drop(),),
+                C.encode(C.Feature.NOT_REPLY))
+           for i, state in enumerate(NOT_REPLY_STATES)]
     for rr in view.return_routes:
         if memo is None:
             out.extend(_reply_flows(rr, view.ports.tun_flow))
@@ -123,6 +135,7 @@ def reply_route(view: NodeView, memo: Memo | None = None) -> list[Flow]:
 
 
 def _reply_flows(rr: ReturnRoute, tun_flow: int) -> list[Flow]:
+    """One flow per pod CIDR: the reply states were checked above it."""
     fam = family.of(rr.pod_cidr)
     if rr.local:
         actions = (Goto("to_host"),)
@@ -132,8 +145,7 @@ def _reply_flows(rr: ReturnRoute, tun_flow: int) -> list[Flow]:
                    Output(tun_flow))
     cookie = C.encode(C.Feature.RETURN, C.object_id(C.node_key(rr.node)))
     return [flow(BR, "reply_route", PRIO_RETURN + rr.pod_cidr.prefixlen,
-                 {"ct_state": state, "eth_type": fam.eth_type, fam.dst: rr.pod_cidr}, actions, cookie)
-            for state in REPLY_STATES]
+                 {"eth_type": fam.eth_type, fam.dst: rr.pod_cidr}, actions, cookie)]
 
 
 def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:

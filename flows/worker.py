@@ -120,15 +120,27 @@ def eip_out(view: NodeView) -> list[Flow]:
     return out
 
 
+def reply_ports(view: NodeView) -> list[tuple[str, int]]:
+    """(peer, port) of the Geneve ports a reply can arrive on: those of the
+    gateways of this node's EIP routes (the only nodes that send it replies:
+    traffic is tunnelled to no other node), and gnv-flow for a gateway without
+    a port of its own.  A gateway node has a port to every node, but only a
+    handful of them are gateways of its own pods' EIPs: O(gateways), not
+    O(nodes)."""
+    senders = {g for r in view.eip_routes for g in r.gateways} - {view.node}
+    return [(peer, port) for peer, port in tunnel_ports(view.ports)
+            if peer == "flow" or peer in senders]
+
+
 def replies_in(view: NodeView, memo: Memo | None = None) -> list[Flow]:
     """Replies tunnelled back by a gateway (tun_id = REPLY) -> to_host."""
     def make(peer: str, port: int) -> Flow:
         return flow(BR, "classify", PRIO_TUNNEL, {"in_port": port, "tunnel_id": F.TUNNEL_KEY_REPLY},
                     (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
     if memo is None:
-        return [make(peer, port) for peer, port in tunnel_ports(view.ports)]
+        return [make(peer, port) for peer, port in reply_ports(view)]
     return [memo.get(("reply_in", peer, port), (), lambda peer=peer, port=port: make(peer, port))
-            for peer, port in tunnel_ports(view.ports)]
+            for peer, port in reply_ports(view)]
 
 
 def to_host(view: NodeView) -> list[Flow]:

@@ -81,10 +81,12 @@ def test_ovs_reads_every_message_as_the_ofctl_text_says(lab, dp, ovs_ofctl, tmp_
     assert "ct(commit,table=3,zone=7100,nat(src=192.0.2.200),exec(set_field:0x7->ct_mark))" in joined
     assert "ct(table=6,zone=7100,nat)" in joined
     assert "check_pkt_larger(1464)->NXM_NX_REG1[0],goto_table:5" in joined
-    assert "priority=200,reg1=0x1/0x1 cookie:0x10d000000000000 actions=CONTROLLER:65535" in joined
+    assert (f"priority=200,reg1=0x1/0x1 cookie:{C.encode(C.Feature.MTU):#x} actions=CONTROLLER:65535"
+            in joined)
+    assert "ct_state=-est-rel+trk" in joined and "ct_state=-trk" in joined
+    assert "ct_state=+inv+trk" in joined
     assert "set_field:192.0.2.12->tun_dst" in joined
     assert "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]" in joined
-    assert "ct_state=+est+trk" in joined
 
 
 def test_delete_and_modify_are_strict_and_ignore_actions(lab, dp, ovs_ofctl, tmp_path):
