@@ -34,7 +34,8 @@ def node_ip_assignments(state: ClusterState, node_ip_nodes: Mapping[str, str],
 
 
 def node_ip_nodes(state: ClusterState, policies: list[EgressPolicy], served: Mapping[str, EgressGateway],
-                  previous: Allocation, eips: list[EipAssignment]) -> dict[str, str]:
+                  previous: Allocation, eips: list[EipAssignment],
+                  selected: Mapping[str, list[str]] | None = None) -> dict[str, str]:
     """The gateway node of each useNodeIP policy: the one it had while it
     qualifies, else the eligible node with the fewest active EIPs."""
     load = Counter(a.active for a in eips if a.active)
@@ -43,7 +44,7 @@ def node_ip_nodes(state: ClusterState, policies: list[EgressPolicy], served: Map
     for p in policies:
         gw = served[p.key]
         if gw.name not in by_gateway:
-            by_gateway[gw.name] = eligible_nodes(state, gw)
+            by_gateway[gw.name] = eligible_nodes(state, gw, selected)
         eligible = by_gateway[gw.name]
         old = previous.policies.get(p.key)
         if old is not None and old.node in eligible:
@@ -78,20 +79,37 @@ def tunnel_keys(ips: list[netaddr.IPAddress], previous: Allocation) -> dict[neta
     return keys
 
 
-def eligible_nodes(state: ClusterState, gw: EgressGateway | None) -> list[str]:
+def selected_nodes(state: ClusterState) -> dict[str, list[str]]:
+    """Each gateway's nodes, ready or not: those its nodeSelector matches, by
+    name.  One evaluation of each selector over the nodes for a whole
+    allocation (election, useNodeIP nodes and status all read it)."""
+    nodes = [(n.name, dict(n.labels)) for n in sorted(state.nodes.values(), key=lambda n: n.name)]
+    return {name: [n for n, labels in nodes if gw.node_selector.matches(labels)]
+            for name, gw in state.gateways.items()}
+
+
+def eligible_nodes(state: ClusterState, gw: EgressGateway | None,
+                   selected: Mapping[str, list[str]] | None = None) -> list[str]:
     """Nodes that may hold a gateway's EIPs: ready, with an address, matching
-    its nodeSelector; by name."""
+    its nodeSelector; by name.  ``selected``: :func:`selected_nodes` of this
+    state, when the caller has it."""
     if gw is None:
         return []
-    return sorted(n.name for n in state.nodes.values()
-                  if n.ready and n.addresses and gw.node_selector.matches(n.labels))
+    names = selected[gw.name] if selected is not None else selected_nodes_of(state, gw)
+    return [n for n in names if state.nodes[n].ready and state.nodes[n].addresses]
+
+
+def selected_nodes_of(state: ClusterState, gw: EgressGateway) -> list[str]:
+    return sorted(n.name for n in state.nodes.values() if gw.node_selector.matches(n.labels))
 
 
 def elect(state: ClusterState, gateway_of: Mapping[netaddr.IPAddress, str],
-           previous: Allocation, held: Mapping[str, str] | None = None
+           previous: Allocation, held: Mapping[str, str] | None = None,
+           selected: Mapping[str, list[str]] | None = None,
            ) -> dict[netaddr.IPAddress, tuple[str, ...]]:
     ips = sorted(gateway_of, key=lambda ip: (ip.version, ip.value))
-    eligible = {name: eligible_nodes(state, state.gateways.get(name)) for name in set(gateway_of.values())}
+    eligible = {name: eligible_nodes(state, state.gateways.get(name), selected)
+                for name in set(gateway_of.values())}
     before = {a.ip: a for a in previous.eips if a.ip in gateway_of and a.gateway == gateway_of[a.ip]}
     active: dict[netaddr.IPAddress, str] = {}
     load: Counter[str] = Counter()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import netaddr
 
+from sdn_egress.allocation.election import selected_nodes
 from sdn_egress.allocation.pools import FreeCursor
 from sdn_egress.allocation.types import Allocation
 from sdn_egress.model import ClusterState, EgressGateway, EgressPolicy
@@ -32,13 +33,15 @@ class Ledger:
     got: dict[tuple[str, int], netaddr.IPAddress] = field(default_factory=dict)  # (policy key, family) -> EIP
     rr_last: dict[tuple[str, int], netaddr.IPAddress] = field(default_factory=dict)
     cursor: FreeCursor = field(default_factory=FreeCursor)
+    selected: dict[str, list[str]] = field(default_factory=dict)  # gateway -> its nodes (selector)
 
     @classmethod
     def start(cls, state: ClusterState, previous: Allocation) -> "Ledger":
         policies = sorted(state.policies.values(), key=lambda p: p.key)
         return cls(state=state, previous=previous, policies=policies,
                    problems={p.key: [] for p in policies},
-                   rr_last={k: v for k, v in previous.rr_last.items() if k[0] in state.gateways})
+                   rr_last={k: v for k, v in previous.rr_last.items() if k[0] in state.gateways},
+                   selected=selected_nodes(state))
 
     def refuse(self, p: EgressPolicy, reason: str, field_: str, message: str) -> None:
         self.problems[p.key].append(Problem(reason, field_, message))

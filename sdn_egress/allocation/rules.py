@@ -39,7 +39,7 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
     rule_2_explicit(ledger)
     rule_3_pool(ledger)
     gateway_of = {ip: ledger.served[key].name for ip, key in ledger.taken.items()}
-    nodes = election.elect(state, gateway_of, ledger.previous, held)
+    nodes = election.elect(state, gateway_of, ledger.previous, held, ledger.selected)
     pool_eips = [EipAssignment(ip=ip, gateway=gateway_of[ip], policies=(key,), tunnel_key=0, nodes=nodes[ip])
                  for ip, key in ledger.taken.items()]
     node_ip_nodes, node_ip_eips = rule_4_node_ip(ledger, pool_eips)
@@ -49,7 +49,7 @@ def allocate(state: ClusterState, previous: Allocation | None = None,
     eips = tuple(dataclasses.replace(everything[ip], tunnel_key=keys[ip]) for ip in ips)
     statuses, errors = status.policy_statuses(ledger, eips, node_ip_nodes)
     gateway_statuses = {name: status.gateway_status(state, gw, ledger.served, eips,
-                                                    ledger.gateway_problems.get(name, []))
+                                                    ledger.gateway_problems.get(name, []), ledger.selected)
                         for name, gw in sorted(state.gateways.items())}
     for name, probs in sorted(ledger.gateway_problems.items()):
         errors.extend(status.object_errors(state.gateways[name].ref, probs))
@@ -266,7 +266,8 @@ def rule_4_node_ip(ledger: Ledger, pool_eips: list[EipAssignment]
     while it qualifies, else the least loaded).  Returns policy key -> node
     and the node addresses' assignments (tunnel keys later)."""
     users = [p for p in ledger.policies if p.use_node_ip and p.key in ledger.served]
-    node_of = election.node_ip_nodes(ledger.state, users, ledger.served, ledger.previous, pool_eips)
+    node_of = election.node_ip_nodes(ledger.state, users, ledger.served, ledger.previous, pool_eips,
+                                     ledger.selected)
     by_node = election.node_ip_assignments(ledger.state, node_of, ledger.served, ledger.taken)
     for key, node in node_of.items():
         for ip in by_node.get(node, {}):

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 import netaddr
 
 from sdn_egress.allocation.ledger import Ledger, Problem
-from sdn_egress.allocation.election import eligible_nodes
+from sdn_egress.allocation.election import eligible_nodes, selected_nodes_of
 from sdn_egress.allocation.types import (
     ALLOCATED,
     DELETION_BLOCKED,
@@ -100,16 +100,17 @@ def _pool(gw: EgressGateway, mine: list[netaddr.IPAddress], by_ip: Mapping[netad
 
 
 def gateway_status(state: ClusterState, gw: EgressGateway, served: Mapping[str, EgressGateway],
-                   eips: tuple[EipAssignment, ...], problems: list[Problem]) -> GatewayStatus:
+                   eips: tuple[EipAssignment, ...], problems: list[Problem],
+                   selected: Mapping[str, list[str]] | None = None) -> GatewayStatus:
     mine = [a for a in eips if a.gateway == gw.name]
-    eligible = set(eligible_nodes(state, gw))
+    eligible = set(eligible_nodes(state, gw, selected))
     active: dict[str, list[netaddr.IPAddress]] = {}
     for a in mine:
         if a.active:
             active.setdefault(a.active, []).append(a.ip)
     nodes = tuple(
-        GatewayNode(name=n.name, ready=n.name in eligible, eips=tuple(active.get(n.name, ())))
-        for n in sorted(state.nodes.values(), key=lambda n: n.name) if gw.node_selector.matches(n.labels))
+        GatewayNode(name=n, ready=n in eligible, eips=tuple(active.get(n, ())))
+        for n in (selected[gw.name] if selected is not None else selected_nodes_of(state, gw)))
     users = tuple(sorted(key for key, g in served.items() if g.name == gw.name))
     used = {v: sum(1 for a in mine if a.ip.version == v and gw.in_pool(a.ip)) for v in (4, 6)}
     ready_nodes = [n.name for n in nodes if n.ready]
