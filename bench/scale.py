@@ -50,15 +50,35 @@ def _pod_node(inf) -> int | None:
 
 
 def serve(source, size: gen.Size) -> None:
-    """List every informer of ``source``: the objects its selectors select."""
-    objects = gen.cluster(size, pods=False)
+    """List every informer of ``source`` through its own paging
+    (:meth:`Informer._list`), each request answered as the API server would:
+    the JSON of one page of the objects its selectors select, made for that
+    page only."""
     for inf in source.informers.values():
-        if inf.res.kind == "Pod":
-            node = _pod_node(inf)
-            items = gen.all_pods(size) if node is None else gen.pods_on(size, node)
-        else:
-            items = iter(objects[inf.res.kind])
-        inf.load(items, "1")
+        inf._request = pages(size, inf)
+        inf._list()
+
+
+def pages(size: gen.Size, inf):
+    """An informer's list requests as the API server answers them: (limit,
+    continue token) -> that page's body, its items without kind and
+    apiVersion, as a list's are; every page at the snapshot's version."""
+    n, make = gen.listed(size, inf.res.kind, _pod_node(inf) if inf.res.kind == "Pod" else None)
+
+    def request(limit, token):
+        start = int(token or 0)
+        end = min(n, start + limit) if limit else n
+        items = []
+        for k in range(start, end):
+            item = make(k)
+            del item["kind"], item["apiVersion"]
+            items.append(item)
+        meta = {"resourceVersion": "1"}
+        if end < n:
+            meta["continue"] = str(end)
+        return json.dumps({"kind": f"{inf.res.kind}List", "apiVersion": inf.res.api_version,
+                           "metadata": meta, "items": items}).encode()
+    return request
 
 
 def deliver(source, obj: dict) -> bool:
@@ -450,7 +470,8 @@ every tunnel port; a gateway node has a port to every node (it does not watch ot
 it cannot tell which workers send to it), but a session comes up only with the nodes that have a
 port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
 per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
-RSS includes one list response of every node, untrimmed, as a real list holds it before trimming.
+RSS includes the lists as the informers read them: in pages of 500 objects, each page's JSON and its
+objects untrimmed until they are trimmed into the cache, as an API server's response is read.
 """
 
 if __name__ == "__main__":
