@@ -1,6 +1,7 @@
 """The API resources sdn-egress reads and writes, and how to call them."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from sdn_egress.model import API_GROUP, API_VERSION
@@ -68,9 +69,23 @@ def _pick(value, keys: tuple[str, ...]):
     return {k: value[k] for k in keys if k in value}
 
 
+def _shared(value):
+    """A string as the one copy every cached object shares (labels, address
+    types, condition statuses repeat across thousands of objects)."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _labels(labels):
+    if not isinstance(labels, dict):
+        return labels
+    return {_shared(k): _shared(v) for k, v in labels.items()}
+
+
 def _meta(obj: dict, annotations: bool) -> dict:
     meta = obj.get("metadata")
     out = _pick(meta, _META_KEPT)
+    if isinstance(out, dict) and "labels" in out:
+        out["labels"] = _labels(out["labels"])
     if annotations and isinstance(meta, dict) and "annotations" in meta:
         ann = meta["annotations"]
         out["annotations"] = ({k: v for k, v in ann.items() if k not in DROPPED_ANNOTATIONS}
@@ -85,13 +100,39 @@ def _top(obj: dict, meta: dict, **parts) -> dict:
     return out
 
 
+# In place of a Node's address or condition that the parser skips without
+# reading it (a Hostname address, a MemoryPressure condition): one shared
+# entry, of a type it skips too, so that the entries it does read keep their
+# indices (an error cites status.addresses[i] of the object as it is).
+SKIPPED_ENTRY = {"type": "(trimmed)"}
+ROUTED_ADDRESSES = ("InternalIP", "ExternalIP")
+
+
+def _address(a):
+    if isinstance(a, dict) and isinstance(a.get("type"), str) and a["type"] not in ROUTED_ADDRESSES:
+        return SKIPPED_ENTRY
+    a = _pick(a, ("type", "address"))
+    if isinstance(a, dict) and "type" in a:
+        a["type"] = _shared(a["type"])
+    return a
+
+
+def _condition(c):
+    if isinstance(c, dict) and c.get("type") != "Ready":
+        return SKIPPED_ENTRY
+    return _labels(_pick(c, ("type", "status")))
+
+
 def trim_node(obj: dict) -> dict:
+    """What the parser reads of a Node: its labels, pod CIDRs, routed
+    addresses and Ready condition (not its heartbeats, nor its other
+    conditions: their changes need no new snapshot)."""
     spec, status = obj.get("spec"), obj.get("status")
     if isinstance(status, dict):
         status = _pick(status, ("addresses", "conditions"))
-        conds = status.get("conditions")
-        if isinstance(conds, list):
-            status["conditions"] = [_pick(c, ("type", "status")) for c in conds]
+        for key, entry in (("addresses", _address), ("conditions", _condition)):
+            if isinstance(status.get(key), list):
+                status[key] = [entry(e) for e in status[key]]
     return _top(obj, _meta(obj, annotations=False), spec=_pick(spec, ("podCIDR", "podCIDRs")), status=status)
 
 
