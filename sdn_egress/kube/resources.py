@@ -145,14 +145,30 @@ def trim_pod(obj: dict) -> dict:
                 status=_pick(obj.get("status"), ("phase", "podIP", "podIPs")))
 
 
+def _shared_tree(value, depth: int = 16):
+    """A spec with its strings shared (selectors, gateway names, subnets:
+    the same few values in thousands of policies); deeper than our schemas
+    go (``depth``), as it is."""
+    if type(value) is str:
+        return sys.intern(value)
+    if depth == 0:
+        return value
+    if type(value) is dict:
+        return {_shared(k): _shared_tree(v, depth - 1) for k, v in value.items()}
+    if type(value) is list:
+        return [_shared_tree(v, depth - 1) for v in value]
+    return value
+
+
 def trim_custom(obj: dict) -> dict:
     """Our own kinds are parsed strictly and their status is written back:
-    kept whole but for managedFields."""
+    kept whole but for managedFields (their labels and spec's strings shared)."""
     meta = obj.get("metadata")
-    if not (isinstance(meta, dict) and "managedFields" in meta):
-        return obj
     out = dict(obj)
-    out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    if isinstance(meta, dict):
+        out["metadata"] = {k: _labels(v) if k == "labels" else v for k, v in meta.items() if k != "managedFields"}
+    if "spec" in out:
+        out["spec"] = _shared_tree(out["spec"])
     return out
 
 
