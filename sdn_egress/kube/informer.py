@@ -1,7 +1,9 @@
 """List-then-watch of one resource into a local cache, like client-go's informers.
 
-An :class:`Informer` lists its resource, remembers the list's resourceVersion,
-then watches from it, applying every ADDED/MODIFIED/DELETED event to its cache
+An :class:`Informer` lists its resource (in pages of :data:`LIST_PAGE`
+objects, each trimmed into the new cache as it arrives: see
+:meth:`Informer._list`), remembers the list's resourceVersion, then watches
+from it, applying every ADDED/MODIFIED/DELETED event to its cache
 and moving its resourceVersion with every event (and BOOKMARK).  A watch the
 server ends (its timeout, a restart of its watch cache) resumes from the last
 resourceVersion; ``410 Gone`` (the version is too old) means a fresh list; any
