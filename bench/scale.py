@@ -50,23 +50,55 @@ def _pod_node(inf) -> int | None:
 
 
 def serve(source, size: gen.Size) -> None:
-    """List every informer of ``source`` through its own paging
-    (:meth:`Informer._list`), each request answered as the API server would:
-    the JSON of one page of the objects its selectors select, made for that
-    page only."""
+    """List every informer of ``source`` as the agent does (its own
+    :meth:`Informer._list`, pages, requests through the ``kubernetes``
+    client: :func:`api_client`), each answered as the API server would."""
     for inf in source.informers.values():
-        inf._request = pages(size, inf)
         inf._list()
 
 
-def pages(size: gen.Size, inf):
-    """An informer's list requests as the API server answers them: (limit,
-    continue token) -> that page's body, its items without kind and
-    apiVersion, as a list's are; every page at the snapshot's version."""
-    n, make = gen.listed(size, inf.res.kind, _pod_node(inf) if inf.res.kind == "Pod" else None)
+class Reply:
+    """An HTTP response as the client's REST layer returns it (read whole)."""
 
-    def request(limit, token):
-        start = int(token or 0)
+    status, reason, headers = 200, "OK", {}
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    @property
+    def response(self):
+        return self
+
+    def read(self):
+        return self.data
+
+    def release_conn(self):
+        pass
+
+
+def api_client(size: gen.Size):
+    """A real ``kubernetes`` ApiClient whose transport is the API server of
+    ``size``'s cluster: a list request (its path, selectors, ``limit`` and
+    ``continue``) is answered with that page's JSON, made for that page only
+    (clustergen.listed); its items without kind and apiVersion, as a list's
+    are; every page at the snapshot's version."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from kubernetes import client
+    from sdn_egress.kube.resources import WATCHED
+
+    by_path = {r.path(): r for r in WATCHED}
+    api = client.ApiClient(client.Configuration(host="http://api.bench.invalid"))
+
+    def request(method, url, headers=None, body=None, post_params=None, _request_timeout=None):
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        res = by_path[parts.path]
+        sel = query.get("fieldSelector", "")
+        node = int(sel.rsplit("-", 1)[1]) if sel.startswith("spec.nodeName=") else None
+        n, make = gen.listed(size, res.kind, node)
+        start = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0)
         end = min(n, start + limit) if limit else n
         items = []
         for k in range(start, end):
@@ -76,9 +108,10 @@ def pages(size: gen.Size, inf):
         meta = {"resourceVersion": "1"}
         if end < n:
             meta["continue"] = str(end)
-        return json.dumps({"kind": f"{inf.res.kind}List", "apiVersion": inf.res.api_version,
-                           "metadata": meta, "items": items}).encode()
-    return request
+        return Reply(json.dumps({"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta,
+                                 "items": items}).encode())
+    api.rest_client.request = request
+    return api
 
 
 def deliver(source, obj: dict) -> bool:
@@ -95,13 +128,14 @@ def deliver(source, obj: dict) -> bool:
     return sent
 
 
-def make_source(role: str, node: str | None):
+def make_source(role: str, node: str | None, size: gen.Size):
     from sdn_egress.kube import resources
     from sdn_egress.source.kube import KubeSource
 
+    api = api_client(size)
     if role == "controller":
-        return KubeSource(None, resources=resources.CONTROLLER_WATCHED, detect_service_cidrs=False)
-    return KubeSource(None, node=node, detect_service_cidrs=False)
+        return KubeSource(api, resources=resources.CONTROLLER_WATCHED, detect_service_cidrs=False)
+    return KubeSource(api, node=node, detect_service_cidrs=False)
 
 
 def timed_snapshots(source) -> list[float]:
@@ -251,7 +285,7 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
     store = FileAllocationStore(status_dir)
     picked = choose(size, store.load()) if role != "controller" else None
     node = picked[role] if picked else None
-    source = make_source(role, node)
+    source = make_source(role, node, size)
     t = time.perf_counter()
     serve(source, size)
     out["list_s"] = time.perf_counter() - t
@@ -470,8 +504,9 @@ every tunnel port; a gateway node has a port to every node (it does not watch ot
 it cannot tell which workers send to it), but a session comes up only with the nodes that have a
 port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
 per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
-RSS includes the lists as the informers read them: in pages of 500 objects, each page's JSON and its
-objects untrimmed until they are trimmed into the cache, as an API server's response is read.
+RSS includes the lists as the informers read them, through the `kubernetes` client (only its transport
+is the bench's): in pages of 500 objects, each page's JSON and its objects untrimmed until they are
+trimmed into the cache.
 """
 
 if __name__ == "__main__":

@@ -178,24 +178,8 @@ TRIMS = {"Node": trim_node, "Namespace": trim_namespace, "Pod": trim_pod, "Egres
 
 def list_function(api_client, res: Resource, namespace: str | None = None):
     """(function, args) that list (and, with watch=True, watch) ``res``
-    across all namespaces, or in ``namespace``."""
-    from kubernetes import client
+    across all namespaces, or in ``namespace``: a GET of its collection's
+    path (:mod:`sdn_egress.kube.rest`), whatever its group."""
+    from sdn_egress.kube.rest import collection
 
-    if res.custom or res == SERVICE_CIDRS:  # the generic REST calls serve any group
-        api = client.CustomObjectsApi(api_client)
-        if namespace and res.namespaced:
-            return api.list_namespaced_custom_object, (res.group, res.version, namespace, res.plural)
-        return api.list_cluster_custom_object, (res.group, res.version, res.plural)
-    if res == LEASES:
-        api = client.CoordinationV1Api(api_client)
-        return (api.list_namespaced_lease, (namespace,)) if namespace else (api.list_lease_for_all_namespaces, ())
-    core = client.CoreV1Api(api_client)
-    if namespace and res.namespaced:
-        return {"pods": core.list_namespaced_pod,
-                "configmaps": core.list_namespaced_config_map}[res.plural], (namespace,)
-    return {
-        "nodes": core.list_node,
-        "namespaces": core.list_namespace,
-        "pods": core.list_pod_for_all_namespaces,
-        "configmaps": core.list_config_map_for_all_namespaces,
-    }[res.plural], ()
+    return collection(api_client, res.path(namespace or "")), ()
