@@ -53,7 +53,9 @@ def serve(source, size: gen.Size) -> None:
     """List every informer of ``source`` as the agent does (its own
     :meth:`Informer._list`, pages, requests through the ``kubernetes``
     client: :func:`api_client`), each answered as the API server would."""
+    api = api_client(size)
     for inf in source.informers.values():
+        inf.api_client = api
         inf._list()
 
 
@@ -128,14 +130,14 @@ def deliver(source, obj: dict) -> bool:
     return sent
 
 
-def make_source(role: str, node: str | None, size: gen.Size):
+def make_source(role: str, node: str | None):
+    """The role's source; its informers' API client is set by :func:`serve`."""
     from sdn_egress.kube import resources
     from sdn_egress.source.kube import KubeSource
 
-    api = api_client(size)
     if role == "controller":
-        return KubeSource(api, resources=resources.CONTROLLER_WATCHED, detect_service_cidrs=False)
-    return KubeSource(api, node=node, detect_service_cidrs=False)
+        return KubeSource(None, resources=resources.CONTROLLER_WATCHED, detect_service_cidrs=False)
+    return KubeSource(None, node=node, detect_service_cidrs=False)
 
 
 def timed_snapshots(source) -> list[float]:
@@ -285,7 +287,7 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
     store = FileAllocationStore(status_dir)
     picked = choose(size, store.load()) if role != "controller" else None
     node = picked[role] if picked else None
-    source = make_source(role, node, size)
+    source = make_source(role, node)
     t = time.perf_counter()
     serve(source, size)
     out["list_s"] = time.perf_counter() - t
