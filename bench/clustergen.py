@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Callable
 
 GROUP_VERSION = "sdn-egress.io/v1alpha1"
 NAMESPACES = 200
@@ -197,17 +198,33 @@ def policy(size: Size, k: int) -> dict:
     return {"apiVersion": GROUP_VERSION, "kind": "EgressPolicy", "metadata": meta, "spec": spec}
 
 
+KINDS = ("Node", "Namespace", "Pod", "EgressGateway", "EgressPolicy", "EgressClusterPolicy")
+
+
+def listed(size: Size, kind: str, node_index: int | None = None) -> tuple[int, Callable[[int], dict]]:
+    """What a list of ``kind`` holds (pods: those of node ``node_index`` when
+    given, as a field selector spec.nodeName gives them): how many, and the
+    k-th of them, made when asked (a server's page needs only its own)."""
+    if kind == "Pod" and node_index is not None:
+        return len(range(node_index, size.pods, size.nodes)), lambda k: pod(size, node_index + k * size.nodes)
+    namespaced = size.policies - size.cluster_policies
+    return {
+        "Node": (size.nodes, lambda k: node(size, k)),
+        "Namespace": (NAMESPACES, namespace),
+        "Pod": (size.pods, lambda k: pod(size, k)),
+        "EgressGateway": (size.gateways, lambda k: gateway(size, k)),
+        "EgressPolicy": (namespaced, lambda k: policy(size, k)),
+        "EgressClusterPolicy": (size.cluster_policies, lambda k: policy(size, namespaced + k)),
+    }[kind]
+
+
 def cluster(size: Size, pods: bool = True) -> dict[str, list[dict]]:
     """Every object by kind (pods: all of them, or none)."""
-    return {
-        "Node": [node(size, i) for i in range(size.nodes)],
-        "Namespace": [namespace(n) for n in range(NAMESPACES)],
-        "Pod": list(all_pods(size)) if pods else [],
-        "EgressGateway": [gateway(size, g) for g in range(size.gateways)],
-        "EgressPolicy": [policy(size, k) for k in range(size.policies - size.cluster_policies)],
-        "EgressClusterPolicy": [policy(size, k) for k in range(size.policies - size.cluster_policies,
-                                                               size.policies)],
-    }
+    out = {}
+    for kind in KINDS:
+        n, make = listed(size, kind) if pods or kind != "Pod" else (0, None)
+        out[kind] = [make(k) for k in range(n)]
+    return out
 
 
 def event_pod(size: Size, namespace_index: int) -> int:

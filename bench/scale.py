@@ -50,15 +50,70 @@ def _pod_node(inf) -> int | None:
 
 
 def serve(source, size: gen.Size) -> None:
-    """List every informer of ``source``: the objects its selectors select."""
-    objects = gen.cluster(size, pods=False)
+    """List every informer of ``source`` as the agent does (its own
+    :meth:`Informer._list`, pages, requests through the ``kubernetes``
+    client: :func:`api_client`), each answered as the API server would."""
+    api = api_client(size)
     for inf in source.informers.values():
-        if inf.res.kind == "Pod":
-            node = _pod_node(inf)
-            items = gen.all_pods(size) if node is None else gen.pods_on(size, node)
-        else:
-            items = iter(objects[inf.res.kind])
-        inf.load(items, "1")
+        inf.api_client = api
+        inf._list()
+
+
+class Reply:
+    """An HTTP response as the client's REST layer returns it (read whole)."""
+
+    status, reason, headers = 200, "OK", {}
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    @property
+    def response(self):
+        return self
+
+    def read(self):
+        return self.data
+
+    def release_conn(self):
+        pass
+
+
+def api_client(size: gen.Size):
+    """A real ``kubernetes`` ApiClient whose transport is the API server of
+    ``size``'s cluster: a list request (its path, selectors, ``limit`` and
+    ``continue``) is answered with that page's JSON, made for that page only
+    (clustergen.listed); its items without kind and apiVersion, as a list's
+    are; every page at the snapshot's version."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from kubernetes import client
+    from sdn_egress.kube.resources import WATCHED
+
+    by_path = {r.path(): r for r in WATCHED}
+    api = client.ApiClient(client.Configuration(host="http://api.bench.invalid"))
+
+    def request(method, url, headers=None, body=None, post_params=None, _request_timeout=None):
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        res = by_path[parts.path]
+        sel = query.get("fieldSelector", "")
+        node = int(sel.rsplit("-", 1)[1]) if sel.startswith("spec.nodeName=") else None
+        n, make = gen.listed(size, res.kind, node)
+        start = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0)
+        end = min(n, start + limit) if limit else n
+        items = []
+        for k in range(start, end):
+            item = make(k)
+            del item["kind"], item["apiVersion"]
+            items.append(item)
+        meta = {"resourceVersion": "1"}
+        if end < n:
+            meta["continue"] = str(end)
+        return Reply(json.dumps({"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta,
+                                 "items": items}).encode())
+    api.rest_client.request = request
+    return api
 
 
 def deliver(source, obj: dict) -> bool:
@@ -76,6 +131,7 @@ def deliver(source, obj: dict) -> bool:
 
 
 def make_source(role: str, node: str | None):
+    """The role's source; its informers' API client is set by :func:`serve`."""
     from sdn_egress.kube import resources
     from sdn_egress.source.kube import KubeSource
 
@@ -450,7 +506,9 @@ every tunnel port; a gateway node has a port to every node (it does not watch ot
 it cannot tell which workers send to it), but a session comes up only with the nodes that have a
 port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
 per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
-RSS includes one list response of every node, untrimmed, as a real list holds it before trimming.
+RSS includes the lists as the informers read them, through the `kubernetes` client (only its transport
+is the bench's): in pages of 500 objects, each page's JSON and its objects untrimmed until they are
+trimmed into the cache.
 """
 
 if __name__ == "__main__":

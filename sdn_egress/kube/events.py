@@ -30,8 +30,9 @@ class EventRecorder:
 
     def record(self, obj: dict, type_: str, reason: str, message: str) -> bool:
         """One Event about the (raw) object ``obj``; True when it was created."""
-        from kubernetes import client
         from kubernetes.client.rest import ApiException
+
+        from sdn_egress.kube import rest
 
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
@@ -56,7 +57,7 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            client.CoreV1Api(self.api_client).create_namespaced_event(namespace, body)
+            rest.send(self.api_client, "POST", f"/api/v1/namespaces/{namespace}/events", body)
         except (ApiException, OSError) as exc:
             LOG.warning("event %s %s on %s %s not recorded: %s", type_, reason, obj.get("kind"), meta.get("name"),
                         getattr(exc, "reason", None) or exc)

@@ -1,7 +1,9 @@
 """List-then-watch of one resource into a local cache, like client-go's informers.
 
-An :class:`Informer` lists its resource, remembers the list's resourceVersion,
-then watches from it, applying every ADDED/MODIFIED/DELETED event to its cache
+An :class:`Informer` lists its resource (in pages of :data:`LIST_PAGE`
+objects, each trimmed into the new cache as it arrives: see
+:meth:`Informer._list`), remembers the list's resourceVersion, then watches
+from it, applying every ADDED/MODIFIED/DELETED event to its cache
 and moving its resourceVersion with every event (and BOOKMARK).  A watch the
 server ends (its timeout, a restart of its watch cache) resumes from the last
 resourceVersion; ``410 Gone`` (the version is too old) means a fresh list; any
@@ -22,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from sdn_egress.kube.resources import NODES, Resource, list_function
 
@@ -31,6 +33,12 @@ LOG = logging.getLogger(__name__)
 WATCH_TIMEOUT = 300  # seconds: the server ends a watch after this; we resume from the last version
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 OPTIONAL_RETRY = 300  # seconds between looks at a resource the server did not serve
+LIST_PAGE = 500  # objects per list request (client-go's pager's default)
+PAGE_RESTARTS = 2  # lists restarted when a continue token expires; then one request
+
+
+class _ContinueExpired(Exception):
+    """A list's next page is gone: the server compacted its snapshot (410)."""
 
 
 def relevant(res: Resource, obj: dict) -> dict:
@@ -53,6 +61,14 @@ def relevant(res: Resource, obj: dict) -> dict:
     return out
 
 
+def _differs(res: Resource, old: dict, new: dict) -> bool:
+    """Whether two caches differ in a way worth a new snapshot (object by
+    object, stopping at the first difference: no copy of either is made)."""
+    if old.keys() != new.keys():
+        return True
+    return any(a is not b and relevant(res, a) != relevant(res, b) for a, b in ((old[k], new[k]) for k in new))
+
+
 def _key(obj: dict) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace") or "", meta.get("name") or ""
@@ -63,12 +79,14 @@ class Informer:
                  watch_timeout: int = WATCH_TIMEOUT, backoff_max: float = BACKOFF_MAX,
                  namespace: str | None = None, label_selector: str | None = None,
                  field_selector: str | None = None, optional: bool = False,
-                 trim: Callable[[dict], dict] | None = None):
+                 trim: Callable[[dict], dict] | None = None, page_size: int = LIST_PAGE):
         """``namespace``, ``label_selector``, ``field_selector``: only the
         objects they select (default: every object of ``res``).  ``optional``:
         a resource the API server may not serve; a 404 on its list counts as
         an empty list (synced), looked at again every ``OPTIONAL_RETRY`` s.
-        ``trim``: what the cache keeps of an object (default: all of it)."""
+        ``trim``: what the cache keeps of an object (default: all of it).
+        ``page_size``: objects per list request."""
+        self.page_size = page_size
         self.optional = optional
         self.trim = trim
         self.generation = 0  # moves with every change on_change is told of
@@ -84,6 +102,7 @@ class Informer:
         self.synced = threading.Event()  # the first list is in the cache
         self.resource_version: str | None = None
         self.lists = 0  # how many times the resource was listed (1 + relists)
+        self.pages = 0  # list requests answered (a list takes one per page)
         self.watches = 0  # how many watch requests were made
         self.failing = False  # the last list or watch failed; retrying
         self.recovered_at = 0.0  # time.monotonic() of the first list or watch that worked after a failure
@@ -115,12 +134,20 @@ class Informer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (waiting up to ``timeout``).  The watch is stopped
+        again until the thread ends: a watch stopped before its request was
+        sent would forget it, and block in its read until the server's timeout."""
         self._stop.set()
-        w = self._watch
-        if w is not None:
-            w.stop()  # shuts the socket down: the blocked read returns
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            w = self._watch
+            if w is not None:
+                w.stop()  # shuts the socket down: the blocked read returns
+            if self._thread is None:
+                return
+            self._thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+            if not self._thread.is_alive() or time.monotonic() >= deadline:
+                return
 
     def _run(self) -> None:
         backoff = 0.0
@@ -162,19 +189,60 @@ class Informer:
             LOG.info("%s: the API server answers again", self.res.plural)
 
     def _list(self) -> None:
-        func, args = list_function(self.api_client, self.res, self.namespace)
-        resp = func(*args, _preload_content=False, **self._selectors)
-        self._contact()
-        data = json.loads(resp.data)
+        """List the resource into a new cache, in pages of ``page_size``
+        objects (each trimmed as it arrives: the whole untrimmed list is never
+        held).  All pages are one snapshot: the list's resourceVersion is the
+        first page's (a later one could only be newer, and a watch from it could
+        miss a change to an earlier page's object).  A continue token the server
+        no longer honours (410: the snapshot was compacted away) restarts the
+        list; after ``PAGE_RESTARTS`` such restarts the list is made whole, in
+        one request, as client-go's pager does."""
+        for attempt in range(PAGE_RESTARTS + 1):
+            limit = self.page_size if attempt < PAGE_RESTARTS else None
+            try:
+                cache, rv = self._collect(limit)
+                break
+            except _ContinueExpired:
+                LOG.info("%s: the list's continue token expired; listing again%s", self.res.plural,
+                         "" if attempt + 1 < PAGE_RESTARTS else ", in one request")
         self.lists += 1
         self.served = True
-        items = data.pop("items", None) or []
-        rv = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
-        self.load(items, rv)
-        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(self._cache),
-                  self.resource_version)
+        self._replace_cache(cache, rv)
+        LOG.debug("%s: listed %d at resourceVersion %s", self.res.plural, len(cache), rv)
         if self.resource_version is None:
             raise RuntimeError("the list carried no resourceVersion")
+
+    def _collect(self, limit: int | None) -> tuple[dict, str | None]:
+        """Every page of one list (``limit`` objects each; None: one request),
+        admitted into a new cache, and the list's resourceVersion."""
+        from kubernetes.client.rest import ApiException
+
+        cache: dict[tuple[str, str], dict] = {}
+        rv: str | None = None
+        token: str | None = None
+        while True:
+            try:
+                data = json.loads(self._request(limit, token))
+            except ApiException as exc:
+                if token and exc.status == 410:
+                    raise _ContinueExpired() from exc
+                raise
+            self.pages += 1
+            meta = data.get("metadata") or {}
+            if token is None:
+                rv = str(meta.get("resourceVersion") or "") or None
+            self._fill(cache, data.pop("items", None) or [])
+            token = meta.get("continue") or None
+            if not token or not limit:
+                return cache, rv
+
+    def _request(self, limit: int | None, token: str | None) -> bytes:
+        """One list request: the response's body (JSON)."""
+        func, args = list_function(self.api_client, self.res, self.namespace)
+        paging = {k: v for k, v in (("limit", limit), ("_continue", token)) if v}
+        resp = func(*args, _preload_content=False, **self._selectors, **paging)
+        self._contact()
+        return resp.data
 
     def _admit(self, obj: dict) -> dict:
         """An object as the cache keeps it: kind and apiVersion filled in, trimmed."""
@@ -186,21 +254,30 @@ class Informer:
     def load(self, items, resource_version: str | None) -> None:
         """A list's items (an iterable, taken one by one and trimmed: the
         whole untrimmed list need not be held) replace the cache."""
-        cache = {}
+        cache: dict[tuple[str, str], dict] = {}
+        self._fill(cache, items)
+        self._replace_cache(cache, resource_version)
+
+    def _fill(self, cache: dict, items: list | Iterable) -> None:
+        """Admit ``items`` into ``cache``; a list is emptied as it is read, so
+        that each untrimmed object can go as soon as its trimmed copy is kept."""
+        if isinstance(items, list):
+            items.reverse()
+            while items:
+                item = self._admit(items.pop())
+                cache[_key(item)] = item
+            return
         for item in items:
             item = self._admit(item)
             cache[_key(item)] = item
-        self._replace_cache(cache, resource_version)
 
     def _replace_cache(self, cache: dict, resource_version: str | None) -> None:
         with self._lock:
-            before = {k: relevant(self.res, v) for k, v in self._cache.items()}
-            self._cache = cache
-            after = {k: relevant(self.res, v) for k, v in cache.items()}
+            old, self._cache = self._cache, cache
         self.resource_version = resource_version
         first = not self.synced.is_set()
         self.synced.set()
-        if first or before != after:
+        if first or _differs(self.res, old, cache):
             self.generation += 1
             self.on_change()
 

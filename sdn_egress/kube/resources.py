@@ -1,6 +1,7 @@
 """The API resources sdn-egress reads and writes, and how to call them."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from sdn_egress.model import API_GROUP, API_VERSION
@@ -68,9 +69,23 @@ def _pick(value, keys: tuple[str, ...]):
     return {k: value[k] for k in keys if k in value}
 
 
+def _shared(value):
+    """A string as the one copy every cached object shares (labels, address
+    types, condition statuses repeat across thousands of objects)."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _labels(labels):
+    if not isinstance(labels, dict):
+        return labels
+    return {_shared(k): _shared(v) for k, v in labels.items()}
+
+
 def _meta(obj: dict, annotations: bool) -> dict:
     meta = obj.get("metadata")
     out = _pick(meta, _META_KEPT)
+    if isinstance(out, dict) and "labels" in out:
+        out["labels"] = _labels(out["labels"])
     if annotations and isinstance(meta, dict) and "annotations" in meta:
         ann = meta["annotations"]
         out["annotations"] = ({k: v for k, v in ann.items() if k not in DROPPED_ANNOTATIONS}
@@ -85,13 +100,39 @@ def _top(obj: dict, meta: dict, **parts) -> dict:
     return out
 
 
+# In place of a Node's address or condition that the parser skips without
+# reading it (a Hostname address, a MemoryPressure condition): one shared
+# entry, of a type it skips too, so that the entries it does read keep their
+# indices (an error cites status.addresses[i] of the object as it is).
+SKIPPED_ENTRY = {"type": "(trimmed)"}
+ROUTED_ADDRESSES = ("InternalIP", "ExternalIP")
+
+
+def _address(a):
+    if isinstance(a, dict) and isinstance(a.get("type"), str) and a["type"] not in ROUTED_ADDRESSES:
+        return SKIPPED_ENTRY
+    a = _pick(a, ("type", "address"))
+    if isinstance(a, dict) and "type" in a:
+        a["type"] = _shared(a["type"])
+    return a
+
+
+def _condition(c):
+    if isinstance(c, dict) and c.get("type") != "Ready":
+        return SKIPPED_ENTRY
+    return _labels(_pick(c, ("type", "status")))
+
+
 def trim_node(obj: dict) -> dict:
+    """What the parser reads of a Node: its labels, pod CIDRs, routed
+    addresses and Ready condition (not its heartbeats, nor its other
+    conditions: their changes need no new snapshot)."""
     spec, status = obj.get("spec"), obj.get("status")
     if isinstance(status, dict):
         status = _pick(status, ("addresses", "conditions"))
-        conds = status.get("conditions")
-        if isinstance(conds, list):
-            status["conditions"] = [_pick(c, ("type", "status")) for c in conds]
+        for key, entry in (("addresses", _address), ("conditions", _condition)):
+            if isinstance(status.get(key), list):
+                status[key] = [entry(e) for e in status[key]]
     return _top(obj, _meta(obj, annotations=False), spec=_pick(spec, ("podCIDR", "podCIDRs")), status=status)
 
 
@@ -104,14 +145,30 @@ def trim_pod(obj: dict) -> dict:
                 status=_pick(obj.get("status"), ("phase", "podIP", "podIPs")))
 
 
+def _shared_tree(value, depth: int = 16):
+    """A spec with its strings shared (selectors, gateway names, subnets:
+    the same few values in thousands of policies); deeper than our schemas
+    go (``depth``), as it is."""
+    if type(value) is str:
+        return sys.intern(value)
+    if depth == 0:
+        return value
+    if type(value) is dict:
+        return {_shared(k): _shared_tree(v, depth - 1) for k, v in value.items()}
+    if type(value) is list:
+        return [_shared_tree(v, depth - 1) for v in value]
+    return value
+
+
 def trim_custom(obj: dict) -> dict:
     """Our own kinds are parsed strictly and their status is written back:
-    kept whole but for managedFields."""
+    kept whole but for managedFields (their labels and spec's strings shared)."""
     meta = obj.get("metadata")
-    if not (isinstance(meta, dict) and "managedFields" in meta):
-        return obj
     out = dict(obj)
-    out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    if isinstance(meta, dict):
+        out["metadata"] = {k: _labels(v) if k == "labels" else v for k, v in meta.items() if k != "managedFields"}
+    if "spec" in out:
+        out["spec"] = _shared_tree(out["spec"])
     return out
 
 
@@ -121,24 +178,8 @@ TRIMS = {"Node": trim_node, "Namespace": trim_namespace, "Pod": trim_pod, "Egres
 
 def list_function(api_client, res: Resource, namespace: str | None = None):
     """(function, args) that list (and, with watch=True, watch) ``res``
-    across all namespaces, or in ``namespace``."""
-    from kubernetes import client
+    across all namespaces, or in ``namespace``: a GET of its collection's
+    path (:mod:`sdn_egress.kube.rest`), whatever its group."""
+    from sdn_egress.kube.rest import collection
 
-    if res.custom or res == SERVICE_CIDRS:  # the generic REST calls serve any group
-        api = client.CustomObjectsApi(api_client)
-        if namespace and res.namespaced:
-            return api.list_namespaced_custom_object, (res.group, res.version, namespace, res.plural)
-        return api.list_cluster_custom_object, (res.group, res.version, res.plural)
-    if res == LEASES:
-        api = client.CoordinationV1Api(api_client)
-        return (api.list_namespaced_lease, (namespace,)) if namespace else (api.list_lease_for_all_namespaces, ())
-    core = client.CoreV1Api(api_client)
-    if namespace and res.namespaced:
-        return {"pods": core.list_namespaced_pod,
-                "configmaps": core.list_namespaced_config_map}[res.plural], (namespace,)
-    return {
-        "nodes": core.list_node,
-        "namespaces": core.list_namespace,
-        "pods": core.list_pod_for_all_namespaces,
-        "configmaps": core.list_config_map_for_all_namespaces,
-    }[res.plural], ()
+    return collection(api_client, res.path(namespace or "")), ()

@@ -5,6 +5,7 @@ objects), and the fixtures and objects the tests use with it."""
 from __future__ import annotations
 
 import collections
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -26,12 +27,22 @@ class Fault:
 
 
 class KubeEmulator(KubeApiServer):
-    """Every request is logged (:attr:`requests`); faults can be injected (:meth:`fail`)."""
+    """Every request is logged (:attr:`requests`); faults can be injected (:meth:`fail`).
+
+    Lists are paginated as the real server's are: a list with ``limit`` gets at
+    most that many items and, when more remain, a ``continue`` token in its
+    metadata; each next page comes from the first page's snapshot (its
+    resourceVersion and objects, whatever changed since) and must carry the
+    first request's selectors.  A token is honoured once; a compaction
+    (:meth:`compact`) or :meth:`expire_continues` makes it ``410 Expired``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: collections.deque = collections.deque(maxlen=50000)
         self.faults: list[Fault] = []
+        self.snapshots: dict[str, tuple[dict, dict, list]] = {}  # token -> (query, list head, items left)
+        self.expiring = 0  # continue requests still to find their token expired
+        self._tokens = itertools.count(1)
 
     def on_request(self, request: Request) -> None:
         self.requests.append(request)
@@ -51,6 +62,46 @@ class KubeEmulator(KubeApiServer):
         (``after``: once that many such requests went through, as a writer cut short after them)."""
         with self.cond:
             self.faults.append(Fault(method, re.compile(path_regex), code, times, reason, after))
+
+    def expire_continues(self, times: int = 1) -> None:
+        """The next ``times`` continue requests find their token expired (410),
+        as after a compaction between two pages."""
+        with self.cond:
+            self.expiring += times
+
+    def compact(self) -> None:
+        """As the real server's: a compaction expires the lists' continue tokens too."""
+        with self.cond:
+            super().compact()
+            self.snapshots.clear()
+
+    def operate(self, method: str, res, namespace: str, name: str | None, sub: str | None, query: dict, body):
+        if method != "GET" or name is not None or not (query.get("limit") or query.get("continue")):
+            return super().operate(method, res, namespace, name, sub, query, body)
+        asked = {k: v for k, v in query.items() if k not in ("limit", "continue")}
+        token = query.get("continue")
+        if token:
+            if self.expiring > 0:
+                self.expiring -= 1
+                self.snapshots.pop(token, None)
+            if token not in self.snapshots:
+                raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                               "consistent list result. You can start a new list without the "
+                                               "continue parameter.")
+            if self.snapshots[token][0] != asked:
+                raise ApiError(400, "BadRequest", f"the continue token was issued for {self.snapshots[token][0]}, "
+                                                  f"not {asked}")
+            _, head, rest = self.snapshots.pop(token)
+        else:
+            head = super().operate(method, res, namespace, name, sub, query, body)
+            rest = head.pop("items")
+        limit = int(query.get("limit") or 0) or len(rest)
+        page, rest = rest[:limit], rest[limit:]
+        meta = {"resourceVersion": head["metadata"]["resourceVersion"]}
+        if rest:
+            meta["continue"] = token = f"{meta['resourceVersion']}-{next(self._tokens)}"
+            self.snapshots[token] = (asked, head, rest)
+        return {**head, "metadata": meta, "items": page}
 
     def requests_to(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in list(self.requests) if r.method == method and re.search(path_regex, r.path)]
