@@ -323,6 +323,7 @@ ROWS = (
      both(lambda n: f"{n['ovsdb_rss_mb']:.0f} / {n['agent_rss_mb']:.0f} MB")),
     ("idle CPU over 5 s, share of one core: ovs-vswitchd / ovsdb-server / agent (gateway · worker)",
      both(cpu_cell)),
+    ("this bench's run (the allocation, then both nodes)", lambda r: ms(r["run_s"])),
 )
 
 
@@ -337,6 +338,43 @@ def table(by_size: dict[str, dict]) -> str:
 
 
 NOTE = """
+
+Real, per node (the busiest gateway node, then the worker whose pod the event relabels, one after the
+other): a network namespace with its own ovsdb-server and ovs-vswitchd (OVS 3.1, userspace datapath,
+started as the lab starts them), the bridges of `sdn-egress ovs setup --uplink eth0`, and the agent
+process in it: `AgentCore` and its loop, its OVSDB node (the Geneve ports with BFD it asks for,
+through ovsdbapp), os-ken's OpenFlow 1.4 connection over the Unix socket, its dumps, diff and
+bundles. Stand-ins: the API server (the informers are loaded from bench/clustergen.py with what the
+node's selectors select, and the watch event is handed to the worker's Pod informer inside the
+agent's process, as bench/scale.py does), the allocation ConfigMap (parsed once), the kernel's
+routes, rules and iptables, the EIPs' next-hop MAC and the tunnel MTU (1400). The uplink is a veth
+leading nowhere: no BFD session comes up, every tunnel port's BFD stays down (one packet a second).
+
+"agent start" is the agent process's start as the bench sees it (interpreter and imports included);
+the steps after it are on the agent's own clock. "switches connected": when ovs-vswitchd, which
+retries its controller connection with a backoff and is busy adding the ports, came round to the
+agent's socket. "flows committed": the bundle commit reply; OVS answers a commit once the whole
+bundle is in its flow tables, so the reply is the barrier. The ovs-ofctl counts are taken right after
+and agree with the agent's own. The event runs from handing the watch event to the worker's informer
+to the commit reply on br-int. "loop wake-up" is the agent's poll of its sources (every 50 ms,
+`poll_interval`, after it has read every tunnel's BFD state from OVSDB). "pass" is the agent's pass:
+snapshot, view, flows, diff, bundle. The polled variant runs `ovs-ofctl dump-flows br-int` in a loop
+from the event until the pod's flows are there (or gone). Each dump has to list the whole bridge and
+competes for the 2 cores, so polling adds its own cost. "full recompute": the agent's loop stopped,
+then its full pass `reconcile(full=True)`: both bridges dumped over OpenFlow and parsed, everything
+rebuilt and diffed (0 changes: the switch held what it should). Idle CPU: 5 s with nothing
+changing, the agent's loop polling (on the gateway it reads the BFD state of every port 20 times a
+second).
+
+Datapath: the lab runs the userspace (netdev) datapath. Its namespaces need no kernel module, and
+this machine has none, so there is no figure for the kernel datapath here. What is measured is the
+OpenFlow side, and that is the same on both: ovs-vswitchd holds the OpenFlow tables, takes the
+bundles, numbers the ports and runs BFD in userspace either way. The differences: with the kernel
+datapath all Geneve ports share one kernel vport (genev_sys_6081), so a port is an OVSDB row and an
+ofproto port; the userspace datapath also keeps a netdev per port in ovs-vswitchd (in its RSS and in
+the time until the ports are numbered) and forwards in ovs-vswitchd's own threads, so under traffic
+its CPU would be the datapath's too (no traffic here). On either datapath the caches (megaflows) are
+filled by the first packets, not by the install.
 """
 
 
