@@ -188,7 +188,7 @@ def measure_node(bn: BenchNode, size: gen.Size, status: str, pod: int, events: b
     if events:
         out["events"] = bn.ask("events")["events"]
     full = bn.ask("full")
-    out["full"], out["agent_rss_mb"] = full["full"], full["rss_mb"]
+    out["full"], out["reads"], out["agent_rss_mb"] = full["full"], full["reads"], full["rss_mb"]
     out["vswitchd_hwm_mb"] = proc_status(vswitchd, "VmHWM")
     out["ovsdb_rss_mb"] = proc_status(bn.ovs.pid("ovsdb-server"), "VmRSS")
     if out["dumped"] != out["agent"]["counts"]:
@@ -264,8 +264,8 @@ def ports_cell(node: dict) -> str:
     if not tun:
         return "none"
     t, m = tun[0], node["agent"]["marks"]
-    return (f"{node['geneve']:,} ports: OVSDB transaction {ms(t['s'])}, until numbered "
-            f"{ms(m['numbered'] - t['start'])}")
+    return (f"{node['geneve']:,} ports: OVSDB transaction {ms(t['s'])} (agent CPU {ms(t['agent_cpu_s'])}), "
+            f"until numbered {ms(m['numbered'] - t['start'])}")
 
 
 def flows_cell(node: dict) -> str:
@@ -317,6 +317,8 @@ ROWS = (
     ("the same, into / out of, polled with ovs-ofctl dump-flows until seen (one each)",
      lambda r: polled_cell(r["worker"])),
     ("full recompute against the switch, median of 3 (gateway · worker)", both(full_cell)),
+    ("OVSDB reads of a pass: every tunnel's BFD state (also at each 50 ms poll) / br-int's port numbers "
+     "(gateway · worker)", both(lambda n: f"{ms(n['reads']['bfd_states'])} / {ms(n['reads']['ofports'])}")),
     ("ovs-vswitchd RSS: before the agent → with the flows (peak) (gateway · worker)", both(
         lambda n: f"{n['vswitchd_rss_before_mb']:.0f} → {n['vswitchd_rss_mb']:.0f} MB ({n['vswitchd_hwm_mb']:.0f})")),
     ("ovsdb-server RSS / agent RSS (peak) (gateway · worker)",
@@ -363,8 +365,17 @@ from the event until the pod's flows are there (or gone). Each dump has to list 
 competes for the 2 cores, so polling adds its own cost. "full recompute": the agent's loop stopped,
 then its full pass `reconcile(full=True)`: both bridges dumped over OpenFlow and parsed, everything
 rebuilt and diffed (0 changes: the switch held what it should). Idle CPU: 5 s with nothing
-changing, the agent's loop polling (on the gateway it reads the BFD state of every port 20 times a
-second).
+changing, the agent's loop polling.
+
+What the switch side adds at M: the Geneve ports (one OVSDB transaction for all of them). Most of
+that transaction's time is the agent's own CPU in ovsdbapp, not OVS's. Reading every tunnel's BFD
+state and br-int's port numbers (`ovs_setup.ovsdb.bfd_status`, `ofports`) is one ovsdbapp command
+per interface, so it grows with the ports. A gateway pass pays for both reads. The loop reads the
+BFD states again at every 50 ms poll, which is most of the idle gateway agent's CPU and part of its
+wake-up. The bundles and dumps over OpenFlow (os-ken building and parsing each flow) are most of a
+full recompute. The event's pod gets 125 flows: one of its policies steers everything outside the
+cluster's ranges. clustergen's 1,000 pod CIDRs (/26 each, no `--cluster-cidr` given) do not merge
+into one prefix, so the complement is 123 prefixes. The in-process bench has the same flows.
 
 Datapath: the lab runs the userspace (netdev) datapath. Its namespaces need no kernel module, and
 this machine has none, so there is no figure for the kernel datapath here. What is measured is the
@@ -398,7 +409,8 @@ def main(argv=None) -> int:
 
     def stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background run starts with it ignored
+        signal.signal(sig, stop)
     os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     by_size = {}
     with lab_lock():

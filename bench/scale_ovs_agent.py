@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import threading
 import time
@@ -50,9 +51,10 @@ class Probe:
         inner_sync, inner_ports, inner_up, inner_pass = db.sync_tunnels, db.ofports, core.switch_up, core.reconcile
 
         def sync_tunnels(bridge, peers, bfd):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             inner_sync(bridge, peers, bfd)
-            self.tunnels.append({"ports": len(peers), "start": t - self.t0, "s": time.perf_counter() - t})
+            self.tunnels.append({"ports": len(peers), "start": t - self.t0, "s": time.perf_counter() - t,
+                                 "agent_cpu_s": time.process_time() - cpu})
 
         def ofports(bridge):
             out = inner_ports(bridge)
@@ -195,6 +197,20 @@ def full_passes(core, probe: Probe) -> list[dict]:
     return out
 
 
+def ovsdb_reads(core, n: int = 10) -> dict[str, float]:
+    """Median seconds of the OVSDB reads a pass makes (every tunnel's BFD
+    state, also at every poll of the loop; br-int's port numbers), the loop stopped."""
+    out = {}
+    for name, read in (("bfd_states", core.node.bfd_states), ("ofports", lambda: core.db.ofports("br-int"))):
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return out
+
+
 def agent_main(args) -> None:
     import logging
     import resource
@@ -222,7 +238,7 @@ def agent_main(args) -> None:
         if cmd == "events":
             say(events=events(source, core, probe, ovs, gen.SIZES[args.size], args.pod))
         elif cmd == "full":
-            say(full=full_passes(core, probe))
+            say(full=full_passes(core, probe), reads=ovsdb_reads(core))
             break
     sys.stdout.flush()
     os._exit(0)  # os-ken's threads cannot be stopped (as in sdn_egress.agent.main)
