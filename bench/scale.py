@@ -239,12 +239,15 @@ class Node:
         return out
 
 
-def make_agent(node: str, source, status_dir: str):
+def make_agent(node: str, source, status_dir: str, db=None, switches: bool = True):
+    """The agent of ``node``; ``db``: its OVSDB (default: the :class:`Node`
+    stand-in); ``switches``: connect :class:`Switch` stand-ins (without: the
+    caller's real switches connect)."""
     from sdn_egress.agent import core as core_mod
     from sdn_egress.agent.facts import NodeReader
     from sdn_egress.allocation import FileAllocationStore
 
-    db = Node()
+    db = db if db is not None else Node()
     bfd = {"enable": "true", "min_tx": "100", "min_rx": "100", "decay_min_rx": "0", "mult": "3"}
     cfg = core_mod.AgentConfig(node=node, ovs_db="unused", tunnel_mtu=1400, new_pod_hold=0, bfd=bfd,
                                bfd_grace=1e9)
@@ -252,7 +255,7 @@ def make_agent(node: str, source, status_dir: str):
                         address_mtu=lambda ip: 1500)
     core = core_mod.AgentCore(cfg, source, Allocations(FileAllocationStore(status_dir).load()), routing=Routing(),
                               db=db, node=reader)
-    for bridge in ("br-int", "br-ex"):
+    for bridge in ("br-int", "br-ex") if switches else ():
         core.switch_up(Switch(bridge))
     return core
 
