@@ -115,6 +115,55 @@ def test_tunnels_follow_the_peer_set(node):
     assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd").strip() == '{enable="true", min_rx="100", min_tx="100"}'
     ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31"})
     assert ovs.vsctl("get", "Interface", "gnv-alpha", "bfd").strip() == "{}"
+    _a_sync_that_changes_nothing_writes_nothing(api, ovs)
+    _the_agents_reads_follow_the_database(api, ovs)
+
+
+def _a_sync_that_changes_nothing_writes_nothing(api, ovs):
+    """A gateway has a port to every node: a sync writes only the ports that
+    differ (at 1,000 ports, rewriting all cost the agent seconds)."""
+    bfd = {"enable": "true", "min_tx": "100", "min_rx": "100"}
+    peers = {f"w{i}": f"198.51.100.{10 + i}" for i in range(20)}
+    ovsdb.sync_tunnels(api, "br-int", peers, bfd=bfd)
+    opened = []
+    real = api.transaction
+    api.transaction = lambda *a, **k: opened.append(1) or real(*a, **k)
+    try:
+        ovsdb.sync_tunnels(api, "br-int", peers, bfd=bfd)
+        assert opened == []
+        ovsdb.sync_tunnels(api, "br-int", {**peers, "w3": "198.51.100.99"}, bfd=bfd)
+        assert opened == [1]
+    finally:
+        api.transaction = real
+    assert ovs.vsctl("get", "Interface", "gnv-w3", "options:remote_ip").strip() == '"198.51.100.99"'
+    assert ovs.vsctl("get", "Interface", "gnv-w4", "bfd:min_tx").strip() == '"100"'
+
+
+def _the_agents_reads_follow_the_database(api, ovs):
+    """The agent's reads of every port (BFD states every 50 ms) are taken
+    again only when the IDL's replica changed, and always then."""
+    from sdn_egress.agent.nodedb import OvsdbNode
+
+    node = OvsdbNode(ovs.db_target)
+    node._api = api  # ovsdbapp keeps one connection per process
+    reads = []
+    real = ovsdb.bfd_status
+    ovsdb.bfd_status = lambda *a: reads.append(1) or real(*a)
+    try:
+        for _ in range(5):  # a window in which the replica stays (statistics land every 5 s)
+            seqno, n = api.idl.change_seqno, len(reads)
+            first, second = node.bfd_status("br-int"), node.bfd_status("br-int")
+            if api.idl.change_seqno == seqno:
+                assert len(reads) == n + 1 and first == second
+                break
+        else:
+            pytest.fail("the IDL changed during every try")
+    finally:
+        ovsdb.bfd_status = real
+    assert "gnv-w5" in node.ofports("br-int")
+    ovsdb.sync_tunnels(api, "br-int", {"alpha": "192.0.2.31", "charlie": "192.0.2.33"})
+    ports = node.ofports("br-int")
+    assert "gnv-charlie" in ports and "gnv-w5" not in ports
 
 
 def test_a_missing_uplink_is_one_clear_error(node):
