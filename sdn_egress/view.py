@@ -8,6 +8,7 @@ need; both are pure functions of it.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -93,31 +94,79 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
     so when listing them is cheaper they are ``exclude`` entries of the top
     rank (:data:`CLUSTER_RANK`), which nothing outranks.  (IPv4 keeps cutting,
     as it always has.)  ``unsteered``: :func:`never_steered` of ``state``,
-    when the caller has it."""
+    when the caller has it.
+
+    The entries depend on the pod only through its addresses: the rest
+    (:func:`destinations`) is computed once for the policies and shared by
+    every pod they select."""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
     never = unsteered if unsteered is not None else never_steered(state, version)
-    policies = [(p, eip) for p in selected_policies(state, alloc, pod)
-                if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6)]
-    cut = _entries(pod, ips, policies, version, never)
-    if version == 4 or not cut:
-        return cut
-    listed = _entries(pod, ips, policies, version, netaddr.IPSet())
-    covered = netaddr.IPSet(s.dest for s in listed if not s.exclude)
-    first = listed[0]
-    cluster = [Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK,
-                     exclude=True)
-               for cidr in (never & covered).iter_cidrs() for ip in ips]
-    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+    policies = tuple((p, eip) for p in selected_policies(state, alloc, pod)
+                     if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6))
+    return [Steer(pod=pod.key, pod_ip=ip, dest=d.dest, policy=d.policy, eip=d.eip, rank=d.rank, exclude=d.exclude)
+            for d in destinations(policies, version, never) for ip in ips]
 
 
 CLUSTER_RANK = MAX_STEER_RANKS - 1  # policies' exclusions use the ranks below it
 
 
-def _entries(pod: Pod, ips, policies, version: int, claimed: netaddr.IPSet) -> list[Steer]:
+@dataclass(frozen=True)
+class Destination:
+    """A :class:`~flows.view.Steer` without its pod."""
+
+    dest: netaddr.IPNetwork
+    policy: str
+    eip: netaddr.IPAddress
+    rank: int = 0
+    exclude: bool = False
+
+
+def destinations(policies: tuple, version: int, never: netaddr.IPSet) -> tuple[Destination, ...]:
+    """The steering entries, without a pod, of ``policies`` ((policy, its
+    EIP of ``version``) pairs, best first) for a pod of that family, with
+    ``never`` (:func:`never_steered`) not steered.  What they depend on is
+    the policies' destinations, exclusions and EIPs: computed once per set
+    of policies while they and ``never`` stay (the same objects: one pointer
+    each), not once per pod, and kept across passes (a pod selected again
+    finds them)."""
+    key = (version, tuple(p.key for p, _ in policies))
+    inputs = (policies, never)
+    with _DESTINATIONS_LOCK:
+        hit = _DESTINATIONS.get(key)
+    if hit is not None and hit[0][1] is never and hit[0][0] == policies:
+        return hit[1]
+    out = tuple(_destinations(policies, version, never))
+    with _DESTINATIONS_LOCK:
+        if len(_DESTINATIONS) >= _DESTINATIONS_MAX:
+            _DESTINATIONS.clear()
+        _DESTINATIONS[key] = (inputs, out)
+    return out
+
+
+# (version, policy keys) -> ((policies, never), their destinations): one per process (a debug
+# command's thread may build a view too); bounded, cleared whole when full.
+_DESTINATIONS: dict[tuple, tuple] = {}
+_DESTINATIONS_MAX = 4096
+_DESTINATIONS_LOCK = threading.Lock()
+
+
+def _destinations(policies, version: int, never: netaddr.IPSet) -> list[Destination]:
+    cut = _entries(policies, version, never)
+    if version == 4 or not cut:
+        return cut
+    listed = _entries(policies, version, netaddr.IPSet())
+    covered = netaddr.IPSet(d.dest for d in listed if not d.exclude)
+    first = listed[0]
+    cluster = [Destination(dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK, exclude=True)
+               for cidr in (never & covered).iter_cidrs()]
+    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+
+
+def _entries(policies, version: int, claimed: netaddr.IPSet) -> list[Destination]:
     claimed = netaddr.IPSet(claimed)
-    steers: list[Steer] = []
+    out: list[Destination] = []
     rank = 0
     for policy, eip in policies:
         # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
@@ -134,13 +183,12 @@ def _entries(pod: Pod, ips, policies, version: int, claimed: netaddr.IPSet) -> l
             entries = [(cidr, False) for cidr in listed] + [(cidr, True) for cidr in holes]
         else:
             holes = []
-        for cidr, exclude in entries:
-            for ip in ips:
-                steers.append(Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=policy.key,
-                                    eip=netaddr.IPAddress(eip), rank=rank, exclude=exclude))
+        address = netaddr.IPAddress(eip)
+        out.extend(Destination(dest=cidr, policy=policy.key, eip=address, rank=rank, exclude=exclude)
+                   for cidr, exclude in entries)
         if holes:
             rank += 1
-    return steers
+    return out
 
 
 def underlay_address(node) -> netaddr.IPAddress | None:
