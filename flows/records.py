@@ -374,6 +374,22 @@ class Flow:
         object.__setattr__(self, "key", (self.bridge, self.table, self.priority, self.match))
         object.__setattr__(self, "_hash", hash((self.key, actions, self.cookie)))
 
+    @classmethod
+    def of_canonical(cls, bridge: str, table: str, priority: int, match: tuple, actions: tuple,
+                     cookie: int) -> "Flow":
+        """A flow from parts that are already another flow's: ``match`` a
+        canonical match (as :func:`canonical_match` gives it: sorted, each
+        entry as :func:`canonical_entry` makes it), ``actions`` a flow's
+        tuple of action records, ``priority`` and ``cookie`` in range.
+        Nothing is checked or converted (the caller vouches: the result must
+        equal ``Flow(...)`` of the same parts); for the thousands of flows
+        of one shape a pipeline builds (a pod's steers)."""
+        f = object.__new__(cls)
+        key = (bridge, table, priority, match)
+        f.__dict__.update(bridge=bridge, table=table, priority=priority, match=match, actions=actions,
+                          cookie=cookie, key=key, _hash=hash((key, actions, cookie)))
+        return f
+
     def __hash__(self) -> int:
         return self._hash
 

@@ -15,7 +15,7 @@ from flows import family
 from flows import fields as F
 from flows.check import route_by_eip
 from flows.memo import Memo
-from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField
+from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField, canonical_entry
 from flows.tables import flow
 from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer
 
@@ -78,18 +78,41 @@ def steers(view: NodeView, memo: Memo | None = None) -> list[Flow]:
 
 
 def _steer_flows(group, egw: int, keys: dict[str, int]) -> list[Flow]:
+    """The flows of one pod's steers.  They differ from one another only by
+    their destination and priority: per (address, policy, EIP, kind) the
+    first is built and judged the full way (:func:`flows.tables.flow`), the
+    others share its source entry, actions and cookie and take their own
+    destination entry into the same place of its match."""
     out = []
+    shared: dict[tuple, tuple | None] = {}
     for s in group:
-        fam = family.of(s.pod_ip)
-        if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
-            actions, feature = (Drop(),), C.Feature.UNSTEERED
-        else:
-            actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
-        out.append(flow(
-            BR, "classify", steer_priority(s),
-            {"in_port": egw, "eth_type": fam.eth_type, fam.src: s.pod_ip, fam.dst: s.dest},
-            actions, C.encode(feature, C.steer_object(s.policy, s.pod))))
+        part = (s.pod_ip.value, s.pod_ip.version, s.policy, s.eip.value, s.exclude)  # (check: one family)
+        like = shared.get(part)
+        dst = canonical_entry(like[1], s.dest) if like is not None else None
+        if dst is None:  # the first of its kind, or a /0 (no destination field): the full way
+            f = _steer_flow(s, egw, keys)
+            if part not in shared:
+                fam = family.of(s.pod_ip)
+                where = [e[0] for e in f.match].index(fam.dst) if s.dest.prefixlen else None
+                shared[part] = (f, fam.dst, where) if where is not None else None
+            out.append(f)
+            continue
+        first, _, where = like
+        out.append(Flow.of_canonical(BR, "classify", steer_priority(s),
+                                     first.match[:where] + (dst,) + first.match[where + 1:],
+                                     first.actions, first.cookie))
     return out
+
+
+def _steer_flow(s: Steer, egw: int, keys: dict[str, int]) -> Flow:
+    fam = family.of(s.pod_ip)
+    if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
+        actions, feature = (Drop(),), C.Feature.UNSTEERED
+    else:
+        actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
+    return flow(BR, "classify", steer_priority(s),
+                {"in_port": egw, "eth_type": fam.eth_type, fam.src: s.pod_ip, fam.dst: s.dest},
+                actions, C.encode(feature, C.steer_object(s.policy, s.pod)))
 
 
 def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
