@@ -130,17 +130,22 @@ def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
     return (SetField("tunnel_id", route.tunnel_key), out)
 
 
-def eip_out(view: NodeView) -> list[Flow]:
-    out = []
-    for r in view.eip_routes:
-        obj = C.object_id(C.eip_key(r.eip))
-        actions = to_gateways(r, view.ports)
-        feature = C.Feature.EIP_OUT
-        if actions is None:
-            actions, feature = (Drop(),), C.Feature.NO_GATEWAY
-        out.append(flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions,
-                        C.encode(feature, obj)))
-    return out
+def eip_out(view: NodeView, memo: Memo | None = None) -> list[Flow]:
+    """An EIP's way to its gateways.  With ``memo``, built again only when
+    its route or the tunnel ports changed."""
+    if memo is None:
+        return [_eip_out(r, view.ports) for r in view.eip_routes]
+    return [memo.get(("eip_out", str(r.eip)), (r, view.ports.tunnels),
+                     lambda r=r: _eip_out(r, view.ports)) for r in view.eip_routes]
+
+
+def _eip_out(r: EipRoute, ports: Ports) -> Flow:
+    obj = C.object_id(C.eip_key(r.eip))
+    actions = to_gateways(r, ports)
+    feature = C.Feature.EIP_OUT
+    if actions is None:
+        actions, feature = (Drop(),), C.Feature.NO_GATEWAY
+    return flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions, C.encode(feature, obj))
 
 
 def replies_in(view: NodeView, memo: Memo | None = None) -> list[Flow]:
@@ -166,4 +171,4 @@ def to_host(view: NodeView) -> list[Flow]:
 
 
 def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    return steers(view, memo) + eip_out(view) + replies_in(view, memo) + to_host(view)
+    return steers(view, memo) + eip_out(view, memo) + replies_in(view, memo) + to_host(view)
