@@ -7,8 +7,6 @@ object and the field.
 """
 from __future__ import annotations
 
-from itertools import groupby
-from operator import attrgetter
 
 import netaddr
 
@@ -126,7 +124,7 @@ def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
     """Each steer's own fields once (a pod's steers that are the same
     objects as last time are not checked again); that its EIP has a route,
     every time."""
-    for group in [tuple(g) for _, g in groupby(view.steers, key=attrgetter("pod"))]:
+    for group in view.steer_groups:
         key = ("checked", id(group[0]))
         eips = memo.peek(key, (group,))
         if eips is None:

@@ -7,9 +7,6 @@ alive.  classify (tunnel, tun_id = REPLY) -> to_host -> egw0.
 """
 from __future__ import annotations
 
-from itertools import groupby
-from operator import attrgetter
-
 from flows import cookie as C
 from flows import family
 from flows import fields as F
@@ -48,18 +45,13 @@ def steer_priority(s: Steer) -> int:
     return PRIO_STEER + s.rank * PRIO_RANK + (PRIO_EXCLUDE if s.exclude else 0) + s.dest.prefixlen
 
 
-def pod_groups(steers) -> list[tuple[Steer, ...]]:
-    """The steers in runs of one pod (the view lists a pod's steers together)."""
-    return [tuple(g) for _, g in groupby(steers, key=attrgetter("pod"))]
-
-
 def steers(view: NodeView, memo: Memo | None = None) -> list[Flow]:
     """One flow per steer, and the catch-all drop.  With ``memo``, a pod's
     flows are built again only when its steers (the same objects), egw0's
     port or the tunnel key of one of its EIPs changed."""
     keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
     out = []
-    for group in pod_groups(view.steers):
+    for group in view.steer_groups:
         if memo is None:
             out.extend(_steer_flows(group, view.ports.egw, keys))
             continue

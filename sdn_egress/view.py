@@ -225,12 +225,13 @@ def _return_routes(n, node_name: str) -> tuple[ReturnRoute, ...]:
 
 
 def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
-                  memo: ViewMemo) -> tuple[list[Steer], set[str]]:
-    """The steers of the node's pods (by pod key) and the EIPs they use.  A
-    pod's are computed again only when something they depend on changed: the
-    pod, its namespace's labels, the policies that may select it (the
-    index's candidates) with their allocation, the cluster's own ranges."""
-    steers: list[Steer] = []
+                  memo: ViewMemo) -> tuple[list[tuple[Steer, ...]], set[str]]:
+    """The steers of the node's pods, one tuple per pod with steers (by pod
+    key), and the EIPs they use.  A pod's are computed again only when
+    something they depend on changed: the pod, its namespace's labels, the
+    policies that may select it (the index's candidates) with their
+    allocation, the cluster's own ranges."""
+    steers: list[tuple[Steer, ...]] = []
     used: set[str] = set()
     local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
     if not local:
@@ -250,7 +251,8 @@ def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
                          for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
             return mine, frozenset(str(s.eip) for s in mine)
         mine, eips = memo.get(("steers", pod.key), inputs, make)
-        steers.extend(mine)
+        if mine:
+            steers.append(mine)
         used |= eips
     return steers, used
 
@@ -278,7 +280,7 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     memo = memo if memo is not None else ViewMemo()
     node = state.nodes[node_name]
     node_ip = underlay_address(node)
-    steers, used = _local_steers(node_name, state, alloc, memo)
+    groups, used = _local_steers(node_name, state, alloc, memo)
 
     by_ip, held = memo.get("eips", (alloc.eips, dead, facts.next_hop_macs, node_name),
                            lambda: _held(node_name, alloc, facts, dead))
@@ -299,12 +301,12 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
-        brex_mac=facts.brex_mac, steers=tuple(steers), eip_routes=tuple(eip_routes), held=held,
+        brex_mac=facts.brex_mac, steers=tuple(s for g in groups for s in g), eip_routes=tuple(eip_routes), held=held,
         return_routes=return_routes,
         pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4) + tuple(
             c for c in node.pod_cidrs if c.version == 6),
         tunnel_mtu=facts.tunnel_mtu,
-    )
+    ).with_steer_groups(tuple(groups))
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,

@@ -210,3 +210,17 @@ def test_a_new_node_is_never_steered_to_from_the_next_pass_on():
     covered = netaddr.IPSet(s.dest for s in after)
     assert IP("198.51.100.7") not in covered and not covered & netaddr.IPSet(["198.51.100.64/26"])
     assert IP("198.51.100.8") in covered
+
+
+def test_a_views_steer_groups_are_its_steers_in_runs_of_one_pod_even_after_replace():
+    import dataclasses
+    from itertools import groupby
+
+    pods = [pod("shop", f"cart-{i}", "bravo", f"203.0.113.{40 + i}", app="cart") for i in range(3)]
+    pods.append(pod("shop", "web-0", "bravo", "203.0.113.50", app="web"))
+    st = state(policy("shop", "cart", exclude=["198.51.100.4/32", "198.51.100.9/32"], app="cart"), pods=pods)
+    v = view(st)
+    cut = tuple(tuple(g) for _, g in groupby(v.steers, key=lambda s: s.pod))
+    assert v.steer_groups == cut and [g[0].pod for g in cut] == ["shop/cart-0", "shop/cart-1", "shop/cart-2"]
+    fewer = dataclasses.replace(v, steers=v.steers[:1])
+    assert fewer.steer_groups == ((v.steers[0],),)
