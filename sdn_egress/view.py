@@ -324,13 +324,18 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
     the gateway does not know which workers send to it (it watches only its
     own node's pods); a session comes up with the workers that have a port
     back, the others' ports stay idle.  ``memo``: see :func:`used_gateways`."""
-    gateways = {n for a in alloc.eips for n in a.nodes}
+    gateways = gateway_nodes(alloc.eips)
     if node_name in gateways:
         wanted = set(state.nodes)
     else:
         wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
-    return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
-            if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
+    names = tuple(sorted(n for n in wanted if n != node_name and n in state.nodes))
+    nodes = tuple(state.nodes[n] for n in names)
+
+    def make() -> dict[str, str]:
+        return {n: str(ip) for n, node in zip(names, nodes, strict=True) if (ip := underlay_address(node)) is not None}
+    # Their addresses again only when they or their Node objects changed (compared by identity first).
+    return dict(memo.get("peers", (names, nodes), make)) if memo is not None else make()
 
 
 def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
@@ -367,6 +372,17 @@ def _pod_gateways(pod: Pod, namespace_labels, candidates, alloc: Allocation) -> 
     return frozenset(out)
 
 
+def gateway_nodes(eips) -> frozenset[str]:
+    """Every node of every EIP's list (active and standbys), found again only
+    for another allocation (one pointer per assignment)."""
+    global _GATEWAY_NODES
+    last = _GATEWAY_NODES
+    if last[0] != eips:
+        last = _GATEWAY_NODES = (eips, frozenset(n for a in eips for n in a.nodes))
+    return last[1]
+
+
+_GATEWAY_NODES: tuple = (None, frozenset())  # (the EIP assignments, their nodes): one per process
 _NODES_OF: tuple = (None, None)  # (the EIP assignments, EIP -> its gateway nodes): one per process
 
 

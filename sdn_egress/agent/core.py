@@ -43,7 +43,7 @@ from sdn_egress.backoff import Backoff
 from sdn_egress.model import ClusterState
 from sdn_egress.reports import StatusWriter
 from sdn_egress.source import StateSource
-from sdn_egress.view import build_view, contested_eips
+from sdn_egress.view import build_view, contested_eips, gateway_nodes
 
 LOG = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class AgentCore:
             self.bridges.bootstrap(bridges)
             raise
         self.node.sync_tunnels(state, alloc)
-        gateways = frozenset(n for a in alloc.eips for n in a.nodes)
+        gateways = gateway_nodes(alloc.eips)
         gateway = self.config.node in gateways
         dead = self.peers.judge(self.node.bfd_states(), gateway, expected=gateways,
                                 contested=lambda d: contested_eips(self.config.node, alloc, d))
