@@ -46,26 +46,33 @@ def steer_priority(s: Steer) -> int:
 
 
 def steers(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    """One flow per steer, and the catch-all drop.  With ``memo``, a pod's
-    flows are built again only when its steers (the same objects), egw0's
-    port or the tunnel key of one of its EIPs changed."""
+    """One flow per steer, and the catch-all drop."""
+    return [f for part in steer_parts(view, memo) for f in part]
+
+
+def steer_parts(view: NodeView, memo: Memo | None = None) -> list:
+    """:func:`steers` in parts: each pod's flows, then the catch-all drop.
+    With ``memo``, a pod's flows are built again only when its steers (the
+    same objects), egw0's port or the tunnel key of one of its EIPs
+    changed, and they are a frozenset, the same one pass after pass
+    (``flows.build`` gathers it without hashing its flows again)."""
     keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
-    out = []
+    out: list = []
     for group in view.steer_groups:
         if memo is None:
-            out.extend(_steer_flows(group, view.ports.egw, keys))
+            out.append(_steer_flows(group, view.ports.egw, keys))
             continue
         key, inputs = ("steers", id(group[0])), (group, view.ports.egw)
         hit = memo.peek(key, inputs)
         if hit is None or any(keys.get(eip) != k for eip, k in hit[0]):
-            made = tuple(_steer_flows(group, view.ports.egw, keys))
+            made = frozenset(_steer_flows(group, view.ports.egw, keys))
             hit = (tuple({(str(s.eip), keys[str(s.eip)]) for s in group if not s.exclude}), made)
         memo.put(key, inputs, hit)
-        out.extend(hit[1])
+        out.append(hit[1])
     # Whatever the host sends into egw0 that no steer claims dies here: never
     # let a selected pod's packet out with the wrong source.
-    out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
-                    C.encode(C.Feature.UNSTEERED)))
+    out.append([flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
+                     C.encode(C.Feature.UNSTEERED))])
     return out
 
 
@@ -162,5 +169,10 @@ def to_host(view: NodeView) -> list[Flow]:
     return out
 
 
+def flow_parts(view: NodeView, memo: Memo | None = None) -> list:
+    """br-int's worker flows, in parts (see :func:`steer_parts`)."""
+    return steer_parts(view, memo) + [eip_out(view, memo), replies_in(view, memo), to_host(view)]
+
+
 def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    return steers(view, memo) + eip_out(view, memo) + replies_in(view, memo) + to_host(view)
+    return [f for part in flow_parts(view, memo) for f in part]
