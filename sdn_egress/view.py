@@ -18,6 +18,7 @@ from flows.memo import Memo as ViewMemo
 from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
+from sdn_egress.ranges import Ranges
 from sdn_egress.source.index import policy_index
 
 # Destinations no policy ever steers, whatever it says: they are not "outside
@@ -153,40 +154,50 @@ _DESTINATIONS_LOCK = threading.Lock()
 
 
 def _destinations(policies, version: int, never: netaddr.IPSet) -> list[Destination]:
-    cut = _entries(policies, version, never)
+    unsteered = _ranges_of(version, never)
+    cut = _entries(policies, version, unsteered)
     if version == 4 or not cut:
         return cut
-    listed = _entries(policies, version, netaddr.IPSet())
-    covered = netaddr.IPSet(d.dest for d in listed if not d.exclude)
+    listed = _entries(policies, version, Ranges(version))
+    covered = Ranges.of(version, (d.dest for d in listed if not d.exclude))
     first = listed[0]
     cluster = [Destination(dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK, exclude=True)
-               for cidr in (never & covered).iter_cidrs()]
+               for cidr in (unsteered & covered).cidrs()]
     return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
 
 
-def _entries(policies, version: int, claimed: netaddr.IPSet) -> list[Destination]:
-    claimed = netaddr.IPSet(claimed)
+def _ranges_of(version: int, ipset: netaddr.IPSet) -> Ranges:
+    """``ipset`` (:func:`never_steered`'s, one per family and pass) as :class:`Ranges`, converted once."""
+    last = _RANGES_OF.get(version)
+    if last is None or last[0] is not ipset:
+        last = _RANGES_OF[version] = (ipset, Ranges.of_set(version, ipset))
+    return last[1]
+
+
+_RANGES_OF: dict[int, tuple] = {}  # family -> (the IPSet, as Ranges): one per process
+
+
+def _entries(policies, version: int, claimed: Ranges) -> list[Destination]:
     out: list[Destination] = []
     rank = 0
     for policy, eip in policies:
         # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
-        wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
-                               or ([] if policy.dest_subnets else [EVERYTHING[version]]))
-        excluded = netaddr.IPSet([x for x in policy.exclude_subnets if x.version == version])
+        wanted = Ranges.of(version, [d for d in policy.dest_subnets if d.version == version]
+                           or ([] if policy.dest_subnets else [EVERYTHING[version]]))
+        excluded = Ranges.of(version, policy.exclude_subnets)
         free = wanted - claimed
         region = free - excluded
-        claimed |= region
-        entries = [(cidr, False) for cidr in region.iter_cidrs()]
-        holes = list((free & excluded).iter_cidrs()) if rank < CLUSTER_RANK - 1 else []
-        listed = list(free.iter_cidrs()) if holes else []
-        if holes and len(listed) + len(holes) < len(entries):
-            entries = [(cidr, False) for cidr in listed] + [(cidr, True) for cidr in holes]
+        claimed = claimed | region
+        holes = free & excluded if rank < CLUSTER_RANK - 1 else Ranges(version)
+        listed = bool(holes) and free.count_cidrs() + holes.count_cidrs() < region.count_cidrs()
+        if listed:
+            entries = [(cidr, False) for cidr in free.cidrs()] + [(cidr, True) for cidr in holes.cidrs()]
         else:
-            holes = []
+            entries = [(cidr, False) for cidr in region.cidrs()]
         address = netaddr.IPAddress(eip)
         out.extend(Destination(dest=cidr, policy=policy.key, eip=address, rank=rank, exclude=exclude)
                    for cidr, exclude in entries)
-        if holes:
+        if listed:
             rank += 1
     return out
 

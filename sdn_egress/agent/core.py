@@ -170,14 +170,16 @@ class AgentCore:
         (``gc.freeze``), so that the collector no longer scans the
         long-lived state (informer caches, cluster state, memos): a pass
         after an event then never meets a full collection of it (0.2 s at
-        5,000 nodes), only one of what came since the last full pass (a few
-        ms).  What was frozen and became cyclic garbage since is reclaimed
-        by a whole collection every :data:`HEAP_RESET_INTERVAL` (the first
-        call makes one)."""
+        5,000 nodes), only one of what came since the last full pass.  Each
+        call collects the young generations; what was frozen (or grew old
+        since) and became cyclic garbage is reclaimed by a whole collection
+        every :data:`HEAP_RESET_INTERVAL` (the first call makes one)."""
         if now >= self._heap_reset_due:
             gc.unfreeze()
             self._heap_reset_due = now + HEAP_RESET_INTERVAL
-        gc.collect()
+            gc.collect()
+        else:
+            gc.collect(1)  # the young generations: what the pass made and dropped
         gc.freeze()
 
     def wait_stopped(self, timeout: float) -> bool:
