@@ -27,8 +27,9 @@ def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]
     taken from the last build; the result is the same."""
     try:
         check(view, memo)
-        parts = [base.flows(), *worker.flow_parts(view, memo), gateway.flows(view, memo), uplink.flows(view),
-                 arp.flows(view), nd.flows(view)]
+        parts = [base.flows() if memo is None else memo.get("base", (), base.flows),  # the same every time
+                 *worker.flow_parts(view, memo), gateway.flows(view, memo), uplink.flows(view), arp.flows(view),
+                 nd.flows(view)]
         return _by_bridge(parts, view, memo)
     finally:
         if memo is not None:

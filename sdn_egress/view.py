@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterable
 
 import netaddr
@@ -68,14 +69,18 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
     own (pod CIDRs, node addresses, extras) and :data:`NEVER_STEERED`.
     Computed once per pass and family (it reads every node), not once per
     pod, and again only when the nodes or the extras changed."""
-    key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
     cached = _UNSTEERED.get(version)
+    if cached is not None and cached[2] is state:  # asked again in one pass
+        return cached[1]
+    key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
     if cached is None or cached[0] != key:  # tuples compare by identity first: unchanged nodes cost nothing
-        cached = _UNSTEERED[version] = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
+        cached = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
+    _UNSTEERED[version] = (*cached[:2], state)
     return cached[1]
 
 
-_UNSTEERED: dict[int, tuple] = {}  # family -> the last (key, never_steered): one per process is enough
+# family -> the last (key, never_steered, the state it was last asked for): one per process is enough
+_UNSTEERED: dict[int, tuple] = {}
 
 
 def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4,
@@ -268,6 +273,12 @@ def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
     return steers, used
 
 
+def _eip_route(a, node_name: str, dead: frozenset[str]) -> EipRoute:
+    alive = live_order(a.nodes, dead)
+    return EipRoute(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key, gateways=tuple(a.nodes),
+                    local=bool(alive) and alive[0] == node_name)
+
+
 def _held(node_name: str, alloc: Allocation, facts: NodeFacts, dead: frozenset[str]):
     """(EIP -> its assignment, the EIPs this node holds)."""
     held = tuple(
@@ -295,13 +306,8 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     by_ip, held = memo.get("eips", (alloc.eips, dead, facts.next_hop_macs, node_name),
                            lambda: _held(node_name, alloc, facts, dead))
-    eip_routes = []
-    for eip in sorted(used):
-        a = by_ip[eip]
-        alive = live_order(a.nodes, dead)
-        eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
-                                   gateways=tuple(a.nodes),
-                                   local=bool(alive) and alive[0] == node_name))
+    eip_routes = [memo.get(("route", eip), (by_ip[eip], dead, node_name),
+                           lambda a=by_ip[eip]: _eip_route(a, node_name, dead)) for eip in sorted(used)]
 
     return_routes: tuple[ReturnRoute, ...] = ()
     if held:
@@ -312,7 +318,7 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
-        brex_mac=facts.brex_mac, steers=tuple(s for g in groups for s in g), eip_routes=tuple(eip_routes), held=held,
+        brex_mac=facts.brex_mac, steers=tuple(chain.from_iterable(groups)), eip_routes=tuple(eip_routes), held=held,
         return_routes=return_routes,
         pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4) + tuple(
             c for c in node.pod_cidrs if c.version == 6),
