@@ -259,8 +259,7 @@ def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
         ns = labels.get(pod.namespace)
         if ns is None:
             ns = labels[pod.namespace] = tuple(sorted(state.namespace_labels(pod.namespace).items()))
-        inputs = (pod, ns, unsteered[4], unsteered[6],
-                  tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items()))
+        inputs = (pod, ns, unsteered[4], unsteered[6], index.candidate_pairs(pod, alloc.policies))
 
         def make(pod=pod):
             mine = tuple(s for version in (4, 6)
@@ -368,7 +367,7 @@ def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
         if pod.node != node_name:
             continue
         namespace_labels = state.namespace_labels(pod.namespace)
-        candidates = tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items())
+        candidates = index.candidate_pairs(pod, alloc.policies)
         out |= memo.get(("gateways", pod.key), (pod, namespace_labels, candidates, alloc.eips),
                         lambda pod=pod, labels=namespace_labels, candidates=candidates:
                         _pod_gateways(pod, labels, candidates, alloc))
