@@ -69,18 +69,18 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
     own (pod CIDRs, node addresses, extras) and :data:`NEVER_STEERED`.
     Computed once per pass and family (it reads every node), not once per
     pod, and again only when the nodes or the extras changed."""
+    asked = _UNSTEERED.get("state")
+    if asked is None or asked[0] is not state:  # not asked of this state yet: are the nodes and extras the same?
+        asked = _UNSTEERED["state"] = (state, (state.extra_cluster_cidrs, tuple(state.nodes.values())))
+    key = asked[1]
     cached = _UNSTEERED.get(version)
-    if cached is not None and cached[2] is state:  # asked again in one pass
-        return cached[1]
-    key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
     if cached is None or cached[0] != key:  # tuples compare by identity first: unchanged nodes cost nothing
-        cached = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
-    _UNSTEERED[version] = (*cached[:2], state)
+        cached = _UNSTEERED[version] = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
     return cached[1]
 
 
-# family -> the last (key, never_steered, the state it was last asked for): one per process is enough
-_UNSTEERED: dict[int, tuple] = {}
+# family -> the last (key, never_steered); "state": (the state last asked of, its key). One per process.
+_UNSTEERED: dict = {}
 
 
 def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4,
