@@ -130,7 +130,7 @@ def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
         if eips is None:
             for s in group:
                 _check_steer(s)
-            eips = frozenset(str(s.eip) for s in group)
+            eips = frozenset(str(e) for e in {id(s.eip): s.eip for s in group}.values())
         memo.put(key, (group,), eips)
         for eip in eips:
             if eip not in routes:

@@ -104,7 +104,19 @@ def _canonical_entry_cached(name: str, value: Any, mask: Any) -> MatchEntry | No
 
 @lru_cache(maxsize=1 << 16)
 def _network_entry(name: str, version: int, first: int, prefixlen: int) -> MatchEntry | None:
-    return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+    f = F.FIELDS.get(name)
+    if f is None or f.kind != _IP_KIND.get(version) or not 0 <= prefixlen <= f.bits:
+        return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+    # _canonical_entry's result, from the integers: the value ANDed with the mask, both as netaddr prints them
+    ones = (1 << f.bits) - 1
+    mask = ones ^ ((1 << (f.bits - prefixlen)) - 1)
+    if mask == 0:
+        return None
+    value = str(netaddr.IPAddress(first & mask, version))
+    return (name, value) if mask == ones else (name, value, str(netaddr.IPAddress(mask, version)))
+
+
+_IP_KIND = {4: F.IPV4, 6: F.IPV6}
 
 
 @lru_cache(maxsize=1 << 16)

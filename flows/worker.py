@@ -66,7 +66,8 @@ def steer_parts(view: NodeView, memo: Memo | None = None) -> list:
         hit = memo.peek(key, inputs)
         if hit is None or any(keys.get(eip) != k for eip, k in hit[0]):
             made = frozenset(_steer_flows(group, view.ports.egw, keys))
-            hit = (tuple({(str(s.eip), keys[str(s.eip)]) for s in group if not s.exclude}), made)
+            eips = {str(e) for e in {id(s.eip): s.eip for s in group if not s.exclude}.values()}  # each once
+            hit = (tuple((eip, keys[eip]) for eip in sorted(eips)), made)
         memo.put(key, inputs, hit)
         out.append(hit[1])
     # Whatever the host sends into egw0 that no steer claims dies here: never
