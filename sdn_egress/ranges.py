@@ -31,6 +31,10 @@ class Ranges:
         return cls(version, _merged(sorted((n.first, n.last) for n in nets if n.version == version)))
 
     @classmethod
+    def everything(cls, version: int) -> "Ranges":
+        return cls(version, ((0, (1 << BITS[version]) - 1),))
+
+    @classmethod
     def of_set(cls, version: int, ipset: netaddr.IPSet) -> "Ranges":
         return cls.of(version, ipset.iter_cidrs())
 

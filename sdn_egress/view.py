@@ -187,8 +187,8 @@ def _entries(policies, version: int, claimed: Ranges) -> list[Destination]:
     rank = 0
     for policy, eip in policies:
         # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
-        wanted = Ranges.of(version, [d for d in policy.dest_subnets if d.version == version]
-                           or ([] if policy.dest_subnets else [EVERYTHING[version]]))
+        wanted = (Ranges.of(version, policy.dest_subnets) if policy.dest_subnets
+                  else Ranges.everything(version))
         excluded = Ranges.of(version, policy.exclude_subnets)
         free = wanted - claimed
         region = free - excluded

@@ -43,3 +43,7 @@ def test_the_whole_space_less_scattered_hosts():
 def test_counting_cidrs_makes_none():
     r = Ranges.of(4, ["0.0.0.0/0"]) - Ranges.of(4, [f"198.51.100.{4 * i}/32" for i in range(64)])
     assert r.count_cidrs() == len(r.cidrs()) == 152
+
+
+def test_everything_is_the_whole_space():
+    assert Ranges.everything(4) == Ranges.of(4, ["0.0.0.0/0"]) and Ranges.everything(6) == Ranges.of(6, ["::/0"])
