@@ -8,6 +8,7 @@ need; both are pure functions of it.
 """
 from __future__ import annotations
 
+import operator
 import threading
 from dataclasses import dataclass
 from itertools import chain
@@ -71,12 +72,23 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
     pod, and again only when the nodes or the extras changed."""
     asked = _UNSTEERED.get("state")
     if asked is None or asked[0] is not state:  # not asked of this state yet: are the nodes and extras the same?
-        asked = _UNSTEERED["state"] = (state, (state.extra_cluster_cidrs, tuple(state.nodes.values())))
+        key = asked[1] if asked is not None else None
+        if key is None or not _same_nodes(key, state):
+            key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
+        asked = _UNSTEERED["state"] = (state, key)
     key = asked[1]
     cached = _UNSTEERED.get(version)
-    if cached is None or cached[0] != key:  # tuples compare by identity first: unchanged nodes cost nothing
+    if cached is None or cached[0] is not key:
         cached = _UNSTEERED[version] = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
     return cached[1]
+
+
+def _same_nodes(key: tuple, state: ClusterState) -> bool:
+    """Whether ``state`` has the extras and the very Node objects of ``key``
+    (compared one pointer each, without a new tuple of every node)."""
+    extra, nodes = key
+    return (extra == state.extra_cluster_cidrs and len(nodes) == len(state.nodes)
+            and all(map(operator.is_, nodes, state.nodes.values())))
 
 
 # family -> the last (key, never_steered); "state": (the state last asked of, its key). One per process.

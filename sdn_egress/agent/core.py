@@ -50,6 +50,10 @@ LOG = logging.getLogger(__name__)
 BRIDGES = ("br-int", "br-ex")
 RETRY_UNRESOLVED = 0.5  # seconds until a pass retries an unresolved next hop
 HEAP_RESET_INTERVAL = 3600.0  # seconds between full collections of the frozen heap (settle_heap)
+# Allocations between two collections of the youngest generation (Python's default: 700).  Each
+# collection walks every young container, and a pass makes a few that hold every node (the
+# snapshot's): at the default an event's pass of a few ms met two or three collections.
+YOUNG_GC_THRESHOLD = 10_000
 
 
 class NotReady(RuntimeError):
@@ -173,7 +177,11 @@ class AgentCore:
         5,000 nodes), only one of what came since the last full pass.  Each
         call collects the young generations; what was frozen (or grew old
         since) and became cyclic garbage is reclaimed by a whole collection
-        every :data:`HEAP_RESET_INTERVAL` (the first call makes one)."""
+        every :data:`HEAP_RESET_INTERVAL` (the first call makes one).  The
+        youngest generation is collected every :data:`YOUNG_GC_THRESHOLD`
+        allocations, not Python's 700."""
+        if gc.get_threshold()[0] < YOUNG_GC_THRESHOLD:
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         if now >= self._heap_reset_due:
             gc.unfreeze()
             self._heap_reset_due = now + HEAP_RESET_INTERVAL

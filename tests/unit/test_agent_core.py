@@ -406,13 +406,14 @@ def test_after_a_full_pass_the_heap_is_frozen_and_collected_whole_once_an_interv
     import gc
     import weakref
 
-    from sdn_egress.agent.core import HEAP_RESET_INTERVAL
+    from sdn_egress.agent.core import HEAP_RESET_INTERVAL, YOUNG_GC_THRESHOLD
 
     class Cycle:
         pass
 
     agent = Agent(tmp_path, "charlie")
     agent.run_pass(full=True)
+    threshold = gc.get_threshold()
     try:
         a = Cycle()
         a.me = a
@@ -430,5 +431,7 @@ def test_after_a_full_pass_the_heap_is_frozen_and_collected_whole_once_an_interv
         assert frozen() is not None  # garbage now, but frozen: no collection looks at it
         agent.core.settle_heap(100.0 + HEAP_RESET_INTERVAL)
         assert frozen() is None
+        assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
