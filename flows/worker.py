@@ -84,17 +84,16 @@ def _steer_flows(group, egw: int, keys: dict[str, int]) -> list[Flow]:
     others share its source entry, actions and cookie and take their own
     destination entry into the same place of its match."""
     out = []
-    shared: dict[tuple, tuple | None] = {}
+    shared: dict[tuple, tuple] = {}
     for s in group:
         part = (s.pod_ip.value, s.pod_ip.version, s.policy, s.eip.value, s.exclude)  # (check: one family)
         like = shared.get(part)
         dst = canonical_entry(like[1], s.dest) if like is not None else None
         if dst is None:  # the first of its kind, or a /0 (no destination field): the full way
             f = _steer_flow(s, egw, keys)
-            if part not in shared:
+            if part not in shared and s.dest.prefixlen:
                 fam = family.of(s.pod_ip)
-                where = [e[0] for e in f.match].index(fam.dst) if s.dest.prefixlen else None
-                shared[part] = (f, fam.dst, where) if where is not None else None
+                shared[part] = (f, fam.dst, [e[0] for e in f.match].index(fam.dst))
             out.append(f)
             continue
         first, _, where = like

@@ -166,7 +166,7 @@ def destinations(policies: tuple, version: int, never: netaddr.IPSet) -> tuple[D
 # (version, policy keys) -> ((policies, never), their destinations): one per process (a debug
 # command's thread may build a view too); bounded, cleared whole when full.
 _DESTINATIONS: dict[tuple, tuple] = {}
-_DESTINATIONS_MAX = 4096
+_DESTINATIONS_MAX = 1024  # sets of policies (a node has a few per local pod at most)
 _DESTINATIONS_LOCK = threading.Lock()
 
 
