@@ -27,19 +27,23 @@ def build(view: NodeView, memo: Memo | None = None) -> dict[str, frozenset[Flow]
     taken from the last build; the result is the same."""
     try:
         check(view, memo)
-        flows = (base.flows() + worker.flows(view, memo) + gateway.flows(view, memo) + uplink.flows(view)
-                 + arp.flows(view) + nd.flows(view))
-        return _by_bridge(flows, view, memo)
+        parts = [base.flows() if memo is None else memo.get("base", (), base.flows),  # the same every time
+                 *worker.flow_parts(view, memo), gateway.flows(view, memo), uplink.flows(view), arp.flows(view),
+                 nd.flows(view)]
+        return _by_bridge(parts, view, memo)
     finally:
         if memo is not None:
             memo.turn()
 
 
-def _by_bridge(flows: list[Flow], view: NodeView, memo: Memo | None) -> dict[str, frozenset[Flow]]:
-    """The flows by bridge, each identity once (a conflict raises).  With
-    ``memo``, from the last build's result and the flows that came or went
-    (set operations, no loop over every flow)."""
-    wanted = set(flows)
+def _by_bridge(parts: list, view: NodeView, memo: Memo | None) -> dict[str, frozenset[Flow]]:
+    """The flows of ``parts`` (lists and sets of flows) by bridge, each
+    identity once (a conflict raises).  With ``memo``, from the last build's
+    result and the flows that came or went (set operations, no loop over
+    every flow; a part that is a set is gathered without hashing its flows)."""
+    wanted: set[Flow] = set()
+    for part in parts:
+        wanted.update(part)
     last = memo.peek("built", ()) if memo is not None else None
     if last is not None:
         had, by_key, out = last
@@ -49,13 +53,15 @@ def _by_bridge(flows: list[Flow], view: NodeView, memo: Memo | None) -> dict[str
             del by_key[f.key]
         by_key.update((f.key, f) for f in added)
         if len(by_key) == len(wanted):  # else two flows want one identity: the full way names them
-            out = {b: fs - removed | {f for f in added if f.bridge == b} for b, fs in out.items()}
+            touched = {f.bridge for f in added} | {f.bridge for f in removed}
+            out = {b: fs - removed | {f for f in added if f.bridge == b} if b in touched else fs
+                   for b, fs in out.items()}
             memo.put("built", (), (wanted, by_key, out))
             return out
-    by_key = {f.key: f for f in flows}
+    by_key = {f.key: f for f in wanted}
     if len(by_key) != len(wanted):  # one identity, two different flows
         by_key = {}
-        for f in flows:
+        for f in (f for part in parts for f in part):
             other = by_key.setdefault(f.key, f)
             if other != f:
                 names = legend(view)

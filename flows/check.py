@@ -7,8 +7,6 @@ object and the field.
 """
 from __future__ import annotations
 
-from itertools import groupby
-from operator import attrgetter
 
 import netaddr
 
@@ -126,13 +124,13 @@ def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
     """Each steer's own fields once (a pod's steers that are the same
     objects as last time are not checked again); that its EIP has a route,
     every time."""
-    for group in [tuple(g) for _, g in groupby(view.steers, key=attrgetter("pod"))]:
+    for group in view.steer_groups:
         key = ("checked", id(group[0]))
         eips = memo.peek(key, (group,))
         if eips is None:
             for s in group:
                 _check_steer(s)
-            eips = frozenset(str(s.eip) for s in group)
+            eips = frozenset(str(e) for e in {id(s.eip): s.eip for s in group}.values())
         memo.put(key, (group,), eips)
         for eip in eips:
             if eip not in routes:
@@ -141,6 +139,9 @@ def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
 
 
 def _check_steer(s: Steer) -> None:
+    if (type(s.pod_ip) is netaddr.IPAddress and type(s.dest) is netaddr.IPNetwork
+            and type(s.eip) is netaddr.IPAddress and s.pod_ip.version == s.dest.version == s.eip.version):
+        return  # the usual case, without naming the steer
     obj = steer_name(s)
     _ip(obj, "pod_ip", s.pod_ip, netaddr.IPAddress)
     _ip(obj, "dest", s.dest, netaddr.IPNetwork)

@@ -104,7 +104,19 @@ def _canonical_entry_cached(name: str, value: Any, mask: Any) -> MatchEntry | No
 
 @lru_cache(maxsize=1 << 16)
 def _network_entry(name: str, version: int, first: int, prefixlen: int) -> MatchEntry | None:
-    return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+    f = F.FIELDS.get(name)
+    if f is None or f.kind != _IP_KIND.get(version) or not 0 <= prefixlen <= f.bits:
+        return _canonical_entry(name, netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}"), None)
+    # _canonical_entry's result, from the integers: the value ANDed with the mask, both as netaddr prints them
+    ones = (1 << f.bits) - 1
+    mask = ones ^ ((1 << (f.bits - prefixlen)) - 1)
+    if mask == 0:
+        return None
+    value = str(netaddr.IPAddress(first & mask, version))
+    return (name, value) if mask == ones else (name, value, str(netaddr.IPAddress(mask, version)))
+
+
+_IP_KIND = {4: F.IPV4, 6: F.IPV6}
 
 
 @lru_cache(maxsize=1 << 16)
@@ -373,6 +385,22 @@ class Flow:
         # Computed once: a pass hashes and keys every flow it diffs.
         object.__setattr__(self, "key", (self.bridge, self.table, self.priority, self.match))
         object.__setattr__(self, "_hash", hash((self.key, actions, self.cookie)))
+
+    @classmethod
+    def of_canonical(cls, bridge: str, table: str, priority: int, match: tuple, actions: tuple,
+                     cookie: int) -> "Flow":
+        """A flow from parts that are already another flow's: ``match`` a
+        canonical match (as :func:`canonical_match` gives it: sorted, each
+        entry as :func:`canonical_entry` makes it), ``actions`` a flow's
+        tuple of action records, ``priority`` and ``cookie`` in range.
+        Nothing is checked or converted (the caller vouches: the result must
+        equal ``Flow(...)`` of the same parts); for the thousands of flows
+        of one shape a pipeline builds (a pod's steers)."""
+        f = object.__new__(cls)
+        key = (bridge, table, priority, match)
+        f.__dict__.update(bridge=bridge, table=table, priority=priority, match=match, actions=actions,
+                          cookie=cookie, key=key, _hash=hash((key, actions, cookie)))
+        return f
 
     def __hash__(self) -> int:
         return self._hash

@@ -7,6 +7,9 @@ Everything here is immutable and already resolved: no lookups, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import groupby
+from operator import attrgetter
 
 import netaddr
 
@@ -134,3 +137,18 @@ class NodeView:
     return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)
     pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs, both families (replies to the host)
     tunnel_mtu: int = DEFAULT_TUNNEL_MTU  # the largest IP packet its Geneve tunnels carry whole
+
+    @cached_property
+    def steer_groups(self) -> tuple[tuple[Steer, ...], ...]:
+        """The steers in runs of one pod (a view lists a pod's steers
+        together), cut once per view.  The agent's view builder hands over
+        the runs it made (``with_steer_groups``), the same tuples pass after
+        pass while a pod's steers stay, so what is kept per pod compares them
+        by identity."""
+        return tuple(tuple(g) for _, g in groupby(self.steers, key=attrgetter("pod")))
+
+    def with_steer_groups(self, groups: tuple[tuple[Steer, ...], ...]) -> "NodeView":
+        """This view, told its :attr:`steer_groups` (``groups``: ``steers``
+        in runs of one pod, each run non-empty and whole)."""
+        self.__dict__["steer_groups"] = groups  # a cached value, not a field: replace() starts afresh
+        return self

@@ -7,15 +7,12 @@ alive.  classify (tunnel, tun_id = REPLY) -> to_host -> egw0.
 """
 from __future__ import annotations
 
-from itertools import groupby
-from operator import attrgetter
-
 from flows import cookie as C
 from flows import family
 from flows import fields as F
 from flows.check import route_by_eip
 from flows.memo import Memo
-from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField
+from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField, canonical_entry
 from flows.tables import flow
 from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer
 
@@ -48,48 +45,73 @@ def steer_priority(s: Steer) -> int:
     return PRIO_STEER + s.rank * PRIO_RANK + (PRIO_EXCLUDE if s.exclude else 0) + s.dest.prefixlen
 
 
-def pod_groups(steers) -> list[tuple[Steer, ...]]:
-    """The steers in runs of one pod (the view lists a pod's steers together)."""
-    return [tuple(g) for _, g in groupby(steers, key=attrgetter("pod"))]
-
-
 def steers(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    """One flow per steer, and the catch-all drop.  With ``memo``, a pod's
-    flows are built again only when its steers (the same objects), egw0's
-    port or the tunnel key of one of its EIPs changed."""
+    """One flow per steer, and the catch-all drop."""
+    return [f for part in steer_parts(view, memo) for f in part]
+
+
+def steer_parts(view: NodeView, memo: Memo | None = None) -> list:
+    """:func:`steers` in parts: each pod's flows, then the catch-all drop.
+    With ``memo``, a pod's flows are built again only when its steers (the
+    same objects), egw0's port or the tunnel key of one of its EIPs
+    changed, and they are a frozenset, the same one pass after pass
+    (``flows.build`` gathers it without hashing its flows again)."""
     keys = {eip: r.tunnel_key for eip, r in route_by_eip(view).items()}
-    out = []
-    for group in pod_groups(view.steers):
+    out: list = []
+    for group in view.steer_groups:
         if memo is None:
-            out.extend(_steer_flows(group, view.ports.egw, keys))
+            out.append(_steer_flows(group, view.ports.egw, keys))
             continue
         key, inputs = ("steers", id(group[0])), (group, view.ports.egw)
         hit = memo.peek(key, inputs)
         if hit is None or any(keys.get(eip) != k for eip, k in hit[0]):
-            made = tuple(_steer_flows(group, view.ports.egw, keys))
-            hit = (tuple({(str(s.eip), keys[str(s.eip)]) for s in group if not s.exclude}), made)
+            made = frozenset(_steer_flows(group, view.ports.egw, keys))
+            eips = {str(e) for e in {id(s.eip): s.eip for s in group if not s.exclude}.values()}  # each once
+            hit = (tuple((eip, keys[eip]) for eip in sorted(eips)), made)
         memo.put(key, inputs, hit)
-        out.extend(hit[1])
+        out.append(hit[1])
     # Whatever the host sends into egw0 that no steer claims dies here: never
     # let a selected pod's packet out with the wrong source.
-    out.append(flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
-                    C.encode(C.Feature.UNSTEERED)))
+    out.append([flow(BR, "classify", PRIO_UNSTEERED, {"in_port": view.ports.egw}, (Drop(),),
+                     C.encode(C.Feature.UNSTEERED))])
     return out
 
 
 def _steer_flows(group, egw: int, keys: dict[str, int]) -> list[Flow]:
+    """The flows of one pod's steers.  They differ from one another only by
+    their destination and priority: per (address, policy, EIP, kind) the
+    first is built and judged the full way (:func:`flows.tables.flow`), the
+    others share its source entry, actions and cookie and take their own
+    destination entry into the same place of its match."""
     out = []
+    shared: dict[tuple, tuple] = {}
     for s in group:
-        fam = family.of(s.pod_ip)
-        if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
-            actions, feature = (Drop(),), C.Feature.UNSTEERED
-        else:
-            actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
-        out.append(flow(
-            BR, "classify", steer_priority(s),
-            {"in_port": egw, "eth_type": fam.eth_type, fam.src: s.pod_ip, fam.dst: s.dest},
-            actions, C.encode(feature, C.steer_object(s.policy, s.pod))))
+        part = (s.pod_ip.value, s.pod_ip.version, s.policy, s.eip.value, s.exclude)  # (check: one family)
+        like = shared.get(part)
+        dst = canonical_entry(like[1], s.dest) if like is not None else None
+        if dst is None:  # the first of its kind, or a /0 (no destination field): the full way
+            f = _steer_flow(s, egw, keys)
+            if part not in shared and s.dest.prefixlen:
+                fam = family.of(s.pod_ip)
+                shared[part] = (f, fam.dst, [e[0] for e in f.match].index(fam.dst))
+            out.append(f)
+            continue
+        first, _, where = like
+        out.append(Flow.of_canonical(BR, "classify", steer_priority(s),
+                                     first.match[:where] + (dst,) + first.match[where + 1:],
+                                     first.actions, first.cookie))
     return out
+
+
+def _steer_flow(s: Steer, egw: int, keys: dict[str, int]) -> Flow:
+    fam = family.of(s.pod_ip)
+    if s.exclude:  # the host does not steer it; should it come, it dies (never leaks)
+        actions, feature = (Drop(),), C.Feature.UNSTEERED
+    else:
+        actions, feature = (Load(F.REG_EIP.field, keys[str(s.eip)]), Goto("eip_out")), C.Feature.STEER
+    return flow(BR, "classify", steer_priority(s),
+                {"in_port": egw, "eth_type": fam.eth_type, fam.src: s.pod_ip, fam.dst: s.dest},
+                actions, C.encode(feature, C.steer_object(s.policy, s.pod)))
 
 
 def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
@@ -107,17 +129,22 @@ def to_gateways(route: EipRoute, ports: Ports) -> tuple | None:
     return (SetField("tunnel_id", route.tunnel_key), out)
 
 
-def eip_out(view: NodeView) -> list[Flow]:
-    out = []
-    for r in view.eip_routes:
-        obj = C.object_id(C.eip_key(r.eip))
-        actions = to_gateways(r, view.ports)
-        feature = C.Feature.EIP_OUT
-        if actions is None:
-            actions, feature = (Drop(),), C.Feature.NO_GATEWAY
-        out.append(flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions,
-                        C.encode(feature, obj)))
-    return out
+def eip_out(view: NodeView, memo: Memo | None = None) -> list[Flow]:
+    """An EIP's way to its gateways.  With ``memo``, built again only when
+    its route or the tunnel ports changed."""
+    if memo is None:
+        return [_eip_out(r, view.ports) for r in view.eip_routes]
+    return [memo.get(("eip_out", str(r.eip)), (r, view.ports.tunnels),
+                     lambda r=r: _eip_out(r, view.ports)) for r in view.eip_routes]
+
+
+def _eip_out(r: EipRoute, ports: Ports) -> Flow:
+    obj = C.object_id(C.eip_key(r.eip))
+    actions = to_gateways(r, ports)
+    feature = C.Feature.EIP_OUT
+    if actions is None:
+        actions, feature = (Drop(),), C.Feature.NO_GATEWAY
+    return flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions, C.encode(feature, obj))
 
 
 def reply_ports(view: NodeView) -> list[tuple[str, int]]:
@@ -154,5 +181,10 @@ def to_host(view: NodeView) -> list[Flow]:
     return out
 
 
+def flow_parts(view: NodeView, memo: Memo | None = None) -> list:
+    """br-int's worker flows, in parts (see :func:`steer_parts`)."""
+    return steer_parts(view, memo) + [eip_out(view, memo), replies_in(view, memo), to_host(view)]
+
+
 def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    return steers(view, memo) + eip_out(view) + replies_in(view, memo) + to_host(view)
+    return [f for part in flow_parts(view, memo) for f in part]

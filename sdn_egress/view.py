@@ -8,7 +8,10 @@ need; both are pure functions of it.
 """
 from __future__ import annotations
 
+import operator
+import threading
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterable
 
 import netaddr
@@ -17,6 +20,7 @@ from flows.memo import Memo as ViewMemo
 from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
+from sdn_egress.ranges import Ranges
 from sdn_egress.source.index import policy_index
 
 # Destinations no policy ever steers, whatever it says: they are not "outside
@@ -66,14 +70,29 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
     own (pod CIDRs, node addresses, extras) and :data:`NEVER_STEERED`.
     Computed once per pass and family (it reads every node), not once per
     pod, and again only when the nodes or the extras changed."""
-    key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
+    asked = _UNSTEERED.get("state")
+    if asked is None or asked[0] is not state:  # not asked of this state yet: are the nodes and extras the same?
+        key = asked[1] if asked is not None else None
+        if key is None or not _same_nodes(key, state):
+            key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
+        asked = _UNSTEERED["state"] = (state, key)
+    key = asked[1]
     cached = _UNSTEERED.get(version)
-    if cached is None or cached[0] != key:  # tuples compare by identity first: unchanged nodes cost nothing
+    if cached is None or cached[0] is not key:
         cached = _UNSTEERED[version] = (key, netaddr.IPSet(state.cluster_cidrs(version)) | NEVER_STEERED[version])
     return cached[1]
 
 
-_UNSTEERED: dict[int, tuple] = {}  # family -> the last (key, never_steered): one per process is enough
+def _same_nodes(key: tuple, state: ClusterState) -> bool:
+    """Whether ``state`` has the extras and the very Node objects of ``key``
+    (compared one pointer each, without a new tuple of every node)."""
+    extra, nodes = key
+    return (extra == state.extra_cluster_cidrs and len(nodes) == len(state.nodes)
+            and all(map(operator.is_, nodes, state.nodes.values())))
+
+
+# family -> the last (key, never_steered); "state": (the state last asked of, its key). One per process.
+_UNSTEERED: dict = {}
 
 
 def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 4,
@@ -93,54 +112,111 @@ def pod_steers(state: ClusterState, alloc: Allocation, pod: Pod, version: int = 
     so when listing them is cheaper they are ``exclude`` entries of the top
     rank (:data:`CLUSTER_RANK`), which nothing outranks.  (IPv4 keeps cutting,
     as it always has.)  ``unsteered``: :func:`never_steered` of ``state``,
-    when the caller has it."""
+    when the caller has it.
+
+    The entries depend on the pod only through its addresses: the rest
+    (:func:`destinations`) is computed once for the policies and shared by
+    every pod they select."""
     ips = [ip for ip in pod.ips if ip.version == version]
     if not ips:
         return []
     never = unsteered if unsteered is not None else never_steered(state, version)
-    policies = [(p, eip) for p in selected_policies(state, alloc, pod)
-                if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6)]
-    cut = _entries(pod, ips, policies, version, never)
-    if version == 4 or not cut:
-        return cut
-    listed = _entries(pod, ips, policies, version, netaddr.IPSet())
-    covered = netaddr.IPSet(s.dest for s in listed if not s.exclude)
-    first = listed[0]
-    cluster = [Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK,
-                     exclude=True)
-               for cidr in (never & covered).iter_cidrs() for ip in ips]
-    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+    policies = tuple((p, eip) for p in selected_policies(state, alloc, pod)
+                     if (eip := alloc.policies[p.key].eip_v4 if version == 4 else alloc.policies[p.key].eip_v6))
+    return [Steer(pod=pod.key, pod_ip=ip, dest=d.dest, policy=d.policy, eip=d.eip, rank=d.rank, exclude=d.exclude)
+            for d in destinations(policies, version, never) for ip in ips]
 
 
 CLUSTER_RANK = MAX_STEER_RANKS - 1  # policies' exclusions use the ranks below it
 
 
-def _entries(pod: Pod, ips, policies, version: int, claimed: netaddr.IPSet) -> list[Steer]:
-    claimed = netaddr.IPSet(claimed)
-    steers: list[Steer] = []
+@dataclass(frozen=True)
+class Destination:
+    """A :class:`~flows.view.Steer` without its pod."""
+
+    dest: netaddr.IPNetwork
+    policy: str
+    eip: netaddr.IPAddress
+    rank: int = 0
+    exclude: bool = False
+
+
+def destinations(policies: tuple, version: int, never: netaddr.IPSet) -> tuple[Destination, ...]:
+    """The steering entries, without a pod, of ``policies`` ((policy, its
+    EIP of ``version``) pairs, best first) for a pod of that family, with
+    ``never`` (:func:`never_steered`) not steered.  What they depend on is
+    the policies' destinations, exclusions and EIPs: computed once per set
+    of policies while they and ``never`` stay (the same objects: one pointer
+    each), not once per pod, and kept across passes (a pod selected again
+    finds them)."""
+    key = (version, tuple(p.key for p, _ in policies))
+    inputs = (policies, never)
+    with _DESTINATIONS_LOCK:
+        hit = _DESTINATIONS.get(key)
+    if hit is not None and hit[0][1] is never and hit[0][0] == policies:
+        return hit[1]
+    out = tuple(_destinations(policies, version, never))
+    with _DESTINATIONS_LOCK:
+        if len(_DESTINATIONS) >= _DESTINATIONS_MAX:
+            _DESTINATIONS.clear()
+        _DESTINATIONS[key] = (inputs, out)
+    return out
+
+
+# (version, policy keys) -> ((policies, never), their destinations): one per process (a debug
+# command's thread may build a view too); bounded, cleared whole when full.
+_DESTINATIONS: dict[tuple, tuple] = {}
+_DESTINATIONS_MAX = 1024  # sets of policies (a node has a few per local pod at most)
+_DESTINATIONS_LOCK = threading.Lock()
+
+
+def _destinations(policies, version: int, never: netaddr.IPSet) -> list[Destination]:
+    unsteered = _ranges_of(version, never)
+    cut = _entries(policies, version, unsteered)
+    if version == 4 or not cut:
+        return cut
+    listed = _entries(policies, version, Ranges(version))
+    covered = Ranges.of(version, (d.dest for d in listed if not d.exclude))
+    first = listed[0]
+    cluster = [Destination(dest=cidr, policy=first.policy, eip=first.eip, rank=CLUSTER_RANK, exclude=True)
+               for cidr in (unsteered & covered).cidrs()]
+    return listed + cluster if len(listed) + len(cluster) < len(cut) else cut
+
+
+def _ranges_of(version: int, ipset: netaddr.IPSet) -> Ranges:
+    """``ipset`` (:func:`never_steered`'s, one per family and pass) as :class:`Ranges`, converted once."""
+    last = _RANGES_OF.get(version)
+    if last is None or last[0] is not ipset:
+        last = _RANGES_OF[version] = (ipset, Ranges.of_set(version, ipset))
+    return last[1]
+
+
+_RANGES_OF: dict[int, tuple] = {}  # family -> (the IPSet, as Ranges): one per process
+
+
+def _entries(policies, version: int, claimed: Ranges) -> list[Destination]:
+    out: list[Destination] = []
     rank = 0
     for policy, eip in policies:
         # No destSubnet: everything; destSubnets of the other family only: nothing of this one.
-        wanted = netaddr.IPSet([d for d in policy.dest_subnets if d.version == version]
-                               or ([] if policy.dest_subnets else [EVERYTHING[version]]))
-        excluded = netaddr.IPSet([x for x in policy.exclude_subnets if x.version == version])
+        wanted = (Ranges.of(version, policy.dest_subnets) if policy.dest_subnets
+                  else Ranges.everything(version))
+        excluded = Ranges.of(version, policy.exclude_subnets)
         free = wanted - claimed
         region = free - excluded
-        claimed |= region
-        entries = [(cidr, False) for cidr in region.iter_cidrs()]
-        holes = list((free & excluded).iter_cidrs()) if rank < CLUSTER_RANK - 1 else []
-        listed = list(free.iter_cidrs()) if holes else []
-        if holes and len(listed) + len(holes) < len(entries):
-            entries = [(cidr, False) for cidr in listed] + [(cidr, True) for cidr in holes]
+        claimed = claimed | region
+        holes = free & excluded if rank < CLUSTER_RANK - 1 else Ranges(version)
+        listed = bool(holes) and free.count_cidrs() + holes.count_cidrs() < region.count_cidrs()
+        if listed:
+            entries = [(cidr, False) for cidr in free.cidrs()] + [(cidr, True) for cidr in holes.cidrs()]
         else:
-            holes = []
-        for cidr, exclude in entries:
-            for ip in ips:
-                steers.append(Steer(pod=pod.key, pod_ip=ip, dest=cidr, policy=policy.key,
-                                    eip=netaddr.IPAddress(eip), rank=rank, exclude=exclude))
-        if holes:
+            entries = [(cidr, False) for cidr in region.cidrs()]
+        address = netaddr.IPAddress(eip)
+        out.extend(Destination(dest=cidr, policy=policy.key, eip=address, rank=rank, exclude=exclude)
+                   for cidr, exclude in entries)
+        if listed:
             rank += 1
-    return steers
+    return out
 
 
 def underlay_address(node) -> netaddr.IPAddress | None:
@@ -177,12 +253,13 @@ def _return_routes(n, node_name: str) -> tuple[ReturnRoute, ...]:
 
 
 def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
-                  memo: ViewMemo) -> tuple[list[Steer], set[str]]:
-    """The steers of the node's pods (by pod key) and the EIPs they use.  A
-    pod's are computed again only when something they depend on changed: the
-    pod, its namespace's labels, the policies that may select it (the
-    index's candidates) with their allocation, the cluster's own ranges."""
-    steers: list[Steer] = []
+                  memo: ViewMemo) -> tuple[list[tuple[Steer, ...]], set[str]]:
+    """The steers of the node's pods, one tuple per pod with steers (by pod
+    key), and the EIPs they use.  A pod's are computed again only when
+    something they depend on changed: the pod, its namespace's labels, the
+    policies that may select it (the index's candidates) with their
+    allocation, the cluster's own ranges."""
+    steers: list[tuple[Steer, ...]] = []
     used: set[str] = set()
     local = sorted((p for p in state.pods.values() if p.node == node_name), key=lambda p: p.key)
     if not local:
@@ -194,17 +271,23 @@ def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
         ns = labels.get(pod.namespace)
         if ns is None:
             ns = labels[pod.namespace] = tuple(sorted(state.namespace_labels(pod.namespace).items()))
-        inputs = (pod, ns, unsteered[4], unsteered[6],
-                  tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items()))
+        inputs = (pod, ns, unsteered[4], unsteered[6], index.candidate_pairs(pod, alloc.policies))
 
         def make(pod=pod):
             mine = tuple(s for version in (4, 6)
                          for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
             return mine, frozenset(str(s.eip) for s in mine)
         mine, eips = memo.get(("steers", pod.key), inputs, make)
-        steers.extend(mine)
+        if mine:
+            steers.append(mine)
         used |= eips
     return steers, used
+
+
+def _eip_route(a, node_name: str, dead: frozenset[str]) -> EipRoute:
+    alive = live_order(a.nodes, dead)
+    return EipRoute(eip=netaddr.IPAddress(a.ip), tunnel_key=a.tunnel_key, gateways=tuple(a.nodes),
+                    local=bool(alive) and alive[0] == node_name)
 
 
 def _held(node_name: str, alloc: Allocation, facts: NodeFacts, dead: frozenset[str]):
@@ -230,17 +313,12 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
     memo = memo if memo is not None else ViewMemo()
     node = state.nodes[node_name]
     node_ip = underlay_address(node)
-    steers, used = _local_steers(node_name, state, alloc, memo)
+    groups, used = _local_steers(node_name, state, alloc, memo)
 
     by_ip, held = memo.get("eips", (alloc.eips, dead, facts.next_hop_macs, node_name),
                            lambda: _held(node_name, alloc, facts, dead))
-    eip_routes = []
-    for eip in sorted(used):
-        a = by_ip[eip]
-        alive = live_order(a.nodes, dead)
-        eip_routes.append(EipRoute(eip=netaddr.IPAddress(eip), tunnel_key=a.tunnel_key,
-                                   gateways=tuple(a.nodes),
-                                   local=bool(alive) and alive[0] == node_name))
+    eip_routes = [memo.get(("route", eip), (by_ip[eip], dead, node_name),
+                           lambda a=by_ip[eip]: _eip_route(a, node_name, dead)) for eip in sorted(used)]
 
     return_routes: tuple[ReturnRoute, ...] = ()
     if held:
@@ -251,12 +329,12 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
 
     return NodeView(
         node=node_name, node_ip=node_ip, ports=facts.ports, egw_mac=facts.egw_mac,
-        brex_mac=facts.brex_mac, steers=tuple(steers), eip_routes=tuple(eip_routes), held=held,
+        brex_mac=facts.brex_mac, steers=tuple(chain.from_iterable(groups)), eip_routes=tuple(eip_routes), held=held,
         return_routes=return_routes,
         pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4) + tuple(
             c for c in node.pod_cidrs if c.version == 6),
         tunnel_mtu=facts.tunnel_mtu,
-    )
+    ).with_steer_groups(tuple(groups))
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
@@ -274,13 +352,18 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
     the gateway does not know which workers send to it (it watches only its
     own node's pods); a session comes up with the workers that have a port
     back, the others' ports stay idle.  ``memo``: see :func:`used_gateways`."""
-    gateways = {n for a in alloc.eips for n in a.nodes}
+    gateways = gateway_nodes(alloc.eips)
     if node_name in gateways:
         wanted = set(state.nodes)
     else:
         wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
-    return {n: str(underlay_address(state.nodes[n])) for n in sorted(wanted)
-            if n != node_name and n in state.nodes and underlay_address(state.nodes[n]) is not None}
+    names = tuple(sorted(n for n in wanted if n != node_name and n in state.nodes))
+    nodes = tuple(state.nodes[n] for n in names)
+
+    def make() -> dict[str, str]:
+        return {n: str(ip) for n, node in zip(names, nodes, strict=True) if (ip := underlay_address(node)) is not None}
+    # Their addresses again only when they or their Node objects changed (compared by identity first).
+    return dict(memo.get("peers", (names, nodes), make)) if memo is not None else make()
 
 
 def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
@@ -296,7 +379,7 @@ def used_gateways(node_name: str, state: ClusterState, alloc: Allocation,
         if pod.node != node_name:
             continue
         namespace_labels = state.namespace_labels(pod.namespace)
-        candidates = tuple((p, alloc.policies.get(k)) for k, p in index.candidates_by_key(pod).items())
+        candidates = index.candidate_pairs(pod, alloc.policies)
         out |= memo.get(("gateways", pod.key), (pod, namespace_labels, candidates, alloc.eips),
                         lambda pod=pod, labels=namespace_labels, candidates=candidates:
                         _pod_gateways(pod, labels, candidates, alloc))
@@ -317,6 +400,17 @@ def _pod_gateways(pod: Pod, namespace_labels, candidates, alloc: Allocation) -> 
     return frozenset(out)
 
 
+def gateway_nodes(eips) -> frozenset[str]:
+    """Every node of every EIP's list (active and standbys), found again only
+    for another allocation (one pointer per assignment)."""
+    global _GATEWAY_NODES
+    last = _GATEWAY_NODES
+    if last[0] != eips:
+        last = _GATEWAY_NODES = (eips, frozenset(n for a in eips for n in a.nodes))
+    return last[1]
+
+
+_GATEWAY_NODES: tuple = (None, frozenset())  # (the EIP assignments, their nodes): one per process
 _NODES_OF: tuple = (None, None)  # (the EIP assignments, EIP -> its gateway nodes): one per process
 
 

@@ -27,10 +27,24 @@ def diff(desired: set[Flow], actual: set[Flow]) -> tuple[list[Flow], list[Flow]]
     added = desired - actual
     replaced = {f.key for f in added}
     deletes = [f for f in actual - desired if f.key not in replaced]
-    return sorted(added, key=_order), sorted(deletes, key=_order)
+    return _sorted(added), _sorted(deletes)
+
+
+def _sorted(fs) -> list[Flow]:
+    """In one order whatever the sets' (bridge, table, priority down, match):
+    by the match entries themselves, or by their text should two hold values
+    that do not compare (fields this code does not know, read from a switch)."""
+    try:
+        return sorted(fs, key=_order)
+    except TypeError:
+        return sorted(fs, key=_order_text)
 
 
 def _order(f: Flow):
+    return (f.bridge, f.table, -f.priority, f.match)
+
+
+def _order_text(f: Flow):
     return (f.bridge, f.table, -f.priority, str(f.match))
 
 

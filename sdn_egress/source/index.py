@@ -12,7 +12,7 @@ still decides.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 from sdn_egress.model import POLICY_ANNOTATION, EgressPolicy, Pod
 
@@ -25,6 +25,7 @@ class PolicyIndex:
         self.by_label: dict[tuple[str, str, str], list[tuple]] = {}  # (scope, label key, value)
         self.unlabelled: dict[str, list[tuple]] = {}  # scope -> no matchLabels to index by
         self.by_name: dict[tuple[str, str], tuple] = {}  # (namespace, name): the annotation
+        self._pairs: dict[str, tuple] = {}  # pod key -> (pod, statuses, candidate_pairs): see there
         for p in policies.values():
             key = p.key
             scope = CLUSTER if p.cluster else p.namespace
@@ -54,6 +55,22 @@ class PolicyIndex:
         return found
 
 
+    def candidate_pairs(self, pod: Pod, statuses: Mapping[str, Any]) -> tuple[tuple[EgressPolicy, Any], ...]:
+        """``(policy, statuses.get(its key))`` for every candidate of ``pod``,
+        in :meth:`candidates_by_key`'s order; the same tuple again while the
+        pod and ``statuses`` (the allocation's, one per version) are the same
+        objects, so that what is kept per pod compares it by identity."""
+        hit = self._pairs.get(pod.key)
+        if hit is not None and hit[0] is pod and hit[1] is statuses:
+            return hit[2]
+        out = tuple((p, statuses.get(k)) for k, p in self.candidates_by_key(pod).items())
+        if len(self._pairs) >= _PAIRS_MAX:
+            self._pairs.clear()
+        self._pairs[pod.key] = (pod, statuses, out)
+        return out
+
+
+_PAIRS_MAX = 4096  # pods whose candidate pairs an index keeps (a node's: a few hundred at most)
 _LAST: tuple = (None, None)  # (the policies it was built from, the index): one per process
 
 

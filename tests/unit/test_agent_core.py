@@ -396,3 +396,42 @@ def test_peers_with_names_too_long_for_a_port_get_their_own_tunnel(tmp_path):
     assert all(len(agent.db.names[n]) == 15 for n in gateways)
     assert steered_out(agent) == [agent.db.tunnel_port(holder(tmp_path, cluster(names, gateways)))]
     assert dict(agent.core.last_result.view.ports.tunnels) == {n: agent.db.tunnel_port(n) for n in gateways}
+
+
+# -- the heap ----------------------------------------------------------------------------------
+
+def test_after_a_full_pass_the_heap_is_frozen_and_collected_whole_once_an_interval(tmp_path):
+    """settle_heap: garbage goes, what lives is frozen (no collection scans
+    it again); what was frozen and died is reclaimed at the next interval."""
+    import gc
+    import weakref
+
+    from sdn_egress.agent.core import HEAP_RESET_INTERVAL, YOUNG_GC_THRESHOLD
+
+    class Cycle:
+        pass
+
+    agent = Agent(tmp_path, "charlie")
+    agent.run_pass(full=True)
+    threshold = gc.get_threshold()
+    try:
+        a = Cycle()
+        a.me = a
+        gone = weakref.ref(a)
+        del a
+        agent.core.settle_heap(100.0)
+        assert gone() is None and gc.get_freeze_count() > 0
+        b = Cycle()
+        b.me = b
+        frozen = weakref.ref(b)
+        agent.core.settle_heap(101.0)  # alive: frozen
+        del b
+        agent.core.settle_heap(102.0)
+        gc.collect()
+        assert frozen() is not None  # garbage now, but frozen: no collection looks at it
+        agent.core.settle_heap(100.0 + HEAP_RESET_INTERVAL)
+        assert frozen() is None
+        assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import netaddr
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows import cookie as C
 from flows import fields as F
@@ -180,3 +182,23 @@ def test_only_the_translation_module_knows_os_ken():
     code = ("import sys, flows, flows.render, flows.cookie, flows.tables, flows.records;"
             "sys.exit(any(m.startswith('os_ken') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=root.parent).returncode == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from((4, 6)), st.data())
+def test_a_cidr_entry_from_its_integers_is_the_entry_canonicalised_the_long_way(version, data):
+    from flows import records as R
+
+    bits = 32 if version == 4 else 128
+    first = data.draw(st.integers(0, 2 ** bits - 1))
+    prefixlen = data.draw(st.integers(0, bits))
+    name = data.draw(st.sampled_from(("ipv4_dst", "ipv6_src", "arp_spa", "ipv6_nd_target")))
+    net = netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{prefixlen}")
+
+    def entry(make):
+        try:
+            return make()
+        except ValueError:
+            return "refused"
+    assert (entry(lambda: R._network_entry.__wrapped__(name, version, first, prefixlen))
+            == entry(lambda: R._canonical_entry(name, net, None)))

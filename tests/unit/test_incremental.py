@@ -140,7 +140,29 @@ def test_memoised_views_and_flows_are_the_full_recompute(events):
             fresh = build_view(node, state, alloc, FACTS)
             again = build_view(node, state, alloc, FACTS, memo=view_memos[node])
             assert again == fresh, (node, event)
+            assert uncached_view(node, state, alloc) == fresh, (node, event)
             assert flows.build(again, flow_memos[node]) == flows.build(fresh), (node, event)
+
+
+def uncached_view(node, state, alloc):
+    """The view without what a process keeps across builds (the policy
+    index and its candidates, the policies' destinations, the cluster's own
+    ranges), then those caches as they were."""
+    import sdn_egress.source.index as index_mod
+    import sdn_egress.view as view_mod
+
+    kept = (index_mod._LAST, dict(view_mod._DESTINATIONS), dict(view_mod._UNSTEERED), dict(view_mod._RANGES_OF))
+    index_mod._LAST = (None, None)
+    for cache in (view_mod._DESTINATIONS, view_mod._UNSTEERED, view_mod._RANGES_OF):
+        cache.clear()
+    try:
+        return build_view(node, state, alloc, FACTS)
+    finally:
+        index_mod._LAST = kept[0]
+        for cache, was in zip((view_mod._DESTINATIONS, view_mod._UNSTEERED, view_mod._RANGES_OF), kept[1:],
+                              strict=True):
+            cache.clear()
+            cache.update(was)
 
 
 @SETTINGS

@@ -80,6 +80,28 @@ def test_excluded_subnets_are_not_steered():
     assert [str(s.dest) for s in v.steers] == ["198.51.100.0/25"]
 
 
+def test_pods_of_one_policy_get_its_destinations_and_an_edited_policy_its_new_ones():
+    """A policy's destinations minus its exclusions are computed once for all
+    its pods (sdn_egress.view.destinations); an edit of the policy is seen
+    at the next pass, never the destinations of its old version."""
+    pods = [pod("shop", f"cart-{i}", "bravo", f"203.0.113.{40 + i}", app="cart") for i in range(3)]
+    scattered = [f"198.51.100.{4 * i}/32" for i in range(1, 40)]
+    st = state(policy("shop", "cart", exclude=scattered, app="cart"), pods=pods)
+    v = view(st)
+    by_pod = {p.key: [(str(s.dest), s.rank, s.exclude) for s in v.steers if s.pod == p.key] for p in pods}
+    assert len(by_pod["shop/cart-0"]) > 39 and by_pod["shop/cart-0"] == by_pod["shop/cart-1"] == by_pod["shop/cart-2"]
+    assert {str(s.pod_ip) for s in v.steers if s.pod == "shop/cart-2"} == {"203.0.113.42"}
+    excluded = {s.dest for s in v.steers if s.exclude}
+    assert NET("198.51.100.8/32") in excluded
+
+    edited = state(policy("shop", "cart", exclude=scattered[2:], app="cart"), pods=pods)
+    v2 = view(edited)
+    assert NET("198.51.100.8/32") not in {s.dest for s in v2.steers if s.exclude}
+    steered = netaddr.IPSet(s.dest for s in v2.steers if not s.exclude) - netaddr.IPSet(
+        s.dest for s in v2.steers if s.exclude)
+    assert IP("198.51.100.8") in steered and IP("198.51.100.12") not in steered
+
+
 def test_higher_priority_policy_wins_the_overlap():
     st = state(policy("shop", "wide", dest=["198.51.100.0/24"], app="cart"),
                policy("shop", "narrow", dest=["198.51.100.10/32"], priority=10, app="cart"))
@@ -188,3 +210,17 @@ def test_a_new_node_is_never_steered_to_from_the_next_pass_on():
     covered = netaddr.IPSet(s.dest for s in after)
     assert IP("198.51.100.7") not in covered and not covered & netaddr.IPSet(["198.51.100.64/26"])
     assert IP("198.51.100.8") in covered
+
+
+def test_a_views_steer_groups_are_its_steers_in_runs_of_one_pod_even_after_replace():
+    import dataclasses
+    from itertools import groupby
+
+    pods = [pod("shop", f"cart-{i}", "bravo", f"203.0.113.{40 + i}", app="cart") for i in range(3)]
+    pods.append(pod("shop", "web-0", "bravo", "203.0.113.50", app="web"))
+    st = state(policy("shop", "cart", exclude=["198.51.100.4/32", "198.51.100.9/32"], app="cart"), pods=pods)
+    v = view(st)
+    cut = tuple(tuple(g) for _, g in groupby(v.steers, key=lambda s: s.pod))
+    assert v.steer_groups == cut and [g[0].pod for g in cut] == ["shop/cart-0", "shop/cart-1", "shop/cart-2"]
+    fewer = dataclasses.replace(v, steers=v.steers[:1])
+    assert fewer.steer_groups == ((v.steers[0],),)
