@@ -166,8 +166,10 @@ def replies_in(view: NodeView, memo: Memo | None = None) -> list[Flow]:
                     (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
     if memo is None:
         return [make(peer, port) for peer, port in reply_ports(view)]
-    return [memo.get(("reply_in", peer, port), (), lambda peer=peer, port=port: make(peer, port))
-            for peer, port in reply_ports(view)]
+    # The ports and routes of the last pass: not even their ports looked at
+    # again (a gateway node has a port to every node).
+    return memo.get("replies_in", (view.node, view.ports.tunnels, view.ports.tun_flow, view.eip_routes),
+                    lambda: [make(peer, port) for peer, port in reply_ports(view)])
 
 
 def to_host(view: NodeView) -> list[Flow]:
