@@ -110,6 +110,9 @@ class AgentCore:
         self.peers = PeerWatch(config.node, config.bfd_grace, failback_hold=config.failback_hold)
         self.host = HostStep(config.node, routing, config.new_pod_hold, config.hold_poll)
         self._wake = threading.Event()
+        for what in (source, store):  # a change wakes the loop at once (else: its next poll)
+            if callable(getattr(what, "on_change", None)):
+                what.on_change(self._wake.set)
         self._stop = threading.Event()
         self._stopped = threading.Event()  # run() has returned
         self._dpids: dict[int, str] = {}

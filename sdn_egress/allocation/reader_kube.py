@@ -27,7 +27,6 @@ instead while it still holds an allocation), each by name.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sdn_egress.allocation import records
 from sdn_egress.allocation.generations import HEAD, head_generation, reading_at
@@ -35,6 +34,7 @@ from sdn_egress.allocation.store_file import FileAllocationStore
 from sdn_egress.allocation.store_kube import CONFIGMAP, RECORD_LABEL, _ConfigMapWatch, legacy_allocation, \
     parse_records
 from sdn_egress.allocation.types import Allocation
+from sdn_egress.kube.informer import Changed
 from sdn_egress.model import ClusterState
 from sdn_egress.source.index import policy_index
 
@@ -76,7 +76,7 @@ class KubeAllocationReader:
                  node: str | None = None, source=None):
         self.api_client, self.namespace, self.node, self.source = api_client, namespace, node, source
         self.backoff_max = backoff_max
-        self._changed = threading.Event()
+        self._changed = Changed()
         eips = f"{RECORD_LABEL}={records.EIP}"
         self.informer = self._informer(f"{eips},{records.node_label(node)}" if node else eips)
         self.policy_informers: dict[str, object] = {}  # policy key -> its informer (node mode)
@@ -186,6 +186,10 @@ class KubeAllocationReader:
         if self._parsed is None or self._parsed[0] != version:
             self._parsed = (version, parse_records(items, self.where, head) if items else None)
         return self._parsed[1]
+
+    def on_change(self, fn) -> None:
+        """Call ``fn`` (from a watch's thread) at every change."""
+        self._changed.listen(fn)
 
     def changed(self) -> bool:
         """True once after every change of the records, the head (or the old ConfigMap)."""

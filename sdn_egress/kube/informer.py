@@ -37,6 +37,24 @@ LIST_PAGE = 500  # objects per list request (client-go's pager's default)
 PAGE_RESTARTS = 2  # lists restarted when a continue token expires; then one request
 
 
+class Changed(threading.Event):
+    """The flag a reader of informers clears when it reads and the informers
+    set on every change, which also calls the listeners (in the informer's
+    thread): an agent's loop wakes at the change, not at its next poll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, fn: Callable[[], None]) -> None:
+        self._listeners.append(fn)
+
+    def set(self) -> None:
+        super().set()
+        for fn in self._listeners:
+            fn()
+
+
 class _ContinueExpired(Exception):
     """A list's next page is gone: the server compacted its snapshot (410)."""
 

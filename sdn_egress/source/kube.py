@@ -27,7 +27,7 @@ from typing import Iterable
 
 import netaddr
 
-from sdn_egress.kube.informer import Informer
+from sdn_egress.kube.informer import Changed, Informer
 from sdn_egress.kube.resources import PODS, SERVICE_CIDRS, TRIMS, WATCHED, Resource
 from sdn_egress.model import ClusterState, ObjectError, ObjectRef
 from sdn_egress.model.manifests import UNNAMED
@@ -51,7 +51,7 @@ class KubeSource:
         node's pods."""
         self.api_client = api_client
         self.extra_cluster_cidrs = tuple(netaddr.IPNetwork(str(c)) for c in extra_cluster_cidrs)
-        self._changed = threading.Event()
+        self._changed = Changed()
         self._changed.set()  # no snapshot taken yet
         kwargs = {k: v for k, v in (("watch_timeout", watch_timeout), ("backoff_max", backoff_max)) if v}
         self.informers = {
@@ -103,6 +103,10 @@ class KubeSource:
     # -- StateSource --------------------------------------------------------------------------------------
     def wait_for_change(self, timeout: float) -> bool:
         return self._changed.wait(max(timeout, 0.0))
+
+    def on_change(self, fn) -> None:
+        """Call ``fn`` (from an informer's thread) at every change."""
+        self._changed.listen(fn)
 
     def snapshot(self) -> ClusterState:
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import pytest
@@ -25,6 +26,7 @@ from sdn_egress.backoff import Backoff
 from sdn_egress.controller import Controller
 from sdn_egress.reports import AgentReports, FileStatusWriter
 from sdn_egress.source import ManifestDirSource
+from tests.support.waiting import wait_for
 
 EIP = "192.0.2.200"
 ROUTER = "192.0.2.1"
@@ -160,14 +162,15 @@ class Unsynced(FileAllocationStore):
 class Agent:
     """One node's agent core with its fakes, both bridges connected."""
 
-    def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore, failback_hold=10.0):
+    def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore, failback_hold=10.0,
+                 source=ManifestDirSource):
         self.mdir, self.sdir = allocate(tmp_path, docs)
         self.db = FakeNodeDb(node)
         self.routing = FakeRouting()
         config = AgentConfig(node=node, ovs_db="unix:/nonexistent", bfd={"enable": "true"}, bfd_grace=10.0,
                              failback_hold=failback_hold)
         self.core = AgentCore(
-            config, ManifestDirSource(str(self.mdir)), reader(str(self.sdir)),
+            config, source(str(self.mdir)), reader(str(self.sdir)),
             routing=self.routing, writers=[FileStatusWriter(str(self.sdir), node)], db=self.db,
             node=NodeReader(node, self.db, bfd=config.bfd, next_hop_mac=lambda dest, family=4: ROUTER_MAC,
                             address_mtu=lambda ip: 1500))
@@ -433,5 +436,50 @@ def test_after_a_full_pass_the_heap_is_frozen_and_collected_whole_once_an_interv
         assert frozen() is None
         assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+# -- the loop --------------------------------------------------------------------------
+
+class NotifyingSource(ManifestDirSource):
+    """A manifest directory that tells its listeners of a change, as the
+    Kubernetes source does from its informers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.listeners = []
+
+    def on_change(self, fn):
+        self.listeners.append(fn)
+
+    def changed_now(self):
+        for fn in self.listeners:
+            fn()
+
+
+def test_a_change_of_the_source_is_applied_without_waiting_for_the_next_poll(tmp_path):
+    """The loop sleeps up to its poll interval (50 ms by default, an hour
+    here) between looks at BFD and the sources; a source that tells of its
+    changes wakes it at once."""
+    import gc
+
+    agent = Agent(tmp_path, "charlie", source=NotifyingSource)
+    agent.bfd(alpha=UP, bravo=UP)
+    agent.core.config = dataclasses.replace(agent.core.config, poll_interval=3600.0, resync_interval=3600.0)
+    threshold = gc.get_threshold()
+    thread = threading.Thread(target=agent.core.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.routing.steered == [(CART, "198.51.100.0/24")], "the first pass")
+        docs = cluster()
+        next(d for d in docs if d["kind"] == "Pod")["metadata"]["labels"] = {"app": "other"}
+        (agent.mdir / "cluster.yaml").write_text(yaml.safe_dump_all(docs))
+        agent.core.source.changed_now()
+        wait_for(lambda: agent.routing.steered == [], "the relabelled pod no longer steered", timeout=10.0)
+        assert steered_out(agent) == []  # its packet no longer goes to a tunnel
+    finally:
+        agent.core.stop()
+        assert agent.core.wait_stopped(10.0)
         gc.unfreeze()
         gc.set_threshold(*threshold)
