@@ -41,6 +41,7 @@ class NodeReader:
         self.path_down = False  # the tunnels' BFD says this node forwards nothing (cpath_down)
         self.port_names: dict[str, str] = {}  # peer -> its tunnel port
         self._peer_of_port: dict[str, str] = {}  # the reverse, built once per change of peers
+        self._bfd_states: tuple | None = None  # (the read, the peers, what bfd_states made of them)
         self._next_hops: dict[str, str] = {}
         self._gateways_memo = Memo()  # each local pod's gateway nodes, while it and its policies stay
         self.unresolved: list[str] = []
@@ -85,7 +86,12 @@ class NodeReader:
         if not self.bfd or not self.peers:
             return {}
         status = self.db.bfd_status("br-int")
-        return {peer: status.get(self.port_names[peer], {}) for peer in self.peers}
+        last = self._bfd_states
+        if last is not None and last[0] is status and last[1] is self.peers:
+            return last[2]  # OVSDB unchanged (the reader hands out the same read): the same object
+        states = {peer: status.get(self.port_names[peer], {}) for peer in self.peers}
+        self._bfd_states = (status, self.peers, states)
+        return states
 
     def bfd_report(self) -> dict[str, str]:
         """tunnel port -> BFD state for ``sdn-egress status`` (which cannot

@@ -26,6 +26,10 @@ class Liveness:
         self.cut_off = False
         self._was_up: set[str] = set()
         self._first_seen: dict[str, float] = {}
+        # The last dead() call's input and until when its answer holds for
+        # that input (a peer that never came up turns dead at its grace's end).
+        self._judged: tuple | None = None
+        self._holds_until = 0.0
 
     def judge(self, states: dict[str, dict], gateway: bool,
               expected: frozenset[str] | set[str] | None = None) -> frozenset[str]:
@@ -60,20 +64,31 @@ class Liveness:
         """``states``: peer -> its port's ``bfd_status`` (empty when BFD is off);
         ``expected``: see :meth:`judge`."""
         now = self.clock()
+        judged = self._judged
+        if judged is not None and judged[0] is states and judged[1] is expected and now < self._holds_until:
+            return judged[2]  # the same states object (nothing changed in OVSDB): the same answer
         dead = set()
+        holds_until = float("inf")
         for peer, status in states.items():
-            self._first_seen.setdefault(peer, now)
+            first = self._first_seen.setdefault(peer, now)
             if not status:
                 continue  # no BFD on this port: nothing to judge by
             if _up(status):
                 self._was_up.add(peer)
-            elif peer in self._was_up or (now - self._first_seen[peer] >= self.grace
-                                          and (expected is None or peer in expected)):
+            elif peer in self._was_up:
                 dead.add(peer)
-        for gone in set(self._first_seen) - set(states):
-            self._first_seen.pop(gone)
-            self._was_up.discard(gone)
-        return frozenset(dead)
+            elif expected is None or peer in expected:
+                if now - first >= self.grace:
+                    dead.add(peer)
+                else:
+                    holds_until = min(holds_until, first + self.grace)
+        if len(self._first_seen) != len(states):
+            for gone in set(self._first_seen) - set(states):
+                self._first_seen.pop(gone)
+                self._was_up.discard(gone)
+        out = frozenset(dead)
+        self._judged, self._holds_until = (states, expected, out), holds_until
+        return out
 
     def reset(self) -> None:
         """Forget what was seen: every peer gets a fresh grace.  Used while
@@ -81,6 +96,7 @@ class Liveness:
         slower to come back are not mistaken for dead peers."""
         self._was_up.clear()
         self._first_seen.clear()
+        self._judged = None
 
 
 class PeerWatch:

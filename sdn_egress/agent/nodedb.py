@@ -62,15 +62,17 @@ class OvsdbNode:
         replica changed since (its ``change_seqno``): the liveness poll asks
         for the BFD states every 50 ms, and a gateway has a port to every
         node.  The number is taken before the read, so a change that lands
-        during it makes the next call read again."""
+        during it makes the next call read again.  The same dict is handed
+        out while nothing changed (the callers tell "unchanged" by identity):
+        it is not to be changed."""
         seqno = getattr(self.api.idl, "change_seqno", None)
         hit = self._reads.get((what, bridge))
         if hit is not None and seqno is not None and hit[0] == seqno:
-            return dict(hit[1])
+            return hit[1]
         value = read(self.api, bridge)
         if seqno is not None:
             self._reads[(what, bridge)] = (seqno, value)
-        return dict(value)
+        return value
 
     def sync_tunnels(self, bridge: str, peers: dict[str, str], bfd: dict | None) -> None:
         ovsdb.sync_tunnels(self.api, bridge, peers, bfd=bfd)

@@ -119,3 +119,41 @@ def test_a_gateway_still_judges_the_other_gateway_nodes_that_never_came_up():
     clock.t = 3.0
     assert live.judge({"bravo": DOWN, "charlie": DOWN}, gateway=True, expected=expected) == {"bravo"}
     assert live.cut_off
+
+
+def test_the_same_unchanged_states_are_judged_again_when_a_grace_runs_out():
+    """The 50 ms poll hands the same states object while OVSDB is unchanged
+    (a gateway: thousands of ports); the answer is reused, but a peer that
+    never came up still turns dead when its grace ends."""
+    clock = Clock()
+    live = Liveness(grace=3, clock=clock)
+    states = {"a": UP, "b": DOWN, "c": DOWN}
+    live.dead(states)
+    clock.t = 1.0
+    assert live.dead(states) == frozenset()
+    clock.t = 3.0
+    assert live.dead(states) == {"b", "c"}
+    assert live.dead(states, expected=frozenset({"b"})) == {"b"}
+    assert live.dead({**states, "a": DOWN}) == {"a", "b", "c"}
+
+
+def test_the_node_reader_hands_out_the_same_states_while_ovsdb_is_unchanged():
+    from sdn_egress.agent.facts import NodeReader
+
+    class Db:
+        def __init__(self):
+            self.read = {"gnv-a": UP}
+
+        def bfd_status(self, bridge):
+            return self.read
+
+        def sync_tunnels(self, bridge, peers, bfd):
+            pass
+
+    db = Db()
+    reader = NodeReader("n0", db, bfd={"enable": "true"})
+    reader.peers, reader.port_names = {"a": "192.0.2.11"}, {"a": "gnv-a"}
+    first = reader.bfd_states()
+    assert reader.bfd_states() is first and first == {"a": UP}
+    db.read = {"gnv-a": DOWN}
+    assert reader.bfd_states() == {"a": DOWN}
