@@ -16,13 +16,36 @@ class OvsdbError(RuntimeError):
     pass
 
 
-def connect(db_target: str, timeout: float = 10):
-    """An ovsdbapp Open_vSwitch API bound to ``db_target`` (e.g. ``unix:/run/ovs/db.sock``)."""
-    from ovsdbapp.backend.ovs_idl import connection
+# Columns no reader here uses that ovs-vswitchd keeps rewriting (every
+# interface's statistics, every 5 s): left out of the replica, which then
+# changes only when something the agent reads does.  (One connection serves
+# a whole process, ovsdbapp's way: the first connect's columns are the ones.)
+UNWATCHED = {"Interface": ("statistics",)}
+
+
+def connect(db_target: str, timeout: float = 10, unwatched: dict[str, tuple[str, ...]] | None = UNWATCHED):
+    """An ovsdbapp Open_vSwitch API bound to ``db_target`` (e.g. ``unix:/run/ovs/db.sock``).
+
+    ``unwatched``: table -> columns its replica leaves out (every other
+    column of every table is replicated): the agent leaves out what
+    ovs-vswitchd rewrites on its own, such as every interface's statistics
+    every 5 s, which a gateway with thousands of ports would otherwise parse
+    forever."""
+    from ovsdbapp.backend.ovs_idl import connection, idlutils
     from ovsdbapp.schema.open_vswitch import impl_idl
 
     try:
-        idl = connection.OvsdbIdl.from_server(db_target, "Open_vSwitch")
+        helper = idlutils.get_schema_helper(db_target, "Open_vSwitch")
+        if unwatched:
+            for table, spec in helper.schema_json["tables"].items():
+                skip = set(unwatched.get(table, ()))
+                if skip:
+                    helper.register_columns(table, [c for c in spec["columns"] if c not in skip])
+                else:
+                    helper.register_table(table)
+        else:
+            helper.register_all()
+        idl = connection.OvsdbIdl(db_target, helper)
         conn = connection.Connection(idl=idl, timeout=timeout)
         return impl_idl.OvsdbIdl(conn)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user

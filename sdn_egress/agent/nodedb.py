@@ -39,7 +39,7 @@ class OvsdbNode:
     @property
     def api(self):
         if self._api is None:
-                self._api = ovsdb.connect(self.target)
+            self._api = ovsdb.connect(self.target)
         return self._api
 
     def bridge_dpid(self, bridge: str) -> int:

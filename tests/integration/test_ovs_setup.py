@@ -144,6 +144,10 @@ def _the_agents_reads_follow_the_database(api, ovs):
     again only when the IDL's replica changed, and always then."""
     from sdn_egress.agent.nodedb import OvsdbNode
 
+    # What ovs-vswitchd rewrites every 5 s by itself is not replicated (a
+    # gateway has thousands of interfaces); what the agent reads is.
+    columns = api.idl.tables["Interface"].columns
+    assert "statistics" not in columns and {"ofport", "bfd_status", "bfd", "options"} <= set(columns)
     node = OvsdbNode(ovs.db_target)
     node._api = api  # ovsdbapp keeps one connection per process
     reads = []
