@@ -531,7 +531,12 @@ port back: the workers whose pods use one of its EIPs, and the other gateway nod
 per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
 RSS includes the lists as the informers read them, through the `kubernetes` client (only its transport
 is the bench's): in pages of 500 objects, each page's JSON and its objects untrimmed until they are
-trimmed into the cache.
+trimmed into the cache. Flows on the busiest gateway node: one `reply_route` flow per pod CIDR of the
+cluster, six per EIP it holds (both bridges), a reply flow per gateway its own pods use, and its own
+pods' steers (1,787 at L): 6,912 at L, against the goal 2 x (EIPs + nodes) + a constant = 10,500 + c.
+The relabels' CPU is the process's (CLOCK_PROCESS_CPUTIME_ID); on a virtual machine it also counts
+what the hypervisor took, so it tracks the wall time: the spread between runs (4-10 ms at L on this
+shared machine) is the host's load, not the agent's.
 """
 
 if __name__ == "__main__":
