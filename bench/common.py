@@ -33,3 +33,12 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + f"\n\n## {name}\n\n{block}\n"
     with open(BENCHMARKS, "w") as f:
         f.write(text)
+
+
+def markdown_table(heads: list[str], rows, results: list) -> str:
+    """One column per result (``heads``: their titles), one line per
+    ``(label, cell)`` of ``rows`` (``cell(result)`` -> the text)."""
+    lines = ["| | " + " | ".join(heads) + " |", "| --- " * (len(heads) + 1) + "|"]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
+    return "\n".join(lines)

@@ -474,13 +474,10 @@ ROWS = (
 
 
 def table(by_size: dict[str, dict]) -> str:
-    names = list(by_size)
-    head = "| | " + " | ".join(f"{n} ({gen.SIZES[n].nodes:,} / {gen.SIZES[n].pods:,} / {gen.SIZES[n].policies:,})"
-                                 for n in names) + " |"
-    lines = [head, "| --- " * (len(names) + 1) + "|"]
-    for label, cell in ROWS:
-        lines.append(f"| {label} | " + " | ".join(cell(by_size[n]) for n in names) + " |")
-    return "\n".join(lines)
+    from common import markdown_table
+
+    heads = [f"{n} ({gen.SIZES[n].nodes:,} / {gen.SIZES[n].pods:,} / {gen.SIZES[n].policies:,})" for n in by_size]
+    return markdown_table(heads, ROWS, list(by_size.values()))
 
 
 def main(argv=None) -> int:

@@ -330,13 +330,10 @@ ROWS = (
 
 
 def table(by_size: dict[str, dict]) -> str:
-    names = list(by_size)
-    head = "| | " + " | ".join(f"{n} ({gen.SIZES[n].nodes:,} nodes, {by_size[n]['picked']['eips']} EIPs)"
-                                 for n in names) + " |"
-    lines = [head, "| --- " * (len(names) + 1) + "|"]
-    for label, cell in ROWS:
-        lines.append(f"| {label} | " + " | ".join(cell(by_size[n]) for n in names) + " |")
-    return "\n".join(lines)
+    from common import markdown_table
+
+    heads = [f"{n} ({gen.SIZES[n].nodes:,} nodes, {r['picked']['eips']} EIPs)" for n, r in by_size.items()]
+    return markdown_table(heads, ROWS, list(by_size.values()))
 
 
 NOTE = """
