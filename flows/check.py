@@ -12,7 +12,7 @@ import netaddr
 
 from flows import fields as F
 from flows.memo import Memo
-from flows.view import EipRoute, NodeView, Steer
+from flows.view import EipRoute, NodeView, Steer, eips_of
 
 
 class ViewError(ValueError):
@@ -130,7 +130,7 @@ def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:
         if eips is None:
             for s in group:
                 _check_steer(s)
-            eips = frozenset(str(e) for e in {id(s.eip): s.eip for s in group}.values())
+            eips = eips_of(group)
         memo.put(key, (group,), eips)
         for eip in eips:
             if eip not in routes:

@@ -152,3 +152,9 @@ class NodeView:
         in runs of one pod, each run non-empty and whole)."""
         self.__dict__["steer_groups"] = groups  # a cached value, not a field: replace() starts afresh
         return self
+
+
+def eips_of(steers) -> frozenset[str]:
+    """The EIPs of ``steers`` as text, each EIP object formatted once (a
+    pod's steers share the few EIPs of its policies)."""
+    return frozenset(str(e) for e in {id(s.eip): s.eip for s in steers}.values())

@@ -14,7 +14,7 @@ from flows.check import route_by_eip
 from flows.memo import Memo
 from flows.records import Bundle, Drop, Flow, Goto, Load, Output, SetField, canonical_entry
 from flows.tables import flow
-from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer
+from flows.view import GW_MAC, EipRoute, NodeView, Ports, Steer, eips_of
 
 BR = "br-int"
 
@@ -66,7 +66,7 @@ def steer_parts(view: NodeView, memo: Memo | None = None) -> list:
         hit = memo.peek(key, inputs)
         if hit is None or any(keys.get(eip) != k for eip, k in hit[0]):
             made = frozenset(_steer_flows(group, view.ports.egw, keys))
-            eips = {str(e) for e in {id(s.eip): s.eip for s in group if not s.exclude}.values()}  # each once
+            eips = eips_of(s for s in group if not s.exclude)
             hit = (tuple((eip, keys[eip]) for eip in sorted(eips)), made)
         memo.put(key, inputs, hit)
         out.append(hit[1])
