@@ -16,7 +16,7 @@ from sdn_egress.agent.nodedb import NodeDb
 from sdn_egress.agent.routing import address_mtu, resolve_next_hop_mac
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState
-from sdn_egress.view import NodeFacts, tunnel_peers, underlay_address
+from sdn_egress.view import NodeFacts, gateway_nodes, tunnel_peers, underlay_address
 
 LOG = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class NodeReader:
         keep = self.peers
         if keep is None:  # a (re)start: the ports already there stay while they lead to gateway nodes
             names = set(self.db.ofports("br-int"))
-            keep = [p for p, name in tunnel_port_names({n for a in alloc.eips for n in a.nodes}).items()
+            keep = [p for p, name in tunnel_port_names(gateway_nodes(alloc.eips)).items()
                     if name in names]
         peers = tunnel_peers(self.node, state, alloc, keep=keep, memo=self._gateways_memo)
         if peers == self.peers:

@@ -54,7 +54,6 @@ class PolicyIndex:
             found[pair[0]] = pair[1]
         return found
 
-
     def candidate_pairs(self, pod: Pod, statuses: Mapping[str, Any]) -> tuple[tuple[EgressPolicy, Any], ...]:
         """``(policy, statuses.get(its key))`` for every candidate of ``pod``,
         in :meth:`candidates_by_key`'s order; the same tuple again while the
