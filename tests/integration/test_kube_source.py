@@ -108,6 +108,8 @@ def test_410_gone_means_a_fresh_list_and_nothing_is_missed(emu, source):
     emu.delete("Node", "beta")
     state = wait_state(source, emu, lambda s: sorted(s.nodes) == ["alpha", "gamma"], "the relisted nodes")
     assert nodes.lists == 2
+    # The relisted state is out before the informer opens its next watch.
+    emu.wait_for(lambda: len(emu.requests_to("GET", r"/api/v1/nodes$")) >= 5)
     watches = [r.query for r in emu.requests_to("GET", r"/api/v1/nodes$")]
     # list, watch, watch from the old version (410), list again, watch from the new list's version.
     assert [q.get("watch") for q in watches[:5]] == [None, "true", "true", None, "true"]
