@@ -284,6 +284,7 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
 
     import kubernetes.client  # noqa: F401 - every real process has it loaded
     import flows
+    from flows import cookie as C
     from sdn_egress.allocation import FileAllocationStore
 
     out: dict = {"role": role}
@@ -324,6 +325,9 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
         pass_ = controller.reconcile
     else:
         core = make_agent(node, source, status_dir)
+        if role == "gateway":  # its senders' BFD, as it arrives on gnv-flow (SENDER flow, packet-in)
+            for i in sorted(bfd_senders(size, store.load(), node)):
+                core.packet_in(core.switch("br-int"), C.encode(C.Feature.SENDER), b"", tunnel_src=gen.node_ip(i))
         t = time.perf_counter()
         core.reconcile(full=True)
         out["first_pass_s"] = time.perf_counter() - t
@@ -399,22 +403,22 @@ def ms(v) -> str:
     return f"{v * 1000:,.1f} ms" if v < 1 else f"{v:,.2f} s"
 
 
-def bfd_senders(size: gen.Size, alloc, gateway: str) -> int:
-    """How many other nodes keep a port (so a BFD session) to ``gateway``:
-    those with a pod that a policy with an EIP on that node selects
-    (view.used_gateways' rule, from the generator's: a namespaced policy
-    selects apps a0-a9 of its namespace, a cluster policy app a10 of the
-    namespaces of its tier)."""
+def bfd_senders(size: gen.Size, alloc, gateway: str) -> set[int]:
+    """The other nodes that keep a port (so a BFD session) to ``gateway``:
+    the other gateway nodes, and those with a pod that a policy with an EIP
+    on that node selects (view.used_gateways' rule, from the generator's: a
+    namespaced policy selects apps a0-a9 of its namespace, a cluster policy
+    app a10 of the namespaces of its tier)."""
     eips = {str(a.ip) for a in alloc.eips if gateway in a.nodes}
     on_gateway = {k for k, st in alloc.policies.items() if {str(st.eip_v4), str(st.eip_v6)} & eips}
     namespaces = {k.split("/")[0] for k in on_gateway if "/" in k}
     tiers = {f"t{int(k.rsplit('-', 1)[1]) % 4}" for k in on_gateway if "/" not in k}
-    senders = set(range(3 * size.gateways))  # the gateway nodes: each has a port to every node
+    senders = set(range(3 * size.gateways))  # the gateway nodes: each has a port to every other one
     for j in range(size.pods):
         ns, i, app = gen.pod_place(size, j)
         if (app < 10 and ns in namespaces) or (app == 10 and f"t{int(ns[2:]) % 4}" in tiers):
             senders.add(i)
-    return len(senders - {int(gateway.rsplit("-", 1)[1])})
+    return senders - {int(gateway.rsplit("-", 1)[1])}
 
 
 def run_size(size: gen.Size) -> dict:
@@ -429,7 +433,7 @@ def run_size(size: gen.Size) -> dict:
                 raise SystemExit(f"{size.name} {role} failed:\n{proc.stderr[-4000:]}")
             results[role] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  {size.name} {role}: {results[role]}", file=sys.stderr)
-        results["bfd_up"] = bfd_senders(size, FileAllocationStore(status).load(), results["gateway"]["gateway"])
+        results["bfd_up"] = len(bfd_senders(size, FileAllocationStore(status).load(), results["gateway"]["gateway"]))
     return results
 
 
@@ -522,10 +526,12 @@ after the startup, when the agent's loop has settled the heap (after each full p
 L). "full recompute" is the agent's periodic full pass: memos dropped, the switch dumped, every
 steer, route and flow built again and diffed. `flows.build` for the gateway: without a memo.
 BFD: the agent enables it on
-every tunnel port; a gateway node has a port to every node (it does not watch other nodes' pods, so
-it cannot tell which workers send to it), but a session comes up only with the nodes that have a
-port back: the workers whose pods use one of its EIPs, and the other gateway nodes. Packets/s: 10
-per session up (100 ms), at most 1 per port whose session is down (RFC 5880: not faster than 1 s).
+every tunnel port. A gateway node has a port to the other gateway nodes and to the nodes it heard
+BFD from (it does not watch other nodes' pods, so it cannot tell which workers send to it: a
+worker's BFD arrives on gnv-flow until the gateway has a port back, and goes to the agent; here the
+gateway's agent is handed those packet-ins, one per worker whose pods use one of its EIPs, before
+its first pass). Packets/s: 10 per session up (100 ms), at most 1 per port whose session is down
+(RFC 5880: not faster than 1 s).
 RSS includes the lists as the informers read them, through the `kubernetes` client (only its transport
 is the bench's): in pages of 500 objects, each page's JSON and its objects untrimmed until they are
 trimmed into the cache. Flows on the busiest gateway node: one `reply_route` flow per pod CIDR of the

@@ -46,6 +46,8 @@ class Feature(IntEnum):
     ND = 14  # br-ex: neighbour solicitations for a held IPv6 EIP go to the agent (object: EIP)
     NOT_REPLY = 15  # reply_route: not a reply to a connection our SNAT committed (untracked,
     # invalid, new): dropped before the routes (object 0)
+    SENDER = 16  # classify, gateway nodes: BFD arriving on gnv-flow (from a node this one has no
+    # port to) goes to the agent, which makes one (object 0)
 
 
 @lru_cache(maxsize=1 << 16)

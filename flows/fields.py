@@ -27,6 +27,11 @@ class Field:
 
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 IPPROTO_ICMPV6 = 58
+IPPROTO_UDP = 17
+# BFD control packets as OVS sends them inside its tunnels: UDP to 3784 (RFC
+# 5881), to bfd:bfd_dst_ip, which the agent leaves at its default.
+BFD_PORT = 3784
+BFD_DST = "169.254.1.0"
 ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT = 135, 136
 
 _FIELDS = [

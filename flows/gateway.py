@@ -1,5 +1,6 @@
 """br-int on a gateway node: SNAT an EIP's traffic and return the replies.
 
+classify (BFD on gnv-flow: a node with no port here yet) -> the agent.
 classify (tunnel, tun_id = EIP key) -> snat -> ct(commit, SNAT zone,
 nat(src=EIP)) -> snat_out -> next hop MACs -> patch to br-ex.
 classify (patch from br-ex) -> from_uplink -> ct(SNAT zone, nat) ->
@@ -24,6 +25,7 @@ from flows.view import NODE_IP_PORTS, NodeView, ReturnRoute
 BR = "br-int"
 
 PRIO_TUNNEL = 100
+PRIO_SENDER = 110
 PRIO_EIP = 100
 PRIO_UPLINK = 100
 PRIO_RETURN = 100  # + the pod CIDR's prefix length
@@ -52,6 +54,24 @@ def tunnel_in(view: NodeView) -> list[Flow]:
                  (Load(F.REG_EIP.field, h.tunnel_key), Goto("snat")),
                  _eip_cookie(C.Feature.EIP_IN, h.eip))
             for h in view.held]
+
+
+def senders(view: NodeView) -> list[Flow]:
+    """A gateway node has a Geneve port (and a BFD session) only to the nodes
+    that send to it.  A worker that starts to (its pod is selected) makes its
+    port to every gateway node of the EIP; its BFD packets arrive here on
+    gnv-flow, the only port that takes a tunnel from an unknown peer, and go
+    to the agent, which reads the tunnel's source address and makes the port
+    back (``sdn_egress.agent.facts``).  OVS sends BFD inside the tunnel as
+    UDP to 169.254.1.0:3784, tunnel key 0 (a pod's reply, also key 0, is to
+    a pod address); the bridge's packet-in rate limit bounds what reaches
+    the agent."""
+    if not view.gateway_node:
+        return []
+    return [flow(BR, "classify", PRIO_SENDER,
+                 {"in_port": view.ports.tun_flow, "eth_type": F.ETH_IP, "ipv4_dst": F.BFD_DST,
+                  "ip_proto": F.IPPROTO_UDP, "udp_dst": F.BFD_PORT, "tunnel_id": 0},
+                 (Controller(),), C.encode(C.Feature.SENDER))]
 
 
 def snat(view: NodeView) -> list[Flow]:
@@ -149,5 +169,5 @@ def _reply_flows(rr: ReturnRoute, tun_flow: int) -> list[Flow]:
 
 
 def flows(view: NodeView, memo: Memo | None = None) -> list[Flow]:
-    return (tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + uplink_mtu(view)
+    return (senders(view) + tunnel_in(view) + snat(view) + snat_out(view) + from_uplink(view) + uplink_mtu(view)
             + reply_route(view, memo))

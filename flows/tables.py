@@ -84,8 +84,9 @@ _IP = {"eth_type", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"}
 
 BR_INT = BridgeTables("br-int", (
     Table("classify", "what is this packet: a selected pod's (from egw0), a reply or an EIP's "
-          "traffic arriving by tunnel, or a reply from the uplink (via the patch)",
-          frozenset({"in_port", "tunnel_id"} | _IP),
+          "traffic arriving by tunnel, or a reply from the uplink (via the patch); on a gateway "
+          "node, a worker's BFD on gnv-flow goes to the agent (it has no port to that worker yet)",
+          frozenset({"in_port", "tunnel_id", "ip_proto", "udp_dst"} | _IP),
           ("eip_out", "snat", "from_uplink", "to_host")),
     Table("eip_out", "send an EIP's traffic to its active gateway: Geneve with the EIP's key, "
           "or to snat when this node is the gateway; drop when no gateway is alive",

@@ -137,6 +137,9 @@ class NodeView:
     return_routes: tuple[ReturnRoute, ...] = ()  # filled on gateway nodes (held non-empty)
     pod_cidrs: tuple[netaddr.IPNetwork, ...] = ()  # this node's own pod CIDRs, both families (replies to the host)
     tunnel_mtu: int = DEFAULT_TUNNEL_MTU  # the largest IP packet its Geneve tunnels carry whole
+    # A gateway node of some EIP (active or standby): it learns which nodes send
+    # to it from their BFD, which arrives on gnv-flow until it has a port to them.
+    gateway_node: bool = False
 
     @cached_property
     def steer_groups(self) -> tuple[tuple[Steer, ...], ...]:

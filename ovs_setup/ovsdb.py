@@ -186,7 +186,7 @@ def sync_tunnels(api, bridge: str, peers: dict[str, str], *, prefix: str = TUNNE
                  ("external_ids", {"sdn-egress-peer": peer})]
         cur = have.get(port)
         if _holds(cur, attrs) and dict(cur["bfd"]) == dict(bfd or {}):
-            continue  # as wanted: not written again (a gateway has a port to every node)
+            continue  # as wanted: not written again (a gateway has thousands of ports)
         cmds.append(api.add_port(bridge, port, may_exist=True))
         # db_set merges a map into what the column has: without the clear
         # a key dropped from ``bfd`` (cpath_down after a rejoin) stayed.

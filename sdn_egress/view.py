@@ -333,12 +333,13 @@ def build_view(node_name: str, state: ClusterState, alloc: Allocation, facts: No
         return_routes=return_routes,
         pod_cidrs=tuple(c for c in node.pod_cidrs if c.version == 4) + tuple(
             c for c in node.pod_cidrs if c.version == 6),
-        tunnel_mtu=facts.tunnel_mtu,
+        tunnel_mtu=facts.tunnel_mtu, gateway_node=node_name in gateway_nodes(alloc.eips),
     ).with_steer_groups(tuple(groups))
 
 
 def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
-                 keep: Iterable[str] = (), memo: ViewMemo | None = None) -> dict[str, str]:
+                 keep: Iterable[str] = (), memo: ViewMemo | None = None,
+                 senders: Iterable[str] = ()) -> dict[str, str]:
     """Nodes this node keeps a Geneve port (with BFD) to.
 
     A worker: the gateway nodes, active and standbys, of the EIPs its own
@@ -347,16 +348,16 @@ def tunnel_peers(node_name: str, state: ClusterState, alloc: Allocation,
     ``keep``: the peers it has; those still gateway nodes stay, so a pod
     selected again (or the next one) finds its port up, BFD and all, not a
     new port whose session must first come up (the bundle sends nothing
-    while it is down).  They are at most the cluster's gateway nodes.  A gateway node
-    (of any EIP): every other node, because a BFD session needs both ends and
-    the gateway does not know which workers send to it (it watches only its
-    own node's pods); a session comes up with the workers that have a port
-    back, the others' ports stay idle.  ``memo``: see :func:`used_gateways`."""
+    while it is down).  They are at most the cluster's gateway nodes.  A
+    gateway node (of any EIP) has those too, plus every other gateway node
+    (the standbys judge the active by BFD) and ``senders``: the nodes it
+    heard BFD from (it watches only its own node's pods, so it cannot tell
+    which workers send to it; a session needs both ends).  ``memo``: see
+    :func:`used_gateways`."""
     gateways = gateway_nodes(alloc.eips)
+    wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
     if node_name in gateways:
-        wanted = set(state.nodes)
-    else:
-        wanted = used_gateways(node_name, state, alloc, memo) | (set(keep) & gateways)
+        wanted |= gateways | set(senders)
     names = tuple(sorted(n for n in wanted if n != node_name and n in state.nodes))
     nodes = tuple(state.nodes[n] for n in names)
 

@@ -84,7 +84,9 @@ class EgressAgentApp(app_manager.OSKenApp):
     def _packet_in(self, ev):
         switch = self._switches.get(ev.msg.datapath.id)
         if switch is not None:
-            self.core.packet_in(switch, ev.msg.cookie, bytes(ev.msg.data))
+            match = ev.msg.match
+            self.core.packet_in(switch, ev.msg.cookie, bytes(ev.msg.data),
+                                tunnel_src=match.get("tun_ipv4_src") or match.get("tun_ipv6_src"))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     @guarded

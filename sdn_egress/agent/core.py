@@ -325,16 +325,24 @@ class AgentCore:
             self._held = held
 
     # -- packet-ins (called from os-ken's thread) ------------------------------------
-    def packet_in(self, switch: SwitchPort, cookie: int, data: bytes) -> None:
-        """A packet ``uplink_mtu`` sent up: too big for the tunnel.  Answer the
-        sender (ICMP frag-needed / packet too big) or send it back in
-        fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
+    def packet_in(self, switch: SwitchPort, cookie: int, data: bytes, tunnel_src: str | None = None) -> None:
+        """A packet a flow sent up, by the flow's cookie: an IPv6 EIP's
+        neighbour solicitation (answered), a BFD packet on gnv-flow
+        (``tunnel_src``: its tunnel's source; the next pass makes a port to
+        that node), or a packet ``uplink_mtu`` found too big for the tunnel:
+        answer the sender (ICMP frag-needed / packet too big) or send it back
+        in fragments that fit; see :mod:`sdn_egress.agent.pmtu`."""
         from flows import cookie as C
         view = self.last_result.view
-        if C.decode(cookie).feature == C.Feature.ND and view is not None and switch.bridge == "br-ex":
+        feature = C.decode(cookie).feature
+        if feature == C.Feature.ND and view is not None and switch.bridge == "br-ex":
             announce.on_solicitation(switch, view, data)  # an IPv6 EIP's neighbour solicitation
             return
-        if C.decode(cookie).feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
+        if feature == C.Feature.SENDER and switch.bridge == "br-int":
+            if self.node.heard(tunnel_src):
+                self._wake.set()
+            return
+        if feature != C.Feature.MTU or view is None or switch.bridge != "br-int":
             return
         if not view.ports.int_patch:
             return

@@ -6,7 +6,11 @@ tests give it a node of their own."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Callable
+
+import netaddr
 
 from flows.memo import Memo
 from flows.view import Ports
@@ -20,6 +24,10 @@ from sdn_egress.view import NodeFacts, gateway_nodes, tunnel_peers, underlay_add
 
 LOG = logging.getLogger(__name__)
 
+# A gateway node's port to a node it heard BFD from goes when that session has
+# not been up for this long (the node dropped its port, or is gone): seconds.
+SENDER_IDLE = 60.0
+
 
 class NodeReader:
     """``next_hop_mac(destination)``: the MAC of the uplink's next hop towards
@@ -29,7 +37,8 @@ class NodeReader:
     def __init__(self, node: str, db: NodeDb, *, egw: str = "egw0", bfd: dict | None = None,
                  tunnel_mtu: int | None = None,
                  next_hop_mac: Callable[..., str | None] = resolve_next_hop_mac,
-                 address_mtu: Callable[[str], int | None] = address_mtu):
+                 address_mtu: Callable[[str], int | None] = address_mtu,
+                 clock: Callable[[], float] = time.monotonic):
         self.node = node
         self.db = db
         self.egw = egw
@@ -46,15 +55,37 @@ class NodeReader:
         self._gateways_memo = Memo()  # each local pod's gateway nodes, while it and its policies stay
         self.unresolved: list[str] = []
         self.tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
+        self.clock = clock
+        # A gateway node's senders: node -> when its BFD was last heard or up.
+        self.senders: dict[str, float] = {}
+        self._heard: set[str] = set()  # tunnel sources of BFD on gnv-flow (from os-ken's thread)
+        self._heard_lock = threading.Lock()
+        self._senders_judged: tuple = (None, 0.0)  # (the BFD states, until when no sender idles out)
 
     # -- tunnels and BFD -------------------------------------------------------------
+    def heard(self, address: str) -> bool:
+        """A BFD packet came from ``address`` (its tunnel's source) on
+        gnv-flow: that node has a port to this one, this one none back yet.
+        Called from os-ken's thread; the next pass makes the port (True: an
+        address not heard since the last pass)."""
+        try:
+            address = str(netaddr.IPAddress(address))
+        except (netaddr.AddrFormatError, TypeError, ValueError):
+            LOG.warning("BFD on gnv-flow without a usable tunnel source (%r): ignored", address)
+            return False
+        with self._heard_lock:
+            new = address not in self._heard
+            self._heard.add(address)
+        return new
+
     def sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
+        gateways = gateway_nodes(alloc.eips)
         keep = self.peers
         if keep is None:  # a (re)start: the ports already there stay while they lead to gateway nodes
-            names = set(self.db.ofports("br-int"))
-            keep = [p for p, name in tunnel_port_names(gateway_nodes(alloc.eips)).items()
-                    if name in names]
-        peers = tunnel_peers(self.node, state, alloc, keep=keep, memo=self._gateways_memo)
+            keep = self._ports_at_start(state, gateways)
+        self._track_senders(state, gateways)
+        peers = tunnel_peers(self.node, state, alloc, keep=keep, memo=self._gateways_memo,
+                             senders=self.senders)
         if peers == self.peers:
             return
         self.db.sync_tunnels("br-int", peers, self._bfd())
@@ -63,6 +94,56 @@ class NodeReader:
         self.peers = peers
         self.port_names = tunnel_port_names(peers)
         self._peer_of_port = {name: peer for peer, name in self.port_names.items()}
+
+    def _ports_at_start(self, state: ClusterState, gateways: frozenset[str]) -> list[str]:
+        """The peers of the tunnel ports already on br-int that stay: those to
+        gateway nodes, and on a gateway node those to any node, as senders
+        (they go if their session stays down, see :data:`SENDER_IDLE`)."""
+        names = set(self.db.ofports("br-int"))
+        candidates = state.nodes if self.node in gateways else gateways
+        kept = [p for p, name in tunnel_port_names(candidates).items() if name in names]
+        if self.node in gateways:
+            now = self.clock()
+            self.senders = {p: now for p in kept if p not in gateways and p != self.node}
+        return kept
+
+    def _track_senders(self, state: ClusterState, gateways: frozenset[str]) -> None:
+        """On a gateway node: the nodes whose BFD came since the last pass
+        become senders; a sender whose session has not been up for
+        :data:`SENDER_IDLE` is one no more.  Elsewhere: none."""
+        with self._heard_lock:
+            heard, self._heard = self._heard, set()
+        if self.node not in gateways:
+            self.senders.clear()
+            return
+        now = self.clock()
+        if heard:
+            found = {}
+            for name, node in state.nodes.items():
+                ip = underlay_address(node)
+                if ip is not None and str(ip) in heard:
+                    found[str(ip)] = name
+            for address in sorted(heard - found.keys()):
+                LOG.warning("BFD from %s on gnv-flow: no node of the cluster has that address; no port "
+                            "made", address)
+            for address, name in sorted(found.items()):
+                if name != self.node and name not in self.senders:
+                    LOG.info("tunnels: BFD from %s (%s), which has no port here: it sends to this "
+                             "gateway node, a port to it", name, address)
+                if name != self.node:
+                    self.senders[name] = now
+        states = self.bfd_states() if self.senders else {}
+        if not heard and states is self._senders_judged[0] and now < self._senders_judged[1]:
+            return  # nothing heard, no session changed, none idles out yet
+        for name, since in list(self.senders.items()):
+            if name not in state.nodes or name in gateways:
+                del self.senders[name]  # gone, or a gateway node: a peer in its own right
+            elif states.get(name, {}).get("state") == "up":
+                self.senders[name] = now
+            elif now - since > SENDER_IDLE:
+                LOG.info("tunnels: no BFD session with %s for %.0f s: its port goes", name, now - since)
+                del self.senders[name]
+        self._senders_judged = (states, min(self.senders.values(), default=now) + SENDER_IDLE)
 
     def _bfd(self) -> dict | None:
         if self.bfd is None or not self.path_down:

@@ -43,11 +43,11 @@ class Liveness:
         are just dead.
 
         ``expected``: the peers whose session must come up (the gateway
-        nodes: every gateway node keeps a port to every node); None: all.  A
-        gateway node also has a port to every worker, but a worker keeps one
-        back only while its pods use the gateway, so a worker's session that
-        never came up is idle, not a dead peer: it neither counts as dead nor
-        makes this node cut off."""
+        nodes: every gateway node keeps a port to every other one); None:
+        all.  A gateway node also has a port to each worker it heard BFD
+        from, but a worker keeps one back only while its pods use the
+        gateway, so a worker's session that never came up is idle, not a
+        dead peer: it neither counts as dead nor makes this node cut off."""
         dead = self.dead(states, expected)
         if self.cut_off:
             if any(_up(s) for s in states.values()):

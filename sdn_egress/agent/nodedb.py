@@ -61,7 +61,7 @@ class OvsdbNode:
         """A read of every interface of a bridge, again only when the IDL's
         replica changed since (its ``change_seqno``): the liveness poll asks
         for the BFD states every 50 ms, and a gateway has a port to every
-        node.  The number is taken before the read, so a change that lands
+        node that sends to it.  The number is taken before the read, so a change that lands
         during it makes the next call read again.  The same dict is handed
         out while nothing changed (the callers tell "unchanged" by identity):
         it is not to be changed."""

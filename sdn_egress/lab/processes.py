@@ -116,22 +116,24 @@ class Processes:
     def heal(self, node: str) -> None:
         nsx(self.ns_fabric(), "ip", "link", "set", f"n{self.topology().node(node).index}", "up")
 
+    def tunnel_ports(self, node: str) -> dict[str, bool]:
+        """The node's Geneve ports to peers (not gnv-flow), by remote IP:
+        whether its BFD session is up."""
+        out = json.loads(self.ovs(node).vsctl("--columns=options,bfd_status", "--format=json", "find",
+                                              "Interface", "type=geneve"))
+        ports = {}
+        for options, bfd in out["data"]:
+            remote = dict(options[1]).get("remote_ip", "").strip('"')
+            if remote and remote != "flow":
+                ports[remote] = dict(bfd[1]).get("state") == "up"
+        return ports
+
     def bfd_sessions_up(self) -> bool:
         """Every BFD session of the running nodes' tunnels is up, where it has
-        both ends: a gateway node keeps a port to every node, a worker one back
-        only while its pods use that gateway (an idle port has no session)."""
-        ports: dict[str, dict[str, bool]] = {}  # node IP -> remote IP -> its session up
-        for n in self.topology().nodes:
-            ovs = self.ovs(n.name)
-            if not ovs.running():
-                continue
-            out = json.loads(ovs.vsctl("--columns=options,bfd_status", "--format=json", "find", "Interface",
-                                       "type=geneve"))
-            mine = ports.setdefault(n.ip, {})
-            for options, bfd in out["data"]:
-                remote = dict(options[1]).get("remote_ip", "").strip('"')
-                if remote and remote != "flow":
-                    mine[remote] = dict(bfd[1]).get("state") == "up"
+        both ends (a worker's port before its gateway made one back, a
+        gateway's to a worker that dropped its own: no session)."""
+        ports = {n.ip: self.tunnel_ports(n.name) for n in self.topology().nodes
+                 if self.ovs(n.name).running()}  # node IP -> remote IP -> its session up
         return all(up or local not in ports.get(remote, {})
                    for local, remotes in ports.items() for remote, up in remotes.items())
 

@@ -96,6 +96,23 @@ def first_packets(lab, capture, pods, key: str, node: str, labels: dict, want: s
     return cap.sources(), pod.ip
 
 
+def test_a_gateway_has_a_port_and_bfd_only_to_the_nodes_that_send_to_it(lab, pods):
+    """Issue 15: no selected pod on bravo or charlie (the module's first
+    test): the gateway has no port to them and sends them no BFD.  A
+    selected pod on charlie: charlie makes its port to alpha, alpha hears
+    charlie's BFD on gnv-flow and makes the port back, the session comes up
+    at both ends and the pod leaves with the EIP; bravo still has none."""
+    assert lab.tunnel_ports("alpha") == {} and lab.tunnel_ports("charlie") == {}, \
+        "the module's labs start without a selected pod on a worker"
+    pods.append("shop/cart-t")
+    lab.add_pod("shop/cart-t", "charlie", {"app": "cart"})
+    wait_for(lambda: lab.udp_source("shop/cart-t", EXT) == EIP, "cart-t out with its EIP", timeout=30)
+    wait_for(lambda: lab.tunnel_ports("alpha") == {NODE_IPS["charlie"]: True}
+             and lab.tunnel_ports("charlie") == {NODE_IPS["alpha"]: True}, "one session, both ends up")
+    assert "BFD from charlie (192.0.2.13), which has no port here" in lab.agent_log("alpha")
+    assert lab.tunnel_ports("bravo") == {}
+
+
 def test_a_new_selected_pods_first_packet_leaves_with_the_eip(lab, capture, pods):
     seen, _ = first_packets(lab, capture, pods, "shop/cart-new", "charlie", {"app": "cart"}, EIP)
     assert EIP in seen

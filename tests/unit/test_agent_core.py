@@ -15,6 +15,7 @@ import yaml
 from fakeswitch import FakeBridge, arp_request, ip_packet
 
 import flows
+from flows import cookie as C
 from flows.records import Drop
 from flows.tables import table_names
 from flows.view import GW_MAC
@@ -163,9 +164,9 @@ class Agent:
     """One node's agent core with its fakes, both bridges connected."""
 
     def __init__(self, tmp_path, node: str, docs=None, reader=FileAllocationStore, failback_hold=10.0,
-                 source=ManifestDirSource):
+                 source=ManifestDirSource, db=None, clock=time.monotonic):
         self.mdir, self.sdir = allocate(tmp_path, docs)
-        self.db = FakeNodeDb(node)
+        self.db = db or FakeNodeDb(node)
         self.routing = FakeRouting()
         config = AgentConfig(node=node, ovs_db="unix:/nonexistent", bfd={"enable": "true"}, bfd_grace=10.0,
                              failback_hold=failback_hold)
@@ -173,7 +174,7 @@ class Agent:
             config, source(str(self.mdir)), reader(str(self.sdir)),
             routing=self.routing, writers=[FileStatusWriter(str(self.sdir), node)], db=self.db,
             node=NodeReader(node, self.db, bfd=config.bfd, next_hop_mac=lambda dest, family=4: ROUTER_MAC,
-                            address_mtu=lambda ip: 1500))
+                            address_mtu=lambda ip: 1500, clock=clock))
         self.switches = {b: FakeSwitch(b, self.db.bridge_dpid(b)) for b in ("br-int", "br-ex")}
         for sw in self.switches.values():
             assert self.core.bridge_of(sw.dpid) == sw.bridge
@@ -184,6 +185,12 @@ class Agent:
 
     def bfd(self, **states):
         self.db.bfd.update(states)
+
+    def hear(self, *sources: str) -> None:
+        """BFD packets from ``sources`` (tunnel source addresses) arrive on
+        gnv-flow, as br-int's SENDER flow sends them to the agent."""
+        for src in sources:
+            self.core.packet_in(self.switches["br-int"], C.encode(C.Feature.SENDER), b"", tunnel_src=src)
 
     def status(self) -> dict:
         return json.loads((self.sdir / "nodes" / f"{self.core.config.node}.json").read_text())
@@ -303,6 +310,7 @@ def cut_off_and_healed(tmp_path, failback_hold=10.0) -> tuple[Agent, list[str]]:
     (one session back up); with its peers."""
     agent = Agent(tmp_path, holder(tmp_path), failback_hold=failback_hold)
     others = [n for n in NODES if n != agent.core.config.node]
+    agent.hear(NODES["charlie"])  # the worker's BFD: it sends to this gateway
     agent.bfd(**{n: UP for n in others})
     agent.run_pass(full=True)
     assert agent.holds_eip() and agent.status()["held_eips"] == [EIP]
@@ -352,6 +360,7 @@ def test_the_standby_takes_over_when_the_active_gateways_session_goes_down_and_a
     active = holder(tmp_path)
     standby = "bravo" if active == "alpha" else "alpha"
     agent = Agent(tmp_path, standby)
+    agent.hear(NODES["charlie"])
     agent.bfd(**{active: UP, "charlie": UP})
     agent.run_pass(full=True)
     assert not agent.holds_eip() and agent.switches["br-ex"].garps == []
@@ -369,6 +378,86 @@ def test_the_standby_takes_over_when_the_active_gateways_session_goes_down_and_a
     agent.bfd(**{active: UP})  # the active one is back: the standby lets go, no announcement
     agent.run_pass()
     assert not agent.holds_eip() and len(agent.switches["br-ex"].garps) == 1
+
+
+# -- a gateway's tunnels: to the nodes that send to it -----------------------------------
+
+def bfd_packet(in_port: int) -> dict:
+    """A BFD control packet as OVS sends it inside a Geneve tunnel (key 0)."""
+    return {**ip_packet(in_port, "169.254.1.1", "169.254.1.0", proto=17, sport=49152, dport=3784),
+            "tunnel_id": 0}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_gateway_has_ports_to_the_other_gateways_and_to_the_nodes_it_hears_bfd_from(tmp_path, caplog):
+    """Issue 15: a gateway node watches only its own pods, so it cannot tell
+    which workers send to it; their BFD does.  Until a worker's BFD arrives
+    on gnv-flow the gateway has no port to it (and sends it no BFD); then
+    one, from the next pass on.  An address no node has makes nothing."""
+    gw = holder(tmp_path)
+    other = "bravo" if gw == "alpha" else "alpha"
+    agent = Agent(tmp_path, gw)
+    agent.run_pass(full=True)
+    assert agent.status()["tunnels"] == {other: NODES[other]}
+    # The worker's BFD on gnv-flow goes to the agent; on a port of its own it is OVS's (no flow sees it).
+    br_int = agent.switches["br-int"].table
+    [up] = br_int.process(bfd_packet(PORTS["br-int"]["gnv-flow"]))
+    assert up.port == "CONTROLLER"
+    assert all(e.port != "CONTROLLER" for e in br_int.process(bfd_packet(agent.db.tunnel_port(other))))
+    for other_packet in ({"udp_dst": 3785}, {"ipv4_dst": CART}):  # a pod's reply is to a pod address
+        assert all(e.port != "CONTROLLER" for e in br_int.process(
+            {**bfd_packet(PORTS["br-int"]["gnv-flow"]), **other_packet}))
+    woken = agent.core._wake
+    woken.clear()
+    agent.hear(NODES["charlie"], "198.51.100.99", "no address")
+    assert woken.is_set()
+    agent.run_pass()
+    assert agent.status()["error"] is None
+    assert agent.status()["tunnels"] == {other: NODES[other], "charlie": NODES["charlie"]}
+    assert "BFD from 198.51.100.99 on gnv-flow: no node of the cluster has that address" in caplog.text
+    # The same worker heard again (its BFD while the session comes up) changes nothing.
+    syncs = agent.db.syncs
+    agent.hear(NODES["charlie"])
+    agent.run_pass()
+    assert agent.db.syncs == syncs
+
+
+def test_a_senders_port_goes_after_its_session_stayed_down_a_minute_and_survives_a_restart(tmp_path):
+    gw = holder(tmp_path)
+    clock = Clock()
+    agent = Agent(tmp_path, gw, clock=clock)
+    agent.hear(NODES["charlie"])
+    agent.run_pass(full=True)
+    assert "charlie" in agent.status()["tunnels"]
+    agent.bfd(charlie=UP)
+    clock.now += 600  # up all along: it stays
+    agent.run_pass()
+    assert "charlie" in agent.status()["tunnels"]
+    # A restart finds the port and keeps it, as a sender.
+    restarted = Agent(tmp_path, gw, db=agent.db, clock=clock)
+    restarted.run_pass(full=True)
+    assert "charlie" in restarted.status()["tunnels"]
+    # The worker dropped its port: the session is down; a minute later the gateway's port goes too.
+    restarted.bfd(charlie=DOWN)
+    clock.now += 30
+    restarted.run_pass()
+    assert "charlie" in restarted.status()["tunnels"]
+    clock.now += 31
+    restarted.run_pass()
+    other = "bravo" if gw == "alpha" else "alpha"
+    assert restarted.status()["tunnels"] == {other: NODES[other]}
+    # A worker forgets senders: it is no gateway node.
+    worker = Agent(tmp_path, "charlie")
+    worker.hear(NODES[gw])
+    worker.run_pass(full=True)
+    assert set(worker.status()["tunnels"]) == {"alpha", "bravo"}  # its pod's gateways, as before
 
 
 def test_status_says_what_the_node_does(tmp_path):

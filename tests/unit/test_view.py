@@ -128,7 +128,9 @@ def test_gateway_node_holds_its_eip_and_routes_replies_to_every_pod_cidr():
         ("alpha", "203.0.113.0/27", True), ("bravo", "203.0.113.32/27", False)}
     # The gateway's own selected pod goes to the local SNAT, no tunnel.
     assert v.eip_routes[0].local
-    assert tunnel_peers("alpha", st, allocate(st)) == {"bravo": "192.0.2.12"}  # BFD needs both ends
+    assert tunnel_peers("alpha", st, allocate(st)) == {}  # it has heard no BFD yet
+    # bravo's BFD came: a port back (a session needs both ends).
+    assert tunnel_peers("alpha", st, allocate(st), senders={"bravo"}) == {"bravo": "192.0.2.12"}
     assert tunnel_peers("bravo", st, allocate(st)) == {"alpha": "192.0.2.11"}
 
 
@@ -164,14 +166,16 @@ def test_a_standby_holds_the_eip_only_while_bfd_sees_every_node_before_it_dead()
     (route,) = build_view("charlie", st, alloc, FACTS, dead=frozenset({active})).eip_routes
     assert route.gateways == (active, standby) and not route.local
     assert tunnel_peers("charlie", st, alloc) == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
-    assert tunnel_peers(standby, st, alloc).keys() == {"charlie", active}
+    assert tunnel_peers(standby, st, alloc).keys() == {active}
+    assert tunnel_peers(standby, st, alloc, senders={"charlie"}).keys() == {"charlie", active}
 
 
 def test_a_worker_keeps_tunnels_only_to_the_gateways_of_the_eips_its_pods_use():
     """Issue 15: a worker with no selected pod has no tunnel (no BFD); one
     with a selected pod has one to every gateway node of that EIP, standbys
     included (failover must not wait for a port), and none to the gateways of
-    EIPs only other nodes use.  A gateway node keeps one to every node."""
+    EIPs only other nodes use.  A gateway node keeps one to every other
+    gateway node and to the nodes it heard BFD from (``senders``)."""
     edge2 = EgressGateway(name="edge2", node_selector=LabelSelector(match_labels=(("egress", "two"),)),
                           pool_v4=(netaddr.IPRange("192.0.2.220", "192.0.2.230"),))
     nodes = {n.name: n for n in (node("alpha", 0, egress="true"), node("bravo", 1, egress="true"),
@@ -188,7 +192,8 @@ def test_a_worker_keeps_tunnels_only_to_the_gateways_of_the_eips_its_pods_use():
     assert {str(a.ip): a.nodes for a in alloc.eips}["192.0.2.200"] in (("alpha", "bravo"), ("bravo", "alpha"))
     assert tunnel_peers("charlie", st, alloc) == {"alpha": "192.0.2.11", "bravo": "192.0.2.12"}
     assert tunnel_peers("delta", st, alloc) == {}  # nothing selected: no tunnel, no BFD
-    assert tunnel_peers("alpha", st, alloc).keys() == {"bravo", "charlie", "delta", "echo"}
+    assert tunnel_peers("alpha", st, alloc).keys() == {"bravo", "echo"}
+    assert tunnel_peers("alpha", st, alloc, senders={"charlie", "gone"}).keys() == {"bravo", "charlie", "echo"}
     # The pod relabelled into the policy: delta now needs both gateway nodes.
     relabelled = dict(st.pods, **{"shop/idle-0": pod("shop", "idle-0", "delta", "203.0.113.98", app="cart")})
     st2 = ClusterState(nodes=st.nodes, pods=relabelled, gateways=st.gateways, policies=st.policies)
