@@ -284,7 +284,6 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
 
     import kubernetes.client  # noqa: F401 - every real process has it loaded
     import flows
-    from flows import cookie as C
     from sdn_egress.allocation import FileAllocationStore
 
     out: dict = {"role": role}
@@ -325,9 +324,8 @@ def run_role(role: str, size: gen.Size, status_dir: str) -> dict:
         pass_ = controller.reconcile
     else:
         core = make_agent(node, source, status_dir)
-        if role == "gateway":  # its senders' BFD, as it arrives on gnv-flow (SENDER flow, packet-in)
-            for i in sorted(bfd_senders(size, store.load(), node)):
-                core.packet_in(core.switch("br-int"), C.encode(C.Feature.SENDER), b"", tunnel_src=gen.node_ip(i))
+        if role == "gateway":
+            hear_senders(core, size, store.load())
         t = time.perf_counter()
         core.reconcile(full=True)
         out["first_pass_s"] = time.perf_counter() - t
@@ -419,6 +417,14 @@ def bfd_senders(size: gen.Size, alloc, gateway: str) -> set[int]:
         if (app < 10 and ns in namespaces) or (app == 10 and f"t{int(ns[2:]) % 4}" in tiers):
             senders.add(i)
     return senders - {int(gateway.rsplit("-", 1)[1])}
+
+
+def hear_senders(core, size: gen.Size, alloc) -> None:
+    """What a gateway node's agent learns from the BFD of the nodes that send
+    to it (:func:`bfd_senders`), each packet's tunnel source as the SENDER
+    flow's packet-in hands it over; the ports follow in its next pass."""
+    for i in sorted(bfd_senders(size, alloc, core.config.node)):
+        core.node.heard(gen.node_ip(i))
 
 
 def run_size(size: gen.Size) -> dict:

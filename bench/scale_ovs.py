@@ -346,8 +346,12 @@ through ovsdbapp), os-ken's OpenFlow 1.4 connection over the Unix socket, its du
 bundles. Stand-ins: the API server (the informers are loaded from bench/clustergen.py with what the
 node's selectors select, and the watch event is handed to the worker's Pod informer inside the
 agent's process, as bench/scale.py does), the allocation ConfigMap (parsed once), the kernel's
-routes, rules and iptables, the EIPs' next-hop MAC and the tunnel MTU (1400). The uplink is a veth
-leading nowhere: no BFD session comes up, every tunnel port's BFD stays down (one packet a second).
+routes, rules and iptables, the EIPs' next-hop MAC and the tunnel MTU (1400), and the BFD of the
+nodes that send to the gateway (the other nodes have no OVS here): the gateway's agent is handed
+their tunnel source addresses as its SENDER flow's packet-ins would hand them over (bench/scale.py
+`hear_senders`), so it makes the ports a real gateway node of that cluster would have. The uplink is
+a veth leading nowhere: no BFD session comes up, every tunnel port's BFD stays down (one packet a
+second).
 
 "agent start" is the agent process's start as the bench sees it (interpreter and imports included);
 the steps after it are on the agent's own clock. "switches connected": when ovs-vswitchd, which

@@ -123,6 +123,8 @@ def start_agent(args, probe: Probe):
     probe.mark("listed")
     db_target = f"unix:{os.path.join(args.rundir, 'db.sock')}"
     core = scale.make_agent(args.node, source, args.status, db=OvsdbNode(db_target), switches=False)
+    if args.role == "gateway":  # the nodes that send to it: their namespaces here have no OVS to send BFD
+        scale.hear_senders(core, size, core.store.load())
     core.config.resync_interval = 1e9  # the full passes are measured at the end, on their own
     probe.instrument(core)
     listen = listen_mod.parse(f"punix:{agent_socket(db_target)}")

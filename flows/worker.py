@@ -147,14 +147,19 @@ def _eip_out(r: EipRoute, ports: Ports) -> Flow:
     return flow(BR, "eip_out", PRIO_EIP, {F.REG_EIP.field: r.tunnel_key}, actions, C.encode(feature, obj))
 
 
-def reply_ports(view: NodeView) -> list[tuple[str, int]]:
-    """(peer, port) of the Geneve ports a reply can arrive on: those of the
-    gateways of this node's EIP routes (the only nodes that send it replies:
-    traffic is tunnelled to no other node), and gnv-flow for a gateway without
-    a port of its own.  A gateway node has a port to every node, but only a
-    handful of them are gateways of its own pods' EIPs: O(gateways), not
-    O(nodes)."""
-    senders = {g for r in view.eip_routes for g in r.gateways} - {view.node}
+def reply_senders(view: NodeView) -> frozenset[str]:
+    """The nodes that send this node replies: the gateways of its EIP routes
+    (traffic is tunnelled to no other node)."""
+    return frozenset(g for r in view.eip_routes for g in r.gateways) - {view.node}
+
+
+def reply_ports(view: NodeView, senders: frozenset[str] | None = None) -> list[tuple[str, int]]:
+    """(peer, port) of the Geneve ports a reply can arrive on: those of
+    ``senders`` (default: :func:`reply_senders`), and gnv-flow for a gateway
+    without a port of its own.  A gateway node has a port to every node that
+    sends to it, but only a handful of them are gateways of its own pods'
+    EIPs: O(gateways), not O(nodes)."""
+    senders = reply_senders(view) if senders is None else senders
     return [(peer, port) for peer, port in tunnel_ports(view.ports)
             if peer == "flow" or peer in senders]
 
@@ -166,10 +171,12 @@ def replies_in(view: NodeView, memo: Memo | None = None) -> list[Flow]:
                     (Goto("to_host"),), C.encode(C.Feature.TO_HOST, C.object_id(C.tunnel_key(peer))))
     if memo is None:
         return [make(peer, port) for peer, port in reply_ports(view)]
-    # The ports and routes of the last pass: not even their ports looked at
-    # again (a gateway node has a port to every node).
-    return memo.get("replies_in", (view.node, view.ports.tunnels, view.ports.tun_flow, view.eip_routes),
-                    lambda: [make(peer, port) for peer, port in reply_ports(view)])
+    # The same ports and senders as the last pass (an EIP route that comes or
+    # goes rarely brings a gateway node of its own): not even the ports looked
+    # at again (a gateway node has thousands).
+    senders = reply_senders(view)
+    return memo.get("replies_in", (view.node, view.ports.tunnels, view.ports.tun_flow, senders),
+                    lambda: [make(peer, port) for peer, port in reply_ports(view, senders)])
 
 
 def to_host(view: NodeView) -> list[Flow]:

@@ -74,7 +74,7 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
     if asked is None or asked[0] is not state:  # not asked of this state yet: are the nodes and extras the same?
         key = asked[1] if asked is not None else None
         if key is None or not _same_nodes(key, state):
-            key = (state.extra_cluster_cidrs, tuple(state.nodes.values()))
+            key = (state.extra_cluster_cidrs, tuple(state.nodes.values()), state.nodes)
         asked = _UNSTEERED["state"] = (state, key)
     key = asked[1]
     cached = _UNSTEERED.get(version)
@@ -84,11 +84,12 @@ def never_steered(state: ClusterState, version: int = 4) -> netaddr.IPSet:
 
 
 def _same_nodes(key: tuple, state: ClusterState) -> bool:
-    """Whether ``state`` has the extras and the very Node objects of ``key``
-    (compared one pointer each, without a new tuple of every node)."""
-    extra, nodes = key
-    return (extra == state.extra_cluster_cidrs and len(nodes) == len(state.nodes)
-            and all(map(operator.is_, nodes, state.nodes.values())))
+    """Whether ``state`` has the extras and the very Node objects of ``key``:
+    the same dict of them (a source hands out the same while its cache did
+    not move), else compared one pointer each, without a new tuple of every node."""
+    extra, nodes, by_name = key
+    return extra == state.extra_cluster_cidrs and (by_name is state.nodes or (
+        len(nodes) == len(state.nodes) and all(map(operator.is_, nodes, state.nodes.values()))))
 
 
 # family -> the last (key, never_steered); "state": (the state last asked of, its key). One per process.

@@ -52,6 +52,7 @@ class NodeReader:
         self._peer_of_port: dict[str, str] = {}  # the reverse, built once per change of peers
         self._bfd_states: tuple | None = None  # (the read, the peers, what bfd_states made of them)
         self._next_hops: dict[str, str] = {}
+        self._held_eips: tuple = (None, None, [])  # (the EIP assignments, the dead, those this node holds)
         self._gateways_memo = Memo()  # each local pod's gateway nodes, while it and its policies stay
         self.unresolved: list[str] = []
         self.tunnel_mtu: tuple[int, str] | None = None  # (MTU, how it was found)
@@ -220,7 +221,12 @@ class NodeReader:
                            dead: frozenset[str]) -> dict[str, str]:
         """EIP -> next hop MAC for the EIPs this node holds (the first of its
         gateways not dead); those not resolved go to ``unresolved``."""
-        held = [a for a in alloc.eips if [n for n in a.nodes if n not in dead][:1] == [self.node]]
+        last = self._held_eips
+        if last[0] is alloc.eips and last[1] == dead:
+            held = last[2]
+        else:  # found again only for another allocation or another dead set
+            held = [a for a in alloc.eips if [n for n in a.nodes if n not in dead][:1] == [self.node]]
+            self._held_eips = (alloc.eips, dead, held)
         hops, unresolved = {}, []
         for a in held:
             key = str(a.ip)

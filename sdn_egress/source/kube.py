@@ -262,13 +262,15 @@ class _Parsed:
 
     def result(self) -> tuple[dict, list[ObjectError]]:
         """(key -> object in ref order, errors in cache order): for the kinds
-        no cross-object check reads (nodes, pods)."""
+        no cross-object check reads (nodes, pods).  The same dict while the
+        cache did not move (so a pass tells "the same nodes" by one pointer):
+        it is not to be changed."""
         if self._result is None:
             chosen = sorted((e.chosen.obj for e in self.entries.values() if e.chosen is not None),
                             key=lambda o: (o.ref.namespace, o.ref.name))
             errors = [e.chosen_error for e in self.entries.values() if e.chosen_error is not None]
             self._result = ({o.ref.key: o for o in chosen}, errors)
-        return dict(self._result[0]), self._result[1]
+        return self._result
 
 
 def _same(old: dict, new: dict) -> bool:
