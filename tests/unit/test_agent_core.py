@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import netaddr
 import pytest
 import yaml
 from fakeswitch import FakeBridge, arp_request, ip_packet
@@ -19,6 +20,8 @@ from flows import cookie as C
 from flows.records import Drop
 from flows.tables import table_names
 from flows.view import GW_MAC
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ovs_setup.ovsdb import tunnel_port_names
 from sdn_egress.agent.core import AgentConfig, AgentCore, NotReady
 from sdn_egress.agent.facts import NodeReader
@@ -572,3 +575,45 @@ def test_a_change_of_the_source_is_applied_without_waiting_for_the_next_poll(tmp
         assert agent.core.wait_stopped(10.0)
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+# -- fuzz: a packet-in's tunnel source is the switch's word, not the cluster's -----------------
+
+_FUZZ: dict = {}
+
+
+def _fuzz_gateway() -> Agent:
+    """One gateway agent for every example (its senders are reset before each)."""
+    if "agent" not in _FUZZ:
+        import atexit
+        import pathlib
+        import shutil
+        import tempfile
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix="sdn-egress-fuzz-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        _FUZZ["agent"] = Agent(tmp, holder(tmp))
+    return _FUZZ["agent"]
+
+
+def _same_address(source, ip: str) -> bool:
+    try:
+        return netaddr.IPAddress(source) == netaddr.IPAddress(ip)
+    except Exception:  # noqa: BLE001 - not an address at all
+        return False
+
+
+@settings(max_examples=150, deadline=5000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.sampled_from(sorted(NODES.values())), st.ip_addresses().map(str),
+                          st.text(max_size=40), st.none(), st.binary(max_size=20), st.integers()), max_size=6))
+def test_whatever_tunnel_source_a_bfd_packet_in_names_only_a_nodes_address_makes_a_port(sources):
+    agent = _fuzz_gateway()
+    gw = agent.core.config.node
+    other = "bravo" if gw == "alpha" else "alpha"
+    agent.core.node.senders.clear()
+    agent.hear(*sources)
+    agent.run_pass()
+    status = agent.status()
+    assert status["error"] is None
+    heard = {n for n, ip in NODES.items() if n not in (gw, other) and any(_same_address(s, ip) for s in sources)}
+    assert status["tunnels"] == {n: NODES[n] for n in {other} | heard}
