@@ -82,7 +82,7 @@ class NodeReader:
     def sync_tunnels(self, state: ClusterState, alloc: Allocation) -> None:
         gateways = gateway_nodes(alloc.eips)
         keep = self.peers
-        if keep is None:  # a (re)start: the ports already there stay while they lead to gateway nodes
+        if keep is None:  # a (re)start: the ports already there stay, see _ports_at_start
             keep = self._ports_at_start(state, gateways)
         self._track_senders(state, gateways)
         peers = tunnel_peers(self.node, state, alloc, keep=keep, memo=self._gateways_memo,
@@ -118,21 +118,19 @@ class NodeReader:
             self.senders.clear()
             return
         now = self.clock()
-        if heard:
-            found = {}
-            for name, node in state.nodes.items():
-                ip = underlay_address(node)
-                if ip is not None and str(ip) in heard:
-                    found[str(ip)] = name
+        if heard:  # address -> node: one look at every node, only when something came
+            found = {str(ip): name for name, node in state.nodes.items()
+                     if (ip := underlay_address(node)) is not None and str(ip) in heard}
             for address in sorted(heard - found.keys()):
                 LOG.warning("BFD from %s on gnv-flow: no node of the cluster has that address; no port "
                             "made", address)
             for address, name in sorted(found.items()):
-                if name != self.node and name not in self.senders:
+                if name == self.node:
+                    continue
+                if name not in self.senders:
                     LOG.info("tunnels: BFD from %s (%s), which has no port here: it sends to this "
                              "gateway node, a port to it", name, address)
-                if name != self.node:
-                    self.senders[name] = now
+                self.senders[name] = now
         states = self.bfd_states() if self.senders else {}
         if not heard and states is self._senders_judged[0] and now < self._senders_judged[1]:
             return  # nothing heard, no session changed, none idles out yet
