@@ -16,6 +16,15 @@ _SKIP = ("cookie=", "duration=", "n_packets=", "n_bytes=", "idle_age=", "hard_ag
          "hard_timeout=", "reset_counts", "send_flow_rem", "importance=")
 
 
+# ovs-ofctl prints "udp" for "ip,nw_proto=17", "tp_dst" for udp_dst and
+# tcp_dst, "icmp_type" for icmpv6_type: both sides are read in the long form.
+_PROTOCOLS = {"tcp": ("ip", 6), "udp": ("ip", 17), "icmp": ("ip", 1), "sctp": ("ip", 132),
+              "tcp6": ("ipv6", 6), "udp6": ("ipv6", 17), "icmp6": ("ipv6", 58), "sctp6": ("ipv6", 132)}
+_NAMES = {"tcp_dst": "tp_dst", "udp_dst": "tp_dst", "sctp_dst": "tp_dst", "tcp_src": "tp_src",
+          "udp_src": "tp_src", "sctp_src": "tp_src", "icmpv6_type": "icmp_type", "icmpv6_code": "icmp_code",
+          "ip_proto": "nw_proto"}
+
+
 def flow_key(table_id: int, priority: int, match_tokens) -> tuple:
     return (int(table_id), int(priority), frozenset(match_tokens))
 
@@ -42,14 +51,20 @@ def parse_ofctl(text: str) -> dict:
             out["n_bytes"] = int(tok[8:])
         elif tok.startswith(_SKIP):
             continue
+        elif tok in _PROTOCOLS:
+            eth, proto = _PROTOCOLS[tok]
+            out["match"] += [eth, f"nw_proto={proto}"]
         else:
             out["match"].append(_normal(tok))
     return out
 
 
 def _normal(tok: str) -> str:
-    """``tun_id=0`` and ``tun_id=0x0`` are the same match: numbers compare as numbers."""
+    """``tun_id=0`` and ``tun_id=0x0`` are the same match: numbers compare as
+    numbers; a field ovs-ofctl prints by another name goes by that name."""
     name, eq, value = tok.partition("=")
+    name = _NAMES.get(name, name)
+    tok = f"{name}{eq}{value}"
     if eq and "/" not in value:
         try:
             return f"{name}={int(value, 0)}"
