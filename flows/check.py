@@ -70,41 +70,9 @@ def check(view: NodeView, memo: Memo | None = None) -> None:
         raise ViewError(f"{node}: tunnel_mtu: {view.tunnel_mtu!r} is not an MTU in "
                         f"{MIN_TUNNEL_MTU}..{MAX_TUNNEL_MTU}")
 
-    keys: dict[str, int] = {}  # EIP -> tunnel key, across routes and held
-    owners: dict[int, str] = {}
-
-    def claim(obj: str, eip, key: int) -> None:
-        _key(obj, key)
-        if keys.setdefault(str(eip), key) != key:
-            raise ViewError(f"{obj}: tunnel_key: {key}, but EIP {eip} has key {keys[str(eip)]} elsewhere")
-        if owners.setdefault(key, str(eip)) != str(eip):
-            raise ViewError(f"{obj}: tunnel_key: {key} is already the key of EIP {owners[key]}")
-
-    routes: dict[str, EipRoute] = {}
-    for r in view.eip_routes:
-        obj = f"EipRoute {r.eip}"
-        _ip(obj, "eip", r.eip, netaddr.IPAddress)
-        if str(r.eip) in routes:
-            raise ViewError(f"{obj}: eip: listed twice")
-        routes[str(r.eip)] = r
-        claim(obj, r.eip, r.tunnel_key)
-        # local: this node is the first *live* gateway of the list (the view
-        # builder judges liveness); it can only be so if it is in the list.
-        if r.local and view.node not in r.gateways:
-            raise ViewError(f"{obj}: local: True, but this node {view.node!r} is not among its "
-                            f"gateways {list(r.gateways)}")
-
-    held: set[str] = set()
-    for h in view.held:
-        obj = f"HeldEip {h.eip}"
-        _ip(obj, "eip", h.eip, netaddr.IPAddress)
-        if str(h.eip) in held:
-            raise ViewError(f"{obj}: eip: listed twice")
-        held.add(str(h.eip))
-        claim(obj, h.eip, h.tunnel_key)
-        if h.next_hop_mac is not None:
-            _mac(obj, "next_hop_mac", h.next_hop_mac)
-
+    # The routes and held EIPs again only when they changed (the same objects pass after pass).
+    routes = (_check_eips(view) if memo is None
+              else memo.get("eips checked", (view.node, view.eip_routes, view.held), lambda: _check_eips(view)))
     if memo is None:
         for s in view.steers:
             _check_steer(s)
@@ -118,6 +86,48 @@ def check(view: NodeView, memo: Memo | None = None) -> None:
             _check_return_route(view, rr)
         if memo is not None:
             memo.put(key, inputs, True)
+
+
+def _check_eips(view: NodeView) -> dict[str, EipRoute]:
+    """The EIP routes and held EIPs: each well formed, each EIP once, one
+    tunnel key per EIP and one EIP per key.  Returns EIP -> its route."""
+    keys: dict[str, int] = {}  # EIP -> tunnel key, across routes and held
+    owners: dict[int, str] = {}
+
+    def claim(obj: str, eip: str, key: int) -> None:
+        _key(obj, key)
+        if keys.setdefault(eip, key) != key:
+            raise ViewError(f"{obj}: tunnel_key: {key}, but EIP {eip} has key {keys[eip]} elsewhere")
+        if owners.setdefault(key, eip) != eip:
+            raise ViewError(f"{obj}: tunnel_key: {key} is already the key of EIP {owners[key]}")
+
+    routes: dict[str, EipRoute] = {}
+    for r in view.eip_routes:
+        eip = str(r.eip)  # formatted once (a route is checked every pass its EIPs move)
+        obj = f"EipRoute {eip}"
+        _ip(obj, "eip", r.eip, netaddr.IPAddress)
+        if eip in routes:
+            raise ViewError(f"{obj}: eip: listed twice")
+        routes[eip] = r
+        claim(obj, eip, r.tunnel_key)
+        # local: this node is the first *live* gateway of the list (the view
+        # builder judges liveness); it can only be so if it is in the list.
+        if r.local and view.node not in r.gateways:
+            raise ViewError(f"{obj}: local: True, but this node {view.node!r} is not among its "
+                            f"gateways {list(r.gateways)}")
+
+    held: set[str] = set()
+    for h in view.held:
+        eip = str(h.eip)
+        obj = f"HeldEip {eip}"
+        _ip(obj, "eip", h.eip, netaddr.IPAddress)
+        if eip in held:
+            raise ViewError(f"{obj}: eip: listed twice")
+        held.add(eip)
+        claim(obj, eip, h.tunnel_key)
+        if h.next_hop_mac is not None:
+            _mac(obj, "next_hop_mac", h.next_hop_mac)
+    return routes
 
 
 def _check_steers(view: NodeView, routes: dict, memo: Memo) -> None:

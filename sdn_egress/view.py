@@ -17,7 +17,8 @@ from typing import Iterable
 import netaddr
 
 from flows.memo import Memo as ViewMemo
-from flows.view import DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer
+from flows.view import (DEFAULT_TUNNEL_MTU, MAX_STEER_RANKS, EipRoute, HeldEip, NodeView, Ports, ReturnRoute, Steer,
+                        eips_of)
 from sdn_egress.allocation import Allocation
 from sdn_egress.model import ClusterState, EgressPolicy, Pod
 from sdn_egress.ranges import Ranges
@@ -277,7 +278,7 @@ def _local_steers(node_name: str, state: ClusterState, alloc: Allocation,
         def make(pod=pod):
             mine = tuple(s for version in (4, 6)
                          for s in pod_steers(state, alloc, pod, version, unsteered=unsteered[version]))
-            return mine, frozenset(str(s.eip) for s in mine)
+            return mine, eips_of(mine)
         mine, eips = memo.get(("steers", pod.key), inputs, make)
         if mine:
             steers.append(mine)

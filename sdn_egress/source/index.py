@@ -70,17 +70,23 @@ class PolicyIndex:
 
 
 _PAIRS_MAX = 4096  # pods whose candidate pairs an index keeps (a node's: a few hundred at most)
-_LAST: tuple = (None, None)  # (the policies it was built from, the index): one per process
+_LAST: tuple = (None, None, None)  # (the policies' mapping, its policies, the index): one per process
 
 
 def policy_index(policies: Mapping[str, EgressPolicy]) -> PolicyIndex:
     """The index of ``policies``, built again only when one of them changed
-    (the incremental snapshot hands out the same objects while they do not,
-    so the comparison is one pointer per policy).  Safe across threads: the
-    pair is read and replaced whole."""
+    (the incremental snapshot hands out the same mapping while none does, and
+    the same objects for those that did not, so the comparison is one
+    pointer, else one per policy).  Safe across threads: the entry is read
+    and replaced whole."""
     global _LAST
-    key = tuple(policies.values())
     last = _LAST
-    if last[0] != key:
-        last = _LAST = (key, PolicyIndex(policies))
-    return last[1]
+    if last[0] is policies:
+        return last[2]
+    key = tuple(policies.values())
+    if last[1] != key:
+        last = (policies, key, PolicyIndex(policies))
+    else:
+        last = (policies, key, last[2])
+    _LAST = last
+    return last[2]
