@@ -541,8 +541,9 @@ its first pass). Packets/s: 10 per session up (100 ms), at most 1 per port whose
 RSS includes the lists as the informers read them, through the `kubernetes` client (only its transport
 is the bench's): in pages of 500 objects, each page's JSON and its objects untrimmed until they are
 trimmed into the cache. Flows on the busiest gateway node: one `reply_route` flow per pod CIDR of the
-cluster, six per EIP it holds (both bridges), a reply flow per gateway its own pods use, and its own
-pods' steers (1,787 at L): 6,912 at L, against the goal 2 x (EIPs + nodes) + a constant = 10,500 + c.
+cluster, six per EIP it holds (both bridges), a reply flow per gateway its own pods use, its own
+pods' steers (1,787 at L) and the SENDER flow: 6,913 at L, against the goal 2 x (EIPs + nodes) + a
+constant = 10,500 + c.
 The relabels' CPU is the process's (CLOCK_PROCESS_CPUTIME_ID); on a virtual machine it also counts
 what the hypervisor took, so it tracks the wall time: the spread between runs (4-10 ms at L on this
 shared machine) is the host's load, not the agent's.
