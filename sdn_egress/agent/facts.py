@@ -27,6 +27,9 @@ LOG = logging.getLogger(__name__)
 # A gateway node's port to a node it heard BFD from goes when that session has
 # not been up for this long (the node dropped its port, or is gone): seconds.
 SENDER_IDLE = 60.0
+# At most this many addresses of no node are remembered as warned about (a
+# host sending Geneve to a gateway may make up any number of them).
+UNKNOWN_WARNED_MAX = 1024
 
 
 class NodeReader:
@@ -61,6 +64,7 @@ class NodeReader:
         self.senders: dict[str, float] = {}
         self._heard: set[str] = set()  # tunnel sources of BFD on gnv-flow (from os-ken's thread)
         self._heard_lock = threading.Lock()
+        self._unknown_warned: set[str] = set()  # addresses of no node, warned about once
         self._senders_judged: tuple = (None, 0.0)  # (the BFD states, until when no sender idles out)
 
     # -- tunnels and BFD -------------------------------------------------------------
@@ -121,9 +125,11 @@ class NodeReader:
         if heard:  # address -> node: one look at every node, only when something came
             found = {str(ip): name for name, node in state.nodes.items()
                      if (ip := underlay_address(node)) is not None and str(ip) in heard}
-            for address in sorted(heard - found.keys()):
+            for address in sorted(heard - found.keys() - self._unknown_warned):
                 LOG.warning("BFD from %s on gnv-flow: no node of the cluster has that address; no port "
-                            "made", address)
+                            "made (said once per address)", address)
+                if len(self._unknown_warned) < UNKNOWN_WARNED_MAX:
+                    self._unknown_warned.add(address)
             for address, name in sorted(found.items()):
                 if name == self.node:
                     continue
