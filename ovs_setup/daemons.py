@@ -148,13 +148,14 @@ def _read_pid(path: str) -> int | None:
 
 
 def process_alive(pid: int | None) -> bool:
-    """True for a running process (a zombie counts as gone)."""
+    """True for a running process (a zombie counts as gone, and so does one
+    that exits while its stat is read: the read fails with ESRCH)."""
     if not pid:
         return False
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
